@@ -1,0 +1,18 @@
+"""clstm: a fast CPU LSTM for NumPy, speaking torch.nn.LSTM's dialect.
+
+    >>> import numpy as np, clstm
+    >>> lstm = clstm.LSTM(input_size=8, hidden_size=16, seed=0)
+    >>> y, (h_n, c_n) = lstm(np.zeros((5, 3, 8), np.float32))
+    >>> y.shape, h_n.shape
+    ((5, 3, 16), (1, 3, 16))
+
+Modules: `clstm.functional` (compiled kernels, one layer), `clstm.reference` (the NumPy
+reference with the same signatures).
+"""
+from . import functional, reference
+from ._threads import get_num_threads, openmp_enabled, set_num_threads
+from .lstm import LSTM
+
+__version__ = "0.1.0"
+__all__ = ["LSTM", "functional", "reference", "get_num_threads", "set_num_threads",
+           "openmp_enabled"]

@@ -1,0 +1,64 @@
+"""Input validation shared by the functional and class APIs: errors name the argument and
+say what shape or dtype was expected."""
+import operator
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_dtype(dtype, name="dtype"):
+    """np.dtype(dtype), which must be float32 or float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {dt}")
+    return dt
+
+
+def positive_int(name, value, minimum=1):
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def float_array(name, value, dtype):
+    """``value`` as a C-contiguous array of ``dtype``; any real float input is accepted and
+    cast, anything else (ints, bools, complex, objects) is a TypeError."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor, maybe with grad
+        value = value.detach().cpu()
+    try:
+        a = np.asarray(value)
+    except Exception as exc:
+        raise TypeError(f"{name} must be a float array, could not convert "
+                        f"{type(value).__name__}: {exc}") from None
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _fmt(expected):
+    return "(" + ", ".join(str(e) for e in expected) + ("," if len(expected) == 1 else "") + ")"
+
+
+def check_shape(name, a, expected):
+    """``expected`` holds ints or names; a name matches any size (the first time) and must
+    match the same size wherever it occurs again."""
+    if a.ndim != len(expected):
+        raise ValueError(f"{name} must be {len(expected)}-D with shape {_fmt(expected)}, "
+                         f"got shape {a.shape}")
+    bound = {}
+    for size, want in zip(a.shape, expected):
+        if isinstance(want, str):
+            want = bound.setdefault(want, size)
+        if size != want:
+            raise ValueError(f"{name} must have shape {_fmt(expected)}, got {a.shape}")
+    return a

@@ -1,0 +1,104 @@
+"""Build the compiled core from src/clstm/*.pyx into the `clstm` package.
+
+OpenMP is used when the compiler can build and run a tiny OpenMP program; otherwise the
+extension is built serial with a warning.  Environment switches:
+
+* ``CLSTM_NO_OPENMP=1``       build serial even if OpenMP works
+* ``CLSTM_FAIL_NO_OPENMP=1``  fail the build instead of falling back to serial
+* ``CLSTM_CYTHON_DEBUG=1``    turn bounds/initialisation checks back on (hunting crashes)
+"""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import textwrap
+import warnings
+from glob import glob
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+OPENMP_TEST = textwrap.dedent(
+    """
+    #include <omp.h>
+    #include <stdio.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        printf("%d", n > 0);
+        return 0;
+    }
+    """
+)
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _openmp_flag(compiler):
+    return ["/openmp"] if compiler.compiler_type == "msvc" else ["-fopenmp"]
+
+
+def _openmp_works(compiler, flags):
+    """Compile, link and run a tiny OpenMP program with the extension's compiler."""
+    tmp = tempfile.mkdtemp()
+    try:
+        src = os.path.join(tmp, "omp_test.c")
+        with open(src, "w") as f:
+            f.write(OPENMP_TEST)
+        objs = compiler.compile([src], output_dir=tmp, extra_postargs=flags)
+        exe = os.path.join(tmp, "omp_test")
+        compiler.link_executable(objs, exe, extra_postargs=flags)
+        out = subprocess.run([exe], capture_output=True, text=True, timeout=60)
+        return out.returncode == 0 and out.stdout.strip() == "1"
+    except Exception:  # any compile, link or run failure means "no OpenMP"
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        flags = _openmp_flag(self.compiler)
+        use_openmp = not _env_flag("CLSTM_NO_OPENMP") and _openmp_works(self.compiler, flags)
+        if not use_openmp:
+            msg = "clstm: building WITHOUT OpenMP; the kernels will run on one thread"
+            if _env_flag("CLSTM_FAIL_NO_OPENMP"):
+                raise RuntimeError(msg + " (CLSTM_FAIL_NO_OPENMP is set)")
+            warnings.warn(msg)
+            print("WARNING: " + msg, file=sys.stderr)
+        for ext in self.extensions:
+            if self.compiler.compiler_type != "msvc":
+                # -O3 for vectorised gate loops; no -march=native: the wheel must run anywhere.
+                ext.extra_compile_args += ["-O3", "-fno-math-errno"]
+            if use_openmp:
+                ext.extra_compile_args += flags
+                ext.extra_link_args += flags
+        super().build_extensions()
+
+
+debug = _env_flag("CLSTM_CYTHON_DEBUG")
+directives = {
+    "language_level": 3,
+    "boundscheck": debug,
+    "wraparound": False,
+    "initializedcheck": debug,
+    "nonecheck": False,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+extensions = [
+    Extension("clstm." + os.path.splitext(os.path.basename(path))[0], [path])
+    for path in sorted(glob(os.path.join("src", "clstm", "*.pyx")))
+]
+
+setup(
+    ext_modules=cythonize(extensions, include_path=["src"], compiler_directives=directives),
+    cmdclass={"build_ext": BuildExt},
+)
