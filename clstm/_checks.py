@@ -53,7 +53,7 @@ def check_shape(name, a, expected):
     """``expected`` holds ints or names; a name matches any size (the first time) and must
     match the same size wherever it occurs again."""
     if a.ndim != len(expected):
-        raise ValueError(f"{name} must be {len(expected)}-D with shape {_fmt(expected)}, "
+        raise ValueError(f"{name} must have shape {_fmt(expected)} ({len(expected)}-D), "
                          f"got shape {a.shape}")
     bound = {}
     for size, want in zip(a.shape, expected):

@@ -1,0 +1,213 @@
+#!/usr/bin/env python
+"""Benchmark clstm against the NumPy reference and (if installed) torch.nn.LSTM.
+
+    python bench/bench_lstm.py             # full size grid (a few minutes)
+    python bench/bench_lstm.py --quick     # two small sizes, few repetitions
+    python bench/bench_lstm.py --json out.json --threads 1 --dtype float64
+
+All implementations run the same layer (weights copied from the clstm layer) on the same
+input, in one process, interleaved: every repetition round times each implementation once
+(in a rotating order), so machine noise hits all of them alike. Each reports the median over
+its repetitions after one untimed warm-up call, whose output is also checked against
+clstm's. Modes: ``inference`` (forward only) and ``train`` (forward + backward with
+dy = ones, all gradients). Set ``CLSTM_BENCH_NO_TORCH=1`` to run as if torch were missing.
+"""
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+import scipy
+
+import clstm
+from clstm import reference
+
+FULL_SIZES = [(100, 1, 64, 64), (100, 1, 128, 128), (100, 1, 256, 256),  # streaming
+              (100, 16, 128, 128),                                         # small batch
+              (100, 64, 256, 256),                                         # medium
+              (50, 64, 512, 512), (50, 32, 1024, 1024)]                    # large
+QUICK_SIZES = [(100, 1, 64, 64), (50, 16, 128, 128)]
+MODES = ("inference", "train")
+FLOPS_PER_CELL = {"inference": 8, "train": 24}  # x T*B*H*(I+H)
+
+
+def load_torch():
+    if os.environ.get("CLSTM_BENCH_NO_TORCH", "") not in ("", "0"):
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+# ------------------------------------------------------------------ implementations
+# Each factory takes (lstm, x, mode) and returns a zero-argument callable that runs one
+# inference forward or one training step and returns a NumPy array to check: y for
+# inference, dx for a training step.
+
+def make_clstm(lstm, x, mode):
+    dy = np.ones((x.shape[0], x.shape[1], lstm.hidden_size), lstm.dtype)
+    if mode == "inference":
+        return lambda: lstm(x)[0]
+
+    def step():
+        (y, _), backward = lstm.forward_train(x)
+        return backward(dy)[0]
+    return step
+
+
+def make_reference(lstm, x, mode):
+    p = lstm.state_dict()
+    weights = (p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"])
+    h0 = np.zeros((x.shape[1], lstm.hidden_size), lstm.dtype)
+    if mode == "inference":
+        return lambda: reference.lstm_forward(x, *weights, h0, h0)[0]
+
+    def step():
+        y, _, _, cache = reference.lstm_forward(x, *weights, h0, h0, train=True)
+        return reference.lstm_backward(cache, np.ones_like(y)).dx
+    return step
+
+
+def torch_factory(torch):
+    def make_torch(lstm, x, mode):
+        dtype = torch.float64 if lstm.dtype == np.float64 else torch.float32
+        module = torch.nn.LSTM(lstm.input_size, lstm.hidden_size, dtype=dtype)
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in lstm.state_dict().items()})
+        xt = torch.from_numpy(x)
+        if mode == "inference":
+            def forward():
+                with torch.no_grad():
+                    return module(xt)[0].numpy()
+            return forward
+        xt.requires_grad_(True)
+        dy = torch.ones(x.shape[0], x.shape[1], lstm.hidden_size, dtype=dtype)
+
+        def step():
+            xt.grad = None
+            module.zero_grad(set_to_none=True)
+            module(xt)[0].backward(dy)
+            return xt.grad.numpy()
+        return step
+    return make_torch
+
+
+# ------------------------------------------------------------------ timing
+def measure(fns, repeats, budget):
+    """Warm up every callable once, then time them round-robin. An implementation whose
+    warm-up took long gets fewer repetitions (at least 3) so one run stays within about
+    ``budget`` seconds per (size, mode, implementation). Returns ({name: [seconds]},
+    {name: warm-up output})."""
+    outputs, reps, times = {}, {}, {name: [] for name in fns}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        outputs[name] = fn()
+        reps[name] = max(3, min(repeats, int(budget / (time.perf_counter() - t0))))
+    names = list(fns)
+    gc.disable()
+    try:
+        for r in range(max(reps.values())):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                if r < reps[name]:
+                    t0 = time.perf_counter()
+                    fns[name]()
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        gc.enable()
+    return times, outputs
+
+
+def machine_info(threads, torch):
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads,
+            "python": platform.python_version(), "numpy": np.__version__,
+            "scipy": scipy.__version__, "torch": torch.__version__ if torch else None,
+            "clstm": clstm.__version__, "openmp": clstm.openmp_enabled()}
+
+
+def geomean(values):
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="two small sizes, few repetitions")
+    ap.add_argument("--threads", type=int, default=clstm.get_num_threads())
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ap.add_argument("--repeats", type=int, help="timed repetitions (default 15, quick 3)")
+    ap.add_argument("--json", metavar="PATH", help="also write all results as JSON")
+    args = ap.parse_args()
+    repeats = args.repeats or (3 if args.quick else 15)
+    budget = 1.0 if args.quick else 8.0  # seconds per (size, mode, implementation)
+    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    dtype = np.dtype(args.dtype)
+
+    torch = load_torch()
+    clstm.set_num_threads(args.threads)
+    try:  # the reference's matmuls get the same number of BLAS threads
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=args.threads, user_api="blas")
+    except ImportError:
+        pass
+    factories = {"clstm": make_clstm, "reference": make_reference}
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+        factories["torch"] = torch_factory(torch)
+
+    info = machine_info(args.threads, torch)
+    print("# " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    if torch is None:
+        print("# torch not found (or CLSTM_BENCH_NO_TORCH set): comparing with the reference only")
+    tol = 1e-3 if dtype == np.float32 else 1e-9
+    fmt = "{:<20} {:<9} {:<9} {:>4} {:>10} {:>8} {:>9}"
+    print(fmt.format("T,B,I,H", "mode", "impl", "reps", "median ms", "GFLOP/s", "clstm x"))
+    results = []
+    for T, B, I, H in sizes:
+        lstm = clstm.LSTM(I, H, dtype=dtype, seed=0)
+        x = np.random.default_rng(1).standard_normal((T, B, I)).astype(dtype)
+        for mode in MODES:
+            fns = {name: make(lstm, x, mode) for name, make in factories.items()}
+            times, outputs = measure(fns, repeats, budget)
+            medians = {name: statistics.median(ts) for name, ts in times.items()}
+            flops = FLOPS_PER_CELL[mode] * T * B * H * (I + H)
+            for name, ts in times.items():
+                diff = float(np.max(np.abs(outputs[name] - outputs["clstm"])))
+                row = {"T": T, "B": B, "I": I, "H": H, "mode": mode, "impl": name,
+                       "reps": len(ts), "times_ms": [t * 1e3 for t in ts],
+                       "median_ms": medians[name] * 1e3, "gflops": flops / medians[name] / 1e9,
+                       "speedup": medians[name] / medians["clstm"], "max_abs_diff": diff}
+                results.append(row)
+                print(fmt.format(f"{T},{B},{I},{H}", mode, name, row["reps"],
+                                 f"{row['median_ms']:.2f}", f"{row['gflops']:.2f}",
+                                 f"{row['speedup']:.2f}")
+                      + (f"  MISMATCH max|diff|={diff:.2e}" if diff > tol else ""))
+            gc.collect()
+
+    print("\n# geometric mean of clstm speed-up (time_other / time_clstm)")
+    summary = {}
+    for mode in MODES:
+        for name in factories:
+            if name != "clstm":
+                ratios = [r["speedup"] for r in results if r["mode"] == mode and r["impl"] == name]
+                summary[f"{mode}/vs_{name}"] = geomean(ratios)
+                print(f"{mode:<9} vs {name:<9} {geomean(ratios):6.2f}x  over {len(ratios)} sizes")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "args": vars(args), "results": results,
+                       "geomean_speedup": summary}, f, indent=1)
+        print(f"# wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

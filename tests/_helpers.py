@@ -1,0 +1,25 @@
+"""Shared test helpers (tests/ is on sys.path via pytest's `pythonpath`)."""
+import numpy as np
+
+# Tolerances for "same numbers up to rounding", relative to the largest magnitude involved.
+TOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+def make_problem(T, B, I, H, dtype=np.float64, seed=0, scale=0.5):
+    """Random weights, biases, input, initial state and upstream gradients for one layer."""
+    rng = np.random.default_rng(seed)
+
+    def r(*shape):
+        return (scale * rng.standard_normal(shape)).astype(dtype)
+
+    return dict(x=r(T, B, I), w_ih=r(4 * H, I), w_hh=r(4 * H, H), b_ih=r(4 * H),
+                b_hh=r(4 * H), h0=r(B, H), c0=r(B, H), dy=r(T, B, H), dh_n=r(B, H),
+                dc_n=r(B, H))
+
+
+def assert_close(actual, expected, dtype, factor=1.0, what=""):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    tol = factor * TOL[np.dtype(dtype).type]
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)

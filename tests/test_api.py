@@ -1,0 +1,253 @@
+"""The clstm.LSTM class: shapes, state handling, gradients, parameters, and bad input."""
+import numpy as np
+import pytest
+
+import clstm
+from clstm import reference as R
+from _helpers import assert_close
+
+I, H = 3, 4
+
+
+def make_lstm(dtype=np.float64, **kw):
+    return clstm.LSTM(I, H, dtype=dtype, seed=0, **kw)
+
+
+def reference_run(lstm, x, h0=None, c0=None):
+    p = lstm.state_dict()
+    B = x.shape[1]
+    h0 = np.zeros((B, H)) if h0 is None else h0
+    c0 = np.zeros((B, H)) if c0 is None else c0
+    return R.lstm_forward(x, p["weight_ih_l0"], p["weight_hh_l0"], p.get("bias_ih_l0"),
+                          p.get("bias_hh_l0"), h0, c0, train=True)
+
+
+def test_parameters_follow_pytorch_names_shapes_and_init():
+    lstm = clstm.LSTM(5, 7, seed=1)
+    shapes = {k: v.shape for k, v in lstm.state_dict().items()}
+    assert shapes == {"weight_ih_l0": (28, 5), "weight_hh_l0": (28, 7),
+                      "bias_ih_l0": (28,), "bias_hh_l0": (28,)}
+    k = 1 / np.sqrt(7)
+    for v in lstm.state_dict().values():
+        assert v.dtype == np.float32
+        assert np.all(np.abs(v) <= k) and np.abs(v).max() > 0.5 * k
+    assert list(clstm.LSTM(5, 7, bias=False).state_dict()) == ["weight_ih_l0", "weight_hh_l0"]
+    assert lstm.weight_hh_l0 is lstm.params["weight_hh_l0"]
+    with pytest.raises(AttributeError):
+        lstm.weight_hr_l0
+
+
+def test_seed_makes_initialisation_reproducible():
+    a, b, c = (clstm.LSTM(3, 4, seed=s).state_dict() for s in (7, 7, 8))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["weight_ih_l0"], c["weight_ih_l0"])
+
+
+def test_inference_matches_reference_with_and_without_state():
+    lstm = make_lstm()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 2, I))
+    h0, c0 = rng.standard_normal((2, 2, H))
+    y, (h_n, c_n) = lstm(x)
+    y_ref, h_ref, c_ref, _ = reference_run(lstm, x)
+    assert y.shape == (6, 2, H) and h_n.shape == (1, 2, H) and c_n.shape == (1, 2, H)
+    assert_close(y, y_ref, np.float64)
+    assert_close(h_n[0], h_ref, np.float64)
+    y, (h_n, c_n) = lstm(x, (h0[None], c0[None]))
+    y_ref, h_ref, c_ref, _ = reference_run(lstm, x, h0, c0)
+    assert_close(y, y_ref, np.float64)
+    assert_close(c_n[0], c_ref, np.float64)
+
+
+def test_training_gradients_accumulate_and_zero():
+    lstm = make_lstm()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 3, I))
+    dy = rng.standard_normal((5, 3, H))
+    dh = rng.standard_normal((1, 3, H))
+    (y, (h_n, c_n)), backward = lstm.forward_train(x)
+    dx, (dh0, dc0) = backward(dy, (dh, None))
+    _, _, _, cache = reference_run(lstm, x)
+    g = R.lstm_backward(cache, dy, dh[0], None)
+    assert_close(dx, g.dx, np.float64)
+    assert_close(dh0[0], g.dh0, np.float64)
+    assert_close(dc0[0], g.dc0, np.float64)
+    assert_close(lstm.grads["weight_ih_l0"], g.dw_ih, np.float64)
+    assert_close(lstm.grads["bias_hh_l0"], g.db_hh, np.float64)
+    # a second forward/backward adds to the gradients
+    _, backward2 = lstm.forward_train(x)
+    backward2(dy, (dh, None))
+    assert_close(lstm.grads["weight_hh_l0"], 2 * g.dw_hh, np.float64)
+    with pytest.raises(RuntimeError, match="already"):
+        backward2(dy)
+    lstm.zero_grad()
+    assert not any(np.any(v) for v in lstm.grads.values())
+    assert set(lstm.grads) == set(lstm.state_dict())
+
+
+def test_batch_first_and_unbatched_layouts_agree_with_time_major():
+    lstm = make_lstm()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 3, I))
+    dy = rng.standard_normal((5, 3, H))
+    (y, (h, c)), back = lstm.forward_train(x)
+    dx, (dh0, dc0) = back(dy)
+    lstm_bf = make_lstm(batch_first=True)
+    (y_bf, (h_bf, c_bf)), back_bf = lstm_bf.forward_train(x.transpose(1, 0, 2))
+    dx_bf, _ = back_bf(dy.transpose(1, 0, 2))
+    assert y_bf.shape == (3, 5, H) and h_bf.shape == (1, 3, H)
+    assert_close(y_bf, y.transpose(1, 0, 2), np.float64)
+    assert_close(dx_bf, dx.transpose(1, 0, 2), np.float64)
+    assert_close(lstm_bf.grads["weight_hh_l0"], lstm.grads["weight_hh_l0"], np.float64)
+    # unbatched: (T, I) in, (T, H) out, states (1, H)
+    (y_u, (h_u, c_u)), back_u = make_lstm().forward_train(x[:, 1])
+    assert y_u.shape == (5, H) and h_u.shape == (1, H)
+    assert_close(y_u, y[:, 1], np.float64)
+    dx_u, (dh_u, _) = back_u(dy[:, 1])
+    assert dx_u.shape == (5, I) and dh_u.shape == (1, H)
+    y_u2, _ = make_lstm()(x[:, 1], (h[:, 1], c[:, 1]))
+    assert y_u2.shape == (5, H)
+
+
+def test_dtype_handling():
+    lstm32 = make_lstm(np.float32)
+    x64 = np.random.default_rng(3).standard_normal((4, 2, I))
+    y, (h, c) = lstm32(x64)  # other precision: cast to the layer's dtype
+    assert y.dtype == h.dtype == np.float32
+    y_ref, _ = make_lstm(np.float64)(x64)
+    # same seed draws the same float64 numbers, rounded to float32
+    assert_close(y, y_ref, np.float32, factor=10)
+    assert make_lstm(np.float64)(x64.astype(np.float32))[0].dtype == np.float64
+
+
+def test_readonly_noncontiguous_and_empty_inputs():
+    lstm = make_lstm()
+    rng = np.random.default_rng(4)
+    big = rng.standard_normal((6, 4, 2 * I))
+    x = big[::2, :, ::2]  # non-contiguous view
+    assert not x.flags.c_contiguous
+    ro = np.ascontiguousarray(x)
+    ro.setflags(write=False)
+    np.testing.assert_array_equal(lstm(x)[0], lstm(ro)[0])
+    h0 = np.zeros((1, 4, H))
+    h0.setflags(write=False)
+    lstm(ro, (h0, h0))
+    y, (h, c) = lstm(np.zeros((5, 0, I)))
+    assert y.shape == (5, 0, H) and h.shape == (1, 0, H)
+    (y, (h, c)), back = lstm.forward_train(np.zeros((5, 0, I)))
+    dx, (dh, dc) = back(np.zeros((5, 0, H)))
+    assert dx.shape == (5, 0, I) and dh.shape == (1, 0, H)
+
+
+def test_state_dict_round_trip_and_load_errors():
+    src, dst = clstm.LSTM(I, H, seed=1), clstm.LSTM(I, H, seed=2)
+    sd = src.state_dict()
+    dst.load_state_dict(sd)
+    x = np.ones((3, 2, I), np.float32)
+    np.testing.assert_array_equal(src(x)[0], dst(x)[0])
+    sd["weight_ih_l0"][...] = 0  # state_dict returns copies, load copies in
+    assert np.any(dst.weight_ih_l0)
+    # loading from nested lists works (anything np.asarray converts)
+    dst.load_state_dict({k: v.tolist() for k, v in src.state_dict().items()})
+    before = dst.state_dict()
+    with pytest.raises(KeyError, match=r"missing keys \['bias_hh_l0'\]"):
+        dst.load_state_dict({k: v for k, v in sd.items() if k != "bias_hh_l0"})
+    with pytest.raises(KeyError, match="unexpected keys.*weight_hr_l0"):
+        dst.load_state_dict({**sd, "weight_hr_l0": np.zeros((1, 1))})
+    with pytest.raises(ValueError, match=r"weight_hh_l0 must have shape \(16, 4\)"):
+        dst.load_state_dict({**sd, "weight_hh_l0": np.zeros((16, 5))})
+    with pytest.raises(TypeError, match="bias_ih_l0.*float"):
+        dst.load_state_dict({**sd, "bias_ih_l0": np.zeros(16, np.int32)})
+    after = dst.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # nothing half-loaded
+    dst.load_state_dict({"weight_ih_l0": np.zeros((16, I))}, strict=False)
+    assert not np.any(dst.weight_ih_l0)
+
+
+@pytest.mark.parametrize("x, exc, pattern", [
+    (np.zeros((5, 2, I + 1)), ValueError, r"x must have shape \(T, B, 3\)"),
+    (np.zeros((5, 2, 3, I)), ValueError, r"x must be 3-D"),
+    (np.zeros(5), ValueError, r"x must be 3-D"),
+    (np.zeros((5, 2, I), np.int64), TypeError, "x must be a float32 or float64 array"),
+    (np.zeros((5, 2, I), bool), TypeError, "x must be a float32 or float64 array"),
+    (np.zeros((5, 2, I), complex), TypeError, "x must be a float32 or float64 array"),
+    (np.array([[["a"] * I]]), TypeError, "x must be a float32 or float64 array"),
+    ([[[1.0, 2.0]]], ValueError, "x must have shape"),
+    (object(), TypeError, "x must be a float"),
+])
+def test_bad_input_is_named(x, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        make_lstm()(x)
+
+
+def test_bad_state_and_gradients_are_named():
+    lstm = make_lstm()
+    x = np.zeros((5, 2, I))
+    good = np.zeros((1, 2, H))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(1, 2, 4\)"):
+        lstm(x, (np.zeros((1, 3, H)), good))
+    with pytest.raises(ValueError, match=r"c0 must have shape \(1, 2, 4\)"):
+        lstm(x, (good, np.zeros((2, H))))
+    with pytest.raises(TypeError, match="state must be a tuple"):
+        lstm(x, good)
+    with pytest.raises(TypeError, match="h0 must be a float32"):
+        lstm(x, (good.astype(int), good))
+    _, back = lstm.forward_train(x)
+    with pytest.raises(ValueError, match=r"dy must have shape \(5, 2, 4\)"):
+        back(np.zeros((5, 2, H + 1)))
+    with pytest.raises(ValueError, match=r"dc_n must have shape \(1, 2, 4\)"):
+        back(None, (None, np.zeros((2, H))))
+    with pytest.raises(TypeError, match="dstate must be a tuple"):
+        back(None, np.zeros((1, 2, H)))
+
+
+@pytest.mark.parametrize("kwargs, exc, pattern", [
+    (dict(input_size=0, hidden_size=4), ValueError, "input_size must be >= 1"),
+    (dict(input_size=3, hidden_size=2.5), TypeError, "hidden_size must be an int"),
+    (dict(input_size=3, hidden_size=4, num_layers=0), ValueError, "num_layers"),
+    (dict(input_size=3, hidden_size=4, proj_size=4), ValueError, "proj_size must be smaller"),
+    (dict(input_size=3, hidden_size=4, dropout=1.0), ValueError, r"dropout must be .* \[0, 1\)"),
+    (dict(input_size=3, hidden_size=4, dtype=np.int32), TypeError, "dtype must be float32"),
+    (dict(input_size=3, hidden_size=4, dtype=np.float16), TypeError, "dtype must be float32"),
+    (dict(input_size=3, hidden_size=4, num_layers=2), NotImplementedError, "num_layers > 1"),
+    (dict(input_size=3, hidden_size=4, bidirectional=True), NotImplementedError, "bidirect"),
+    (dict(input_size=3, hidden_size=4, proj_size=2), NotImplementedError, "proj_size"),
+    (dict(input_size=3, hidden_size=4, dropout=0.5), NotImplementedError, "dropout"),
+])
+def test_bad_constructor_arguments(kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        clstm.LSTM(**kwargs)
+
+
+def test_thread_settings():
+    default = clstm.get_num_threads()
+    assert default >= 1
+    try:
+        clstm.set_num_threads(1)
+        assert clstm.get_num_threads() == 1
+        clstm.set_num_threads(np.int64(3))
+        assert clstm.get_num_threads() == 3
+        for bad, exc in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+            with pytest.raises(exc, match="n must be a positive int"):
+                clstm.set_num_threads(bad)
+    finally:
+        clstm.set_num_threads(None)
+    assert clstm.get_num_threads() == default
+    assert isinstance(clstm.openmp_enabled(), bool)
+
+
+def test_kernels_restore_the_callers_blas_thread_count():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from clstm import _threads
+
+    lib = _threads._scipy_blas_controller()
+    if lib is None or not _threads._kernels_switch_blas:
+        pytest.skip("kernels do not switch this BLAS's threads")
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        make_lstm()(np.zeros((3, 4, I)))
+        assert lib.get_num_threads() == 1
+    before = lib.get_num_threads()
+    lstm = make_lstm()
+    _, back = lstm.forward_train(np.zeros((3, 4, I)))
+    back(np.ones((3, 4, H)))
+    assert lib.get_num_threads() == before

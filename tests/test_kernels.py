@@ -1,0 +1,179 @@
+"""The compiled kernels (clstm.functional) against the NumPy reference: forward for inference
+and for training, backward, both dtypes, odd shapes, any thread count."""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from clstm import functional as F
+from clstm import reference as R
+from _helpers import assert_close, make_problem
+
+INPUTS = ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0")
+SHAPES = [  # (T, B, I, H)
+    (1, 1, 1, 1),
+    (1, 7, 3, 5),
+    (5, 3, 2, 4),
+    (3, 1, 6, 8),    # B = 1 takes the GEMV path
+    (4, 9, 5, 1),    # H = 1
+    (6, 5, 1, 3),    # I = 1, B odd: slices of unequal size
+    (6, 33, 17, 19),
+    (300, 2, 3, 4),  # long sequence
+]
+DTYPES = [np.float32, np.float64]
+
+
+def run_both(p, n_threads, train=True):
+    args = [p[k] for k in INPUTS]
+    ref = R.lstm_forward(*args, train=train)
+    out = F.lstm_forward(*args, train=train, n_threads=n_threads)
+    return ref, out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_forward_and_backward_match_reference(shape, dtype, n_threads):
+    p = make_problem(*shape, dtype=dtype, seed=hash(shape) % 1000)
+    factor = 10 if shape[0] >= 100 else 1  # rounding differences compound over long T
+    for train in (False, True):
+        (y0, h0, c0, rcache), (y1, h1, c1, fcache) = run_both(p, n_threads, train)
+        for name, a, b in (("y", y1, y0), ("h_n", h1, h0), ("c_n", c1, c0)):
+            assert a.dtype == dtype
+            assert_close(a, b, dtype, factor, f"{name} (train={train})")
+    g_ref = R.lstm_backward(rcache, p["dy"], p["dh_n"], p["dc_n"])
+    g = F.lstm_backward(fcache, p["dy"], p["dh_n"], p["dc_n"])
+    for name in g._fields:
+        assert getattr(g, name).dtype == dtype
+        assert_close(getattr(g, name), getattr(g_ref, name), dtype, factor, "d" + name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("which", ["none", "dy", "dh_n", "dc_n"])
+def test_backward_with_partial_upstream(dtype, which):
+    p = make_problem(4, 3, 2, 5, dtype=dtype, seed=3)
+    kwargs = {} if which == "none" else {which: p[which]}
+    (_, _, _, rc), (_, _, _, fc) = run_both(p, 2)
+    g_ref, g = R.lstm_backward(rc, **kwargs), F.lstm_backward(fc, **kwargs)
+    for name in g._fields:
+        assert_close(getattr(g, name), getattr(g_ref, name), dtype, what="d" + name)
+    if which == "none":
+        assert not any(np.any(v) for v in g)
+
+
+def test_results_agree_across_thread_counts():
+    p = make_problem(40, 13, 7, 16, dtype=np.float64, seed=5)
+    results = []
+    for n in (1, 2, 3, 4):
+        y, h, c, cache = F.lstm_forward(*(p[k] for k in INPUTS), train=True, n_threads=n)
+        g = F.lstm_backward(cache, p["dy"], p["dh_n"], p["dc_n"])
+        results.append([y, h, c, *g])
+    for other in results[1:]:
+        for a, b in zip(other, results[0]):
+            assert_close(a, b, np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("steps_per_chunk", [1, 3, 7])
+def test_inference_in_time_chunks_matches_training_forward(monkeypatch, dtype,
+                                                           steps_per_chunk):
+    T, B, I, H = 7, 4, 3, 5
+    monkeypatch.setattr(F, "GATES_CHUNK_ELEMENTS", steps_per_chunk * B * 4 * H)
+    p = make_problem(T, B, I, H, dtype=dtype, seed=11)
+    args = [p[k] for k in INPUTS]
+    for n in (1, 2):
+        y, h, c, _ = F.lstm_forward(*args, n_threads=n)
+        y_t, h_t, c_t, _ = F.lstm_forward(*args, train=True, n_threads=n)
+        np.testing.assert_array_equal(y, y_t)
+        np.testing.assert_array_equal(h, h_t)
+        np.testing.assert_array_equal(c, c_t)
+
+
+def test_inference_memory_does_not_grow_with_sequence_length():
+    B, I, H = 4, 8, 16
+    steps_per_chunk = F.GATES_CHUNK_ELEMENTS // (B * 4 * H)
+    extra = {}
+    for T in (2 * steps_per_chunk, 8 * steps_per_chunk):
+        p = make_problem(T, B, I, H, dtype=np.float32)
+        args = [p[k] for k in INPUTS]
+        tracemalloc.start()
+        y, _, _, _ = F.lstm_forward(*args, n_threads=2)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        extra[T] = peak - y.nbytes
+    small, large = extra.values()
+    assert large <= small * 1.05 + 4096, extra
+    # and the scratch really is bounded by the chunk size (plus small state arrays)
+    assert large <= F.GATES_CHUNK_ELEMENTS * 4 + 64 * 1024, extra
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_empty_sequence_and_empty_batch(train):
+    for T, B in ((0, 3), (4, 0), (0, 0)):
+        p = make_problem(T, B, 2, 3)
+        args = [p[k] for k in INPUTS]
+        y, h, c, cache = F.lstm_forward(*args, train=train)
+        assert y.shape == (T, B, 3)
+        np.testing.assert_array_equal(h, p["h0"] if T == 0 else h)
+        np.testing.assert_array_equal(c, p["c0"] if T == 0 else c)
+        if train:
+            g = F.lstm_backward(cache, p["dy"], p["dh_n"], p["dc_n"])
+            assert g.dx.shape == (T, B, 2)
+            if T == 0:
+                np.testing.assert_array_equal(g.dh0, p["dh_n"])
+                np.testing.assert_array_equal(g.dc0, p["dc_n"])
+            assert not np.any(g.dw_ih) and not np.any(g.db_ih)
+
+
+def test_no_bias():
+    p = make_problem(5, 3, 2, 4, seed=2)
+    args = [p[k] for k in INPUTS]
+    args[3] = args[4] = None
+    _, _, _, rc = R.lstm_forward(*args, train=True)
+    y, _, _, fc = F.lstm_forward(*args, train=True)
+    assert_close(y, R.lstm_forward(*args)[0], np.float64)
+    g_ref, g = R.lstm_backward(rc, p["dy"]), F.lstm_backward(fc, p["dy"])
+    assert g.db_ih is None and g.db_hh is None
+    assert_close(g.dw_hh, g_ref.dw_hh, np.float64)
+
+
+def test_huge_preactivations_stay_finite():
+    for dtype in DTYPES:
+        p = make_problem(3, 2, 2, 3, dtype=dtype)
+        p["x"][0] = 1e4
+        p["x"][1] = -1e4
+        (y0, *_), (y1, _, _, cache) = run_both(p, 2)
+        assert_close(y1, y0, dtype)
+        g = F.lstm_backward(cache, p["dy"], p["dh_n"], p["dc_n"])
+        assert all(np.all(np.isfinite(v)) for v in g)
+
+
+def test_backward_runs_once_per_forward():
+    p = make_problem(3, 2, 2, 3)
+    _, _, _, cache = F.lstm_forward(*(p[k] for k in INPUTS), train=True)
+    F.lstm_backward(cache, p["dy"])
+    with pytest.raises(RuntimeError, match="already"):
+        F.lstm_backward(cache, p["dy"])
+
+
+def test_functional_rejects_bad_arguments():
+    p = make_problem(3, 2, 2, 3)
+    args = [p[k] for k in INPUTS]
+    bad = {
+        0: (np.zeros((3, 2, 5)), ValueError, "x"),
+        1: (np.zeros((12, 2), np.int64), TypeError, "w_ih"),
+        2: (np.zeros((12, 4)), ValueError, "w_hh"),
+        3: (np.zeros(11), ValueError, "b_ih"),
+        5: (np.zeros((3, 3)), ValueError, "h0"),
+        6: (np.zeros((2, 3), complex), TypeError, "c0"),
+    }
+    for k, (value, exc, name) in bad.items():
+        a = list(args)
+        a[k] = value
+        with pytest.raises(exc, match=name):
+            F.lstm_forward(*a)
+    _, _, _, cache = F.lstm_forward(*args, train=True)
+    with pytest.raises(ValueError, match="dy"):
+        F.lstm_backward(cache, np.zeros((3, 2, 4)))
+    with pytest.raises(TypeError, match="cache"):
+        F.lstm_backward(object())
