@@ -100,24 +100,22 @@ def torch_factory(torch):
 
 # ------------------------------------------------------------------ timing
 def measure(fns, repeats, budget):
-    """Warm up every callable once, then time them round-robin. An implementation whose
-    warm-up took long gets fewer repetitions (at least 3) so one run stays within about
-    ``budget`` seconds per (size, mode, implementation). Returns ({name: [seconds]},
-    {name: warm-up output})."""
-    outputs, reps, times = {}, {}, {name: [] for name in fns}
-    for name, fn in fns.items():
-        t0 = time.perf_counter()
-        outputs[name] = fn()
-        reps[name] = max(3, min(repeats, int(budget / (time.perf_counter() - t0))))
-    names = list(fns)
+    """Warm up every callable once, then time them round-robin, rotating the order each
+    round. After the first round an implementation gets fewer repetitions (at least 3) if
+    ``repeats`` of them would take more than ``budget`` seconds. Returns
+    ({name: [seconds]}, {name: warm-up output})."""
+    outputs = {name: fn() for name, fn in fns.items()}
+    names, times, reps = list(fns), {name: [] for name in fns}, dict.fromkeys(fns, repeats)
     gc.disable()
     try:
-        for r in range(max(reps.values())):
+        for r in range(repeats):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 if r < reps[name]:
                     t0 = time.perf_counter()
                     fns[name]()
                     times[name].append(time.perf_counter() - t0)
+            if r == 0:
+                reps = {name: max(3, min(repeats, int(budget / ts[0]))) for name, ts in times.items()}
     finally:
         gc.enable()
     return times, outputs
@@ -140,15 +138,22 @@ def geomean(values):
     return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
 
 
+def positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="two small sizes, few repetitions")
-    ap.add_argument("--threads", type=int, default=clstm.get_num_threads())
+    ap.add_argument("--threads", type=positive, default=clstm.get_num_threads())
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    ap.add_argument("--repeats", type=int, help="timed repetitions (default 15, quick 3)")
+    ap.add_argument("--repeats", type=positive, help="timed repetitions (default 15, quick 5)")
     ap.add_argument("--json", metavar="PATH", help="also write all results as JSON")
     args = ap.parse_args()
-    repeats = args.repeats or (3 if args.quick else 15)
+    repeats = args.repeats or (5 if args.quick else 15)
     budget = 1.0 if args.quick else 8.0  # seconds per (size, mode, implementation)
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
     dtype = np.dtype(args.dtype)
@@ -170,8 +175,9 @@ def main():
     if torch is None:
         print("# torch not found (or CLSTM_BENCH_NO_TORCH set): comparing with the reference only")
     tol = 1e-3 if dtype == np.float32 else 1e-9
-    fmt = "{:<20} {:<9} {:<9} {:>4} {:>10} {:>8} {:>9}"
-    print(fmt.format("T,B,I,H", "mode", "impl", "reps", "median ms", "GFLOP/s", "clstm x"))
+    fmt = "{:<18} {:<9} {:<9} {:>4} {:>10} {:>9} {:>8} {:>8}"
+    print(fmt.format("T,B,I,H", "mode", "impl", "reps", "median ms", "min ms", "GFLOP/s",
+                     "clstm x"))
     results = []
     for T, B, I, H in sizes:
         lstm = clstm.LSTM(I, H, dtype=dtype, seed=0)
@@ -182,16 +188,18 @@ def main():
             medians = {name: statistics.median(ts) for name, ts in times.items()}
             flops = FLOPS_PER_CELL[mode] * T * B * H * (I + H)
             for name, ts in times.items():
-                diff = float(np.max(np.abs(outputs[name] - outputs["clstm"])))
+                scale = max(1.0, float(np.max(np.abs(outputs["clstm"]))))
+                diff = float(np.max(np.abs(outputs[name] - outputs["clstm"]))) / scale
                 row = {"T": T, "B": B, "I": I, "H": H, "mode": mode, "impl": name,
                        "reps": len(ts), "times_ms": [t * 1e3 for t in ts],
-                       "median_ms": medians[name] * 1e3, "gflops": flops / medians[name] / 1e9,
-                       "speedup": medians[name] / medians["clstm"], "max_abs_diff": diff}
+                       "median_ms": medians[name] * 1e3, "min_ms": min(ts) * 1e3,
+                       "gflops": flops / medians[name] / 1e9,
+                       "speedup": medians[name] / medians["clstm"], "max_rel_diff": diff}
                 results.append(row)
                 print(fmt.format(f"{T},{B},{I},{H}", mode, name, row["reps"],
-                                 f"{row['median_ms']:.2f}", f"{row['gflops']:.2f}",
-                                 f"{row['speedup']:.2f}")
-                      + (f"  MISMATCH max|diff|={diff:.2e}" if diff > tol else ""))
+                                 f"{row['median_ms']:.2f}", f"{row['min_ms']:.2f}",
+                                 f"{row['gflops']:.2f}", f"{row['speedup']:.2f}")
+                      + (f"  MISMATCH max rel diff {diff:.2e}" if diff > tol else ""))
             gc.collect()
 
     print("\n# geometric mean of clstm speed-up (time_other / time_clstm)")
