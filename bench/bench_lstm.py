@@ -199,7 +199,8 @@ def main():
                 print(fmt.format(f"{T},{B},{I},{H}", mode, name, row["reps"],
                                  f"{row['median_ms']:.2f}", f"{row['min_ms']:.2f}",
                                  f"{row['gflops']:.2f}", f"{row['speedup']:.2f}")
-                      + (f"  MISMATCH max rel diff {diff:.2e}" if diff > tol else ""))
+                      + (f"  MISMATCH max rel diff {diff:.2e}" if diff > tol else ""),
+                      flush=True)
             gc.collect()
 
     print("\n# geometric mean of clstm speed-up (time_other / time_clstm)")

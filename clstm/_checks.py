@@ -42,7 +42,7 @@ def float_array(name, value, dtype):
                         f"{type(value).__name__}: {exc}") from None
     if a.dtype.kind != "f":
         raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=dtype)
+    return np.asarray(a, dtype=dtype, order="C")
 
 
 def _fmt(expected):
@@ -62,3 +62,14 @@ def check_shape(name, a, expected):
         if size != want:
             raise ValueError(f"{name} must have shape {_fmt(expected)}, got {a.shape}")
     return a
+
+
+BLAS_INT_MAX = 2**31 - 1
+
+
+def check_blas_sizes(x_shape, H):
+    """BLAS takes 32-bit sizes: T*B rows and 4H columns must fit."""
+    T, B, I = x_shape
+    if max(T * B, 4 * H, I) > BLAS_INT_MAX:
+        raise ValueError(f"x of shape {x_shape} with hidden size {H} is too large for 32-bit "
+                         f"BLAS: T*B, 4*H and I must each be at most {BLAS_INT_MAX}")

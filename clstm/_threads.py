@@ -13,11 +13,19 @@ import contextlib
 import ctypes
 import operator
 import os
+import threading
 
 from . import _lstm
 
 _num_threads = None
 _kernels_switch_blas = False
+# BLAS thread counts are process-global and the kernels save and restore them, so two kernel
+# calls overlapping in time (from two Python threads) could leave BLAS on the wrong count.
+# Kernel calls therefore run one at a time; each already uses every thread it is given.
+_kernel_lock = threading.Lock()
+# GNU OpenMP cannot start a parallel region in a child forked after the parent used one
+# (the child hangs), so in such a child clstm runs single-threaded.
+_forked_child = False
 
 
 def _available_cpus():
@@ -49,7 +57,10 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """The number of threads clstm's kernels use."""
+    """The number of threads clstm's kernels use (always 1 in a process forked from one
+    that had already run clstm: OpenMP cannot be used again there)."""
+    if _forked_child:
+        return 1
     if _num_threads is not None:
         return _num_threads
     n = _available_cpus()
@@ -101,15 +112,31 @@ def _install():
 
 
 @contextlib.contextmanager
-def blas_guard(n_threads):
-    """Around a kernel call: only needed when the kernels cannot switch BLAS threads."""
-    if _kernels_switch_blas or n_threads < 2 or not openmp_enabled():
-        yield
-        return
-    from threadpoolctl import threadpool_limits
+def kernel_call(n_threads):
+    """Around every compiled kernel call: one at a time, and with a BLAS the kernels cannot
+    switch themselves, held to one BLAS thread while OpenMP threads run."""
+    global _openmp_used
+    with _kernel_lock:
+        if n_threads > 1 and openmp_enabled():
+            _openmp_used = True
+        if _kernels_switch_blas or n_threads < 2 or not openmp_enabled():
+            yield
+            return
+        from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
 
 
+_openmp_used = False
+
+
+def _after_fork_in_child():
+    global _kernel_lock, _forked_child
+    _kernel_lock = threading.Lock()  # a thread of the parent may have held it
+    _forked_child = _forked_child or _openmp_used
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 _install()

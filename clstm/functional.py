@@ -8,8 +8,8 @@ the compiled kernels then run with the GIL released.
 import numpy as np
 
 from . import _lstm
-from ._checks import check_shape, float_array, float_dtype
-from ._threads import blas_guard, get_num_threads
+from ._checks import check_blas_sizes, check_shape, float_array, float_dtype, positive_int
+from ._threads import get_num_threads, kernel_call
 from .reference import LSTMGrads
 
 # The inference forward hoists the input projection this many gate values at a time
@@ -37,6 +37,8 @@ def _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0):
     if w_hh.shape[0] != 4 * H or H < 1:
         raise ValueError(f"w_hh must have shape (4*H, H) with H >= 1, got {w_hh.shape}")
     check_shape("w_ih", w_ih, (4 * H, "I"))
+    if w_ih.shape[1] < 1:
+        raise ValueError(f"w_ih must have shape (4*H, I) with I >= 1, got {w_ih.shape}")
     x = check_shape("x", float_array("x", x, dtype), ("T", "B", w_ih.shape[1]))
     B = x.shape[1]
     biases = [None if b is None else check_shape(name, float_array(name, b, dtype), (4 * H,))
@@ -58,13 +60,20 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, train=False, n_threads=No
     for b in (b_ih, b_hh):
         if b is not None:
             bias += b
-    return forward(x, w_ih, w_hh, bias, b_ih is not None or b_hh is not None, h0, c0, train,
-                   get_num_threads() if n_threads is None else n_threads)
+    n_threads = get_num_threads() if n_threads is None else positive_int("n_threads", n_threads)
+    if train:  # the cache must not see later writes to the caller's arrays
+        x, w_ih, w_hh, h0, c0 = (a.copy() for a in (x, w_ih, w_hh, h0, c0))
+    return _forward(x, w_ih, w_hh, bias, b_ih is not None or b_hh is not None, h0, c0, train,
+                    n_threads)
 
 
-def forward(x, w_ih, w_hh, bias, has_bias, h0, c0, train, n_threads):
-    """`lstm_forward` on arrays that are already validated, contiguous and of one dtype."""
+def _forward(x, w_ih, w_hh, bias, has_bias, h0, c0, train, n_threads):
+    """`lstm_forward` on arrays that are already validated, contiguous and of one dtype.
+    With ``train``, ``x``, ``w_ih``, ``w_hh``, ``h0`` and ``c0`` must not be written to until
+    backward has run (callers pass copies), and the returned ``y`` is read-only for the same
+    reason."""
     T, B, _ = x.shape
+    check_blas_sizes(x.shape, w_hh.shape[1])
     H = w_hh.shape[1]
     dtype = w_hh.dtype
     y = np.empty((T, B, H), dtype)
@@ -75,13 +84,15 @@ def forward(x, w_ih, w_hh, bias, has_bias, h0, c0, train, n_threads):
         c_n[...] = c0
         cache = ForwardCache(x, w_ih, w_hh, has_bias, h0, c0, y, None, None, n_threads)
         return y, h_n, c_n, cache if train else None
-    with blas_guard(n_threads):
+    with kernel_call(n_threads):
         if train:
             gates = np.empty((T, B, 4 * H), dtype)
             cells = np.empty((T, B, H), dtype)
             _lstm.forward_training(x, w_ih, w_hh, bias, h0, c0, y, h_n, c_n, gates, cells,
                                    n_threads)
             cache = ForwardCache(x, w_ih, w_hh, has_bias, h0, c0, y, gates, cells, n_threads)
+            y = y.view()
+            y.flags.writeable = False
             return y, h_n, c_n, cache
         t_chunk = max(1, min(T, GATES_CHUNK_ELEMENTS // (B * 4 * H)))
         gates_ws = np.empty((t_chunk, B, 4 * H), dtype)
@@ -109,10 +120,10 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
         dh[...] = check_shape("dh_n", float_array("dh_n", dh_n, dtype), (B, H))
     if dc_n is not None:
         dc[...] = check_shape("dc_n", float_array("dc_n", dc_n, dtype), (B, H))
-    return backward(cache, dy, dh, dc)
+    return _backward(cache, dy, dh, dc)
 
 
-def backward(cache, dy, dh, dc):
+def _backward(cache, dy, dh, dc):
     """`lstm_backward` on validated arrays; ``dh``, ``dc`` (B, H) are consumed as workspace."""
     if cache.consumed:
         raise RuntimeError("backward has already run for this forward pass (the cache is "
@@ -126,7 +137,7 @@ def backward(cache, dy, dh, dc):
     dw_hh = np.zeros_like(w_hh)
     db = np.zeros(w_hh.shape[0], dtype)
     if T > 0 and B > 0:
-        with blas_guard(cache.n_threads):
+        with kernel_call(cache.n_threads):
             _lstm.backward(x, w_ih, w_hh, cache.h0, cache.c0, cache.y, cache.gates,
                            cache.cells, dy, dh, dc, dx, dw_ih, dw_hh, db,
                            np.ones(T * B, dtype), cache.n_threads)

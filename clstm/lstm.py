@@ -75,6 +75,13 @@ class LSTM:
             return params[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
+    def __setattr__(self, name, value):
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            self.load_state_dict({name: value}, strict=False)
+        else:
+            super().__setattr__(name, value)
+
     def state_dict(self):
         """A copy of the parameters, named and shaped as ``torch.nn.LSTM.state_dict()``."""
         return {name: p.copy() for name, p in self._params.items()}
@@ -82,7 +89,9 @@ class LSTM:
     def load_state_dict(self, state_dict, strict=True):
         """Copy parameters in from a mapping of name -> array-like (NumPy arrays, PyTorch
         tensors, ...). Shapes must match; with ``strict``, missing or unexpected names are an
-        error (without it they are skipped). Nothing changes unless every entry is valid."""
+        error (without it they are skipped). Nothing changes unless every entry is valid.
+        Values are copied into the existing arrays, so references to ``params`` (held by an
+        optimiser, say) stay valid and nothing aliases the caller's memory."""
         expected = self._param_shapes()
         missing = [k for k in expected if k not in state_dict]
         unexpected = [k for k in state_dict if k not in expected]
@@ -97,7 +106,7 @@ class LSTM:
         new = {name: check_shape(name, float_array(name, state_dict[name], self.dtype), shape)
                for name, shape in expected.items() if name in state_dict}
         for name, value in new.items():
-            self._params[name] = value.copy() if value is state_dict[name] else value
+            self._params[name][...] = value
 
     def zero_grad(self):
         """Reset every accumulated gradient in ``grads`` to zero."""
@@ -144,13 +153,28 @@ class LSTM:
             y = y.transpose(1, 0, 2)
         return y, (h_n[None], c_n[None])
 
+    def _checked_params(self):
+        """The parameters, after an O(1) check that nobody replaced one in ``params`` with
+        an array the kernels cannot take."""
+        for name, shape in self._param_shapes().items():
+            p = self._params.get(name)
+            if not (isinstance(p, np.ndarray) and p.shape == shape and p.dtype == self.dtype
+                    and p.flags.c_contiguous):
+                raise ValueError(f"parameter {name} must be a C-contiguous {self.dtype} array "
+                                 f"of shape {shape}; assign through load_state_dict or "
+                                 "attribute access to convert")
+        return self._params
+
     def _run(self, x, state, train):
         x, h0, c0, batched = self._prepare(x, state)
-        p = self._params
+        p = self._checked_params()
+        w_ih, w_hh = p["weight_ih_l0"], p["weight_hh_l0"]
+        if train:  # the cache must not see later writes to the caller's input or weights
+            x, w_ih, w_hh, h0, c0 = (a.copy() for a in (x, w_ih, w_hh, h0, c0))
         bias = (p["bias_ih_l0"] + p["bias_hh_l0"] if self.bias
                 else np.zeros(4 * self.hidden_size, self.dtype))
-        y, h_n, c_n, cache = functional.forward(x, p["weight_ih_l0"], p["weight_hh_l0"], bias,
-                                                self.bias, h0, c0, train, get_num_threads())
+        y, h_n, c_n, cache = functional._forward(x, w_ih, w_hh, bias, self.bias, h0, c0, train,
+                                                 get_num_threads())
         return self._finish(y, h_n, c_n, batched), cache, batched
 
     def __call__(self, x, state=None):
@@ -163,7 +187,8 @@ class LSTM:
 
     def forward_train(self, x, state=None):
         """Forward that keeps what backward needs: ``(y, (h_n, c_n)), backward`` where
-        ``dx, (dh0, dc0) = backward(dy=None, dstate=None)`` accumulates into ``grads``."""
+        ``dx, (dh0, dc0) = backward(dy=None, dstate=None)`` accumulates into ``grads``.
+        ``y`` is read-only (backward reads it); copy it to modify it."""
         (y, (h_n, c_n)), cache, batched = self._run(x, state, train=True)
         y_shape, state_shape = y.shape, h_n.shape
 
@@ -186,7 +211,7 @@ class LSTM:
                     if d is not None:
                         buf[...] = check_shape(name, float_array(name, d, dtype),
                                                state_shape).reshape(B, H)
-            grads = functional.backward(cache, dy, dh, dc)
+            grads = functional._backward(cache, dy, dh, dc)
             g = self.grads
             g["weight_ih_l0"] += grads.dw_ih
             g["weight_hh_l0"] += grads.dw_hh

@@ -251,3 +251,97 @@ def test_kernels_restore_the_callers_blas_thread_count():
     _, back = lstm.forward_train(np.zeros((3, 4, I)))
     back(np.ones((3, 4, H)))
     assert lib.get_num_threads() == before
+
+
+def test_attribute_assignment_validates_and_copies():
+    lstm = make_lstm()
+    w = np.full((4 * H, I), 0.5)
+    original = lstm.weight_ih_l0
+    lstm.weight_ih_l0 = w
+    assert lstm.weight_ih_l0 is original  # written in place: optimisers keep their reference
+    np.testing.assert_array_equal(lstm.weight_ih_l0, w)
+    w[...] = 0  # no aliasing of the caller's array
+    assert np.all(lstm.weight_ih_l0 == 0.5)
+    with pytest.raises(ValueError, match=r"weight_ih_l0 must have shape \(16, 3\)"):
+        lstm.weight_ih_l0 = np.zeros((16, I + 1))
+    lstm.something_else = 3  # ordinary attributes still work
+    assert lstm.something_else == 3
+
+
+def test_parameters_replaced_in_params_dict_are_checked():
+    lstm = make_lstm()
+    lstm.params["weight_hh_l0"] = np.zeros((4 * H, H + 1))
+    with pytest.raises(ValueError, match=r"parameter weight_hh_l0 must be .*\(16, 4\)"):
+        lstm(np.zeros((2, 1, I)))
+    lstm.params["weight_hh_l0"] = np.zeros((4 * H, H), np.float32)
+    with pytest.raises(ValueError, match="parameter weight_hh_l0 must be a C-contiguous float64"):
+        lstm(np.zeros((2, 1, I)))
+
+
+def test_training_cache_is_isolated_from_later_writes():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 3, I))
+    dy = rng.standard_normal((4, 3, H))
+    expected = make_lstm()
+    (y_ref, _), back = expected.forward_train(x)
+    dx_ref, _ = back(dy)
+
+    lstm = make_lstm()
+    x_mutable = x.copy()
+    (y, _), back = lstm.forward_train(x_mutable)
+    with pytest.raises(ValueError, match="read-only"):
+        y[0] = 0
+    x_mutable[...] = 7  # the caller writes to its input and the weights before backward
+    lstm.weight_hh_l0[...] = 0
+    dx, _ = back(dy)
+    assert_close(dx, dx_ref, np.float64)
+    for k in expected.grads:
+        assert_close(lstm.grads[k], expected.grads[k], np.float64)
+
+
+def test_concurrent_calls_from_python_threads():
+    import threading
+
+    lstm = make_lstm()
+    rng = np.random.default_rng(6)
+    xs = [rng.standard_normal((20, 5, I)) for _ in range(4)]
+    expected = [lstm(x)[0] for x in xs]
+    results = [[] for _ in xs]
+
+    def work(k):
+        for _ in range(20):
+            results[k].append(lstm(xs[k])[0])
+
+    from clstm import _threads
+    lib = _threads._scipy_blas_controller() if _threads._kernels_switch_blas else None
+    before = lib.get_num_threads() if lib is not None else None
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, runs in enumerate(results):
+        assert len(runs) == 20
+        for y in runs:
+            np.testing.assert_array_equal(y, expected[k])
+    if lib is not None:
+        assert lib.get_num_threads() == before
+
+
+def _run_in_child(seed):
+    return make_lstm()(np.random.default_rng(seed).standard_normal((5, 4, I)))[0]
+
+
+def test_forked_child_can_run_after_parent_ran_multithreaded():
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    clstm.set_num_threads(2)
+    try:
+        make_lstm()(np.zeros((5, 4, I)))  # the parent starts its OpenMP pool
+        with mp.get_context("fork").Pool(1) as pool:
+            y = pool.apply_async(_run_in_child, (0,)).get(timeout=60)
+    finally:
+        clstm.set_num_threads(None)
+    np.testing.assert_array_equal(y, _run_in_child(0))

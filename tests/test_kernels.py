@@ -177,3 +177,10 @@ def test_functional_rejects_bad_arguments():
         F.lstm_backward(cache, np.zeros((3, 2, 4)))
     with pytest.raises(TypeError, match="cache"):
         F.lstm_backward(object())
+    with pytest.raises(ValueError, match=r"w_ih must have shape \(4\*H, I\) with I >= 1"):
+        F.lstm_forward(np.zeros((3, 2, 0)), np.zeros((12, 0)), *args[2:])
+    for bad, exc in ((0, ValueError), (1.5, TypeError)):
+        with pytest.raises(exc, match="n_threads"):
+            F.lstm_forward(*args, n_threads=bad)
+    with pytest.raises(ValueError, match=r"x must have shape \(T, B, 2\) \(3-D\), got shape \(\)"):
+        F.lstm_forward(np.float64(1.0), *args[1:])

@@ -83,8 +83,9 @@ def openmp_max_threads():
 
 cdef inline floating sigmoid(floating z) noexcept nogil:
     # exp(-z) overflows to +inf for very negative z and 1/inf == 0: no NaN, no branch.
+    # (<float>1 keeps float32 math in float32: a bare 1.0 literal is a double.)
     if floating is float:
-        return 1.0 / (1.0 + expf(-z))
+        return (<float>1) / ((<float>1) + expf(-z))
     else:
         return 1.0 / (1.0 + exp(-z))
 
@@ -245,11 +246,12 @@ cdef inline int n_slices_for(Py_ssize_t B, int n_threads) noexcept nogil:
 # ---------------------------------------------------------------------------------------------
 # Entry points. Shapes are as in the module docstring; T, B, I, H >= 1 (callers handle empty).
 
-def forward_inference(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
-                      const floating[:, ::1] w_hh, const floating[::1] bias,
-                      const floating[:, ::1] h0, const floating[:, ::1] c0,
-                      floating[:, :, ::1] y, floating[:, ::1] h_n, floating[:, ::1] c_n,
-                      floating[:, :, ::1] gates_ws, int n_threads):
+def forward_inference(const floating[:, :, ::1] x not None,
+                      const floating[:, ::1] w_ih not None, const floating[:, ::1] w_hh not None,
+                      const floating[::1] bias not None, const floating[:, ::1] h0 not None,
+                      const floating[:, ::1] c0 not None, floating[:, :, ::1] y not None,
+                      floating[:, ::1] h_n not None, floating[:, ::1] c_n not None,
+                      floating[:, :, ::1] gates_ws not None, int n_threads):
     """Forward without caches: y (T, B, H), h_n, c_n OUT.
 
     gates_ws (T_chunk, B, 4H) is the only scratch: the input projection is hoisted T_chunk
@@ -274,11 +276,13 @@ def forward_inference(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
         _blas_threads(blas_saved)
 
 
-def forward_training(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
-                     const floating[:, ::1] w_hh, const floating[::1] bias,
-                     const floating[:, ::1] h0, const floating[:, ::1] c0,
-                     floating[:, :, ::1] y, floating[:, ::1] h_n, floating[:, ::1] c_n,
-                     floating[:, :, ::1] gates, floating[:, :, ::1] cells, int n_threads):
+def forward_training(const floating[:, :, ::1] x not None,
+                     const floating[:, ::1] w_ih not None, const floating[:, ::1] w_hh not None,
+                     const floating[::1] bias not None, const floating[:, ::1] h0 not None,
+                     const floating[:, ::1] c0 not None, floating[:, :, ::1] y not None,
+                     floating[:, ::1] h_n not None, floating[:, ::1] c_n not None,
+                     floating[:, :, ::1] gates not None, floating[:, :, ::1] cells not None,
+                     int n_threads):
     """Forward keeping what backward needs: y, h_n, c_n, gates (T, B, 4H), cells (T, B, H) OUT."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
     cdef int n_slices = n_slices_for(B, n_threads)
@@ -311,13 +315,14 @@ cdef void backward_slice(Py_ssize_t T, Py_ssize_t b_begin, Py_ssize_t b_end, Py_
         back_recurrent(n, H, dG_t, w_hh, dh + b_begin * H)
 
 
-def backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
-             const floating[:, ::1] w_hh, const floating[:, ::1] h0,
-             const floating[:, ::1] c0, const floating[:, :, ::1] y,
-             floating[:, :, ::1] gates, const floating[:, :, ::1] cells,
-             const floating[:, :, ::1] dy, floating[:, ::1] dh, floating[:, ::1] dc,
-             floating[:, :, ::1] dx, floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
-             floating[::1] dbias, const floating[::1] ones, int n_threads):
+def backward(const floating[:, :, ::1] x not None, const floating[:, ::1] w_ih not None,
+             const floating[:, ::1] w_hh not None, const floating[:, ::1] h0 not None,
+             const floating[:, ::1] c0 not None, const floating[:, :, ::1] y not None,
+             floating[:, :, ::1] gates not None, const floating[:, :, ::1] cells not None,
+             const floating[:, :, ::1] dy, floating[:, ::1] dh not None,
+             floating[:, ::1] dc not None, floating[:, :, ::1] dx not None,
+             floating[:, ::1] dw_ih not None, floating[:, ::1] dw_hh not None,
+             floating[::1] dbias not None, const floating[::1] ones not None, int n_threads):
     """BPTT through a forward_training call.
 
     dy (T, B, H) IN or None. dh, dc (B, H) INOUT: dh_n, dc_n in -> dh0, dc0 out.
