@@ -11,8 +11,8 @@ reference with the same signatures).
 """
 from . import functional, reference
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
-from .lstm import LSTM
+from .lstm import LSTM, LSTMCell
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "functional", "reference", "get_num_threads", "set_num_threads",
+__all__ = ["LSTM", "LSTMCell", "functional", "reference", "get_num_threads", "set_num_threads",
            "openmp_enabled"]

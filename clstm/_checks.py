@@ -67,9 +67,29 @@ def check_shape(name, a, expected):
 BLAS_INT_MAX = 2**31 - 1
 
 
-def check_blas_sizes(x_shape, H):
-    """BLAS takes 32-bit sizes: T*B rows and 4H columns must fit."""
-    T, B, I = x_shape
-    if max(T * B, 4 * H, I) > BLAS_INT_MAX:
-        raise ValueError(f"x of shape {x_shape} with hidden size {H} is too large for 32-bit "
-                         f"BLAS: T*B, 4*H and I must each be at most {BLAS_INT_MAX}")
+def check_blas_sizes(n_rows, n_input, n_hidden):
+    """BLAS takes 32-bit sizes: the packed rows, 4H and I must fit."""
+    if max(n_rows, 4 * n_hidden, n_input) > BLAS_INT_MAX:
+        raise ValueError(f"{n_rows} sequence steps of input size {n_input} and hidden size "
+                         f"{n_hidden} are too large for 32-bit BLAS: T*B, 4*H and the input "
+                         f"size must each be at most {BLAS_INT_MAX}")
+
+
+def check_lengths(lengths, T, B):
+    """``lengths`` as an intp array of shape (B,) with every value in [0, T]."""
+    if hasattr(lengths, "detach") and hasattr(lengths, "cpu"):
+        lengths = lengths.detach().cpu()
+    try:
+        a = np.asarray(lengths)
+    except Exception as exc:
+        raise TypeError(f"lengths must be an integer array of shape ({B},), could not convert "
+                        f"{type(lengths).__name__}: {exc}") from None
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be an integer array of shape ({B},), got dtype {a.dtype}")
+    if a.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},) (one length per batch row), "
+                         f"got {a.shape}")
+    if B and (a.min() < 0 or a.max() > T):
+        raise ValueError(f"lengths must be in [0, {T}] (the sequence length), got values from "
+                         f"{a.min()} to {a.max()}")
+    return a.astype(np.intp)

@@ -4,38 +4,200 @@
 things, so code and tests can switch between the compiled and the NumPy implementation.
 Arrays are validated, cast to the weights' dtype (float32 or float64) and made C-contiguous;
 the compiled kernels then run with the GIL released.
+
+Internally sequences are packed (`Packing`): rows sorted by length, only real steps stored.
+`clstm.LSTM` packs once per call and runs every layer and direction in that layout.
 """
 import numpy as np
 
 from . import _lstm
-from ._checks import check_blas_sizes, check_shape, float_array, float_dtype, positive_int
-from ._threads import get_num_threads, kernel_call
+from ._checks import (check_blas_sizes, check_lengths, check_shape, float_array, float_dtype,
+                      positive_int)
+from ._threads import get_num_threads, kernel_call, openmp_enabled
 from .reference import LSTMGrads
 
-# The inference forward hoists the input projection this many gate values at a time
-# (>= one time step), so its scratch memory does not grow with the sequence length.
+# The inference forward hoists the input projection of as many steps as fit in this many
+# gate values (at least one step), so its scratch memory does not grow with the sequence.
 GATES_CHUNK_ELEMENTS = 1 << 19
 
 
-class ForwardCache:
-    """What ``lstm_backward`` needs from ``lstm_forward(..., train=True)``. Backward turns
-    the gate activations into gate gradients in place, so it can run once per forward."""
+class Packing:
+    """The packed layout of a (T, B, .) batch whose row b has ``lengths[b]`` real steps.
 
-    def __init__(self, x, w_ih, w_hh, has_bias, h0, c0, y, gates, cells, n_threads):
-        self.x, self.w_ih, self.w_hh, self.has_bias = x, w_ih, w_hh, has_bias
-        self.h0, self.c0, self.y, self.gates, self.cells = h0, c0, y, gates, cells
-        self.n_threads = n_threads
+    Rows are sorted by length, longest first (``order[j]`` is the original row at sorted
+    position j), and only real steps are stored, step-major: step t is rows
+    ``[offsets[t], offsets[t+1])`` of an (N, .) array, holding the sorted rows still running.
+    With no lengths (or all equal to T) this is the plain layout: packing is a reshape and
+    ``offsets`` is None (the kernels then compute t*B, so nothing here grows with T).
+    """
+
+    def __init__(self, T, B, lengths=None):
+        self.T, self.B = T, B
+        self.uniform = lengths is None or bool(np.all(lengths == T))
+        if self.uniform:
+            self.order = None
+            self.sorted_lengths = np.full(B, T, np.intp)
+            self.offsets = None
+            self.steps, self.n_rows, self.first_step_rows = T, T * B, B
+            return
+        self.order = np.argsort(-lengths, kind="stable")
+        lengths = self.sorted_lengths = lengths[self.order].astype(np.intp)
+        steps = int(lengths[0]) if B else 0
+        # rows still running at step t: the sorted lengths greater than t
+        batch_sizes = np.searchsorted(-lengths, -np.arange(steps), side="left")
+        self.offsets = np.concatenate([[0], np.cumsum(batch_sizes)]).astype(np.intp)
+        self.steps, self.n_rows = steps, int(self.offsets[-1])
+        self.first_step_rows = int(batch_sizes[0]) if steps else 0
+        t = np.repeat(np.arange(steps), batch_sizes)
+        j = np.arange(self.offsets[-1]) - self.offsets[t]
+        self._src = t * B + self.order[j]                    # packed row -> padded row
+        self._rev = self.offsets[lengths[j] - 1 - t] + j     # (t, j) <-> (len_j - 1 - t, j)
+
+    def pack(self, a):
+        """(T, B, F) -> (N, F)."""
+        flat = a.reshape(self.T * self.B, a.shape[-1])
+        return flat if self.uniform else flat[self._src]
+
+    def unpack(self, p):
+        """(N, F) -> (T, B, F), zeros past each row's length."""
+        if self.uniform:
+            return p.reshape(self.T, self.B, p.shape[-1])
+        out = np.zeros((self.T * self.B, p.shape[-1]), p.dtype)
+        out[self._src] = p
+        return out.reshape(self.T, self.B, p.shape[-1])
+
+    def reverse(self, p):
+        """Each row's steps in reverse order (a new array): the reverse direction's view."""
+        if self.uniform:
+            return np.ascontiguousarray(p.reshape(self.T, self.B, -1)[::-1]).reshape(p.shape)
+        return p[self._rev]
+
+    def sort_rows(self, s):
+        """(..., B, F) states in sorted row order (a new C-contiguous array)."""
+        return s.copy() if self.uniform else np.ascontiguousarray(s[..., self.order, :])
+
+    def unsort_rows(self, s):
+        if self.uniform:
+            return s
+        out = np.empty_like(s)
+        out[..., self.order, :] = s
+        return out
+
+    def bounds(self, n_threads):
+        """Batch slice bounds for the kernels' time loop: one slice per thread, contiguous
+        in sorted order, cut where each slice has an equal share of the steps."""
+        running = int(np.count_nonzero(self.sorted_lengths))
+        n = min(n_threads if openmp_enabled() else 1, running)
+        if n <= 1:
+            return np.array([0, self.B], np.intp)
+        if self.uniform:
+            return np.arange(n + 1, dtype=np.intp) * self.B // n
+        work = np.cumsum(self.sorted_lengths)
+        cuts = np.searchsorted(work, work[-1] * np.arange(1, n) / n, side="left") + 1
+        return np.concatenate([[0], np.minimum(cuts, self.B), [self.B]]).astype(np.intp)
+
+
+class LayerCache:
+    """What `layer_backward` needs from a training `layer_forward`. Backward turns the gate
+    activations into gate gradients in place, so it can run once per forward."""
+
+    def __init__(self, **arrays):
+        self.__dict__.update(arrays)
         self.consumed = False
 
 
-def _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0):
+def layer_forward(x, packing, w_ih, w_hh, bias, w_hr, h0, c0, train, n_threads):
+    """One layer, one direction, on packed x (N, I) and sorted states h0 (B, P), c0 (B, H).
+
+    Arrays must be validated, C-contiguous and of one dtype. With ``train`` the cache keeps
+    references to x, the weights and h0/c0: callers pass arrays nobody writes to until
+    backward has run. Returns ``y (N, P), h_n, c_n, cache`` (cache None without train).
+    """
+    N, B = packing.n_rows, packing.B
+    H, P = c0.shape[1], h0.shape[1]
+    dtype = w_hh.dtype
+    y = np.empty((N, P), dtype)
+    if N == 0:  # nothing to run: the state passes through unchanged
+        h_n, c_n, gates, cells, r = h0.copy(), c0.copy(), None, None, None
+    else:
+        h_n = np.empty((B, P), dtype)
+        c_n = np.empty((B, H), dtype)
+        check_blas_sizes(N, x.shape[1], H)
+        if train:
+            gates = np.empty((N, 4 * H), dtype)
+            cells = np.empty((N, H), dtype)
+            r = np.empty((N, H), dtype) if w_hr is not None else None
+        else:
+            rows = min(N, max(packing.first_step_rows, GATES_CHUNK_ELEMENTS // (4 * H)))
+            gates = np.empty((rows, 4 * H), dtype)
+            cells = None
+            r = np.empty((B, H), dtype) if w_hr is not None else None
+        with kernel_call(n_threads):
+            _lstm.forward(x, w_ih, w_hh, bias, w_hr, h0, c0, packing.steps, packing.offsets,
+                          packing.sorted_lengths, packing.bounds(n_threads), y, h_n, c_n,
+                          gates, cells, r, n_threads)
+    if not train:
+        return y, h_n, c_n, None
+    cache = LayerCache(x=x, packing=packing, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0,
+                       y=y, gates=gates, cells=cells, r=r, n_threads=n_threads)
+    return y, h_n, c_n, cache
+
+
+def layer_backward(cache, dy, dh, dc):
+    """BPTT for one `layer_forward(train=True)`: ``dy`` (N, P) or None; ``dh`` (B, P) and
+    ``dc`` (B, H) hold dh_n, dc_n and are overwritten with dh0, dc0.
+    Returns ``dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr`` (dw_hr None without projection)."""
+    if cache.consumed:
+        raise RuntimeError("backward has already run for this forward pass (the cache is "
+                           "consumed in place); run forward again")
+    cache.consumed = True
+    x, w_hh, w_hr, packing = cache.x, cache.w_hh, cache.w_hr, cache.packing
+    N = packing.n_rows
+    H, P = cache.c0.shape[1], cache.h0.shape[1]
+    dtype = w_hh.dtype
+    dx = np.zeros_like(x)
+    dw_ih = np.zeros_like(cache.w_ih)
+    dw_hh = np.zeros_like(w_hh)
+    dbias = np.zeros(4 * H, dtype)
+    dw_hr = None if w_hr is None else np.zeros_like(w_hr)
+    if N > 0:
+        h_prev_ws = (None if packing.uniform
+                     else np.empty((N - packing.first_step_rows, P), dtype))
+        dh_all = np.empty((N, P), dtype) if w_hr is not None else None
+        dr = np.empty((packing.B, H), dtype) if w_hr is not None else None
+        with kernel_call(cache.n_threads):
+            _lstm.backward(x, cache.w_ih, w_hh, w_hr, cache.h0, cache.c0, cache.y, cache.gates,
+                           cache.cells, cache.r, packing.steps, packing.offsets,
+                           packing.bounds(cache.n_threads), dy, dh, dc, dx, dw_ih, dw_hh,
+                           dbias, dw_hr, np.ones(N, dtype), h_prev_ws, dh_all, dr,
+                           cache.n_threads)
+    cache.gates = None
+    return dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr
+
+
+# ---------------------------------------------------------------------------------------------
+# The public single-layer API, padded (T, B, .) in and out, like clstm.reference.
+
+class ForwardCache:
+    """What ``lstm_backward`` needs from ``lstm_forward(..., train=True)``."""
+
+    def __init__(self, layer, reverse, has_bias, shape):
+        self.layer, self.reverse, self.has_bias, self.shape = layer, reverse, has_bias, shape
+
+
+def _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr):
     w_ih = float_array("w_ih", w_ih, None)
     dtype = float_dtype(w_ih.dtype, "w_ih dtype")
-    w_hh = float_array("w_hh", w_hh, dtype)
-    check_shape("w_hh", w_hh, ("4*H", "H"))
-    H = w_hh.shape[1]
-    if w_hh.shape[0] != 4 * H or H < 1:
-        raise ValueError(f"w_hh must have shape (4*H, H) with H >= 1, got {w_hh.shape}")
+    w_hh = check_shape("w_hh", float_array("w_hh", w_hh, dtype), ("4*H", "P"))
+    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
+    if w_hh.shape[0] != 4 * H or H < 1 or P < 1:
+        raise ValueError(f"w_hh must have shape (4*H, P) with H, P >= 1, got {w_hh.shape}")
+    if w_hr is None:
+        if P != H:
+            raise ValueError(f"w_hh must have shape (4*H, H) = ({4 * H}, {H}) without w_hr, "
+                             f"got {w_hh.shape}")
+    else:
+        w_hr = check_shape("w_hr", float_array("w_hr", w_hr, dtype), (P, H))
     check_shape("w_ih", w_ih, (4 * H, "I"))
     if w_ih.shape[1] < 1:
         raise ValueError(f"w_ih must have shape (4*H, I) with I >= 1, got {w_ih.shape}")
@@ -43,105 +205,80 @@ def _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0):
     B = x.shape[1]
     biases = [None if b is None else check_shape(name, float_array(name, b, dtype), (4 * H,))
               for name, b in (("b_ih", b_ih), ("b_hh", b_hh))]
-    h0 = check_shape("h0", float_array("h0", h0, dtype), (B, H))
+    h0 = check_shape("h0", float_array("h0", h0, dtype), (B, P))
     c0 = check_shape("c0", float_array("c0", c0, dtype), (B, H))
-    return x, w_ih, w_hh, biases[0], biases[1], h0, c0
+    return x, w_ih, w_hh, biases[0], biases[1], h0, c0, w_hr
 
 
-def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, train=False, n_threads=None):
-    """Run one LSTM layer over ``x (T, B, I)`` from state ``h0, c0 (B, H)``.
+def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, w_hr=None, lengths=None, reverse=False,
+                 train=False, n_threads=None):
+    """Run one LSTM layer over ``x (T, B, I)`` from state ``h0 (B, P)``, ``c0 (B, H)``.
 
-    Returns ``(y, h_n, c_n, cache)`` with ``y (T, B, H)``; ``cache`` (None unless ``train``)
+    ``w_hr (P, H)`` adds a projection (``P = H`` without it); ``lengths (B,)`` gives each
+    row's number of real steps (outputs past it are zero, the final state is the state at
+    the row's own last step); ``reverse`` runs each row from its last step back to step 0.
+    Returns ``(y, h_n, c_n, cache)`` with ``y (T, B, P)``; ``cache`` (None unless ``train``)
     is what `lstm_backward` takes. ``b_ih``/``b_hh`` may be None. ``n_threads`` defaults to
     `clstm.get_num_threads()`.
     """
-    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr = _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0,
+                                                          w_hr)
+    T, B, _ = x.shape
+    if lengths is not None:
+        lengths = check_lengths(lengths, T, B)
+    n_threads = get_num_threads() if n_threads is None else positive_int("n_threads", n_threads)
     bias = np.zeros(w_hh.shape[0], w_hh.dtype)
     for b in (b_ih, b_hh):
         if b is not None:
             bias += b
-    n_threads = get_num_threads() if n_threads is None else positive_int("n_threads", n_threads)
+    packing = Packing(T, B, lengths)
+    xp = packing.pack(x)
+    xp = packing.reverse(xp) if reverse else xp
     if train:  # the cache must not see later writes to the caller's arrays
-        x, w_ih, w_hh, h0, c0 = (a.copy() for a in (x, w_ih, w_hh, h0, c0))
-    return _forward(x, w_ih, w_hh, bias, b_ih is not None or b_hh is not None, h0, c0, train,
-                    n_threads)
-
-
-def _forward(x, w_ih, w_hh, bias, has_bias, h0, c0, train, n_threads):
-    """`lstm_forward` on arrays that are already validated, contiguous and of one dtype.
-    With ``train``, ``x``, ``w_ih``, ``w_hh``, ``h0`` and ``c0`` must not be written to until
-    backward has run (callers pass copies), and the returned ``y`` is read-only for the same
-    reason."""
-    T, B, _ = x.shape
-    check_blas_sizes(x.shape, w_hh.shape[1])
-    H = w_hh.shape[1]
-    dtype = w_hh.dtype
-    y = np.empty((T, B, H), dtype)
-    h_n = np.empty((B, H), dtype)
-    c_n = np.empty((B, H), dtype)
-    if T == 0 or B == 0:  # nothing to run: the state passes through unchanged
-        h_n[...] = h0
-        c_n[...] = c0
-        cache = ForwardCache(x, w_ih, w_hh, has_bias, h0, c0, y, None, None, n_threads)
-        return y, h_n, c_n, cache if train else None
-    with kernel_call(n_threads):
-        if train:
-            gates = np.empty((T, B, 4 * H), dtype)
-            cells = np.empty((T, B, H), dtype)
-            _lstm.forward_training(x, w_ih, w_hh, bias, h0, c0, y, h_n, c_n, gates, cells,
-                                   n_threads)
-            cache = ForwardCache(x, w_ih, w_hh, has_bias, h0, c0, y, gates, cells, n_threads)
-            y = y.view()
-            y.flags.writeable = False
-            return y, h_n, c_n, cache
-        t_chunk = max(1, min(T, GATES_CHUNK_ELEMENTS // (B * 4 * H)))
-        gates_ws = np.empty((t_chunk, B, 4 * H), dtype)
-        _lstm.forward_inference(x, w_ih, w_hh, bias, h0, c0, y, h_n, c_n, gates_ws, n_threads)
-    return y, h_n, c_n, None
+        xp = xp.copy() if np.may_share_memory(xp, x) else xp
+        w_ih, w_hh = w_ih.copy(), w_hh.copy()
+        w_hr = None if w_hr is None else w_hr.copy()
+    y, h_n, c_n, layer = layer_forward(xp, packing, w_ih, w_hh, bias, w_hr,
+                                       packing.sort_rows(h0), packing.sort_rows(c0), train,
+                                       n_threads)
+    y = packing.unpack(packing.reverse(y) if reverse else y)
+    h_n, c_n = packing.unsort_rows(h_n), packing.unsort_rows(c_n)
+    if not train:
+        return y, h_n, c_n, None
+    y = y.view()
+    y.flags.writeable = False  # it may be the cache's own y
+    has_bias = b_ih is not None or b_hh is not None
+    return y, h_n, c_n, ForwardCache(layer, reverse, has_bias, x.shape)
 
 
 def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     """Backpropagation through time for one ``lstm_forward(..., train=True)`` call.
 
-    ``dy (T, B, H)``, ``dh_n``, ``dc_n (B, H)``: gradients of the loss w.r.t. the outputs;
-    each may be None (zero). Returns `clstm.reference.LSTMGrads`. Runs once per forward.
+    ``dy (T, B, P)``, ``dh_n (B, P)``, ``dc_n (B, H)``: gradients of the loss w.r.t. the
+    outputs; each may be None (zero); ``dy`` past a row's length is ignored. Returns
+    `clstm.reference.LSTMGrads`. Runs once per forward.
     """
     if not isinstance(cache, ForwardCache):
         raise TypeError("cache must come from clstm.functional.lstm_forward(..., train=True), "
                         f"got {type(cache).__name__}")
-    dtype = cache.w_hh.dtype
-    T, B, _ = cache.x.shape
-    H = cache.w_hh.shape[1]
+    layer = cache.layer
+    packing = layer.packing
+    dtype = layer.w_hh.dtype
+    T, B, _ = cache.shape
+    H, P = layer.c0.shape[1], layer.h0.shape[1]
     if dy is not None:
-        dy = check_shape("dy", float_array("dy", dy, dtype), (T, B, H))
-    dh = np.zeros((B, H), dtype)
+        dy = packing.pack(check_shape("dy", float_array("dy", dy, dtype), (T, B, P)))
+        dy = packing.reverse(dy) if cache.reverse else np.ascontiguousarray(dy)
+    dh = np.zeros((B, P), dtype)
     dc = np.zeros((B, H), dtype)
     if dh_n is not None:
-        dh[...] = check_shape("dh_n", float_array("dh_n", dh_n, dtype), (B, H))
+        dh[...] = check_shape("dh_n", float_array("dh_n", dh_n, dtype), (B, P))
     if dc_n is not None:
         dc[...] = check_shape("dc_n", float_array("dc_n", dc_n, dtype), (B, H))
-    return _backward(cache, dy, dh, dc)
-
-
-def _backward(cache, dy, dh, dc):
-    """`lstm_backward` on validated arrays; ``dh``, ``dc`` (B, H) are consumed as workspace."""
-    if cache.consumed:
-        raise RuntimeError("backward has already run for this forward pass (the cache is "
-                           "consumed in place); run forward again")
-    cache.consumed = True
-    x, w_ih, w_hh = cache.x, cache.w_ih, cache.w_hh
-    T, B, _ = x.shape
-    dtype = w_hh.dtype
-    dx = np.zeros_like(x)
-    dw_ih = np.zeros_like(w_ih)
-    dw_hh = np.zeros_like(w_hh)
-    db = np.zeros(w_hh.shape[0], dtype)
-    if T > 0 and B > 0:
-        with kernel_call(cache.n_threads):
-            _lstm.backward(x, w_ih, w_hh, cache.h0, cache.c0, cache.y, cache.gates,
-                           cache.cells, dy, dh, dc, dx, dw_ih, dw_hh, db,
-                           np.ones(T * B, dtype), cache.n_threads)
-    cache.gates = None
+    dx, dh, dc, dw_ih, dw_hh, db, dw_hr = layer_backward(
+        layer, dy, packing.sort_rows(dh), packing.sort_rows(dc))
+    dx = packing.unpack(packing.reverse(dx) if cache.reverse else dx)
     db_ih = db if cache.has_bias else None
     db_hh = db.copy() if cache.has_bias else None
-    return LSTMGrads(dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh)
+    return LSTMGrads(dx, packing.unsort_rows(dh), packing.unsort_rows(dc), dw_ih, dw_hh,
+                     db_ih, db_hh, dw_hr)

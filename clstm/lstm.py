@@ -1,23 +1,51 @@
-"""The `LSTM` layer: torch.nn.LSTM's constructor, parameter names and shapes, on NumPy."""
+"""`LSTM` and `LSTMCell`: torch.nn.LSTM's and nn.LSTMCell's arguments, semantics and
+parameter names, on NumPy arrays, running the compiled kernels."""
 import math
 
 import numpy as np
 
 from . import functional
-from ._checks import check_shape, float_array, float_dtype, positive_int
+from ._checks import check_lengths, check_shape, float_array, float_dtype, positive_int
+from ._params import Parameterised
 from ._threads import get_num_threads
 
 
-class LSTM:
+def _state_pair(state, name, shapes):
+    """Validate ``state = (h, c)`` against ``shapes = (h_shape, c_shape)``."""
+    if not isinstance(state, (tuple, list)) or len(state) != 2:
+        raise TypeError(f"{name} must be a tuple (h, c) of arrays of shapes {shapes[0]} and "
+                        f"{shapes[1]}, got {type(state).__name__}")
+    return state
+
+
+def _read_only(a):
+    a = a.view()
+    a.flags.writeable = False
+    return a
+
+
+class LSTM(Parameterised):
     """A multi-layer LSTM with ``torch.nn.LSTM``'s arguments, semantics and parameter names.
 
-    ``y, (h_n, c_n) = lstm(x, state=None)`` runs inference on ``x`` of shape ``(T, B, I)``
-    (``(B, T, I)`` with ``batch_first``, or unbatched ``(T, I)``); ``state = (h0, c0)`` with
-    shapes ``(num_layers * D, B, H)`` (``(num_layers * D, H)`` unbatched), zeros if omitted.
+    ``y, (h_n, c_n) = lstm(x, state=None, lengths=None)`` runs inference on ``x`` of shape
+    ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``, or unbatched ``(T, I)``);
+    ``state = (h0, c0)`` with shapes ``(L*D, B, H_out)`` and ``(L*D, B, H)`` (no batch axis
+    when unbatched), zeros if omitted; ``D = 2`` if bidirectional, ``H_out = proj_size or H``.
+    ``y`` is ``(T, B, D*H_out)``: the last layer's forward and reverse outputs concatenated.
+    ``h_n``/``c_n`` are ordered layer-major, direction-minor, as PyTorch's.
 
-    ``(y, (h_n, c_n)), backward = lstm.forward_train(x, state)`` also returns
-    ``dx, (dh0, dc0) = backward(dy=None, dstate=None)``, which adds the parameter gradients
-    into ``lstm.grads`` (same keys and shapes as ``state_dict()``).
+    ``lengths`` (ints, shape ``(B,)``, each in ``[0, T]``) gives each row's real length:
+    the result equals PyTorch's ``pack_padded_sequence(..., enforce_sorted=False)`` then
+    ``pad_packed_sequence``: outputs past a row's length are zero, its final state is the
+    state at its own last step (its initial state for length 0), and the reverse direction
+    runs each row from its own last step back to step 0.
+
+    ``(y, (h_n, c_n)), backward = lstm.forward_train(x, state, lengths=None, rng=None)``
+    also returns ``dx, (dh0, dc0) = backward(dy=None, dstate=None)``, which adds the
+    parameter gradients into ``lstm.grads`` (same keys and shapes as ``state_dict()``).
+    In training, ``dropout`` multiplies each layer's output but the last by a mask of
+    ``rng.random((T, B, D*H_out)) >= dropout`` scaled by ``1/(1-dropout)``, one draw per
+    layer in order; ``rng`` defaults to the layer's generator, seeded by ``seed``.
 
     Parameters are float32 or float64 (``dtype``); float input of the other precision is
     cast to it. Initialisation is PyTorch's, U(-1/sqrt(H), 1/sqrt(H)), drawn from
@@ -42,83 +70,92 @@ class LSTM:
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         self.dtype = float_dtype(dtype)
-        unsupported = [name for name, on in (("num_layers > 1", self.num_layers > 1),
-                                             ("bidirectional=True", self.bidirectional),
-                                             ("proj_size > 0", self.proj_size > 0),
-                                             ("dropout > 0", self.dropout > 0)) if on]
-        if unsupported:
-            raise NotImplementedError(f"{', '.join(unsupported)}: not implemented yet; "
-                                      "this version runs one unidirectional layer")
         self.seed = seed
-        rng = np.random.default_rng(seed)
-        k = 1.0 / math.sqrt(self.hidden_size)
-        self._params = {name: rng.uniform(-k, k, shape).astype(self.dtype)
-                        for name, shape in self._param_shapes().items()}
-        self.grads = {name: np.zeros_like(p) for name, p in self._params.items()}
-
-    # ---------------------------------------------------------------- parameters
-    def _param_shapes(self):
-        H, I = self.hidden_size, self.input_size
-        shapes = {"weight_ih_l0": (4 * H, I), "weight_hh_l0": (4 * H, H)}
-        if self.bias:
-            shapes.update(bias_ih_l0=(4 * H,), bias_hh_l0=(4 * H,))
-        return shapes
+        self._rng = np.random.default_rng(seed)
+        self._init_params(self._param_shapes(), self._rng, 1.0 / math.sqrt(self.hidden_size))
 
     @property
-    def params(self):
-        """The live parameter arrays by name (for optimisers); see also `state_dict`."""
-        return self._params
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
 
-    def __getattr__(self, name):
-        params = self.__dict__.get("_params")
-        if params is not None and name in params:
-            return params[name]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    @property
+    def output_size(self):
+        """Features per direction in the output and in ``h``: proj_size or hidden_size."""
+        return self.proj_size or self.hidden_size
 
-    def __setattr__(self, name, value):
-        params = self.__dict__.get("_params")
-        if params is not None and name in params:
-            self.load_state_dict({name: value}, strict=False)
-        else:
-            super().__setattr__(name, value)
+    def _param_shapes(self):
+        H, P, D = self.hidden_size, self.output_size, self.num_directions
+        shapes = {}
+        for layer in range(self.num_layers):
+            n_in = self.input_size if layer == 0 else D * P
+            for sfx in self._suffixes(layer):
+                shapes[f"weight_ih{sfx}"] = (4 * H, n_in)
+                shapes[f"weight_hh{sfx}"] = (4 * H, P)
+                if self.bias:
+                    shapes[f"bias_ih{sfx}"] = (4 * H,)
+                    shapes[f"bias_hh{sfx}"] = (4 * H,)
+                if self.proj_size:
+                    shapes[f"weight_hr{sfx}"] = (P, H)
+        return shapes
 
-    def state_dict(self):
-        """A copy of the parameters, named and shaped as ``torch.nn.LSTM.state_dict()``."""
-        return {name: p.copy() for name, p in self._params.items()}
+    def _suffixes(self, layer):
+        return [f"_l{layer}", f"_l{layer}_reverse"][:self.num_directions]
 
-    def load_state_dict(self, state_dict, strict=True):
-        """Copy parameters in from a mapping of name -> array-like (NumPy arrays, PyTorch
-        tensors, ...). Shapes must match; with ``strict``, missing or unexpected names are an
-        error (without it they are skipped). Nothing changes unless every entry is valid.
-        Values are copied into the existing arrays, so references to ``params`` (held by an
-        optimiser, say) stay valid and nothing aliases the caller's memory."""
-        expected = self._param_shapes()
-        missing = [k for k in expected if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in expected]
-        if strict and (missing or unexpected):
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unexpected:
-                parts.append(f"unexpected keys {unexpected}")
-            raise KeyError(f"load_state_dict: {'; '.join(parts)} "
-                           f"(expected {list(expected)})")
-        new = {name: check_shape(name, float_array(name, state_dict[name], self.dtype), shape)
-               for name, shape in expected.items() if name in state_dict}
-        for name, value in new.items():
-            self._params[name][...] = value
+    # ---------------------------------------------------------------- Keras interop
+    @classmethod
+    def from_keras_weights(cls, kernel, recurrent_kernel, bias=None, *, batch_first=True,
+                           dtype=None):
+        """A one-layer LSTM from Keras's ``LSTM.get_weights()``: ``kernel (I, 4H)``,
+        ``recurrent_kernel (H, 4H)``, ``bias (4H,)`` or None (``use_bias=False``), gates in
+        Keras's order i, f, c, o (PyTorch's i, f, g, o). Keras layers are batch-first, so
+        this one is too unless ``batch_first=False``. ``dtype`` defaults to the kernel's."""
+        kernel = float_array("kernel", kernel, None)
+        dtype = float_dtype(kernel.dtype if dtype is None else dtype)
+        check_shape("kernel", kernel, ("I", "4*H"))
+        H = kernel.shape[1] // 4
+        if kernel.shape[1] != 4 * H or H < 1 or kernel.shape[0] < 1:
+            raise ValueError(f"kernel must have shape (I, 4*H) with I, H >= 1, got "
+                             f"{kernel.shape}")
+        recurrent_kernel = check_shape("recurrent_kernel",
+                                       float_array("recurrent_kernel", recurrent_kernel, dtype),
+                                       (H, 4 * H))
+        lstm = cls(kernel.shape[0], H, bias=bias is not None, batch_first=batch_first,
+                   dtype=dtype)
+        weights = {"weight_ih_l0": kernel.T, "weight_hh_l0": recurrent_kernel.T}
+        if bias is not None:
+            weights["bias_ih_l0"] = check_shape("bias", float_array("bias", bias, dtype),
+                                                (4 * H,))
+            weights["bias_hh_l0"] = np.zeros(4 * H, dtype)
+        lstm.load_state_dict(weights)
+        return lstm
 
-    def zero_grad(self):
-        """Reset every accumulated gradient in ``grads`` to zero."""
-        for g in self.grads.values():
-            g[...] = 0
+    def to_keras_weights(self, layer=0, direction=0):
+        """``[kernel (I, 4H), recurrent_kernel (H, 4H), bias (4H,)]`` for Keras's
+        ``LSTM.set_weights`` (bias omitted without biases); the two PyTorch biases are
+        summed. ``direction=1`` is the reverse direction (Keras's ``Bidirectional``
+        backward layer). Keras has no projection, so ``proj_size`` must be 0."""
+        if self.proj_size:
+            raise ValueError("Keras's LSTM has no projection: to_keras_weights needs "
+                             "proj_size=0")
+        layer = positive_int("layer", layer, minimum=0)
+        direction = positive_int("direction", direction, minimum=0)
+        if layer >= self.num_layers or direction >= self.num_directions:
+            raise ValueError(f"layer must be < {self.num_layers} and direction < "
+                             f"{self.num_directions}, got layer={layer}, direction={direction}")
+        sfx = self._suffixes(layer)[direction]
+        p = self._params
+        out = [p[f"weight_ih{sfx}"].T.copy(), p[f"weight_hh{sfx}"].T.copy()]
+        if self.bias:
+            out.append(p[f"bias_ih{sfx}"] + p[f"bias_hh{sfx}"])
+        return out
 
     # ---------------------------------------------------------------- running
-    def _prepare(self, x, state):
-        """Validate input and state; return time-major x (T, B, I), h0, c0 (B, H), batched."""
+    def _prepare(self, x, state, lengths):
+        """Validate; return time-major x (T, B, I), h0 (L*D, B, H_out), c0 (L*D, B, H),
+        lengths (or None) and whether the input was batched."""
         x = float_array("x", x, self.dtype)
-        I, H = self.input_size, self.hidden_size
-        n_states = self.num_layers * (2 if self.bidirectional else 1)
+        I, H, P = self.input_size, self.hidden_size, self.output_size
+        n_states = self.num_layers * self.num_directions
         if x.ndim == 2:
             check_shape("x", x, ("T", I))
             x = x[:, None, :]
@@ -132,106 +169,231 @@ class LSTM:
             layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
             raise ValueError(f"x must be 3-D {layout} or unbatched 2-D (T, input_size) with "
                              f"input_size={I}, got shape {x.shape}")
-        B = x.shape[1]
-        state_shape = (n_states, B, H) if batched else (n_states, H)
+        T, B = x.shape[:2]
+        shapes = ((n_states, B, P), (n_states, B, H)) if batched else \
+            ((n_states, P), (n_states, H))
         if state is None:
-            h0 = np.zeros((B, H), self.dtype)
-            c0 = np.zeros((B, H), self.dtype)
+            h0 = np.zeros((n_states, B, P), self.dtype)
+            c0 = np.zeros((n_states, B, H), self.dtype)
         else:
-            if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise TypeError("state must be a tuple (h0, c0) of arrays of shape "
-                                f"{state_shape}, got {type(state).__name__}")
-            h0, c0 = (check_shape(name, float_array(name, s, self.dtype), state_shape)
-                      .reshape(B, H) for name, s in zip(("h0", "c0"), state))
-        return x, h0, c0, batched
+            state = _state_pair(state, "state", shapes)
+            h0, c0 = (check_shape(name, float_array(name, s, self.dtype), shape)
+                      .reshape(n_states, B, shape[-1])
+                      for name, s, shape in zip(("h0", "c0"), state, shapes))
+        if lengths is not None:
+            lengths = check_lengths(lengths, T, B)
+        return x, h0, c0, lengths, batched
 
-    def _finish(self, y, h_n, c_n, batched):
-        """Back to the caller's layout: y as x came in, states (num_layers * D, [B,] H)."""
+    def _to_caller(self, y, h_n, c_n, batched):
+        """Time-major results to the caller's layout."""
         if not batched:
-            return y[:, 0, :], (h_n.reshape(1, -1), c_n.reshape(1, -1))
+            return y[:, 0, :], (h_n[:, 0, :], c_n[:, 0, :])
         if self.batch_first:
             y = y.transpose(1, 0, 2)
-        return y, (h_n[None], c_n[None])
+        return y, (h_n, c_n)
 
-    def _checked_params(self):
-        """The parameters, after an O(1) check that nobody replaced one in ``params`` with
-        an array the kernels cannot take."""
-        for name, shape in self._param_shapes().items():
-            p = self._params.get(name)
-            if not (isinstance(p, np.ndarray) and p.shape == shape and p.dtype == self.dtype
-                    and p.flags.c_contiguous):
-                raise ValueError(f"parameter {name} must be a C-contiguous {self.dtype} array "
-                                 f"of shape {shape}; assign through load_state_dict or "
-                                 "attribute access to convert")
-        return self._params
-
-    def _run(self, x, state, train):
-        x, h0, c0, batched = self._prepare(x, state)
+    def _run(self, x, state, lengths, train, rng):
+        x_in = x
+        x, h0, c0, lengths, batched = self._prepare(x, state, lengths)
         p = self._checked_params()
-        w_ih, w_hh = p["weight_ih_l0"], p["weight_hh_l0"]
-        if train:  # the cache must not see later writes to the caller's input or weights
-            x, w_ih, w_hh, h0, c0 = (a.copy() for a in (x, w_ih, w_hh, h0, c0))
-        bias = (p["bias_ih_l0"] + p["bias_hh_l0"] if self.bias
-                else np.zeros(4 * self.hidden_size, self.dtype))
-        y, h_n, c_n, cache = functional._forward(x, w_ih, w_hh, bias, self.bias, h0, c0, train,
-                                                 get_num_threads())
-        return self._finish(y, h_n, c_n, batched), cache, batched
+        n_threads = get_num_threads()
+        T, B = x.shape[:2]
+        L, D, P = self.num_layers, self.num_directions, self.output_size
+        packing = functional.Packing(T, B, lengths)
+        layer_in = packing.pack(x)
+        if train and np.may_share_memory(layer_in, x_in):
+            layer_in = layer_in.copy()  # the cache must not see later writes by the caller
+        h0, c0 = packing.sort_rows(h0), packing.sort_rows(c0)
+        h_n, c_n = np.empty_like(h0), np.empty_like(c0)
+        caches, masks = [], []
+        for layer in range(L):
+            outputs = []
+            for d, sfx in enumerate(self._suffixes(layer)):
+                k = layer * D + d
+                w_ih, w_hh, w_hr = p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], \
+                    p.get(f"weight_hr{sfx}")
+                if train:  # the cache must not see an optimiser step before backward
+                    w_ih, w_hh = w_ih.copy(), w_hh.copy()
+                    w_hr = None if w_hr is None else w_hr.copy()
+                bias = (p[f"bias_ih{sfx}"] + p[f"bias_hh{sfx}"] if self.bias
+                        else np.zeros(w_hh.shape[0], self.dtype))
+                xin = layer_in if d == 0 else packing.reverse(layer_in)
+                y, h_n[k], c_n[k], cache = functional.layer_forward(
+                    xin, packing, w_ih, w_hh, bias, w_hr, h0[k], c0[k], train, n_threads)
+                outputs.append(y if d == 0 else packing.reverse(y))
+                caches.append(cache)
+            layer_in = outputs[0] if D == 1 else np.concatenate(outputs, axis=1)
+            if train and self.dropout > 0 and layer < L - 1:
+                keep = (rng or self._rng).random((T, B, D * P)) >= self.dropout
+                mask = packing.pack(keep.astype(self.dtype) / self.dtype.type(1 - self.dropout))
+                layer_in = layer_in * mask
+                masks.append(mask)
+        y = packing.unpack(layer_in)
+        h_n, c_n = packing.unsort_rows(h_n), packing.unsort_rows(c_n)
+        out = self._to_caller(y, h_n, c_n, batched)
+        return out, (packing, caches, masks, batched)
 
-    def __call__(self, x, state=None):
+    def __call__(self, x, state=None, lengths=None):
         """Inference: ``y, (h_n, c_n)``. Keeps no caches; memory does not grow with T beyond
-        the output itself."""
-        out, _, _ = self._run(x, state, train=False)
+        the outputs of two layers."""
+        out, _ = self._run(x, state, lengths, train=False, rng=None)
         return out
 
     forward = __call__
 
-    def forward_train(self, x, state=None):
+    def forward_train(self, x, state=None, lengths=None, rng=None):
         """Forward that keeps what backward needs: ``(y, (h_n, c_n)), backward`` where
-        ``dx, (dh0, dc0) = backward(dy=None, dstate=None)`` accumulates into ``grads``.
-        ``y`` is read-only (backward reads it); copy it to modify it."""
-        (y, (h_n, c_n)), cache, batched = self._run(x, state, train=True)
-        y_shape, state_shape = y.shape, h_n.shape
+        ``dx, (dh0, dc0) = backward(dy=None, dstate=None)`` accumulates into ``grads`` and
+        runs once. ``y`` is read-only (backward may read it); copy it to modify it."""
+        (y, (h_n, c_n)), (packing, caches, masks, batched) = self._run(
+            x, state, lengths, train=True, rng=rng)
+        y_shape, h_shape, c_shape = y.shape, h_n.shape, c_n.shape
 
         def backward(dy=None, dstate=None):
-            T, B, H = cache.y.shape
-            dtype = self.dtype
-            if dy is not None:
-                dy = check_shape("dy", float_array("dy", dy, dtype), y_shape)
-                if not batched:
-                    dy = dy[:, None, :]
-                elif self.batch_first:
-                    dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
-            dh = np.zeros((B, H), dtype)
-            dc = np.zeros((B, H), dtype)
-            if dstate is not None:
-                if not isinstance(dstate, (tuple, list)) or len(dstate) != 2:
-                    raise TypeError("dstate must be a tuple (dh_n, dc_n), each None or of "
-                                    f"shape {state_shape}")
-                for name, d, buf in zip(("dh_n", "dc_n"), dstate, (dh, dc)):
-                    if d is not None:
-                        buf[...] = check_shape(name, float_array(name, d, dtype),
-                                               state_shape).reshape(B, H)
-            grads = functional._backward(cache, dy, dh, dc)
-            g = self.grads
-            g["weight_ih_l0"] += grads.dw_ih
-            g["weight_hh_l0"] += grads.dw_hh
-            if self.bias:
-                g["bias_ih_l0"] += grads.db_ih
-                g["bias_hh_l0"] += grads.db_hh
-            dx = grads.dx
-            if not batched:
-                return dx[:, 0, :], (grads.dh0.reshape(1, H), grads.dc0.reshape(1, H))
-            if self.batch_first:
-                dx = dx.transpose(1, 0, 2)
-            return dx, (grads.dh0[None], grads.dc0[None])
+            return self._backward(packing, caches, masks, batched, y_shape, (h_shape, c_shape),
+                                  dy, dstate)
 
-        return (y, (h_n, c_n)), backward
+        return (_read_only(y), (h_n, c_n)), backward
+
+    def _backward(self, packing, caches, masks, batched, y_shape, state_shapes, dy, dstate):
+        dtype = self.dtype
+        T, B = packing.T, packing.B
+        L, D, P = self.num_layers, self.num_directions, self.output_size
+        n_states = L * D
+        if dy is not None:
+            dy = check_shape("dy", float_array("dy", dy, dtype), y_shape)
+            dy = dy[:, None, :] if not batched else \
+                dy.transpose(1, 0, 2) if self.batch_first else dy
+            dy = packing.pack(np.ascontiguousarray(dy))
+        dh = np.zeros((n_states, B, P), dtype)
+        dc = np.zeros((n_states, B, self.hidden_size), dtype)
+        if dstate is not None:
+            _state_pair(dstate, "dstate", state_shapes)
+            for name, d, buf, shape in zip(("dh_n", "dc_n"), dstate, (dh, dc), state_shapes):
+                if d is not None:
+                    buf[...] = check_shape(name, float_array(name, d, dtype), shape) \
+                        .reshape(buf.shape)
+        dh, dc = packing.sort_rows(dh), packing.sort_rows(dc)
+        d_out = dy
+        for layer in reversed(range(L)):
+            d_in = None
+            for d, sfx in enumerate(self._suffixes(layer)):
+                k = layer * D + d
+                dy_d = None if d_out is None else \
+                    np.ascontiguousarray(d_out[:, :P]) if d == 0 else \
+                    packing.reverse(d_out[:, P:])
+                dx, dh[k], dc[k], dw_ih, dw_hh, db, dw_hr = functional.layer_backward(
+                    caches[k], dy_d, dh[k].copy(), dc[k].copy())
+                d_in = (dx if d == 0 else packing.reverse(dx)) if d_in is None \
+                    else d_in + packing.reverse(dx)
+                g = self.grads
+                g[f"weight_ih{sfx}"] += dw_ih
+                g[f"weight_hh{sfx}"] += dw_hh
+                if self.bias:
+                    g[f"bias_ih{sfx}"] += db
+                    g[f"bias_hh{sfx}"] += db
+                if dw_hr is not None:
+                    g[f"weight_hr{sfx}"] += dw_hr
+            d_out = d_in * masks[layer - 1] if layer > 0 and masks else d_in
+        dx = packing.unpack(d_out)
+        return self._to_caller(dx, packing.unsort_rows(dh), packing.unsort_rows(dc), batched)
 
     def __repr__(self):
         args = [f"{self.input_size}", f"{self.hidden_size}"]
-        if not self.bias:
-            args.append("bias=False")
-        if self.batch_first:
-            args.append("batch_first=True")
+        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
+                              ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0)):
+            if getattr(self, name) != default:
+                args.append(f"{name}={getattr(self, name)}")
         args.append(f"dtype={self.dtype.name}")
         return f"LSTM({', '.join(args)})"
+
+
+class LSTMCell(Parameterised):
+    """One LSTM step with ``torch.nn.LSTMCell``'s arguments and parameter names
+    (``weight_ih (4H, I)``, ``weight_hh (4H, H)``, ``bias_ih``, ``bias_hh``).
+
+    ``h, c = cell(x, state=None)`` for ``x`` of shape ``(B, I)`` or ``(I,)``, ``state =
+    (h, c)`` of shape ``(B, H)`` (``(H,)`` unbatched), zeros if omitted: the streaming API
+    for one sample at a time. ``(h, c), backward = cell.forward_train(x, state)`` with
+    ``dx, (dh0, dc0) = backward(dh=None, dc=None)`` accumulating into ``grads``.
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.bias = bool(bias)
+        self.dtype = float_dtype(dtype)
+        self.seed = seed
+        H, I = self.hidden_size, self.input_size
+        shapes = {"weight_ih": (4 * H, I), "weight_hh": (4 * H, H)}
+        if self.bias:
+            shapes.update(bias_ih=(4 * H,), bias_hh=(4 * H,))
+        self._init_params(shapes, np.random.default_rng(seed), 1.0 / math.sqrt(H))
+
+    def _run(self, x, state, train):
+        x = float_array("x", x, self.dtype)
+        I, H = self.input_size, self.hidden_size
+        if x.ndim not in (1, 2):
+            raise ValueError(f"x must be 2-D (B, input_size) or unbatched 1-D (input_size,) "
+                             f"with input_size={I}, got shape {x.shape}")
+        batched = x.ndim == 2
+        check_shape("x", x, ("B", I) if batched else (I,))
+        B = x.shape[0] if batched else 1
+        shape = (B, H) if batched else (H,)
+        if state is None:
+            h0 = np.zeros((B, H), self.dtype)
+            c0 = np.zeros((B, H), self.dtype)
+        else:
+            _state_pair(state, "state", (shape, shape))
+            h0, c0 = (check_shape(name, float_array(name, s, self.dtype), shape)
+                      .reshape(B, H) for name, s in zip(("h0", "c0"), state))
+        p = self._checked_params()
+        w_ih, w_hh = p["weight_ih"], p["weight_hh"]
+        if train:
+            x, w_ih, w_hh, h0, c0 = (a.copy() for a in (x, w_ih, w_hh, h0, c0))
+        bias = p["bias_ih"] + p["bias_hh"] if self.bias else np.zeros(4 * H, self.dtype)
+        packing = functional.Packing(1, B)
+        _, h, c, cache = functional.layer_forward(x.reshape(B, I), packing, w_ih, w_hh, bias,
+                                                  None, h0, c0, train, get_num_threads())
+        if not batched:
+            h, c = h[0], c[0]
+        return (h, c), cache, shape, batched
+
+    def __call__(self, x, state=None):
+        """One step: ``h, c``."""
+        return self._run(x, state, False)[0]
+
+    forward = __call__
+
+    def forward_train(self, x, state=None):
+        """One step keeping what backward needs: ``(h, c), backward`` with
+        ``dx, (dh0, dc0) = backward(dh=None, dc=None)`` (runs once)."""
+        out, cache, shape, batched = self._run(x, state, True)
+
+        def backward(dh=None, dc=None):
+            H = self.hidden_size
+            B = cache.h0.shape[0]
+            grads = []
+            for name, d in (("dh", dh), ("dc", dc)):
+                buf = np.zeros((B, H), self.dtype)
+                if d is not None:
+                    buf[...] = check_shape(name, float_array(name, d, self.dtype),
+                                           shape).reshape(B, H)
+                grads.append(buf)
+            dx, dh0, dc0, dw_ih, dw_hh, db, _ = functional.layer_backward(
+                cache, None, grads[0], grads[1])
+            g = self.grads
+            g["weight_ih"] += dw_ih
+            g["weight_hh"] += dw_hh
+            if self.bias:
+                g["bias_ih"] += db
+                g["bias_hh"] += db
+            if not batched:
+                return dx[0], (dh0[0], dc0[0])
+            return dx, (dh0, dc0)
+
+        return out, backward
+
+    def __repr__(self):
+        bias = "" if self.bias else ", bias=False"
+        return f"LSTMCell({self.input_size}, {self.hidden_size}{bias}, dtype={self.dtype.name})"

@@ -5,16 +5,32 @@ import numpy as np
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
-def make_problem(T, B, I, H, dtype=np.float64, seed=0, scale=0.5):
-    """Random weights, biases, input, initial state and upstream gradients for one layer."""
+def make_problem(T, B, I, H, dtype=np.float64, seed=0, scale=0.5, P=None):
+    """Random weights, biases, input, initial state and upstream gradients for one layer;
+    with ``P``, a projection ``w_hr (P, H)`` too (and h-sized arrays of size P)."""
     rng = np.random.default_rng(seed)
 
     def r(*shape):
         return (scale * rng.standard_normal(shape)).astype(dtype)
 
-    return dict(x=r(T, B, I), w_ih=r(4 * H, I), w_hh=r(4 * H, H), b_ih=r(4 * H),
-                b_hh=r(4 * H), h0=r(B, H), c0=r(B, H), dy=r(T, B, H), dh_n=r(B, H),
-                dc_n=r(B, H))
+    Po = H if P is None else P
+    p = dict(x=r(T, B, I), w_ih=r(4 * H, I), w_hh=r(4 * H, Po), b_ih=r(4 * H),
+             b_hh=r(4 * H), h0=r(B, Po), c0=r(B, H), dy=r(T, B, Po), dh_n=r(B, Po),
+             dc_n=r(B, H))
+    if P is not None:
+        p["w_hr"] = r(P, H)
+    return p
+
+
+def assert_grads_close(actual, expected, dtype, factor=1.0):
+    """Two LSTMGrads: every field close (or both None)."""
+    for name in expected._fields:
+        a, e = getattr(actual, name), getattr(expected, name)
+        if e is None:
+            assert a is None, name
+        else:
+            assert a.dtype == np.dtype(dtype), name
+            assert_close(a, e, dtype, factor, "d" + name)
 
 
 def assert_close(actual, expected, dtype, factor=1.0, what=""):

@@ -207,12 +207,12 @@ def test_bad_state_and_gradients_are_named():
     (dict(input_size=3, hidden_size=4, num_layers=0), ValueError, "num_layers"),
     (dict(input_size=3, hidden_size=4, proj_size=4), ValueError, "proj_size must be smaller"),
     (dict(input_size=3, hidden_size=4, dropout=1.0), ValueError, r"dropout must be .* \[0, 1\)"),
+    (dict(input_size=3, hidden_size=4, dropout=-0.1), ValueError, r"dropout must be .* \[0, 1\)"),
+    (dict(input_size=3, hidden_size=4, dropout="0.5"), ValueError, r"dropout must be a number"),
+    (dict(input_size=3, hidden_size=4, proj_size=5), ValueError, "proj_size must be smaller"),
+    (dict(input_size=3, hidden_size=4, proj_size=-1), ValueError, "proj_size must be >= 0"),
     (dict(input_size=3, hidden_size=4, dtype=np.int32), TypeError, "dtype must be float32"),
     (dict(input_size=3, hidden_size=4, dtype=np.float16), TypeError, "dtype must be float32"),
-    (dict(input_size=3, hidden_size=4, num_layers=2), NotImplementedError, "num_layers > 1"),
-    (dict(input_size=3, hidden_size=4, bidirectional=True), NotImplementedError, "bidirect"),
-    (dict(input_size=3, hidden_size=4, proj_size=2), NotImplementedError, "proj_size"),
-    (dict(input_size=3, hidden_size=4, dropout=0.5), NotImplementedError, "dropout"),
 ])
 def test_bad_constructor_arguments(kwargs, exc, pattern):
     with pytest.raises(exc, match=pattern):
@@ -345,3 +345,166 @@ def test_forked_child_can_run_after_parent_ran_multithreaded():
     finally:
         clstm.set_num_threads(None)
     np.testing.assert_array_equal(y, _run_in_child(0))
+
+
+# ------------------------------------------------------------------ stacked / bidirectional
+
+def test_parameter_names_shapes_and_order_for_every_configuration():
+    lstm = clstm.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2, seed=0)
+    expected = []
+    for k in range(2):
+        n_in = 3 if k == 0 else 4
+        for sfx in ("", "_reverse"):
+            expected += [(f"weight_ih_l{k}{sfx}", (20, n_in)), (f"weight_hh_l{k}{sfx}", (20, 2)),
+                         (f"bias_ih_l{k}{sfx}", (20,)), (f"bias_hh_l{k}{sfx}", (20,)),
+                         (f"weight_hr_l{k}{sfx}", (2, 5))]
+    assert [(k, v.shape) for k, v in lstm.state_dict().items()] == expected
+    assert lstm.weight_hr_l1_reverse.shape == (2, 5)
+    no_bias = clstm.LSTM(3, 5, num_layers=2, bias=False)
+    assert [k for k in no_bias.state_dict() if "bias" in k] == []
+    assert "LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2" in repr(lstm)
+
+
+def test_stacked_bidirectional_shapes_and_state_errors():
+    lstm = clstm.LSTM(I, H, num_layers=3, bidirectional=True, proj_size=2, dtype=np.float64)
+    x = np.zeros((5, 2, I))
+    y, (h_n, c_n) = lstm(x)
+    assert y.shape == (5, 2, 4) and h_n.shape == (6, 2, 2) and c_n.shape == (6, 2, H)
+    with pytest.raises(ValueError, match=r"h0 must have shape \(6, 2, 2\)"):
+        lstm(x, (np.zeros((1, 2, 2)), np.zeros((6, 2, H))))
+    with pytest.raises(ValueError, match=r"c0 must have shape \(6, 2, 4\)"):
+        lstm(x, (np.zeros((6, 2, 2)), np.zeros((6, 2, 2))))
+    y, (h_n, c_n) = lstm(x[:, 0])  # unbatched
+    assert y.shape == (5, 4) and h_n.shape == (6, 2)
+
+
+def test_lengths_semantics_and_zero_length_rows():
+    lstm = clstm.LSTM(I, H, num_layers=2, bidirectional=True, dtype=np.float64, seed=1)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((6, 4, I))
+    h0, c0 = rng.standard_normal((2, 4, 4, H))
+    lengths = np.array([6, 0, 3, 1])
+    y, (h_n, c_n) = lstm(x, (h0, c0), lengths=lengths)
+    for b, n in enumerate(lengths):
+        assert not np.any(y[n:, b])  # zero past each row's length
+        if n == 0:
+            np.testing.assert_array_equal(h_n[:, b], h0[:, b])
+            np.testing.assert_array_equal(c_n[:, b], c0[:, b])
+            continue
+        # a row with length n is that row run alone for n steps
+        y_b, (h_b, c_b) = lstm(x[:n, b:b + 1], (h0[:, b:b + 1], c0[:, b:b + 1]))
+        assert_close(y[:n, b], y_b[:, 0], np.float64)
+        assert_close(h_n[:, b], h_b[:, 0], np.float64)
+        assert_close(c_n[:, b], c_b[:, 0], np.float64)
+    # gradients: padded positions get none, and the zero-length row's state passes through
+    (_, _), backward = lstm.forward_train(x, (h0, c0), lengths=lengths)
+    dy = rng.standard_normal((6, 4, 2 * H))
+    dh = rng.standard_normal((4, 4, H))
+    dx, (dh0, dc0) = backward(dy, (dh, None))
+    assert not np.any(dx[3:, 2]) and not np.any(dx[:, 1])
+    np.testing.assert_array_equal(dh0[:, 1], dh[:, 1])
+    assert not np.any(dc0[:, 1])
+
+
+@pytest.mark.parametrize("lengths, exc, pattern", [
+    ([5, 5], ValueError, r"lengths must have shape \(3,\)"),
+    (np.array([5, 5, 5.0]), TypeError, "lengths must be an integer array"),
+    (np.array([True, True, True]), TypeError, "lengths must be an integer array"),
+    ([5, -1, 2], ValueError, r"lengths must be in \[0, 5\]"),
+    ([5, 6, 2], ValueError, r"lengths must be in \[0, 5\]"),
+    ("abc", TypeError, "lengths must be an integer array"),
+])
+def test_bad_lengths_are_named(lengths, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        make_lstm()(np.zeros((5, 3, I)), lengths=lengths)
+
+
+def test_dropout_is_training_only_and_reproducible():
+    lstm = clstm.LSTM(I, H, num_layers=3, dropout=0.5, dtype=np.float64, seed=3)
+    plain = clstm.LSTM(I, H, num_layers=3, dtype=np.float64, seed=3)
+    x = np.random.default_rng(8).standard_normal((5, 4, I))
+    np.testing.assert_array_equal(lstm(x)[0], plain(x)[0])  # inference: no dropout
+    (y1, _), _ = lstm.forward_train(x, rng=np.random.default_rng(1))
+    (y2, _), _ = lstm.forward_train(x, rng=np.random.default_rng(1))
+    (y3, _), _ = lstm.forward_train(x, rng=np.random.default_rng(2))
+    np.testing.assert_array_equal(y1, y2)
+    assert not np.allclose(y1, y3)
+    (y_plain, _), _ = plain.forward_train(x)
+    assert not np.allclose(y1, y_plain)
+    # the layer's own generator: same seed, same sequence of masks
+    a = clstm.LSTM(I, H, num_layers=2, dropout=0.3, seed=4)
+    b = clstm.LSTM(I, H, num_layers=2, dropout=0.3, seed=4)
+    np.testing.assert_array_equal(a.forward_train(x)[0][0], b.forward_train(x)[0][0])
+
+
+# ------------------------------------------------------------------ Keras interop
+
+def _keras_lstm_step(x, h, c, kernel, recurrent_kernel, bias):
+    """Keras's LSTM cell, written from its documentation: z = x K + h R + b, gates i, f, c, o."""
+    def sigmoid(z):
+        return 1 / (1 + np.exp(-z))
+    z = x @ kernel + h @ recurrent_kernel + bias
+    i, f, g, o = np.split(z, 4, axis=-1)
+    c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+    return sigmoid(o) * np.tanh(c), c
+
+
+def test_keras_weights_round_trip_and_semantics():
+    rng = np.random.default_rng(9)
+    kernel, recurrent, bias = (0.5 * rng.standard_normal(s) for s in ((I, 4 * H), (H, 4 * H),
+                                                                        (4 * H,)))
+    lstm = clstm.LSTM.from_keras_weights(kernel, recurrent, bias)
+    assert lstm.batch_first and lstm.dtype == np.float64
+    x = rng.standard_normal((2, 6, I))  # Keras layout (B, T, I)
+    y, (h_n, c_n) = lstm(x)
+    h = c = np.zeros((2, H))
+    for t in range(6):
+        h, c = _keras_lstm_step(x[:, t], h, c, kernel, recurrent, bias)
+        assert_close(y[:, t], h, np.float64)
+    assert_close(c_n[0], c, np.float64)
+    k2, r2, b2 = lstm.to_keras_weights()
+    np.testing.assert_array_equal(k2, kernel)
+    np.testing.assert_array_equal(r2, recurrent)
+    assert_close(b2, bias, np.float64)
+    assert len(clstm.LSTM.from_keras_weights(kernel, recurrent).to_keras_weights()) == 2
+    bi = clstm.LSTM(I, H, bidirectional=True, seed=0)
+    k_rev, _, _ = bi.to_keras_weights(direction=1)
+    np.testing.assert_array_equal(k_rev, bi.weight_ih_l0_reverse.T)
+    with pytest.raises(ValueError, match=r"recurrent_kernel must have shape \(4, 16\)"):
+        clstm.LSTM.from_keras_weights(kernel, recurrent[:, :8], bias)
+    with pytest.raises(ValueError, match=r"kernel must have shape \(I, 4\*H\)"):
+        clstm.LSTM.from_keras_weights(kernel[:, :6], recurrent, bias)
+    with pytest.raises(ValueError, match="proj_size=0"):
+        clstm.LSTM(I, H, proj_size=2).to_keras_weights()
+    with pytest.raises(ValueError, match="direction"):
+        lstm.to_keras_weights(direction=1)
+
+
+# ------------------------------------------------------------------ LSTMCell
+
+def test_lstm_cell_is_one_step_of_the_layer():
+    cell = clstm.LSTMCell(I, H, dtype=np.float64, seed=5)
+    lstm = clstm.LSTM(I, H, dtype=np.float64)
+    lstm.load_state_dict({f"{k}_l0": v for k, v in cell.state_dict().items()})
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((3, I))
+    h0, c0 = rng.standard_normal((2, 3, H))
+    h, c = cell(x, (h0, c0))
+    _, (h_n, c_n) = lstm(x[None], (h0[None], c0[None]))
+    assert_close(h, h_n[0], np.float64)
+    assert_close(c, c_n[0], np.float64)
+    h_z, _ = cell(x)
+    assert_close(h_z, lstm(x[None])[0][0], np.float64)
+    (h1, c1), backward = cell.forward_train(x, (h0, c0))
+    dx, (dh0, dc0) = backward(np.ones((3, H)))
+    assert dx.shape == (3, I) and dh0.shape == (3, H)
+    with pytest.raises(RuntimeError, match="already"):
+        backward()
+    assert set(cell.grads) == {"weight_ih", "weight_hh", "bias_ih", "bias_hh"}
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 3\)"):
+        cell(np.zeros((3, I + 1)))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(3, 4\)"):
+        cell(x, (np.zeros((2, H)), c0))
+    with pytest.raises(ValueError, match="x must be 2-D"):
+        cell(np.zeros((1, 3, I)))
+    assert "LSTMCell(3, 4" in repr(cell)

@@ -7,7 +7,7 @@ import pytest
 
 from clstm import functional as F
 from clstm import reference as R
-from _helpers import assert_close, make_problem
+from _helpers import assert_close, assert_grads_close, make_problem
 
 INPUTS = ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0")
 SHAPES = [  # (T, B, I, H)
@@ -43,9 +43,7 @@ def test_forward_and_backward_match_reference(shape, dtype, n_threads):
             assert_close(a, b, dtype, factor, f"{name} (train={train})")
     g_ref = R.lstm_backward(rcache, p["dy"], p["dh_n"], p["dc_n"])
     g = F.lstm_backward(fcache, p["dy"], p["dh_n"], p["dc_n"])
-    for name in g._fields:
-        assert getattr(g, name).dtype == dtype
-        assert_close(getattr(g, name), getattr(g_ref, name), dtype, factor, "d" + name)
+    assert_grads_close(g, g_ref, dtype, factor)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -55,10 +53,9 @@ def test_backward_with_partial_upstream(dtype, which):
     kwargs = {} if which == "none" else {which: p[which]}
     (_, _, _, rc), (_, _, _, fc) = run_both(p, 2)
     g_ref, g = R.lstm_backward(rc, **kwargs), F.lstm_backward(fc, **kwargs)
-    for name in g._fields:
-        assert_close(getattr(g, name), getattr(g_ref, name), dtype, what="d" + name)
+    assert_grads_close(g, g_ref, dtype)
     if which == "none":
-        assert not any(np.any(v) for v in g)
+        assert not any(np.any(v) for v in g if v is not None)
 
 
 def test_results_agree_across_thread_counts():
@@ -67,7 +64,7 @@ def test_results_agree_across_thread_counts():
     for n in (1, 2, 3, 4):
         y, h, c, cache = F.lstm_forward(*(p[k] for k in INPUTS), train=True, n_threads=n)
         g = F.lstm_backward(cache, p["dy"], p["dh_n"], p["dc_n"])
-        results.append([y, h, c, *g])
+        results.append([y, h, c, *(v for v in g if v is not None)])
     for other in results[1:]:
         for a, b in zip(other, results[0]):
             assert_close(a, b, np.float64)
@@ -105,6 +102,44 @@ def test_inference_memory_does_not_grow_with_sequence_length():
     assert large <= small * 1.05 + 4096, extra
     # and the scratch really is bounded by the chunk size (plus small state arrays)
     assert large <= F.GATES_CHUNK_ELEMENTS * 4 + 64 * 1024, extra
+
+
+LENGTHS = {"full": None, "mixed": [6, 0, 3, 1, 6, 2, 5], "short": [2, 4, 1, 4, 3, 2, 1],
+           "empty": [0] * 7}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", [1, 3])
+@pytest.mark.parametrize("P", [None, 2])
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("reverse", [False, True])
+def test_projection_lengths_and_reverse_match_reference(dtype, n_threads, P, lengths, reverse):
+    T, B, I, H = 6, 7, 3, 4
+    p = make_problem(T, B, I, H, dtype=dtype, seed=21, P=P)
+    args = [p[k] for k in INPUTS]
+    kw = dict(w_hr=p.get("w_hr"), lengths=LENGTHS[lengths], reverse=reverse)
+    y0, h0, c0, rc = R.lstm_forward(*args, train=True, **kw)
+    for train in (False, True):
+        y1, h1, c1, fc = F.lstm_forward(*args, train=train, n_threads=n_threads, **kw)
+        for name, a, b in (("y", y1, y0), ("h_n", h1, h0), ("c_n", c1, c0)):
+            assert_close(a, b, dtype, what=f"{name} (train={train})")
+    g_ref = R.lstm_backward(rc, p["dy"], p["dh_n"], p["dc_n"])
+    g = F.lstm_backward(fc, p["dy"], p["dh_n"], p["dc_n"])
+    assert_grads_close(g, g_ref, dtype)
+
+
+@pytest.mark.parametrize("steps_per_chunk", [1, 2, 5])
+def test_inference_chunks_with_lengths_and_projection(monkeypatch, steps_per_chunk):
+    T, B, I, H, P = 7, 5, 3, 5, 3
+    monkeypatch.setattr(F, "GATES_CHUNK_ELEMENTS", steps_per_chunk * B * 4 * H)
+    p = make_problem(T, B, I, H, seed=12, P=P)
+    args = [p[k] for k in INPUTS]
+    for reverse in (False, True):
+        kw = dict(w_hr=p["w_hr"], lengths=[7, 2, 5, 0, 7], reverse=reverse, n_threads=2)
+        inference = F.lstm_forward(*args, **kw)[:3]
+        training = F.lstm_forward(*args, train=True, **kw)[:3]
+        for a, b in zip(inference, training):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -145,7 +180,7 @@ def test_huge_preactivations_stay_finite():
         (y0, *_), (y1, _, _, cache) = run_both(p, 2)
         assert_close(y1, y0, dtype)
         g = F.lstm_backward(cache, p["dy"], p["dh_n"], p["dc_n"])
-        assert all(np.all(np.isfinite(v)) for v in g)
+        assert all(np.all(np.isfinite(v)) for v in g if v is not None)
 
 
 def test_backward_runs_once_per_forward():
@@ -184,3 +219,28 @@ def test_functional_rejects_bad_arguments():
             F.lstm_forward(*args, n_threads=bad)
     with pytest.raises(ValueError, match=r"x must have shape \(T, B, 2\) \(3-D\), got shape \(\)"):
         F.lstm_forward(np.float64(1.0), *args[1:])
+
+
+def test_float32_activations_are_accurate_to_a_few_ulp():
+    from clstm import _lstm
+
+    z = np.concatenate([np.linspace(-100, 100, 400_001), np.geomspace(1e-30, 1, 2001),
+                        -np.geomspace(1e-30, 1, 2001), [0.0, 1e4, -1e4, np.inf, -np.inf]])
+    z = z.astype(np.float32)
+    sig, tanh_z = np.empty_like(z), np.empty_like(z)
+    _lstm._float32_activations(z, sig, tanh_z)
+    z64 = z.astype(np.float64)
+    with np.errstate(over="ignore"):
+        sig_true = 1 / (1 + np.exp(-z64))
+    tanh_true = np.tanh(z64)
+    tiny = np.finfo(np.float32).tiny
+
+    def ulps(a, true):
+        return np.abs(a - true) / np.spacing(np.maximum(np.abs(true), tiny).astype(np.float32))
+
+    normal = sig_true >= tiny  # below the normal range, an absolute error under tiny
+    assert ulps(sig, sig_true)[normal].max() <= 4
+    assert np.abs(sig - sig_true)[~normal].max() <= tiny
+    assert ulps(tanh_z, tanh_true).max() <= 4
+    _lstm._float32_activations(np.array([np.nan], np.float32), sig[:1], tanh_z[:1])
+    assert np.isnan(sig[0]) and np.isnan(tanh_z[0])

@@ -36,3 +36,17 @@ cdef inline void gemv(bint trans_a, blas_int m, blas_int n, floating alpha,
         fblas.sgemv(&ta, &n, &m, &alpha, <float*>A, &lda, <float*>x, &one, &beta, y, &one)
     else:
         fblas.dgemv(&ta, &n, &m, &alpha, <double*>A, &lda, <double*>x, &one, &beta, y, &one)
+
+
+cdef inline void matmul(blas_int m, blas_int n, blas_int k, const floating* A, blas_int lda,
+                        const floating* B, blas_int ldb, bint trans_b, floating beta,
+                        floating* C, blas_int ldc) noexcept nogil:
+    """C[m, n] = A[m, k] @ op(B) + beta * C, op(B) = B.T if trans_b (B stored (n, k)) else B
+    (stored (k, n)). One row is a GEMV: OpenBLAS's GEMM would pack all of B for it."""
+    if m == 1:
+        if trans_b:
+            gemv(False, n, k, <floating>1, B, ldb, A, beta, C)
+        else:
+            gemv(True, k, n, <floating>1, B, ldb, A, beta, C)
+    else:
+        gemm(False, trans_b, m, n, k, <floating>1, A, lda, B, ldb, beta, C, ldc)

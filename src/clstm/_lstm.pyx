@@ -2,44 +2,61 @@
 
 Notation and layouts (PyTorch's, so weights interoperate):
 
-    n_steps T, n_batch B, n_input I, n_hidden H
-    x       (T, B, I)      input sequence, time-major
+    T steps, B batch rows, I inputs, H hidden units, P outputs (P = H without projection)
     w_ih    (4H, I)        input weights, row blocks stacked [i | f | g | o]
-    w_hh    (4H, H)        recurrent weights, same block order
+    w_hh    (4H, P)        recurrent weights, same block order
+    w_hr    (P, H)         projection (LSTMP), or None
     bias    (4H,)          b_ih + b_hh (the kernels only ever need the sum)
-    h0, c0  (B, H)         initial state
-    y       (T, B, H)      output sequence: y[t] = h_t
-    gates   (T, B, 4H)     training cache: activated gates [i | f | g | o] per step;
-                           backward overwrites it in place with dG (pre-activation grads)
-    cells   (T, B, H)      training cache: c_t per step
 
     i, f, o = sigmoid(.), g = tanh(.)  of  x_t @ w_ih.T + h_{t-1} @ w_hh.T + bias
     c_t = f * c_{t-1} + i * g
-    h_t = o * tanh(c_t)
+    r_t = o * tanh(c_t)
+    h_t = r_t @ w_hr.T  (h_t = r_t without projection)
 
-Work split: the input projection of many steps is one big GEMM (BLAS-threaded); the time loop
-runs in an OpenMP region where each thread owns a contiguous slice of batch rows and carries
-it through every step alone (rows never interact, so there is no barrier per step), with BLAS
-held to one thread so OpenBLAS's own pool does not oversubscribe the cores. Backward mirrors
-this, and the weight gradients are whole-sequence GEMMs after the reverse loop.
+Sequences are *packed*, as in PyTorch's PackedSequence: batch rows are sorted by length,
+longest first, so the rows still running at step t are the first bs[t] rows, and the arrays
+hold only real steps, step-major: step t occupies rows [offsets[t], offsets[t+1]) of
 
-All arrays arrive validated and C-contiguous from `clstm.functional`, workspaces included,
+    x       (N, I)         input;   N = offsets[T] = sum of the lengths
+    y       (N, P)         output h_t
+    gates   (N, 4H)        training cache: activated gates [i | f | g | o];
+                           backward overwrites it in place with dG (pre-activation grads)
+    cells   (N, H)         training cache: c_t
+    r       (N, H)         training cache with projection: r_t
+
+States h0, h_n (B, P) and c0, c_n (B, H) are in the same sorted row order. Equal lengths
+are the special case bs[t] = B, offsets[t] = t*B: the plain (T, B, .) arrays, unchanged
+(the caller passes offsets=None for it).
+A reverse direction is the forward kernel run on each row's steps in reverse order (the
+caller permutes). clstm.functional builds all of this.
+
+Work split: the input projection of many steps is one GEMM; the time loop runs in an
+OpenMP region where each thread owns a contiguous slice of batch rows (slice bounds come
+from the caller, balanced by total length) and carries it through every step alone: rows
+never interact, so there is no barrier per step, and a row that has ended costs nothing.
+Backward mirrors this; the weight gradients are whole-sequence GEMMs after the reverse loop.
+All parallel work is OpenMP: BLAS is held to one thread for the whole call (SciPy's
+OpenBLAS is a pthreads build whose pool would spin against ours and oversubscribe the
+cores if it ran inside our region), and the big GEMMs are split by rows across our threads.
+
+All arrays arrive validated and C-contiguous from clstm.functional, workspaces included,
 so nothing in here can fail once the GIL is released.
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, tanh, tanhf
+from libc.math cimport exp, tanh
 from libc.string cimport memcpy
 
-from clstm._blas cimport blas_int, gemm, gemv
+from clstm._blas cimport blas_int, gemm, matmul
+from clstm._fastmath cimport clstm_sigmoidf, clstm_tanhf
 from clstm._openmp cimport CLSTM_OPENMP_ENABLED, omp_get_max_threads
 
 
 # ---------------------------------------------------------------------------------------------
-# BLAS thread control. SciPy's OpenBLAS is usually a pthreads build that cannot see it is
-# called from inside an OpenMP region, so the kernels set its thread count themselves: many
-# threads for the hoisted GEMMs, one inside the batch-parallel time loop, and the caller's
-# count restored on the way out. clstm._threads finds the two C entry points and installs them.
+# BLAS thread control. clstm._threads finds OpenBLAS's C entry points and installs them; the
+# kernels then hold BLAS to one thread for the duration of a call and restore the caller's
+# count on the way out. (Serial builds have no pool of their own, so there the big GEMMs
+# get BLAS threads instead.)
 ctypedef void (*set_threads_fn)(int) noexcept nogil
 ctypedef int (*get_threads_fn)() noexcept nogil
 cdef set_threads_fn _blas_set_threads = NULL
@@ -60,11 +77,16 @@ def _blas_thread_control_installed():
 
 
 cdef inline int _blas_threads_enter() noexcept nogil:
-    return _blas_get_threads() if _blas_get_threads != NULL else 0
+    cdef int saved = 0
+    if _blas_get_threads != NULL:
+        saved = _blas_get_threads()
+        if saved != 1:
+            _blas_set_threads(1)
+    return saved
 
 
 cdef inline void _blas_threads(int n) noexcept nogil:
-    if _blas_set_threads != NULL and n > 0:
+    if _blas_set_threads != NULL and n > 0 and n != _blas_get_threads():
         _blas_set_threads(n)
 
 
@@ -79,289 +101,412 @@ def openmp_max_threads():
 
 
 # ---------------------------------------------------------------------------------------------
-# Element-wise gate math. float64 stays libm-accurate; float32 uses the float libm calls.
+# Element-wise gate math. float64 stays libm-accurate; float32 uses the vectorisable
+# approximations of _fastmath.pxd. The loops are flat passes over contiguous memory so the
+# compiler can vectorise them.
 
 cdef inline floating sigmoid(floating z) noexcept nogil:
-    # exp(-z) overflows to +inf for very negative z and 1/inf == 0: no NaN, no branch.
-    # (<float>1 keeps float32 math in float32: a bare 1.0 literal is a double.)
     if floating is float:
-        return (<float>1) / ((<float>1) + expf(-z))
+        return clstm_sigmoidf(z)
     else:
+        # exp(-z) overflows to +inf for very negative z and 1/inf == 0: no NaN, no branch.
         return 1.0 / (1.0 + exp(-z))
 
 
 cdef inline floating tanh_(floating z) noexcept nogil:
     if floating is float:
-        return tanhf(z)
+        return clstm_tanhf(z)
     else:
         return tanh(z)
 
 
 cdef void gates_forward(Py_ssize_t n_rows, Py_ssize_t H, floating* gates,
                         const floating* bias, const floating* c_prev, floating* c_t,
-                        floating* h_t) noexcept nogil:
-    """Activate gates rows in place (adding the bias) and write c_t, h_t.
+                        floating* r_t) noexcept nogil:
+    """Activate gates rows in place (adding the bias) and write c_t and r_t = o * tanh(c_t).
 
     gates: (n_rows, 4H) INOUT, pre-activations without bias -> activations [i|f|g|o]
-    c_prev: (n_rows, H) IN (may alias c_t); c_t, h_t: (n_rows, H) OUT
+    c_prev: (n_rows, H) IN (may alias c_t); c_t, r_t: (n_rows, H) OUT
     """
-    cdef Py_ssize_t r, j
+    cdef Py_ssize_t row, j
     cdef floating* a
-    cdef floating i, f, g, o, c
-    for r in range(n_rows):
-        a = gates + r * 4 * H
+    cdef floating c
+    for row in range(n_rows):
+        a = gates + row * 4 * H
+        for j in range(4 * H):
+            a[j] = a[j] + bias[j]
+        for j in range(2 * H):  # i, f
+            a[j] = sigmoid(a[j])
+        for j in range(2 * H, 3 * H):  # g
+            a[j] = tanh_(a[j])
+        for j in range(3 * H, 4 * H):  # o
+            a[j] = sigmoid(a[j])
         for j in range(H):
-            i = sigmoid(a[j] + bias[j])
-            f = sigmoid(a[H + j] + bias[H + j])
-            g = tanh_(a[2 * H + j] + bias[2 * H + j])
-            o = sigmoid(a[3 * H + j] + bias[3 * H + j])
-            a[j] = i
-            a[H + j] = f
-            a[2 * H + j] = g
-            a[3 * H + j] = o
-            c = f * c_prev[r * H + j] + i * g
-            c_t[r * H + j] = c
-            h_t[r * H + j] = o * tanh_(c)
+            c = a[H + j] * c_prev[row * H + j] + a[j] * a[2 * H + j]
+            c_t[row * H + j] = c
+            r_t[row * H + j] = a[3 * H + j] * tanh_(c)
 
 
 cdef void gates_backward(Py_ssize_t n_rows, Py_ssize_t H, floating* gates,
                          const floating* c_prev, const floating* c_t,
-                         const floating* dh, const floating* dy, floating* dc) noexcept nogil:
+                         const floating* dr, const floating* dy, floating* dc) noexcept nogil:
     """One step of BPTT through the cell, for n_rows rows.
 
     gates: (n_rows, 4H) INOUT, activations [i|f|g|o] -> dG, gradients of the pre-activations
     c_prev, c_t: (n_rows, H) IN
-    dh: (n_rows, H) IN, gradient reaching h_t from step t+1 (or from dh_n)
-    dy: (n_rows, H) IN, gradient of the output y[t], or NULL
+    dr: (n_rows, H) IN, gradient reaching r_t (from step t+1 or h_n, through the projection)
+    dy: (n_rows, H) IN, a second gradient of r_t to add (the output's, without projection),
+        or NULL
     dc: (n_rows, H) INOUT, gradient reaching c_t from step t+1 -> gradient of c_{t-1}
     """
-    cdef Py_ssize_t r, j, k
+    cdef Py_ssize_t row, j, k
     cdef floating* a
-    cdef floating i, f, g, o, tc, dh_t, dc_t
-    for r in range(n_rows):
-        a = gates + r * 4 * H
+    cdef floating i, f, g, o, tc, dr_t, dc_t
+    for row in range(n_rows):
+        a = gates + row * 4 * H
         for j in range(H):
-            k = r * H + j
+            k = row * H + j
             i = a[j]
             f = a[H + j]
             g = a[2 * H + j]
             o = a[3 * H + j]
             tc = tanh_(c_t[k])
-            dh_t = dh[k]
+            dr_t = dr[k]
             if dy != NULL:
-                dh_t = dh_t + dy[k]
-            dc_t = dc[k] + dh_t * o * (1 - tc * tc)
+                dr_t = dr_t + dy[k]
+            dc_t = dc[k] + dr_t * o * (1 - tc * tc)
             a[j] = dc_t * g * i * (1 - i)
             a[H + j] = dc_t * c_prev[k] * f * (1 - f)
             a[2 * H + j] = dc_t * i * (1 - g * g)
-            a[3 * H + j] = dh_t * tc * o * (1 - o)
+            a[3 * H + j] = dr_t * tc * o * (1 - o)
             dc[k] = dc_t * f
 
 
 # ---------------------------------------------------------------------------------------------
-# Recurrent products for a slice of rows: one 4H-wide GEMM per step, GEMV for a single row.
-
-cdef inline void add_recurrent(Py_ssize_t n_rows, Py_ssize_t H, const floating* h_prev,
-                               const floating* w_hh, floating* gates) noexcept nogil:
-    """gates[n_rows, 4H] += h_prev[n_rows, H] @ w_hh.T"""
-    if n_rows == 1:
-        gemv(False, <blas_int>(4 * H), <blas_int>H, <floating>1, w_hh, <blas_int>H, h_prev,
-             <floating>1, gates)
-    else:
-        gemm(False, True, <blas_int>n_rows, <blas_int>(4 * H), <blas_int>H, <floating>1,
-             h_prev, <blas_int>H, w_hh, <blas_int>H, <floating>1, gates, <blas_int>(4 * H))
+# GEMMs outside the time loop: split by rows of C across the OpenMP threads, one BLAS thread
+# each. Below this many rows per thread a split is not worth a parallel region.
+cdef enum:
+    MIN_ROWS_PER_THREAD = 16
 
 
-cdef inline void back_recurrent(Py_ssize_t n_rows, Py_ssize_t H, const floating* dG,
-                                const floating* w_hh, floating* dh_prev) noexcept nogil:
-    """dh_prev[n_rows, H] = dG[n_rows, 4H] @ w_hh"""
-    if n_rows == 1:
-        gemv(True, <blas_int>(4 * H), <blas_int>H, <floating>1, w_hh, <blas_int>H, dG,
-             <floating>0, dh_prev)
-    else:
-        gemm(False, False, <blas_int>n_rows, <blas_int>H, <blas_int>(4 * H), <floating>1,
-             dG, <blas_int>(4 * H), w_hh, <blas_int>H, <floating>0, dh_prev, <blas_int>H)
-
-
-cdef void forward_slice(Py_ssize_t t_begin, Py_ssize_t t_end, Py_ssize_t b_begin,
-                        Py_ssize_t b_end, Py_ssize_t B, Py_ssize_t H,
-                        floating* gates, Py_ssize_t gates_t0, const floating* w_hh,
-                        const floating* bias, const floating* h0, floating* y,
-                        const floating* c0, floating* cells, bint keep_cells) noexcept nogil:
-    """Run rows [b_begin, b_end) through steps [t_begin, t_end).
-
-    gates holds the hoisted input projection for steps [gates_t0, ...) and is activated in
-    place. With keep_cells, cells is (T, B, H) and c_t goes to cells[t]; without, cells is
-    the (B, H) running state (initialised from c0 by the caller) and is updated in place.
-    """
-    cdef Py_ssize_t t, n = b_end - b_begin
-    cdef const floating* h_prev
-    cdef const floating* c_prev
-    cdef floating* c_out
-    cdef floating* g_t
-    for t in range(t_begin, t_end):
-        g_t = gates + ((t - gates_t0) * B + b_begin) * 4 * H
-        h_prev = (h0 + b_begin * H) if t == 0 else (y + ((t - 1) * B + b_begin) * H)
-        if keep_cells:
-            c_prev = (c0 + b_begin * H) if t == 0 else (cells + ((t - 1) * B + b_begin) * H)
-            c_out = cells + (t * B + b_begin) * H
-        else:
-            c_prev = cells + b_begin * H
-            c_out = cells + b_begin * H
-        add_recurrent(n, H, h_prev, w_hh, g_t)
-        gates_forward(n, H, g_t, bias, c_prev, c_out, y + (t * B + b_begin) * H)
-
-
-cdef void run_forward(Py_ssize_t t_begin, Py_ssize_t t_end, Py_ssize_t B, Py_ssize_t H,
-                      floating* gates, Py_ssize_t gates_t0, const floating* w_hh,
-                      const floating* bias, const floating* h0, floating* y,
-                      const floating* c0, floating* cells, bint keep_cells,
-                      int n_slices) noexcept nogil:
-    """forward_slice over every batch slice, one OpenMP thread per slice."""
-    cdef int s
-    if n_slices <= 1:
-        forward_slice(t_begin, t_end, 0, B, B, H, gates, gates_t0, w_hh, bias, h0, y,
-                      c0, cells, keep_cells)
+cdef void par_gemm(int n_threads, bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
+                   Py_ssize_t k, const floating* A, Py_ssize_t lda, const floating* B,
+                   Py_ssize_t ldb, floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:
+    """C[m, n] = op(A) @ op(B) + beta * C (row-major), rows of C shared among threads."""
+    cdef Py_ssize_t parts = min(<Py_ssize_t>n_threads, m // MIN_ROWS_PER_THREAD)
+    cdef Py_ssize_t s, r0, r1
+    if m == 0 or n == 0:
         return
-    _blas_threads(1)
-    for s in prange(n_slices, num_threads=n_slices, schedule='static'):
-        forward_slice(t_begin, t_end, (s * B) // n_slices, ((s + 1) * B) // n_slices, B, H,
-                      gates, gates_t0, w_hh, bias, h0, y, c0, cells, keep_cells)
-
-
-cdef inline void input_projection(Py_ssize_t n_rows, Py_ssize_t I, Py_ssize_t H,
-                                  const floating* x, const floating* w_ih,
-                                  floating* gates) noexcept nogil:
-    """gates[n_rows, 4H] = x[n_rows, I] @ w_ih.T  (the bias is added in gates_forward)"""
-    gemm(False, True, <blas_int>n_rows, <blas_int>(4 * H), <blas_int>I, <floating>1,
-         x, <blas_int>I, w_ih, <blas_int>I, <floating>0, gates, <blas_int>(4 * H))
-
-
-cdef inline int n_slices_for(Py_ssize_t B, int n_threads) noexcept nogil:
-    if not CLSTM_OPENMP_ENABLED or n_threads < 2:
-        return 1
-    return <int>(B if B < n_threads else n_threads)
+    if not CLSTM_OPENMP_ENABLED or parts < 2:
+        if not CLSTM_OPENMP_ENABLED:
+            _blas_threads(n_threads)
+        gemm(trans_a, trans_b, <blas_int>m, <blas_int>n, <blas_int>k, <floating>1, A,
+             <blas_int>lda, B, <blas_int>ldb, beta, C, <blas_int>ldc)
+        if not CLSTM_OPENMP_ENABLED:
+            _blas_threads(1)
+        return
+    for s in prange(parts, num_threads=parts, schedule='static'):
+        r0 = s * m // parts
+        r1 = (s + 1) * m // parts
+        # Row r of op(A) starts at A + r*lda, or at column r of A when A is transposed.
+        gemm(trans_a, trans_b, <blas_int>(r1 - r0), <blas_int>n, <blas_int>k, <floating>1,
+             A + (r0 if trans_a else r0 * lda), <blas_int>lda, B, <blas_int>ldb, beta,
+             C + r0 * ldc, <blas_int>ldc)
 
 
 # ---------------------------------------------------------------------------------------------
-# Entry points. Shapes are as in the module docstring; T, B, I, H >= 1 (callers handle empty).
+# The time loops, one batch slice each.
 
-def forward_inference(const floating[:, :, ::1] x not None,
-                      const floating[:, ::1] w_ih not None, const floating[:, ::1] w_hh not None,
-                      const floating[::1] bias not None, const floating[:, ::1] h0 not None,
-                      const floating[:, ::1] c0 not None, floating[:, :, ::1] y not None,
-                      floating[:, ::1] h_n not None, floating[:, ::1] c_n not None,
-                      floating[:, :, ::1] gates_ws not None, int n_threads):
-    """Forward without caches: y (T, B, H), h_n, c_n OUT.
+cdef inline Py_ssize_t step_row(const Py_ssize_t* offsets, Py_ssize_t B,
+                                Py_ssize_t t) noexcept nogil:
+    """First packed row of step t. offsets NULL means every row runs every step, and then
+    no O(T) index array exists at all (inference memory stays independent of T)."""
+    return t * B if offsets == NULL else offsets[t]
 
-    gates_ws (T_chunk, B, 4H) is the only scratch: the input projection is hoisted T_chunk
-    steps at a time, so memory beyond y does not grow with T.
+
+cdef void forward_slice(Py_ssize_t t_begin, Py_ssize_t t_end, Py_ssize_t b0, Py_ssize_t b1,
+                        const Py_ssize_t* offsets, Py_ssize_t B, Py_ssize_t H, Py_ssize_t P,
+                        floating* gates, Py_ssize_t gates_row0, const floating* w_hh,
+                        const floating* bias, const floating* w_hr, const floating* h0,
+                        floating* y, const floating* c0, floating* cells, bint keep_cells,
+                        floating* r) noexcept nogil:
+    """Run rows [b0, b1) through steps [t_begin, t_end).
+
+    gates holds the input projection of packed rows [gates_row0, ...) and is activated in
+    place. With keep_cells, cells and r are (N, H) caches written at each step's rows;
+    without, cells is the running (B, H) cell state (initialised from c0 by the caller) and
+    r a (B, H) scratch. r is unused without projection (w_hr NULL): r_t is y's row itself.
     """
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
-    cdef Py_ssize_t T_chunk = gates_ws.shape[0], t0, t1
-    cdef int n_slices = n_slices_for(B, n_threads)
-    cdef int blas_saved
-    with nogil:
-        blas_saved = _blas_threads_enter()
-        memcpy(&c_n[0, 0], &c0[0, 0], B * H * sizeof(floating))
-        t0 = 0
-        while t0 < T:
-            t1 = min(t0 + T_chunk, T)
-            _blas_threads(n_threads)
-            input_projection((t1 - t0) * B, I, H, &x[t0, 0, 0], &w_ih[0, 0], &gates_ws[0, 0, 0])
-            run_forward(t0, t1, B, H, &gates_ws[0, 0, 0], t0, &w_hh[0, 0], &bias[0],
-                        &h0[0, 0], &y[0, 0, 0], &c0[0, 0], &c_n[0, 0], False, n_slices)
-            t0 = t1
-        memcpy(&h_n[0, 0], &y[T - 1, 0, 0], B * H * sizeof(floating))
-        _blas_threads(blas_saved)
+    cdef Py_ssize_t t, n, p
+    cdef const floating* h_prev
+    cdef const floating* c_prev
+    cdef floating* c_out
+    cdef floating* r_t
+    for t in range(t_begin, t_end):
+        n = min(b1, step_row(offsets, B, t + 1) - step_row(offsets, B, t)) - b0
+        if n <= 0:
+            break  # lengths are sorted: every row of this slice has ended
+        p = step_row(offsets, B, t) + b0
+        h_prev = (h0 + b0 * P) if t == 0 else (y + (step_row(offsets, B, t - 1) + b0) * P)
+        if keep_cells:
+            c_prev = (c0 + b0 * H) if t == 0 else (cells + (step_row(offsets, B, t - 1) + b0) * H)
+            c_out = cells + p * H
+        else:
+            c_prev = cells + b0 * H
+            c_out = cells + b0 * H
+        if w_hr == NULL:
+            r_t = y + p * P
+        else:
+            r_t = (r + p * H) if keep_cells else (r + b0 * H)
+        matmul(<blas_int>n, <blas_int>(4 * H), <blas_int>P, h_prev, <blas_int>P, w_hh,
+               <blas_int>P, True, <floating>1, gates + (p - gates_row0) * 4 * H,
+               <blas_int>(4 * H))
+        gates_forward(n, H, gates + (p - gates_row0) * 4 * H, bias, c_prev, c_out, r_t)
+        if w_hr != NULL:
+            matmul(<blas_int>n, <blas_int>P, <blas_int>H, r_t, <blas_int>H, w_hr,
+                   <blas_int>H, True, <floating>0, y + p * P, <blas_int>P)
 
 
-def forward_training(const floating[:, :, ::1] x not None,
-                     const floating[:, ::1] w_ih not None, const floating[:, ::1] w_hh not None,
-                     const floating[::1] bias not None, const floating[:, ::1] h0 not None,
-                     const floating[:, ::1] c0 not None, floating[:, :, ::1] y not None,
-                     floating[:, ::1] h_n not None, floating[:, ::1] c_n not None,
-                     floating[:, :, ::1] gates not None, floating[:, :, ::1] cells not None,
-                     int n_threads):
-    """Forward keeping what backward needs: y, h_n, c_n, gates (T, B, 4H), cells (T, B, H) OUT."""
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
-    cdef int n_slices = n_slices_for(B, n_threads)
-    cdef int blas_saved
-    with nogil:
-        blas_saved = _blas_threads_enter()
-        _blas_threads(n_threads)
-        input_projection(T * B, I, H, &x[0, 0, 0], &w_ih[0, 0], &gates[0, 0, 0])
-        run_forward(0, T, B, H, &gates[0, 0, 0], 0, &w_hh[0, 0], &bias[0], &h0[0, 0],
-                    &y[0, 0, 0], &c0[0, 0], &cells[0, 0, 0], True, n_slices)
-        memcpy(&h_n[0, 0], &y[T - 1, 0, 0], B * H * sizeof(floating))
-        memcpy(&c_n[0, 0], &cells[T - 1, 0, 0], B * H * sizeof(floating))
-        _blas_threads(blas_saved)
-
-
-cdef void backward_slice(Py_ssize_t T, Py_ssize_t b_begin, Py_ssize_t b_end, Py_ssize_t B,
-                         Py_ssize_t H, floating* gates, const floating* cells,
-                         const floating* c0, const floating* w_hh, const floating* dy,
-                         floating* dh, floating* dc) noexcept nogil:
-    """Reverse time loop for rows [b_begin, b_end): gates -> dG; dh, dc carried in place."""
-    cdef Py_ssize_t t, n = b_end - b_begin
+cdef void backward_slice(Py_ssize_t T, Py_ssize_t b0, Py_ssize_t b1, const Py_ssize_t* offsets,
+                         Py_ssize_t B, Py_ssize_t H, Py_ssize_t P, floating* gates,
+                         const floating* cells, const floating* c0, const floating* w_hh,
+                         const floating* w_hr,
+                         const floating* dy, floating* dh, floating* dc, floating* dh_all,
+                         floating* dr) noexcept nogil:
+    """Reverse time loop for rows [b0, b1): gates -> dG; dh (B, P), dc (B, H) carried in
+    place. With projection, dh_all (N, P) receives each step's total dh_t (for dW_hr) and
+    dr (B, H) is scratch."""
+    cdef Py_ssize_t t, n, p, k
     cdef const floating* c_prev
     cdef floating* dG_t
+    cdef floating* dh_t
     for t in range(T - 1, -1, -1):
-        dG_t = gates + (t * B + b_begin) * 4 * H
-        c_prev = (c0 + b_begin * H) if t == 0 else (cells + ((t - 1) * B + b_begin) * H)
-        gates_backward(n, H, dG_t, c_prev, cells + (t * B + b_begin) * H,
-                       dh + b_begin * H, NULL if dy == NULL else dy + (t * B + b_begin) * H,
-                       dc + b_begin * H)
-        back_recurrent(n, H, dG_t, w_hh, dh + b_begin * H)
+        n = min(b1, step_row(offsets, B, t + 1) - step_row(offsets, B, t)) - b0
+        if n <= 0:
+            continue  # these rows have not started yet, walking backwards
+        p = step_row(offsets, B, t) + b0
+        dG_t = gates + p * 4 * H
+        c_prev = (c0 + b0 * H) if t == 0 else (cells + (step_row(offsets, B, t - 1) + b0) * H)
+        if w_hr == NULL:
+            gates_backward(n, H, dG_t, c_prev, cells + p * H, dh + b0 * P,
+                           NULL if dy == NULL else dy + p * P, dc + b0 * H)
+        else:
+            dh_t = dh_all + p * P
+            for k in range(n * P):
+                dh_t[k] = dh[b0 * P + k] + (0 if dy == NULL else dy[p * P + k])
+            matmul(<blas_int>n, <blas_int>H, <blas_int>P, dh_t, <blas_int>P, w_hr,
+                   <blas_int>H, False, <floating>0, dr + b0 * H, <blas_int>H)
+            gates_backward(n, H, dG_t, c_prev, cells + p * H, dr + b0 * H, NULL, dc + b0 * H)
+        matmul(<blas_int>n, <blas_int>P, <blas_int>(4 * H), dG_t, <blas_int>(4 * H), w_hh,
+               <blas_int>P, False, <floating>0, dh + b0 * P, <blas_int>P)
 
 
-def backward(const floating[:, :, ::1] x not None, const floating[:, ::1] w_ih not None,
-             const floating[:, ::1] w_hh not None, const floating[:, ::1] h0 not None,
-             const floating[:, ::1] c0 not None, const floating[:, :, ::1] y not None,
-             floating[:, :, ::1] gates not None, const floating[:, :, ::1] cells not None,
-             const floating[:, :, ::1] dy, floating[:, ::1] dh not None,
-             floating[:, ::1] dc not None, floating[:, :, ::1] dx not None,
-             floating[:, ::1] dw_ih not None, floating[:, ::1] dw_hh not None,
-             floating[::1] dbias not None, const floating[::1] ones not None, int n_threads):
-    """BPTT through a forward_training call.
+cdef void final_states(Py_ssize_t B, Py_ssize_t H, Py_ssize_t P, const Py_ssize_t* lengths,
+                       const Py_ssize_t* offsets, const floating* y, const floating* h0,
+                       floating* h_n, const floating* cells, const floating* c0,
+                       floating* c_n) noexcept nogil:
+    """Each row's state after its own last step (its initial state if it has no steps).
+    cells NULL: c_n already holds the running cell state."""
+    cdef Py_ssize_t b, last
+    for b in range(B):
+        if lengths[b] == 0:
+            memcpy(h_n + b * P, h0 + b * P, P * sizeof(floating))
+            if cells != NULL:
+                memcpy(c_n + b * H, c0 + b * H, H * sizeof(floating))
+        else:
+            last = step_row(offsets, B, lengths[b] - 1) + b
+            memcpy(h_n + b * P, y + last * P, P * sizeof(floating))
+            if cells != NULL:
+                memcpy(c_n + b * H, cells + last * H, H * sizeof(floating))
 
-    dy (T, B, H) IN or None. dh, dc (B, H) INOUT: dh_n, dc_n in -> dh0, dc0 out.
-    gates INOUT: activations in, dG out (so backward runs once per forward).
-    dx (T, B, I) OUT. dw_ih, dw_hh, dbias INOUT: accumulated (+=).
-    ones (T*B,) IN: all ones, for the bias gradient as one GEMV.
+
+# ---------------------------------------------------------------------------------------------
+# Entry points. Checks here are O(1) consistency checks against memory errors; the full
+# validation (shapes against the model, lengths) is clstm.functional's.
+
+cdef check(bint ok, str what):
+    if not ok:
+        raise ValueError(f"clstm._lstm: inconsistent arguments ({what})")
+
+
+cdef int n_slices_of(const Py_ssize_t[::1] bounds, int n_threads) except -1:
+    cdef Py_ssize_t s, n = bounds.shape[0] - 1
+    check(n >= 1 and bounds[0] == 0, "slice bounds")
+    for s in range(n):
+        check(bounds[s] <= bounds[s + 1], "slice bounds")
+    check(n == 1 or (CLSTM_OPENMP_ENABLED and n <= n_threads), "slice count")
+    return <int>n
+
+
+def forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not None,
+            const floating[:, ::1] w_hh not None, const floating[::1] bias not None,
+            const floating[:, ::1] w_hr, const floating[:, ::1] h0 not None,
+            const floating[:, ::1] c0 not None, Py_ssize_t n_steps,
+            const Py_ssize_t[::1] offsets,
+            const Py_ssize_t[::1] lengths not None, const Py_ssize_t[::1] bounds not None,
+            floating[:, ::1] y not None, floating[:, ::1] h_n not None,
+            floating[:, ::1] c_n not None, floating[:, ::1] gates not None,
+            floating[:, ::1] cells, floating[:, ::1] r, int n_threads):
+    """Forward over packed x (N, I): y (N, P), h_n (B, P), c_n (B, H) OUT.
+
+    Training (cells given): gates (N, 4H), cells (N, H) and, with projection, r (N, H) are
+    filled for backward. Inference (cells None): gates is a (rows, 4H) workspace with
+    rows >= B; the input projection is hoisted as many steps at a time as fit, so memory
+    beyond y does not grow with T; r is a (B, H) workspace with projection.
     """
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
-    cdef int n_slices = n_slices_for(B, n_threads)
+    cdef Py_ssize_t T = n_steps, B = h0.shape[0], I = x.shape[1]
+    cdef const Py_ssize_t* off = NULL if offsets is None else &offsets[0]
+    cdef Py_ssize_t H = c0.shape[1], P = h0.shape[1], N = x.shape[0]
+    cdef bint train = cells is not None, proj = w_hr is not None
+    cdef Py_ssize_t cap = gates.shape[0], t0, t1, row0
+    cdef int n_slices = n_slices_of(bounds, n_threads)
     cdef int s, blas_saved
-    cdef const floating* dy_p = NULL if dy is None else &dy[0, 0, 0]
-    cdef floating* dG = &gates[0, 0, 0]
+    cdef const floating* w_hr_p = &w_hr[0, 0] if proj else NULL
+    cdef floating* cells_p = &cells[0, 0] if train else &c_n[0, 0]
+    cdef floating* r_p = &r[0, 0] if proj else NULL
+    check(T >= 1 and N >= 1 and (offsets is None or (offsets.shape[0] == T + 1
+                                                    and offsets[0] == 0 and offsets[T] == N))
+          and step_row(off, B, T) == N, "offsets")
+    check(step_row(off, B, 1) <= B and bounds[n_slices] == B and lengths.shape[0] == B, "batch")
+    for t0 in range(B):
+        check(0 <= lengths[t0] <= T, "lengths")
+    check(w_ih.shape[0] == 4 * H and w_ih.shape[1] == I and w_hh.shape[0] == 4 * H
+          and w_hh.shape[1] == P and bias.shape[0] == 4 * H and c0.shape[0] == B, "weights")
+    check(y.shape[0] == N and y.shape[1] == P and h_n.shape[0] == B and h_n.shape[1] == P
+          and c_n.shape[0] == B and c_n.shape[1] == H and gates.shape[1] == 4 * H, "outputs")
+    check(not proj or (w_hr.shape[0] == P and w_hr.shape[1] == H and r.shape[1] == H
+                       and r.shape[0] == (N if train else B)), "projection")
+    check(proj or P == H, "projection")
+    check((train and cap == N and cells.shape[0] == N and cells.shape[1] == H)
+          or (not train and cap >= step_row(off, B, 1)), "caches")
     with nogil:
         blas_saved = _blas_threads_enter()
-        if n_slices <= 1:
-            _blas_threads(n_threads)
-            backward_slice(T, 0, B, B, H, dG, &cells[0, 0, 0], &c0[0, 0], &w_hh[0, 0], dy_p,
-                           &dh[0, 0], &dc[0, 0])
-        else:
-            _blas_threads(1)
-            for s in prange(n_slices, num_threads=n_slices, schedule='static'):
-                backward_slice(T, (s * B) // n_slices, ((s + 1) * B) // n_slices, B, H, dG,
-                               &cells[0, 0, 0], &c0[0, 0], &w_hh[0, 0], dy_p, &dh[0, 0],
-                               &dc[0, 0])
-        _blas_threads(n_threads)
-        # Whole-sequence GEMMs over K = T*B rows: dW_ih += dG^T x, dW_hh += dG^T [h0, y[:-1]].
-        gemm(True, False, <blas_int>(4 * H), <blas_int>I, <blas_int>(T * B), <floating>1,
-             dG, <blas_int>(4 * H), &x[0, 0, 0], <blas_int>I, <floating>1, &dw_ih[0, 0],
-             <blas_int>I)
-        gemm(True, False, <blas_int>(4 * H), <blas_int>H, <blas_int>B, <floating>1,
-             dG, <blas_int>(4 * H), &h0[0, 0], <blas_int>H, <floating>1, &dw_hh[0, 0],
-             <blas_int>H)
-        if T > 1:
-            gemm(True, False, <blas_int>(4 * H), <blas_int>H, <blas_int>((T - 1) * B),
-                 <floating>1, dG + B * 4 * H, <blas_int>(4 * H), &y[0, 0, 0], <blas_int>H,
-                 <floating>1, &dw_hh[0, 0], <blas_int>H)
-        gemv(True, <blas_int>(T * B), <blas_int>(4 * H), <floating>1, dG, <blas_int>(4 * H),
-             &ones[0], <floating>1, &dbias[0])
-        gemm(False, False, <blas_int>(T * B), <blas_int>I, <blas_int>(4 * H), <floating>1,
-             dG, <blas_int>(4 * H), &w_ih[0, 0], <blas_int>I, <floating>0, &dx[0, 0, 0],
-             <blas_int>I)
+        if not train:
+            memcpy(&c_n[0, 0], &c0[0, 0], B * H * sizeof(floating))
+        t0 = 0
+        while t0 < T:
+            # hoist the input projection of steps [t0, t1): as many as fit in gates
+            t1 = t0 + 1
+            while t1 < T and step_row(off, B, t1 + 1) - step_row(off, B, t0) <= cap:
+                t1 = t1 + 1
+            row0 = 0 if train else step_row(off, B, t0)
+            par_gemm(n_threads, False, True, step_row(off, B, t1) - step_row(off, B, t0), 4 * H,
+                     I, &x[step_row(off, B, t0), 0], I, &w_ih[0, 0], I, <floating>0,
+                     &gates[step_row(off, B, t0) - row0, 0], 4 * H)
+            if n_slices == 1:
+                forward_slice(t0, t1, 0, B, off, B, H, P, &gates[0, 0], row0, &w_hh[0, 0],
+                              &bias[0], w_hr_p, &h0[0, 0], &y[0, 0], &c0[0, 0], cells_p, train,
+                              r_p)
+            else:
+                for s in prange(n_slices, num_threads=n_slices, schedule='static'):
+                    forward_slice(t0, t1, bounds[s], bounds[s + 1], off, B, H, P, &gates[0, 0],
+                                  row0, &w_hh[0, 0], &bias[0], w_hr_p, &h0[0, 0], &y[0, 0],
+                                  &c0[0, 0], cells_p, train, r_p)
+            t0 = t1
+        final_states(B, H, P, &lengths[0], off, &y[0, 0], &h0[0, 0], &h_n[0, 0],
+                     cells_p if train else NULL, &c0[0, 0], &c_n[0, 0])
         _blas_threads(blas_saved)
+
+
+def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not None,
+             const floating[:, ::1] w_hh not None, const floating[:, ::1] w_hr,
+             const floating[:, ::1] h0 not None, const floating[:, ::1] c0 not None,
+             const floating[:, ::1] y not None, floating[:, ::1] gates not None,
+             const floating[:, ::1] cells not None, const floating[:, ::1] r,
+             Py_ssize_t n_steps, const Py_ssize_t[::1] offsets,
+             const Py_ssize_t[::1] bounds not None,
+             const floating[:, ::1] dy, floating[:, ::1] dh not None,
+             floating[:, ::1] dc not None, floating[:, ::1] dx not None,
+             floating[:, ::1] dw_ih not None, floating[:, ::1] dw_hh not None,
+             floating[::1] dbias not None, floating[:, ::1] dw_hr,
+             const floating[::1] ones not None, floating[:, ::1] h_prev_ws,
+             floating[:, ::1] dh_all, floating[:, ::1] dr, int n_threads):
+    """BPTT through a training forward (same packing).
+
+    dy (N, P) IN or None. dh (B, P), dc (B, H) INOUT: dh_n, dc_n in -> dh0, dc0 out.
+    gates INOUT: activations in, dG out (so backward runs once per forward).
+    dx (N, I) OUT. dw_ih, dw_hh, dbias, dw_hr INOUT: accumulated (+=).
+    Workspaces: ones (N,) of ones; h_prev_ws (N - bs[0], P), the recurrent inputs of steps
+    >= 1, unless every row has length T (then None: they are y's rows as they stand);
+    with projection dh_all (N, P) and dr (B, H).
+    """
+    cdef Py_ssize_t T = n_steps, B = h0.shape[0], I = x.shape[1]
+    cdef const Py_ssize_t* off = NULL if offsets is None else &offsets[0]
+    cdef Py_ssize_t H = c0.shape[1], P = h0.shape[1], N = x.shape[0], t
+    cdef bint proj = w_hr is not None
+    cdef Py_ssize_t bs0 = step_row(off, B, 1)  # rows running at step 0
+    cdef bint uniform = offsets is None
+    cdef int n_slices = n_slices_of(bounds, n_threads)
+    cdef int s, blas_saved
+    cdef const floating* dy_p = NULL if dy is None else &dy[0, 0]
+    cdef const floating* w_hr_p = &w_hr[0, 0] if proj else NULL
+    cdef floating* dh_all_p = &dh_all[0, 0] if proj else NULL
+    cdef floating* dr_p = &dr[0, 0] if proj else NULL
+    cdef floating* dG = &gates[0, 0]
+    cdef const floating* h_prev = &y[0, 0]
+    check(T >= 1 and N >= 1 and (offsets is None or (offsets.shape[0] == T + 1
+                                                    and offsets[0] == 0 and offsets[T] == N))
+          and step_row(off, B, T) == N, "offsets")
+    check(step_row(off, B, 1) <= B and bounds[n_slices] == B and c0.shape[0] == B, "batch")
+    check(w_ih.shape[0] == 4 * H and w_ih.shape[1] == I and w_hh.shape[0] == 4 * H
+          and w_hh.shape[1] == P and y.shape[0] == N and y.shape[1] == P, "weights")
+    check(gates.shape[0] == N and gates.shape[1] == 4 * H and cells.shape[0] == N
+          and cells.shape[1] == H, "caches")
+    check(dh.shape[0] == B and dh.shape[1] == P and dc.shape[0] == B and dc.shape[1] == H
+          and dx.shape[0] == N and dx.shape[1] == I and ones.shape[0] == N, "gradients")
+    check(dw_ih.shape[0] == 4 * H and dw_ih.shape[1] == I and dw_hh.shape[0] == 4 * H
+          and dw_hh.shape[1] == P and dbias.shape[0] == 4 * H, "weight gradients")
+    check(dy is None or (dy.shape[0] == N and dy.shape[1] == P), "dy")
+    check(uniform or (h_prev_ws is not None and h_prev_ws.shape[0] == N - bs0
+                      and h_prev_ws.shape[1] == P), "h_prev workspace")
+    check(not proj or (w_hr.shape[0] == P and w_hr.shape[1] == H and r is not None
+                       and r.shape[0] == N and r.shape[1] == H and dw_hr is not None
+                       and dw_hr.shape[0] == P and dw_hr.shape[1] == H and dh_all is not None
+                       and dh_all.shape[0] == N and dh_all.shape[1] == P and dr is not None
+                       and dr.shape[0] == B and dr.shape[1] == H), "projection")
+    check(proj or P == H, "projection")
+    with nogil:
+        blas_saved = _blas_threads_enter()
+        if n_slices == 1:
+            backward_slice(T, 0, B, off, B, H, P, dG, &cells[0, 0], &c0[0, 0],
+                           &w_hh[0, 0], w_hr_p, dy_p, &dh[0, 0], &dc[0, 0], dh_all_p, dr_p)
+        else:
+            for s in prange(n_slices, num_threads=n_slices, schedule='static'):
+                backward_slice(T, bounds[s], bounds[s + 1], off, B, H, P, dG,
+                               &cells[0, 0], &c0[0, 0], &w_hh[0, 0], w_hr_p, dy_p, &dh[0, 0],
+                               &dc[0, 0], dh_all_p, dr_p)
+        # Whole-sequence GEMMs over the N packed rows. The recurrent input of step t >= 1 is
+        # y's block t-1 cut to the bs[t] rows still running: contiguous only when no row
+        # ends early, otherwise gathered into h_prev_ws first.
+        par_gemm(n_threads, True, False, 4 * H, I, N, dG, 4 * H, &x[0, 0], I, <floating>1,
+                 &dw_ih[0, 0], I)
+        par_gemm(n_threads, True, False, 4 * H, P, bs0, dG, 4 * H, &h0[0, 0], P, <floating>1,
+                 &dw_hh[0, 0], P)
+        if T > 1:
+            if not uniform:
+                for t in range(1, T):
+                    memcpy(&h_prev_ws[step_row(off, B, t) - bs0, 0],
+                           &y[step_row(off, B, t - 1), 0],
+                           (step_row(off, B, t + 1) - step_row(off, B, t)) * P * sizeof(floating))
+                h_prev = &h_prev_ws[0, 0]
+            par_gemm(n_threads, True, False, 4 * H, P, N - bs0, dG + bs0 * 4 * H, 4 * H, h_prev,
+                     P, <floating>1, &dw_hh[0, 0], P)
+        if proj:
+            par_gemm(n_threads, True, False, P, H, N, dh_all_p, P, &r[0, 0], H, <floating>1,
+                     &dw_hr[0, 0], H)
+        par_gemm(n_threads, True, False, 4 * H, 1, N, dG, 4 * H, &ones[0], 1, <floating>1,
+                 &dbias[0], 1)
+        par_gemm(n_threads, False, False, N, I, 4 * H, dG, 4 * H, &w_ih[0, 0], I,
+                 <floating>0, &dx[0, 0], I)
+        _blas_threads(blas_saved)
+
+
+def _float32_activations(const float[::1] z not None, float[::1] sig not None,
+                         float[::1] tanh_z not None):
+    """The kernels' float32 sigmoid and tanh of z, for the accuracy tests."""
+    cdef Py_ssize_t k
+    if sig.shape[0] != z.shape[0] or tanh_z.shape[0] != z.shape[0]:
+        raise ValueError("z, sig and tanh_z must have the same length")
+    for k in range(z.shape[0]):
+        sig[k] = sigmoid(z[k])
+        tanh_z[k] = tanh_(z[k])

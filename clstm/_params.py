@@ -1,0 +1,82 @@
+"""Named parameters and their gradients, shared by every layer class."""
+import numpy as np
+
+from ._checks import check_shape, float_array
+
+
+class Parameterised:
+    """Parameters in a dict of named float arrays (PyTorch names), gradients of the same
+    shapes in ``grads``, attribute access (``layer.weight_ih_l0``), and
+    ``state_dict`` / ``load_state_dict``.
+
+    Subclasses set ``dtype`` and call ``_init_params``.
+    """
+
+    def _init_params(self, shapes, rng, bound):
+        """``shapes``: ordered name -> shape. PyTorch's initialisation: every parameter
+        U(-bound, bound), drawn in state_dict order."""
+        self._shapes = dict(shapes)
+        self._params = {name: rng.uniform(-bound, bound, shape).astype(self.dtype)
+                        for name, shape in self._shapes.items()}
+        self.grads = {name: np.zeros_like(p) for name, p in self._params.items()}
+
+    @property
+    def params(self):
+        """The live parameter arrays by name (for optimisers); see also `state_dict`."""
+        return self._params
+
+    def __getattr__(self, name):
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            self.load_state_dict({name: value}, strict=False)
+        else:
+            super().__setattr__(name, value)
+
+    def state_dict(self):
+        """A copy of the parameters, named and shaped as the PyTorch module's."""
+        return {name: p.copy() for name, p in self._params.items()}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy parameters in from a mapping of name -> array-like (NumPy arrays, PyTorch
+        tensors, ...). Shapes must match; with ``strict``, missing or unexpected names are an
+        error (without it they are skipped). Nothing changes unless every entry is valid.
+        Values are copied into the existing arrays, so references to ``params`` (held by an
+        optimiser, say) stay valid and nothing aliases the caller's memory."""
+        expected = self._shapes
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in expected]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys {unexpected}")
+            raise KeyError(f"load_state_dict: {'; '.join(parts)} "
+                           f"(expected {list(expected)})")
+        new = {name: check_shape(name, float_array(name, state_dict[name], self.dtype), shape)
+               for name, shape in expected.items() if name in state_dict}
+        for name, value in new.items():
+            self._params[name][...] = value
+
+    def zero_grad(self):
+        """Reset every accumulated gradient in ``grads`` to zero."""
+        for g in self.grads.values():
+            g[...] = 0
+
+    def _checked_params(self):
+        """The parameters, after an O(1) check each that nobody replaced one in ``params``
+        with an array the kernels cannot take."""
+        for name, shape in self._shapes.items():
+            p = self._params.get(name)
+            if not (isinstance(p, np.ndarray) and p.shape == shape and p.dtype == self.dtype
+                    and p.flags.c_contiguous):
+                raise ValueError(f"parameter {name} must be a C-contiguous {self.dtype} array "
+                                 f"of shape {shape}; assign through load_state_dict or "
+                                 "attribute access to convert")
+        return self._params
