@@ -131,6 +131,12 @@ def kernel_call(n_threads):
 _openmp_used = False
 
 
+def kernel_lock():
+    """The lock of `kernel_call`, for a single-threaded kernel call that needs nothing else
+    (re-read on each call: a forked child replaces it)."""
+    return _kernel_lock
+
+
 def _after_fork_in_child():
     global _kernel_lock, _forked_child
     _kernel_lock = threading.Lock()  # a thread of the parent may have held it

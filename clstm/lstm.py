@@ -4,10 +4,14 @@ import math
 
 import numpy as np
 
-from . import functional
+from . import _lstm, _threads, functional
 from ._checks import check_lengths, check_shape, float_array, float_dtype, positive_int
 from ._params import Parameterised
 from ._threads import get_num_threads
+
+# LSTMCell steps at most this many rows on one thread with no packing machinery: the
+# streaming case, where per-call overhead is what counts.
+FAST_CELL_ROWS = 8
 
 
 def _state_pair(state, name, shapes):
@@ -257,7 +261,7 @@ class LSTM(Parameterised):
 
     def _backward(self, packing, caches, masks, batched, y_shape, state_shapes, dy, dstate):
         dtype = self.dtype
-        T, B = packing.T, packing.B
+        B = packing.B
         L, D, P = self.num_layers, self.num_directions, self.output_size
         n_states = L * D
         if dy is not None:
@@ -330,7 +334,8 @@ class LSTMCell(Parameterised):
             shapes.update(bias_ih=(4 * H,), bias_hh=(4 * H,))
         self._init_params(shapes, np.random.default_rng(seed), 1.0 / math.sqrt(H))
 
-    def _run(self, x, state, train):
+    def _prepare(self, x, state):
+        """Validate; return x (B, I), h0, c0 (B, H), the caller's state shape, batched."""
         x = float_array("x", x, self.dtype)
         I, H = self.input_size, self.hidden_size
         if x.ndim not in (1, 2):
@@ -347,28 +352,46 @@ class LSTMCell(Parameterised):
             _state_pair(state, "state", (shape, shape))
             h0, c0 = (check_shape(name, float_array(name, s, self.dtype), shape)
                       .reshape(B, H) for name, s in zip(("h0", "c0"), state))
+        return x.reshape(B, I), h0, c0, shape, batched
+
+    def __call__(self, x, state=None):
+        """One step: ``h, c``."""
+        x, h0, c0, _, batched = self._prepare(x, state)
+        B, H = h0.shape
         p = self._checked_params()
-        w_ih, w_hh = p["weight_ih"], p["weight_hh"]
-        if train:
-            x, w_ih, w_hh, h0, c0 = (a.copy() for a in (x, w_ih, w_hh, h0, c0))
+        if B > FAST_CELL_ROWS:  # enough rows to be worth the threaded layer path
+            _, h, c, _ = functional.layer_forward(
+                x, functional.Packing(1, B), p["weight_ih"], p["weight_hh"],
+                p["bias_ih"] + p["bias_hh"] if self.bias else np.zeros(4 * H, self.dtype),
+                None, h0, c0, False, get_num_threads())
+        else:
+            h = np.empty((B, H), self.dtype)
+            c = np.empty((B, H), self.dtype)
+            with _threads.kernel_lock():
+                _lstm.cell_forward(x, p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
+                                   p.get("bias_hh"), h0, c0, h, c,
+                                   np.empty((B, 4 * H), self.dtype))
+        return (h, c) if batched else (h[0], c[0])
+
+    forward = __call__
+
+    def _run_train(self, x, state):
+        x, h0, c0, shape, batched = self._prepare(x, state)
+        B, H = h0.shape
+        p = self._checked_params()
+        w_ih, w_hh = p["weight_ih"].copy(), p["weight_hh"].copy()
         bias = p["bias_ih"] + p["bias_hh"] if self.bias else np.zeros(4 * H, self.dtype)
-        packing = functional.Packing(1, B)
-        _, h, c, cache = functional.layer_forward(x.reshape(B, I), packing, w_ih, w_hh, bias,
-                                                  None, h0, c0, train, get_num_threads())
+        _, h, c, cache = functional.layer_forward(x.copy(), functional.Packing(1, B), w_ih,
+                                                  w_hh, bias, None, h0.copy(), c0.copy(),
+                                                  True, get_num_threads())
         if not batched:
             h, c = h[0], c[0]
         return (h, c), cache, shape, batched
 
-    def __call__(self, x, state=None):
-        """One step: ``h, c``."""
-        return self._run(x, state, False)[0]
-
-    forward = __call__
-
     def forward_train(self, x, state=None):
         """One step keeping what backward needs: ``(h, c), backward`` with
         ``dx, (dh0, dc0) = backward(dh=None, dc=None)`` (runs once)."""
-        out, cache, shape, batched = self._run(x, state, True)
+        out, cache, shape, batched = self._run_train(x, state)
 
         def backward(dh=None, dc=None):
             H = self.hidden_size

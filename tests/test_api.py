@@ -482,7 +482,24 @@ def test_keras_weights_round_trip_and_semantics():
 
 # ------------------------------------------------------------------ LSTMCell
 
-def test_lstm_cell_is_one_step_of_the_layer():
+@pytest.mark.parametrize("B", [1, 3, 11])  # 11 rows take the threaded layer path
+@pytest.mark.parametrize("bias", [True, False])
+def test_lstm_cell_paths_are_one_step_of_the_layer(B, bias):
+    cell = clstm.LSTMCell(I, H, bias=bias, dtype=np.float64, seed=5)
+    lstm = clstm.LSTM(I, H, bias=bias, dtype=np.float64)
+    lstm.load_state_dict({f"{k}_l0": v for k, v in cell.state_dict().items()})
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((B, I))
+    h0, c0 = rng.standard_normal((2, B, H))
+    h, c = cell(x, (h0, c0))
+    _, (h_n, c_n) = lstm(x[None], (h0[None], c0[None]))
+    assert_close(h, h_n[0], np.float64)
+    assert_close(c, c_n[0], np.float64)
+    h32, _ = clstm.LSTMCell(I, H, bias=bias, seed=5)(x.astype(np.float32))
+    assert h32.dtype == np.float32
+
+
+def test_lstm_cell_api():
     cell = clstm.LSTMCell(I, H, dtype=np.float64, seed=5)
     lstm = clstm.LSTM(I, H, dtype=np.float64)
     lstm.load_state_dict({f"{k}_l0": v for k, v in cell.state_dict().items()})

@@ -244,3 +244,25 @@ def test_float32_activations_are_accurate_to_a_few_ulp():
     assert ulps(tanh_z, tanh_true).max() <= 4
     _lstm._float32_activations(np.array([np.nan], np.float32), sig[:1], tanh_z[:1])
     assert np.isnan(sig[0]) and np.isnan(tanh_z[0])
+
+
+def test_packing_holds_only_real_steps():
+    lengths = np.array([2, 5, 0, 5, 1, 3])
+    pk = F.Packing(5, 6, lengths)
+    assert pk.n_rows == lengths.sum()  # ended rows take no space, hence no compute
+    np.testing.assert_array_equal(pk.sorted_lengths, [5, 5, 3, 2, 1, 0])
+    np.testing.assert_array_equal(np.diff(pk.offsets), [5, 4, 3, 2, 2])  # rows per step
+    x = np.random.default_rng(0).standard_normal((5, 6, 2))
+    mask = (np.arange(5)[:, None] < lengths)[..., None]
+    np.testing.assert_array_equal(pk.unpack(pk.pack(x)), x * mask)
+    packed = pk.pack(x)
+    np.testing.assert_array_equal(pk.reverse(pk.reverse(packed)), packed)
+    rev = pk.unpack(pk.reverse(packed))
+    for b, n in enumerate(lengths):
+        np.testing.assert_array_equal(rev[:n, b], x[:n, b][::-1])
+    if F.openmp_enabled():  # slices cut for equal shares of the steps: 10 | 6
+        np.testing.assert_array_equal(pk.bounds(2), [0, 2, 6])
+    uniform = F.Packing(4, 3)
+    assert uniform.offsets is None and uniform.n_rows == 12
+    a = x[:4, :3].copy()
+    assert np.shares_memory(uniform.pack(a), a)  # equal lengths: packing is a reshape

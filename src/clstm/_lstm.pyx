@@ -126,6 +126,7 @@ cdef void gates_forward(Py_ssize_t n_rows, Py_ssize_t H, floating* gates,
     """Activate gates rows in place (adding the bias) and write c_t and r_t = o * tanh(c_t).
 
     gates: (n_rows, 4H) INOUT, pre-activations without bias -> activations [i|f|g|o]
+    bias: (4H,) IN, or NULL when gates already include it
     c_prev: (n_rows, H) IN (may alias c_t); c_t, r_t: (n_rows, H) OUT
     """
     cdef Py_ssize_t row, j
@@ -133,8 +134,9 @@ cdef void gates_forward(Py_ssize_t n_rows, Py_ssize_t H, floating* gates,
     cdef floating c
     for row in range(n_rows):
         a = gates + row * 4 * H
-        for j in range(4 * H):
-            a[j] = a[j] + bias[j]
+        if bias != NULL:
+            for j in range(4 * H):
+                a[j] = a[j] + bias[j]
         for j in range(2 * H):  # i, f
             a[j] = sigmoid(a[j])
         for j in range(2 * H, 3 * H):  # g
@@ -498,6 +500,38 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
                  &dbias[0], 1)
         par_gemm(n_threads, False, False, N, I, 4 * H, dG, 4 * H, &w_ih[0, 0], I,
                  <floating>0, &dx[0, 0], I)
+        _blas_threads(blas_saved)
+
+
+def cell_forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not None,
+                 const floating[:, ::1] w_hh not None, const floating[::1] b_ih,
+                 const floating[::1] b_hh, const floating[:, ::1] h0 not None,
+                 const floating[:, ::1] c0 not None, floating[:, ::1] h1 not None,
+                 floating[:, ::1] c1 not None, floating[:, ::1] gates not None):
+    """One inference step for a few rows, on one thread, with as little around it as
+    possible (the streaming path of LSTMCell): h1, c1 (B, H) OUT; gates (B, 4H) scratch.
+    b_ih and b_hh are both given or both None."""
+    cdef Py_ssize_t B = x.shape[0], I = x.shape[1], H = c0.shape[1], k, row
+    cdef int blas_saved
+    cdef bint has_bias = b_ih is not None
+    check(w_ih.shape[0] == 4 * H and w_ih.shape[1] == I and w_hh.shape[0] == 4 * H
+          and w_hh.shape[1] == H and h0.shape[0] == B and h0.shape[1] == H
+          and c0.shape[0] == B and h1.shape[0] == B and h1.shape[1] == H
+          and c1.shape[0] == B and c1.shape[1] == H and gates.shape[0] == B
+          and gates.shape[1] == 4 * H and B >= 1 and I >= 1 and H >= 1, "cell shapes")
+    check(has_bias == (b_hh is not None) and (not has_bias or (b_ih.shape[0] == 4 * H
+                                                             and b_hh.shape[0] == 4 * H)),
+          "cell biases")
+    with nogil:
+        blas_saved = _blas_threads_enter()
+        for row in range(B):
+            for k in range(4 * H):
+                gates[row, k] = (b_ih[k] + b_hh[k]) if has_bias else 0
+        matmul(<blas_int>B, <blas_int>(4 * H), <blas_int>I, &x[0, 0], <blas_int>I,
+               &w_ih[0, 0], <blas_int>I, True, <floating>1, &gates[0, 0], <blas_int>(4 * H))
+        matmul(<blas_int>B, <blas_int>(4 * H), <blas_int>H, &h0[0, 0], <blas_int>H,
+               &w_hh[0, 0], <blas_int>H, True, <floating>1, &gates[0, 0], <blas_int>(4 * H))
+        gates_forward(B, H, &gates[0, 0], NULL, &c0[0, 0], &c1[0, 0], &h1[0, 0])
         _blas_threads(blas_saved)
 
 
