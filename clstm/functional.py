@@ -133,9 +133,10 @@ def layer_forward(x, packing, w_ih, w_hh, bias, w_hr, h0, c0, train, n_threads):
             cells = None
             r = np.empty((B, H), dtype) if w_hr is not None else None
         with kernel_call(n_threads):
+            w_hh_packed = np.empty(_lstm.packed_length(4 * H, P, dtype == np.float64), dtype)
             _lstm.forward(x, w_ih, w_hh, bias, w_hr, h0, c0, packing.steps, packing.offsets,
                           packing.sorted_lengths, packing.bounds(n_threads), y, h_n, c_n,
-                          gates, cells, r, n_threads)
+                          gates, cells, r, w_hh_packed, n_threads)
     if not train:
         return y, h_n, c_n, None
     cache = LayerCache(x=x, packing=packing, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0,

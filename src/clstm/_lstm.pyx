@@ -49,6 +49,7 @@ from libc.string cimport memcpy
 
 from clstm._blas cimport blas_int, gemm, matmul
 from clstm._fastmath cimport clstm_sigmoidf, clstm_tanhf
+from clstm._pgemm cimport pack, packed_size, pgemm
 from clstm._openmp cimport CLSTM_OPENMP_ENABLED, omp_get_max_threads
 
 
@@ -131,7 +132,6 @@ cdef void gates_forward(Py_ssize_t n_rows, Py_ssize_t H, floating* gates,
     """
     cdef Py_ssize_t row, j
     cdef floating* a
-    cdef floating c
     for row in range(n_rows):
         a = gates + row * 4 * H
         if bias != NULL:
@@ -143,45 +143,52 @@ cdef void gates_forward(Py_ssize_t n_rows, Py_ssize_t H, floating* gates,
             a[j] = tanh_(a[j])
         for j in range(3 * H, 4 * H):  # o
             a[j] = sigmoid(a[j])
+        # Two passes, with r_t as scratch for c_t: c_prev and c_t are the same array in
+        # inference, and an in-place loop would fail the compiler's overlap test.
         for j in range(H):
-            c = a[H + j] * c_prev[row * H + j] + a[j] * a[2 * H + j]
-            c_t[row * H + j] = c
-            r_t[row * H + j] = a[3 * H + j] * tanh_(c)
+            r_t[row * H + j] = a[H + j] * c_prev[row * H + j] + a[j] * a[2 * H + j]
+        for j in range(H):
+            c_t[row * H + j] = r_t[row * H + j]
+            r_t[row * H + j] = a[3 * H + j] * tanh_(r_t[row * H + j])
 
 
 cdef void gates_backward(Py_ssize_t n_rows, Py_ssize_t H, floating* gates,
                          const floating* c_prev, const floating* c_t,
-                         const floating* dr, const floating* dy, floating* dc) noexcept nogil:
+                         const floating* dr, floating* dc) noexcept nogil:
     """One step of BPTT through the cell, for n_rows rows.
 
     gates: (n_rows, 4H) INOUT, activations [i|f|g|o] -> dG, gradients of the pre-activations
     c_prev, c_t: (n_rows, H) IN
-    dr: (n_rows, H) IN, gradient reaching r_t (from step t+1 or h_n, through the projection)
-    dy: (n_rows, H) IN, a second gradient of r_t to add (the output's, without projection),
-        or NULL
+    dr: (n_rows, H) IN, the whole gradient reaching r_t (from step t+1 or h_n, and from y[t])
     dc: (n_rows, H) INOUT, gradient reaching c_t from step t+1 -> gradient of c_{t-1}
     """
-    cdef Py_ssize_t row, j, k
-    cdef floating* a
-    cdef floating i, f, g, o, tc, dr_t, dc_t
+    cdef Py_ssize_t row, j
+    cdef floating *gi, *gf, *gg, *go, *dcr
+    cdef const floating *cp, *ct, *d
+    cdef floating i, f, g, o, tc, dc_t
     for row in range(n_rows):
-        a = gates + row * 4 * H
+        # One pointer per gate block and per row, and no branches: the compiler can then
+        # check for overlap at run time and vectorise the loop.
+        gi = gates + row * 4 * H
+        gf = gi + H
+        gg = gi + 2 * H
+        go = gi + 3 * H
+        cp = c_prev + row * H
+        ct = c_t + row * H
+        d = dr + row * H
+        dcr = dc + row * H
         for j in range(H):
-            k = row * H + j
-            i = a[j]
-            f = a[H + j]
-            g = a[2 * H + j]
-            o = a[3 * H + j]
-            tc = tanh_(c_t[k])
-            dr_t = dr[k]
-            if dy != NULL:
-                dr_t = dr_t + dy[k]
-            dc_t = dc[k] + dr_t * o * (1 - tc * tc)
-            a[j] = dc_t * g * i * (1 - i)
-            a[H + j] = dc_t * c_prev[k] * f * (1 - f)
-            a[2 * H + j] = dc_t * i * (1 - g * g)
-            a[3 * H + j] = dr_t * tc * o * (1 - o)
-            dc[k] = dc_t * f
+            i = gi[j]
+            f = gf[j]
+            g = gg[j]
+            o = go[j]
+            tc = tanh_(ct[j])
+            dc_t = dcr[j] + d[j] * o * (1 - tc * tc)
+            gi[j] = dc_t * g * i * (1 - i)
+            gf[j] = dc_t * cp[j] * f * (1 - f)
+            gg[j] = dc_t * i * (1 - g * g)
+            go[j] = d[j] * tc * o * (1 - o)
+            dcr[j] = dc_t * f
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,14 +235,14 @@ cdef inline Py_ssize_t step_row(const Py_ssize_t* offsets, Py_ssize_t B,
 
 cdef void forward_slice(Py_ssize_t t_begin, Py_ssize_t t_end, Py_ssize_t b0, Py_ssize_t b1,
                         const Py_ssize_t* offsets, Py_ssize_t B, Py_ssize_t H, Py_ssize_t P,
-                        floating* gates, Py_ssize_t gates_row0, const floating* w_hh,
+                        floating* gates, Py_ssize_t gates_row0, const floating* w_hh_p,
                         const floating* bias, const floating* w_hr, const floating* h0,
                         floating* y, const floating* c0, floating* cells, bint keep_cells,
                         floating* r) noexcept nogil:
     """Run rows [b0, b1) through steps [t_begin, t_end).
 
     gates holds the input projection of packed rows [gates_row0, ...) and is activated in
-    place. With keep_cells, cells and r are (N, H) caches written at each step's rows;
+    place. w_hh_p is w_hh packed by _pgemm.pack. With keep_cells, cells and r are (N, H) caches written at each step's rows;
     without, cells is the running (B, H) cell state (initialised from c0 by the caller) and
     r a (B, H) scratch. r is unused without projection (w_hr NULL): r_t is y's row itself.
     """
@@ -260,9 +267,7 @@ cdef void forward_slice(Py_ssize_t t_begin, Py_ssize_t t_end, Py_ssize_t b0, Py_
             r_t = y + p * P
         else:
             r_t = (r + p * H) if keep_cells else (r + b0 * H)
-        matmul(<blas_int>n, <blas_int>(4 * H), <blas_int>P, h_prev, <blas_int>P, w_hh,
-               <blas_int>P, True, <floating>1, gates + (p - gates_row0) * 4 * H,
-               <blas_int>(4 * H))
+        pgemm(n, 4 * H, P, h_prev, P, w_hh_p, gates + (p - gates_row0) * 4 * H, 4 * H)
         gates_forward(n, H, gates + (p - gates_row0) * 4 * H, bias, c_prev, c_out, r_t)
         if w_hr != NULL:
             matmul(<blas_int>n, <blas_int>P, <blas_int>H, r_t, <blas_int>H, w_hr,
@@ -290,15 +295,20 @@ cdef void backward_slice(Py_ssize_t T, Py_ssize_t b0, Py_ssize_t b1, const Py_ss
         dG_t = gates + p * 4 * H
         c_prev = (c0 + b0 * H) if t == 0 else (cells + (step_row(offsets, B, t - 1) + b0) * H)
         if w_hr == NULL:
-            gates_backward(n, H, dG_t, c_prev, cells + p * H, dh + b0 * P,
-                           NULL if dy == NULL else dy + p * P, dc + b0 * H)
+            if dy != NULL:
+                for k in range(n * P):
+                    dh[b0 * P + k] += dy[p * P + k]
+            gates_backward(n, H, dG_t, c_prev, cells + p * H, dh + b0 * P, dc + b0 * H)
         else:
             dh_t = dh_all + p * P
             for k in range(n * P):
-                dh_t[k] = dh[b0 * P + k] + (0 if dy == NULL else dy[p * P + k])
+                dh_t[k] = dh[b0 * P + k]
+            if dy != NULL:
+                for k in range(n * P):
+                    dh_t[k] += dy[p * P + k]
             matmul(<blas_int>n, <blas_int>H, <blas_int>P, dh_t, <blas_int>P, w_hr,
                    <blas_int>H, False, <floating>0, dr + b0 * H, <blas_int>H)
-            gates_backward(n, H, dG_t, c_prev, cells + p * H, dr + b0 * H, NULL, dc + b0 * H)
+            gates_backward(n, H, dG_t, c_prev, cells + p * H, dr + b0 * H, dc + b0 * H)
         matmul(<blas_int>n, <blas_int>P, <blas_int>(4 * H), dG_t, <blas_int>(4 * H), w_hh,
                <blas_int>P, False, <floating>0, dh + b0 * P, <blas_int>P)
 
@@ -348,7 +358,8 @@ def forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not N
             const Py_ssize_t[::1] lengths not None, const Py_ssize_t[::1] bounds not None,
             floating[:, ::1] y not None, floating[:, ::1] h_n not None,
             floating[:, ::1] c_n not None, floating[:, ::1] gates not None,
-            floating[:, ::1] cells, floating[:, ::1] r, int n_threads):
+            floating[:, ::1] cells, floating[:, ::1] r, floating[::1] w_hh_packed not None,
+            int n_threads):
     """Forward over packed x (N, I): y (N, P), h_n (B, P), c_n (B, H) OUT.
 
     Training (cells given): gates (N, 4H), cells (N, H) and, with projection, r (N, H) are
@@ -379,10 +390,12 @@ def forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not N
     check(not proj or (w_hr.shape[0] == P and w_hr.shape[1] == H and r.shape[1] == H
                        and r.shape[0] == (N if train else B)), "projection")
     check(proj or P == H, "projection")
+    check(w_hh_packed.shape[0] == packed_size(4 * H, P, &w_hh_packed[0]), "packed w_hh")
     check((train and cap == N and cells.shape[0] == N and cells.shape[1] == H)
           or (not train and cap >= step_row(off, B, 1)), "caches")
     with nogil:
         blas_saved = _blas_threads_enter()
+        pack(&w_hh[0, 0], 4 * H, P, False, &w_hh_packed[0])
         if not train:
             memcpy(&c_n[0, 0], &c0[0, 0], B * H * sizeof(floating))
         t0 = 0
@@ -396,13 +409,13 @@ def forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not N
                      I, &x[step_row(off, B, t0), 0], I, &w_ih[0, 0], I, <floating>0,
                      &gates[step_row(off, B, t0) - row0, 0], 4 * H)
             if n_slices == 1:
-                forward_slice(t0, t1, 0, B, off, B, H, P, &gates[0, 0], row0, &w_hh[0, 0],
+                forward_slice(t0, t1, 0, B, off, B, H, P, &gates[0, 0], row0, &w_hh_packed[0],
                               &bias[0], w_hr_p, &h0[0, 0], &y[0, 0], &c0[0, 0], cells_p, train,
                               r_p)
             else:
                 for s in prange(n_slices, num_threads=n_slices, schedule='static'):
                     forward_slice(t0, t1, bounds[s], bounds[s + 1], off, B, H, P, &gates[0, 0],
-                                  row0, &w_hh[0, 0], &bias[0], w_hr_p, &h0[0, 0], &y[0, 0],
+                                  row0, &w_hh_packed[0], &bias[0], w_hr_p, &h0[0, 0], &y[0, 0],
                                   &c0[0, 0], cells_p, train, r_p)
             t0 = t1
         final_states(B, H, P, &lengths[0], off, &y[0, 0], &h0[0, 0], &h_n[0, 0],
@@ -533,6 +546,13 @@ def cell_forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih 
                &w_hh[0, 0], <blas_int>H, True, <floating>1, &gates[0, 0], <blas_int>(4 * H))
         gates_forward(B, H, &gates[0, 0], NULL, &c0[0, 0], &c1[0, 0], &h1[0, 0])
         _blas_threads(blas_saved)
+
+
+def packed_length(Py_ssize_t N, Py_ssize_t K, bint double):
+    """Elements of the packed copy of an (N, K) weight matrix (see _pgemm.pxd)."""
+    cdef float f
+    cdef double d
+    return packed_size(N, K, &d) if double else packed_size(N, K, &f)
 
 
 def _float32_activations(const float[::1] z not None, float[::1] sig not None,
