@@ -171,6 +171,7 @@ def layer_backward(cache, dy, dh, dc):
                            cache.cells, cache.r, packing.steps, packing.offsets,
                            packing.bounds(cache.n_threads), dy, dh, dc, dx, dw_ih, dw_hh,
                            dbias, dw_hr, np.ones(N, dtype), h_prev_ws, dh_all, dr,
+                           np.empty(_lstm.packed_length(P, 4 * H, dtype == np.float64), dtype),
                            cache.n_threads)
     cache.gates = None
     return dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr

@@ -45,7 +45,7 @@ so nothing in here can fail once the GIL is released.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport exp, tanh
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from clstm._blas cimport blas_int, gemm, matmul
 from clstm._fastmath cimport clstm_sigmoidf, clstm_tanhf
@@ -242,9 +242,10 @@ cdef void forward_slice(Py_ssize_t t_begin, Py_ssize_t t_end, Py_ssize_t b0, Py_
     """Run rows [b0, b1) through steps [t_begin, t_end).
 
     gates holds the input projection of packed rows [gates_row0, ...) and is activated in
-    place. w_hh_p is w_hh packed by _pgemm.pack. With keep_cells, cells and r are (N, H) caches written at each step's rows;
-    without, cells is the running (B, H) cell state (initialised from c0 by the caller) and
-    r a (B, H) scratch. r is unused without projection (w_hr NULL): r_t is y's row itself.
+    place; w_hh_p is w_hh packed by _pgemm.pack. With keep_cells, cells and r are (N, H)
+    caches written at each step's rows; without, cells is the running (B, H) cell state
+    (initialised from c0 by the caller) and r a (B, H) scratch. r is unused without
+    projection (w_hr NULL): r_t is y's row itself.
     """
     cdef Py_ssize_t t, n, p
     cdef const floating* h_prev
@@ -276,13 +277,13 @@ cdef void forward_slice(Py_ssize_t t_begin, Py_ssize_t t_end, Py_ssize_t b0, Py_
 
 cdef void backward_slice(Py_ssize_t T, Py_ssize_t b0, Py_ssize_t b1, const Py_ssize_t* offsets,
                          Py_ssize_t B, Py_ssize_t H, Py_ssize_t P, floating* gates,
-                         const floating* cells, const floating* c0, const floating* w_hh,
+                         const floating* cells, const floating* c0, const floating* w_hh_tp,
                          const floating* w_hr,
                          const floating* dy, floating* dh, floating* dc, floating* dh_all,
                          floating* dr) noexcept nogil:
     """Reverse time loop for rows [b0, b1): gates -> dG; dh (B, P), dc (B, H) carried in
-    place. With projection, dh_all (N, P) receives each step's total dh_t (for dW_hr) and
-    dr (B, H) is scratch."""
+    place; w_hh_tp is w_hh.T packed by _pgemm.pack. With projection, dh_all (N, P) receives
+    each step's total dh_t (for dW_hr) and dr (B, H) is scratch."""
     cdef Py_ssize_t t, n, p, k
     cdef const floating* c_prev
     cdef floating* dG_t
@@ -309,8 +310,8 @@ cdef void backward_slice(Py_ssize_t T, Py_ssize_t b0, Py_ssize_t b1, const Py_ss
             matmul(<blas_int>n, <blas_int>H, <blas_int>P, dh_t, <blas_int>P, w_hr,
                    <blas_int>H, False, <floating>0, dr + b0 * H, <blas_int>H)
             gates_backward(n, H, dG_t, c_prev, cells + p * H, dr + b0 * H, dc + b0 * H)
-        matmul(<blas_int>n, <blas_int>P, <blas_int>(4 * H), dG_t, <blas_int>(4 * H), w_hh,
-               <blas_int>P, False, <floating>0, dh + b0 * P, <blas_int>P)
+        memset(dh + b0 * P, 0, n * P * sizeof(floating))
+        pgemm(n, P, 4 * H, dG_t, 4 * H, w_hh_tp, dh + b0 * P, P)  # dh_{t-1} = dG_t @ w_hh
 
 
 cdef void final_states(Py_ssize_t B, Py_ssize_t H, Py_ssize_t P, const Py_ssize_t* lengths,
@@ -435,7 +436,8 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
              floating[:, ::1] dw_ih not None, floating[:, ::1] dw_hh not None,
              floating[::1] dbias not None, floating[:, ::1] dw_hr,
              const floating[::1] ones not None, floating[:, ::1] h_prev_ws,
-             floating[:, ::1] dh_all, floating[:, ::1] dr, int n_threads):
+             floating[:, ::1] dh_all, floating[:, ::1] dr,
+             floating[::1] w_hh_packed not None, int n_threads):
     """BPTT through a training forward (same packing).
 
     dy (N, P) IN or None. dh (B, P), dc (B, H) INOUT: dh_n, dc_n in -> dh0, dc0 out.
@@ -443,7 +445,8 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
     dx (N, I) OUT. dw_ih, dw_hh, dbias, dw_hr INOUT: accumulated (+=).
     Workspaces: ones (N,) of ones; h_prev_ws (N - bs[0], P), the recurrent inputs of steps
     >= 1, unless every row has length T (then None: they are y's rows as they stand);
-    with projection dh_all (N, P) and dr (B, H).
+    with projection dh_all (N, P) and dr (B, H); w_hh_packed for w_hh.T packed
+    (packed_length(P, 4H)).
     """
     cdef Py_ssize_t T = n_steps, B = h0.shape[0], I = x.shape[1]
     cdef const Py_ssize_t* off = NULL if offsets is None else &offsets[0]
@@ -480,15 +483,17 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
                        and dh_all.shape[0] == N and dh_all.shape[1] == P and dr is not None
                        and dr.shape[0] == B and dr.shape[1] == H), "projection")
     check(proj or P == H, "projection")
+    check(w_hh_packed.shape[0] == packed_size(P, 4 * H, &w_hh_packed[0]), "packed w_hh")
     with nogil:
         blas_saved = _blas_threads_enter()
+        pack(&w_hh[0, 0], P, 4 * H, True, &w_hh_packed[0])
         if n_slices == 1:
             backward_slice(T, 0, B, off, B, H, P, dG, &cells[0, 0], &c0[0, 0],
-                           &w_hh[0, 0], w_hr_p, dy_p, &dh[0, 0], &dc[0, 0], dh_all_p, dr_p)
+                           &w_hh_packed[0], w_hr_p, dy_p, &dh[0, 0], &dc[0, 0], dh_all_p, dr_p)
         else:
             for s in prange(n_slices, num_threads=n_slices, schedule='static'):
                 backward_slice(T, bounds[s], bounds[s + 1], off, B, H, P, dG,
-                               &cells[0, 0], &c0[0, 0], &w_hh[0, 0], w_hr_p, dy_p, &dh[0, 0],
+                               &cells[0, 0], &c0[0, 0], &w_hh_packed[0], w_hr_p, dy_p, &dh[0, 0],
                                &dc[0, 0], dh_all_p, dr_p)
         # Whole-sequence GEMMs over the N packed rows. The recurrent input of step t >= 1 is
         # y's block t-1 cut to the bs[t] rows still running: contiguous only when no row
