@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Benchmark clstm against the NumPy reference and (if installed) torch.nn.LSTM.
+"""Benchmark clstm against the NumPy reference and (if installed) torch.nn.LSTM and ONNX
+Runtime's LSTM operator.
 
     python bench/bench_lstm.py             # full size grid (a few minutes)
     python bench/bench_lstm.py --quick     # two small sizes, few repetitions
@@ -9,8 +10,12 @@ All implementations run the same layer (weights copied from the clstm layer) on 
 input, in one process, interleaved: every repetition round times each implementation once
 (in a rotating order), so machine noise hits all of them alike. Each reports the median over
 its repetitions after one untimed warm-up call, whose output is also checked against
-clstm's. Modes: ``inference`` (forward only) and ``train`` (forward + backward with
-dy = ones, all gradients). Set ``CLSTM_BENCH_NO_TORCH=1`` to run as if torch were missing.
+clstm's. Every timed call starts after a short pause (SETTLE_SECONDS), so idle OpenMP
+threads of the previous implementation, which spin for a while after each call, do not
+steal the cores of the next one. Modes: ``inference`` (forward only) and ``train``
+(forward + backward with dy = ones, all gradients; ONNX Runtime has no training).
+Set ``CLSTM_BENCH_NO_TORCH=1`` / ``CLSTM_BENCH_NO_ORT=1`` to run as if torch / onnxruntime
+were missing.
 """
 import argparse
 import gc
@@ -33,6 +38,7 @@ FULL_SIZES = [(100, 1, 64, 64), (100, 1, 128, 128), (100, 1, 256, 256),  # strea
               (50, 64, 512, 512), (50, 32, 1024, 1024)]                    # large
 QUICK_SIZES = [(100, 1, 64, 64), (50, 16, 128, 128)]
 MODES = ("inference", "train")
+SETTLE_SECONDS = 0.005
 FLOPS_PER_CELL = {"inference": 8, "train": 24}  # x T*B*H*(I+H)
 
 
@@ -44,6 +50,17 @@ def load_torch():
     except ImportError:
         return None
     return torch
+
+
+def load_onnxruntime():
+    if os.environ.get("CLSTM_BENCH_NO_ORT", "") not in ("", "0"):
+        return None
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnx, onnxruntime
 
 
 # ------------------------------------------------------------------ implementations
@@ -98,6 +115,37 @@ def torch_factory(torch):
     return make_torch
 
 
+def ort_factory(onnx, onnxruntime, threads):
+    """ONNX Runtime's CPU LSTM operator in a one-node model, inference only."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def make_ort(lstm, x, mode):
+        if mode != "inference":
+            return None
+        H = lstm.hidden_size
+        p = lstm.state_dict()
+        # PyTorch stacks gates i, f, g, o; ONNX wants i, o, f, c.
+        order = np.concatenate([np.arange(k * H, (k + 1) * H) for k in (0, 3, 1, 2)])
+        W = p["weight_ih_l0"][order][None]
+        R = p["weight_hh_l0"][order][None]
+        Bias = np.concatenate([p["bias_ih_l0"][order], p["bias_hh_l0"][order]])[None]
+        elem = TensorProto.DOUBLE if lstm.dtype == np.float64 else TensorProto.FLOAT
+        node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], hidden_size=H)
+        graph = helper.make_graph(
+            [node], "lstm", [helper.make_tensor_value_info("X", elem, list(x.shape))],
+            [helper.make_tensor_value_info("Y", elem, None)],
+            [numpy_helper.from_array(a, name) for a, name in ((W, "W"), (R, "R"),
+                                                              (Bias, "B"))])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                               providers=["CPUExecutionProvider"])
+        return lambda: session.run(None, {"X": x})[0][:, 0]
+    return make_ort
+
+
 # ------------------------------------------------------------------ timing
 def measure(fns, repeats, budget):
     """Warm up every callable once, then time them round-robin, rotating the order each
@@ -111,11 +159,13 @@ def measure(fns, repeats, budget):
         for r in range(repeats):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 if r < reps[name]:
+                    time.sleep(SETTLE_SECONDS)
                     t0 = time.perf_counter()
                     fns[name]()
                     times[name].append(time.perf_counter() - t0)
             if r == 0:
-                reps = {name: max(3, min(repeats, int(budget / ts[0]))) for name, ts in times.items()}
+                reps = {name: max(3, min(repeats, int(budget / ts[0])))
+                        for name, ts in times.items()}
     finally:
         gc.enable()
     return times, outputs
@@ -125,7 +175,8 @@ def machine_info(threads, torch):
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            cpu = next(line.split(":", 1)[1].strip() for line in f
+                       if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads,
@@ -169,13 +220,17 @@ def main():
     if torch is not None:
         torch.set_num_threads(args.threads)
         factories["torch"] = torch_factory(torch)
+    ort = load_onnxruntime()
+    if ort is not None:
+        factories["onnxruntime"] = ort_factory(*ort, args.threads)
 
     info = machine_info(args.threads, torch)
+    info["onnxruntime"] = ort[1].__version__ if ort else None
     print("# " + ", ".join(f"{k}={v}" for k, v in info.items()))
     if torch is None:
         print("# torch not found (or CLSTM_BENCH_NO_TORCH set): comparing with the reference only")
     tol = 1e-3 if dtype == np.float32 else 1e-9
-    fmt = "{:<18} {:<9} {:<9} {:>4} {:>10} {:>9} {:>8} {:>8}"
+    fmt = "{:<18} {:<9} {:<11} {:>4} {:>10} {:>9} {:>8} {:>8}"
     print(fmt.format("T,B,I,H", "mode", "impl", "reps", "median ms", "min ms", "GFLOP/s",
                      "clstm x"))
     results = []
@@ -184,6 +239,7 @@ def main():
         x = np.random.default_rng(1).standard_normal((T, B, I)).astype(dtype)
         for mode in MODES:
             fns = {name: make(lstm, x, mode) for name, make in factories.items()}
+            fns = {name: fn for name, fn in fns.items() if fn is not None}
             times, outputs = measure(fns, repeats, budget)
             medians = {name: statistics.median(ts) for name, ts in times.items()}
             flops = FLOPS_PER_CELL[mode] * T * B * H * (I + H)
@@ -208,9 +264,12 @@ def main():
     for mode in MODES:
         for name in factories:
             if name != "clstm":
-                ratios = [r["speedup"] for r in results if r["mode"] == mode and r["impl"] == name]
-                summary[f"{mode}/vs_{name}"] = geomean(ratios)
-                print(f"{mode:<9} vs {name:<9} {geomean(ratios):6.2f}x  over {len(ratios)} sizes")
+                ratios = [r["speedup"] for r in results
+                          if r["mode"] == mode and r["impl"] == name]
+                if ratios:
+                    summary[f"{mode}/vs_{name}"] = geomean(ratios)
+                    print(f"{mode:<9} vs {name:<11} {geomean(ratios):6.2f}x  over "
+                          f"{len(ratios)} sizes")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "args": vars(args), "results": results,
