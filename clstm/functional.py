@@ -133,10 +133,12 @@ def layer_forward(x, packing, w_ih, w_hh, bias, w_hr, h0, c0, train, n_threads):
             cells = None
             r = np.empty((B, H), dtype) if w_hr is not None else None
         with kernel_call(n_threads):
-            w_hh_packed = np.empty(_lstm.packed_length(4 * H, P, dtype == np.float64), dtype)
+            double = dtype == np.float64
+            w_ih_packed = np.empty(_lstm.packed_length(4 * H, x.shape[1], double), dtype)
+            w_hh_packed = np.empty(_lstm.packed_length(4 * H, P, double), dtype)
             _lstm.forward(x, w_ih, w_hh, bias, w_hr, h0, c0, packing.steps, packing.offsets,
                           packing.sorted_lengths, packing.bounds(n_threads), y, h_n, c_n,
-                          gates, cells, r, w_hh_packed, n_threads)
+                          gates, cells, r, w_ih_packed, w_hh_packed, n_threads)
     if not train:
         return y, h_n, c_n, None
     cache = LayerCache(x=x, packing=packing, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0,

@@ -223,6 +223,28 @@ cdef void par_gemm(int n_threads, bint trans_a, bint trans_b, Py_ssize_t m, Py_s
              C + r0 * ldc, <blas_int>ldc)
 
 
+cdef enum:
+    # Rows per task of par_pgemm: 64 rows of A stay in cache while every weight panel
+    # streams past them once.
+    PGEMM_ROW_BLOCK = 64
+
+
+cdef void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t K,
+                    const floating* A, Py_ssize_t lda, const floating* Wp, floating* C,
+                    Py_ssize_t ldc) noexcept nogil:
+    """C[m, N] = A[m, K] @ W.T (W packed by _pgemm.pack), row blocks shared among threads."""
+    cdef Py_ssize_t n_blocks = (m + PGEMM_ROW_BLOCK - 1) // PGEMM_ROW_BLOCK, blk, r0, r1, r
+    cdef int parts = <int>min(<Py_ssize_t>n_threads, n_blocks)
+    if parts < 1:
+        return
+    for blk in prange(n_blocks, num_threads=parts, schedule='static'):
+        r0 = blk * PGEMM_ROW_BLOCK
+        r1 = min(r0 + PGEMM_ROW_BLOCK, m)
+        for r in range(r0, r1):
+            memset(C + r * ldc, 0, N * sizeof(floating))
+        pgemm(r1 - r0, N, K, A + r0 * lda, lda, Wp, C + r0 * ldc, ldc)
+
+
 # ---------------------------------------------------------------------------------------------
 # The time loops, one batch slice each.
 
@@ -359,8 +381,8 @@ def forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not N
             const Py_ssize_t[::1] lengths not None, const Py_ssize_t[::1] bounds not None,
             floating[:, ::1] y not None, floating[:, ::1] h_n not None,
             floating[:, ::1] c_n not None, floating[:, ::1] gates not None,
-            floating[:, ::1] cells, floating[:, ::1] r, floating[::1] w_hh_packed not None,
-            int n_threads):
+            floating[:, ::1] cells, floating[:, ::1] r, floating[::1] w_ih_packed not None,
+            floating[::1] w_hh_packed not None, int n_threads):
     """Forward over packed x (N, I): y (N, P), h_n (B, P), c_n (B, H) OUT.
 
     Training (cells given): gates (N, 4H), cells (N, H) and, with projection, r (N, H) are
@@ -391,11 +413,13 @@ def forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not N
     check(not proj or (w_hr.shape[0] == P and w_hr.shape[1] == H and r.shape[1] == H
                        and r.shape[0] == (N if train else B)), "projection")
     check(proj or P == H, "projection")
-    check(w_hh_packed.shape[0] == packed_size(4 * H, P, &w_hh_packed[0]), "packed w_hh")
+    check(w_hh_packed.shape[0] == packed_size(4 * H, P, &w_hh_packed[0])
+          and w_ih_packed.shape[0] == packed_size(4 * H, I, &w_ih_packed[0]), "packed weights")
     check((train and cap == N and cells.shape[0] == N and cells.shape[1] == H)
           or (not train and cap >= step_row(off, B, 1)), "caches")
     with nogil:
         blas_saved = _blas_threads_enter()
+        pack(&w_ih[0, 0], 4 * H, I, False, &w_ih_packed[0])
         pack(&w_hh[0, 0], 4 * H, P, False, &w_hh_packed[0])
         if not train:
             memcpy(&c_n[0, 0], &c0[0, 0], B * H * sizeof(floating))
@@ -406,9 +430,9 @@ def forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not N
             while t1 < T and step_row(off, B, t1 + 1) - step_row(off, B, t0) <= cap:
                 t1 = t1 + 1
             row0 = 0 if train else step_row(off, B, t0)
-            par_gemm(n_threads, False, True, step_row(off, B, t1) - step_row(off, B, t0), 4 * H,
-                     I, &x[step_row(off, B, t0), 0], I, &w_ih[0, 0], I, <floating>0,
-                     &gates[step_row(off, B, t0) - row0, 0], 4 * H)
+            par_pgemm(n_threads, step_row(off, B, t1) - step_row(off, B, t0), 4 * H, I,
+                      &x[step_row(off, B, t0), 0], I, &w_ih_packed[0],
+                      &gates[step_row(off, B, t0) - row0, 0], 4 * H)
             if n_slices == 1:
                 forward_slice(t0, t1, 0, B, off, B, H, P, &gates[0, 0], row0, &w_hh_packed[0],
                               &bias[0], w_hr_p, &h0[0, 0], &y[0, 0], &c0[0, 0], cells_p, train,
