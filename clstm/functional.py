@@ -164,6 +164,7 @@ def layer_backward(cache, dy, dh, dc):
     dbias = np.zeros(4 * H, dtype)
     dw_hr = None if w_hr is None else np.zeros_like(w_hr)
     if N > 0:
+        double = dtype == np.float64
         h_prev_ws = (None if packing.uniform
                      else np.empty((N - packing.first_step_rows, P), dtype))
         dh_all = np.empty((N, P), dtype) if w_hr is not None else None
@@ -173,7 +174,8 @@ def layer_backward(cache, dy, dh, dc):
                            cache.cells, cache.r, packing.steps, packing.offsets,
                            packing.bounds(cache.n_threads), dy, dh, dc, dx, dw_ih, dw_hh,
                            dbias, dw_hr, np.ones(N, dtype), h_prev_ws, dh_all, dr,
-                           np.empty(_lstm.packed_length(P, 4 * H, dtype == np.float64), dtype),
+                           np.empty(_lstm.packed_length(x.shape[1], 4 * H, double), dtype),
+                           np.empty(_lstm.packed_length(P, 4 * H, double), dtype),
                            cache.n_threads)
     cache.gates = None
     return dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr

@@ -461,7 +461,8 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
              floating[::1] dbias not None, floating[:, ::1] dw_hr,
              const floating[::1] ones not None, floating[:, ::1] h_prev_ws,
              floating[:, ::1] dh_all, floating[:, ::1] dr,
-             floating[::1] w_hh_packed not None, int n_threads):
+             floating[::1] w_ih_packed not None, floating[::1] w_hh_packed not None,
+             int n_threads):
     """BPTT through a training forward (same packing).
 
     dy (N, P) IN or None. dh (B, P), dc (B, H) INOUT: dh_n, dc_n in -> dh0, dc0 out.
@@ -469,8 +470,8 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
     dx (N, I) OUT. dw_ih, dw_hh, dbias, dw_hr INOUT: accumulated (+=).
     Workspaces: ones (N,) of ones; h_prev_ws (N - bs[0], P), the recurrent inputs of steps
     >= 1, unless every row has length T (then None: they are y's rows as they stand);
-    with projection dh_all (N, P) and dr (B, H); w_hh_packed for w_hh.T packed
-    (packed_length(P, 4H)).
+    with projection dh_all (N, P) and dr (B, H); w_ih_packed, w_hh_packed for w_ih.T and
+    w_hh.T packed (packed_length(I, 4H), packed_length(P, 4H)).
     """
     cdef Py_ssize_t T = n_steps, B = h0.shape[0], I = x.shape[1]
     cdef const Py_ssize_t* off = NULL if offsets is None else &offsets[0]
@@ -507,7 +508,8 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
                        and dh_all.shape[0] == N and dh_all.shape[1] == P and dr is not None
                        and dr.shape[0] == B and dr.shape[1] == H), "projection")
     check(proj or P == H, "projection")
-    check(w_hh_packed.shape[0] == packed_size(P, 4 * H, &w_hh_packed[0]), "packed w_hh")
+    check(w_hh_packed.shape[0] == packed_size(P, 4 * H, &w_hh_packed[0])
+          and w_ih_packed.shape[0] == packed_size(I, 4 * H, &w_ih_packed[0]), "packed weights")
     with nogil:
         blas_saved = _blas_threads_enter()
         pack(&w_hh[0, 0], P, 4 * H, True, &w_hh_packed[0])
@@ -540,8 +542,8 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
                      &dw_hr[0, 0], H)
         par_gemm(n_threads, True, False, 4 * H, 1, N, dG, 4 * H, &ones[0], 1, <floating>1,
                  &dbias[0], 1)
-        par_gemm(n_threads, False, False, N, I, 4 * H, dG, 4 * H, &w_ih[0, 0], I,
-                 <floating>0, &dx[0, 0], I)
+        pack(&w_ih[0, 0], I, 4 * H, True, &w_ih_packed[0])  # w_ih.T, for dx = dG @ w_ih
+        par_pgemm(n_threads, N, I, 4 * H, dG, 4 * H, &w_ih_packed[0], &dx[0, 0], I)
         _blas_threads(blas_saved)
 
 
