@@ -47,7 +47,31 @@ cdef extern from *:
         large = x < 0.0f ? -large : large;
         return ax < 0.625f ? small : large;
     }
+
+    #ifndef CLSTM_CLONES
+    #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) \\
+        && !defined(CLSTM_NO_TARGET_CLONES)
+    #define CLSTM_CLONES \\
+        __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+    #else
+    #define CLSTM_CLONES
+    #endif
+    #endif
+
+    /* In-place activations over n contiguous values, compiled for AVX-512, AVX2 and
+       baseline x86-64 (see _pgemm.pxd): at small H these passes are a large part of a step. */
+    CLSTM_CLONES static void clstm_sigmoid_inplace_f32(float* a, Py_ssize_t n) {
+        Py_ssize_t j;
+        for (j = 0; j < n; j++) a[j] = clstm_sigmoidf(a[j]);
+    }
+
+    CLSTM_CLONES static void clstm_tanh_inplace_f32(float* a, Py_ssize_t n) {
+        Py_ssize_t j;
+        for (j = 0; j < n; j++) a[j] = clstm_tanhf(a[j]);
+    }
     """
     float clstm_expf(float x) noexcept nogil
     float clstm_sigmoidf(float x) noexcept nogil
     float clstm_tanhf(float x) noexcept nogil
+    void clstm_sigmoid_inplace_f32(float* a, Py_ssize_t n) noexcept nogil
+    void clstm_tanh_inplace_f32(float* a, Py_ssize_t n) noexcept nogil

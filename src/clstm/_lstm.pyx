@@ -48,7 +48,8 @@ from libc.math cimport exp, tanh
 from libc.string cimport memcpy, memset
 
 from clstm._blas cimport blas_int, gemm, matmul
-from clstm._fastmath cimport clstm_sigmoidf, clstm_tanhf
+from clstm._fastmath cimport (clstm_sigmoid_inplace_f32, clstm_sigmoidf, clstm_tanh_inplace_f32,
+                              clstm_tanhf)
 from clstm._pgemm cimport pack, packed_size, pgemm
 from clstm._openmp cimport CLSTM_OPENMP_ENABLED, omp_get_max_threads
 
@@ -137,12 +138,17 @@ cdef void gates_forward(Py_ssize_t n_rows, Py_ssize_t H, floating* gates,
         if bias != NULL:
             for j in range(4 * H):
                 a[j] = a[j] + bias[j]
-        for j in range(2 * H):  # i, f
-            a[j] = sigmoid(a[j])
-        for j in range(2 * H, 3 * H):  # g
-            a[j] = tanh_(a[j])
-        for j in range(3 * H, 4 * H):  # o
-            a[j] = sigmoid(a[j])
+        if floating is float:
+            clstm_sigmoid_inplace_f32(a, 2 * H)  # i, f
+            clstm_tanh_inplace_f32(a + 2 * H, H)  # g
+            clstm_sigmoid_inplace_f32(a + 3 * H, H)  # o
+        else:
+            for j in range(2 * H):
+                a[j] = sigmoid(a[j])
+            for j in range(2 * H, 3 * H):
+                a[j] = tanh_(a[j])
+            for j in range(3 * H, 4 * H):
+                a[j] = sigmoid(a[j])
         # Two passes, with r_t as scratch for c_t: c_prev and c_t are the same array in
         # inference, and an in-place loop would fail the compiler's overlap test.
         for j in range(H):
@@ -588,10 +594,19 @@ def packed_length(Py_ssize_t N, Py_ssize_t K, bint double):
 
 def _float32_activations(const float[::1] z not None, float[::1] sig not None,
                          float[::1] tanh_z not None):
-    """The kernels' float32 sigmoid and tanh of z, for the accuracy tests."""
-    cdef Py_ssize_t k
-    if sig.shape[0] != z.shape[0] or tanh_z.shape[0] != z.shape[0]:
+    """The kernels' float32 sigmoid and tanh of z (the forward pass's vectorised in-place
+    functions, and the scalar ones the backward pass inlines), for the accuracy tests:
+    returns the largest difference between the two."""
+    cdef Py_ssize_t k, n = z.shape[0]
+    cdef float worst = 0
+    if sig.shape[0] != n or tanh_z.shape[0] != n:
         raise ValueError("z, sig and tanh_z must have the same length")
-    for k in range(z.shape[0]):
-        sig[k] = sigmoid(z[k])
-        tanh_z[k] = tanh_(z[k])
+    if n == 0:
+        return 0.0
+    memcpy(&sig[0], &z[0], n * sizeof(float))
+    memcpy(&tanh_z[0], &z[0], n * sizeof(float))
+    clstm_sigmoid_inplace_f32(&sig[0], n)
+    clstm_tanh_inplace_f32(&tanh_z[0], n)
+    for k in range(n):
+        worst = max(worst, abs(sigmoid(z[k]) - sig[k]), abs(tanh_(z[k]) - tanh_z[k]))
+    return worst

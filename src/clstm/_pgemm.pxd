@@ -14,12 +14,14 @@ cdef extern from *:
     """
     #include <string.h>
 
+    #ifndef CLSTM_CLONES
     #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) \\
         && !defined(CLSTM_NO_TARGET_CLONES)
     #define CLSTM_CLONES \\
         __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
     #else
     #define CLSTM_CLONES
+    #endif
     #endif
 
     #define CLSTM_MR 4
