@@ -233,6 +233,7 @@ cdef enum:
     # Rows per task of par_pgemm: 64 rows of A stay in cache while every weight panel
     # streams past them once.
     PGEMM_ROW_BLOCK = 64
+    PGEMM_MIN_PARALLEL_MACS = 1 << 22
 
 
 cdef void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t K,
@@ -241,6 +242,8 @@ cdef void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t K,
     """C[m, N] = A[m, K] @ W.T (W packed by _pgemm.pack), row blocks shared among threads."""
     cdef Py_ssize_t n_blocks = (m + PGEMM_ROW_BLOCK - 1) // PGEMM_ROW_BLOCK, blk, r0, r1, r
     cdef int parts = <int>min(<Py_ssize_t>n_threads, n_blocks)
+    if m * N * K < PGEMM_MIN_PARALLEL_MACS:
+        parts = 1  # less work than waking an idle thread can cost on a virtual machine
     if parts < 1:
         return
     for blk in prange(n_blocks, num_threads=parts, schedule='static'):
