@@ -17,18 +17,23 @@ def loss(p):
     return np.sum(p["dy"] * y) + np.sum(p["dh_n"] * h_n) + np.sum(p["dc_n"] * c_n)
 
 
-def numeric_grad(p, name, eps=1e-6):
-    grad = np.zeros_like(p[name])
-    flat, gflat = p[name].reshape(-1), grad.reshape(-1)
+def numeric_gradient(f, a, eps=1e-6):
+    """Central differences of the scalar f() with respect to every entry of a (in place)."""
+    grad = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), grad.reshape(-1)
     for k in range(flat.size):
         old = flat[k]
         flat[k] = old + eps
-        up = loss(p)
+        up = f()
         flat[k] = old - eps
-        down = loss(p)
+        down = f()
         flat[k] = old
         gflat[k] = (up - down) / (2 * eps)
     return grad
+
+
+def numeric_grad(p, name):
+    return numeric_gradient(lambda: loss(p), p[name])
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (4, 3, 2, 3), (6, 2, 3, 2)])
@@ -104,21 +109,6 @@ def test_reference_matches_hand_computed_single_step():
 
 # ------------------------------------------------------------------ projection, lengths, reverse
 
-def numeric_gradient(f, a, eps=1e-6):
-    """Central differences of the scalar f() with respect to every entry of a (in place)."""
-    grad = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), grad.reshape(-1)
-    for k in range(flat.size):
-        old = flat[k]
-        flat[k] = old + eps
-        up = f()
-        flat[k] = old - eps
-        down = f()
-        flat[k] = old
-        gflat[k] = (up - down) / (2 * eps)
-    return grad
-
-
 @pytest.mark.parametrize("P", [None, 2])
 @pytest.mark.parametrize("lengths", [None, [4, 0, 2, 1]])
 @pytest.mark.parametrize("reverse", [False, True])
@@ -175,11 +165,40 @@ def test_reverse_is_forward_on_the_flipped_sequence():
     y_flip, h_flip, c_flip, _ = R.lstm_forward(p["x"][::-1], *args[1:])
     np.testing.assert_allclose(y_rev, y_flip[::-1], rtol=1e-14)
     np.testing.assert_allclose(h_rev, h_flip, rtol=1e-14)
+    np.testing.assert_allclose(c_rev, c_flip, rtol=1e-14)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_upstream_gradient_past_a_rows_end_is_ignored(reverse):
+    p = make_problem(4, 3, 2, 3, seed=12, P=2)
+    lengths = [2, 4, 0]
+    _, _, _, cache = R.lstm_forward(*(p[k] for k in INPUTS), w_hr=p["w_hr"], lengths=lengths,
+                                    reverse=reverse, train=True)
+    dy_junk = p["dy"].copy()
+    for b, n in enumerate(lengths):
+        dy_junk[n:, b] = 1e3
+    clean = R.lstm_backward(cache, p["dy"] * (np.arange(4)[:, None] < lengths)[..., None])
+    for got, want in zip(R.lstm_backward(cache, dy_junk), clean):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_float32_follows_float64():
+    """float32 in, float32 out (every output and gradient), within float32 rounding."""
+    p64 = make_problem(5, 3, 2, 3, seed=13, P=2)
+    p32 = {k: v.astype(np.float32) for k, v in p64.items()}
+    kw = dict(lengths=[5, 0, 3], reverse=True, train=True)
+    runs = []
+    for p in (p32, p64):
+        y, h_n, c_n, cache = R.lstm_forward(*(p[k] for k in INPUTS), w_hr=p["w_hr"], **kw)
+        runs.append((y, h_n, c_n, *R.lstm_backward(cache, p["dy"], p["dh_n"], p["dc_n"])))
+    for a32, a64 in zip(*runs):
+        assert a32.dtype == np.float32
+        np.testing.assert_allclose(a32, a64, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------ stacks
 
-def stack_problem(num_layers, bidirectional, P, seed, T=4, B=3, I=2, H=3):
+def stack_problem(num_layers, bidirectional, P, seed, T=4, B=3, I=2, H=3, bias=True):
     rng = np.random.default_rng(seed)
     D = 2 if bidirectional else 1
     Po = P or H
@@ -188,8 +207,9 @@ def stack_problem(num_layers, bidirectional, P, seed, T=4, B=3, I=2, H=3):
         n_in = I if k == 0 else D * Po
         params[f"weight_ih{sfx}"] = 0.6 * rng.standard_normal((4 * H, n_in))
         params[f"weight_hh{sfx}"] = 0.6 * rng.standard_normal((4 * H, Po))
-        params[f"bias_ih{sfx}"] = 0.6 * rng.standard_normal(4 * H)
-        params[f"bias_hh{sfx}"] = 0.6 * rng.standard_normal(4 * H)
+        if bias:
+            params[f"bias_ih{sfx}"] = 0.6 * rng.standard_normal(4 * H)
+            params[f"bias_hh{sfx}"] = 0.6 * rng.standard_normal(4 * H)
         if P:
             params[f"weight_hr{sfx}"] = 0.6 * rng.standard_normal((P, H))
     n = num_layers * D
@@ -210,10 +230,12 @@ def test_stack_gradients_match_finite_differences():
         return (np.sum(data["dy"] * y) + np.sum(data["dh_n"] * h_n)
                 + np.sum(data["dc_n"] * c_n))
 
-    _, _, _, cache = R.lstm_stack_forward(data["x"], params, data["h0"], data["c0"],
+    y, _, _, cache = R.lstm_stack_forward(data["x"], params, data["h0"], data["c0"],
                                           train=True, **kw)
     grads = R.lstm_stack_backward(cache, data["dy"], data["dh_n"], data["dc_n"])
     assert set(grads) == set(params) | {"x", "h0", "c0"}
+    for b, n in enumerate(lengths):
+        assert not np.any(y[n:, b]) and not np.any(grads["x"][n:, b])
     for name, a in [*params.items(), *((k, data[k]) for k in ("x", "h0", "c0"))]:
         np.testing.assert_allclose(grads[name], numeric_gradient(loss_, a), rtol=1e-6,
                                    atol=1e-8, err_msg=f"d loss / d {name}")
@@ -231,25 +253,48 @@ def test_one_layer_stack_is_lstm_forward():
     np.testing.assert_array_equal(c_n[0], c1)
 
 
-def test_stack_matches_torch():
+def test_one_bidirectional_layer_is_forward_and_reverse_side_by_side():
+    params, data = stack_problem(1, True, 2, seed=14)
+    lengths = [1, 4, 0]
+    y, h_n, c_n, _ = R.lstm_stack_forward(data["x"], params, data["h0"], data["c0"],
+                                          num_layers=1, bidirectional=True, lengths=lengths)
+    for d, sfx in enumerate(("_l0", "_l0_reverse")):
+        y_d, h_d, c_d, _ = R.lstm_forward(
+            data["x"], params["weight_ih" + sfx], params["weight_hh" + sfx],
+            params["bias_ih" + sfx], params["bias_hh" + sfx], data["h0"][d], data["c0"][d],
+            w_hr=params["weight_hr" + sfx], lengths=lengths, reverse=d == 1)
+        np.testing.assert_array_equal(y[..., 2 * d:2 * d + 2], y_d)
+        np.testing.assert_array_equal(h_n[d], h_d)
+        np.testing.assert_array_equal(c_n[d], c_d)
+
+
+@pytest.mark.parametrize("bidirectional, P, lengths, bias", [
+    (True, 2, [5, 2, 4, 1], True),  # every feature at once, lengths unsorted
+    (False, None, None, False),  # plain unidirectional stack without biases
+])
+def test_stack_matches_torch(bidirectional, P, lengths, bias):
     torch = pytest.importorskip("torch")
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-    params, data = stack_problem(2, True, 2, seed=11, T=5, B=4)
-    lengths = [5, 2, 4, 1]
-    module = torch.nn.LSTM(2, 3, num_layers=2, bidirectional=True, proj_size=2).double()
+    params, data = stack_problem(2, bidirectional, P, seed=11, T=5, B=4, bias=bias)
+    module = torch.nn.LSTM(2, 3, num_layers=2, bidirectional=bidirectional, proj_size=P or 0,
+                           bias=bias, dropout=0.0).double()
     module.load_state_dict({k: torch.tensor(v) for k, v in params.items()})
     x, h0, c0 = (torch.tensor(data[k], requires_grad=True) for k in ("x", "h0", "c0"))
-    out, (h_n, c_n) = module(pack_padded_sequence(x, torch.tensor(lengths),
-                                                  enforce_sorted=False), (h0, c0))
-    y, _ = pad_packed_sequence(out, total_length=5)
+    if lengths is None:
+        y, (h_n, c_n) = module(x, (h0, c0))
+    else:
+        out, (h_n, c_n) = module(pack_padded_sequence(x, torch.tensor(lengths),
+                                                      enforce_sorted=False), (h0, c0))
+        y, _ = pad_packed_sequence(out, total_length=5)
     ((y * torch.tensor(data["dy"])).sum() + (h_n * torch.tensor(data["dh_n"])).sum()
      + (c_n * torch.tensor(data["dc_n"])).sum()).backward()
 
     y_r, h_r, c_r, cache = R.lstm_stack_forward(data["x"], params, data["h0"], data["c0"],
-                                                num_layers=2, bidirectional=True,
+                                                num_layers=2, bidirectional=bidirectional,
                                                 lengths=lengths, train=True)
     grads = R.lstm_stack_backward(cache, data["dy"], data["dh_n"], data["dc_n"])
+    assert set(grads) == {name for name, _ in module.named_parameters()} | {"x", "h0", "c0"}
     for a, b in ((y_r, y), (h_r, h_n), (c_r, c_n)):
         np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-10, atol=1e-12)
     for name, t in (("x", x), ("h0", h0), ("c0", c0), *module.named_parameters()):
