@@ -1,164 +1,97 @@
 #!/usr/bin/env python
-"""Benchmark clstm against the NumPy reference and (if installed) torch.nn.LSTM and ONNX
+"""Benchmark clstm against its NumPy reference and (if installed) torch.nn.LSTM and ONNX
 Runtime's LSTM operator.
 
-    python bench/bench_lstm.py             # full size grid (a few minutes)
-    python bench/bench_lstm.py --quick     # two small sizes, few repetitions
-    python bench/bench_lstm.py --json out.json --threads 1 --dtype float64
+    python bench/bench_lstm.py                       # every section (about 10 minutes)
+    python bench/bench_lstm.py --quick               # every section, small sizes (< 1 minute)
+    python bench/bench_lstm.py --sections grid,cell --threads 1 --json out.json \\
+        --markdown out.md --plot out.png
 
-All implementations run the same layer (weights copied from the clstm layer) on the same
+Sections (``--sections``, comma-separated; default all):
+  grid      float32 inference and training step over streaming, small-batch, medium and
+            large sizes
+  float64   the same at a few sizes in float64
+  lengths   variable-length batches (PyTorch: pack_padded_sequence + pad_packed_sequence;
+            ONNX Runtime: sequence_lens)
+  cell      one step at B=1, I=H=128 from Python: LSTMCell and a one-step layer call
+  threads   1 vs 2 (or --threads) threads for every implementation that has threads
+  memory    peak memory of inference vs sequence length, each run in a fresh process
+  sgemm     a 2048^3 SGEMM's GFLOP/s (SciPy's BLAS and PyTorch) against clstm's training
+            step at T=50, B=64, I=H=512
+
+All implementations run the same layer (weights copied from a clstm layer) on the same
 input, in one process, interleaved: every repetition round times each implementation once
 (in a rotating order), so machine noise hits all of them alike. Each reports the median over
 its repetitions after one untimed warm-up call, whose output is also checked against
-clstm's. Every timed call starts after a short pause (SETTLE_SECONDS), so idle OpenMP
-threads of the previous implementation, which spin for a while after each call, do not
-steal the cores of the next one. Modes: ``inference`` (forward only) and ``train``
-(forward + backward with dy = ones, all gradients; ONNX Runtime has no training).
-Set ``CLSTM_BENCH_NO_TORCH=1`` / ``CLSTM_BENCH_NO_ORT=1`` to run as if torch / onnxruntime
-were missing.
+clstm's. Every timed call starts after a short pause (SETTLE_SECONDS), so idle threads of
+the previous implementation, which spin for a while after each call, do not steal the cores
+of the next one. A training step is forward + backward with dy = ones and all gradients
+(ONNX Runtime has no training). Set ``CLSTM_BENCH_NO_TORCH=1`` / ``CLSTM_BENCH_NO_ORT=1`` to
+run as if torch / onnxruntime were missing.
 """
 import argparse
 import gc
 import json
 import math
+import multiprocessing
 import os
 import platform
 import statistics
+import sys
 import time
 
 import numpy as np
 import scipy
+from scipy.linalg import blas as scipy_blas
 
 import clstm
-from clstm import reference
+import peers
 
-FULL_SIZES = [(100, 1, 64, 64), (100, 1, 128, 128), (100, 1, 256, 256),  # streaming
+SETTLE_SECONDS = 0.05  # ONNX Runtime's and PyTorch's pools spin for more than 5 ms
+FLOPS_PER_CELL = {"inference": 8, "train": 24}  # x T*B*H*(I+H)
+MODES = ("inference", "train")
+SECTIONS = ("grid", "float64", "lengths", "cell", "threads", "memory", "sgemm")
+
+# (T, B, I, H)
+SIZES = {
+    "grid": ([(100, 1, 64, 64), (100, 1, 128, 128), (100, 1, 256, 256),  # streaming
               (100, 16, 128, 128),                                         # small batch
               (100, 64, 256, 256),                                         # medium
-              (50, 64, 512, 512), (50, 32, 1024, 1024)]                    # large
-QUICK_SIZES = [(100, 1, 64, 64), (50, 16, 128, 128)]
-MODES = ("inference", "train")
-SETTLE_SECONDS = 0.05  # ONNX Runtime and PyTorch pools spin for more than 5 ms
-FLOPS_PER_CELL = {"inference": 8, "train": 24}  # x T*B*H*(I+H)
-
-
-def load_torch():
-    if os.environ.get("CLSTM_BENCH_NO_TORCH", "") not in ("", "0"):
-        return None
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
-def load_onnxruntime():
-    if os.environ.get("CLSTM_BENCH_NO_ORT", "") not in ("", "0"):
-        return None
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError:
-        return None
-    return onnx, onnxruntime
-
-
-# ------------------------------------------------------------------ implementations
-# Each factory takes (lstm, x, mode) and returns a zero-argument callable that runs one
-# inference forward or one training step and returns a NumPy array to check: y for
-# inference, dx for a training step.
-
-def make_clstm(lstm, x, mode):
-    dy = np.ones((x.shape[0], x.shape[1], lstm.hidden_size), lstm.dtype)
-    if mode == "inference":
-        return lambda: lstm(x)[0]
-
-    def step():
-        (y, _), backward = lstm.forward_train(x)
-        return backward(dy)[0]
-    return step
-
-
-def make_reference(lstm, x, mode):
-    p = lstm.state_dict()
-    weights = (p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"])
-    h0 = np.zeros((x.shape[1], lstm.hidden_size), lstm.dtype)
-    if mode == "inference":
-        return lambda: reference.lstm_forward(x, *weights, h0, h0)[0]
-
-    def step():
-        y, _, _, cache = reference.lstm_forward(x, *weights, h0, h0, train=True)
-        return reference.lstm_backward(cache, np.ones_like(y)).dx
-    return step
-
-
-def torch_factory(torch):
-    def make_torch(lstm, x, mode):
-        dtype = torch.float64 if lstm.dtype == np.float64 else torch.float32
-        module = torch.nn.LSTM(lstm.input_size, lstm.hidden_size, dtype=dtype)
-        module.load_state_dict({k: torch.from_numpy(v) for k, v in lstm.state_dict().items()})
-        xt = torch.from_numpy(x)
-        if mode == "inference":
-            def forward():
-                with torch.no_grad():
-                    return module(xt)[0].numpy()
-            return forward
-        xt.requires_grad_(True)
-        dy = torch.ones(x.shape[0], x.shape[1], lstm.hidden_size, dtype=dtype)
-
-        def step():
-            xt.grad = None
-            module.zero_grad(set_to_none=True)
-            module(xt)[0].backward(dy)
-            return xt.grad.numpy()
-        return step
-    return make_torch
-
-
-def ort_factory(onnx, onnxruntime, threads):
-    """ONNX Runtime's CPU LSTM operator in a one-node model, inference only."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    def make_ort(lstm, x, mode):
-        if mode != "inference":
-            return None
-        H = lstm.hidden_size
-        p = lstm.state_dict()
-        # PyTorch stacks gates i, f, g, o; ONNX wants i, o, f, c.
-        order = np.concatenate([np.arange(k * H, (k + 1) * H) for k in (0, 3, 1, 2)])
-        W = p["weight_ih_l0"][order][None]
-        R = p["weight_hh_l0"][order][None]
-        Bias = np.concatenate([p["bias_ih_l0"][order], p["bias_hh_l0"][order]])[None]
-        elem = TensorProto.DOUBLE if lstm.dtype == np.float64 else TensorProto.FLOAT
-        node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], hidden_size=H)
-        graph = helper.make_graph(
-            [node], "lstm", [helper.make_tensor_value_info("X", elem, list(x.shape))],
-            [helper.make_tensor_value_info("Y", elem, None)],
-            [numpy_helper.from_array(a, name) for a, name in ((W, "W"), (R, "R"),
-                                                              (Bias, "B"))])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = onnxruntime.InferenceSession(model.SerializeToString(), options,
-                                               providers=["CPUExecutionProvider"])
-        return lambda: session.run(None, {"X": x})[0][:, 0]
-    return make_ort
+              (50, 64, 512, 512), (50, 32, 1024, 1024)],                   # large
+             [(100, 1, 64, 64), (50, 16, 128, 128)]),
+    "float64": ([(100, 1, 128, 128), (100, 16, 128, 128), (100, 64, 256, 256)],
+                [(50, 8, 64, 64)]),
+    "lengths": ([(100, 16, 128, 128), (100, 64, 256, 256), (50, 64, 512, 512)],
+                [(50, 8, 64, 64)]),
+    "threads": ([(100, 1, 128, 128), (100, 16, 128, 128), (100, 64, 256, 256),
+                 (50, 64, 512, 512)],
+                [(50, 16, 64, 64)]),
+}
+CELL_SIZE = (128, 128)                     # I, H at B = 1
+MEMORY = ((16, 128, 128), (100, 1000, 10000), (4, 64, 64), (100, 1000))  # B, I, H; Ts
+SGEMM_N = (2048, 512)
+SGEMM_TRAIN_SIZE = ((50, 64, 512, 512), (20, 16, 128, 128))
 
 
 # ------------------------------------------------------------------ timing
-def measure(fns, repeats, budget):
+def measure(fns, repeats, budget, before=None):
     """Warm up every callable once, then time them round-robin, rotating the order each
-    round. After the first round an implementation gets fewer repetitions (at least 3) if
-    ``repeats`` of them would take more than ``budget`` seconds. Returns
-    ({name: [seconds]}, {name: warm-up output})."""
-    outputs = {name: fn() for name, fn in fns.items()}
+    round; ``before[name]()``, if given, runs untimed before each of name's calls. After
+    the first round an implementation gets fewer repetitions (at least 3) if ``repeats``
+    of them would take more than ``budget`` seconds. Returns ({name: [seconds]},
+    {name: warm-up output})."""
+    before = before or {}
+    outputs = {}
+    for name, fn in fns.items():
+        before.get(name, lambda: None)()
+        outputs[name] = fn()
     names, times, reps = list(fns), {name: [] for name in fns}, dict.fromkeys(fns, repeats)
     gc.disable()
     try:
         for r in range(repeats):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 if r < reps[name]:
+                    before.get(name, lambda: None)()
                     time.sleep(SETTLE_SECONDS)
                     t0 = time.perf_counter()
                     fns[name]()
@@ -171,7 +104,420 @@ def measure(fns, repeats, budget):
     return times, outputs
 
 
-def machine_info(threads, torch):
+def max_rel_diff(a, b):
+    scale = max(1.0, float(np.max(np.abs(b))))
+    return float(np.max(np.abs(np.asarray(a) - b))) / scale
+
+
+def geomean(values):
+    values = list(values)
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
+
+
+class Bench:
+    """Settings and results shared by the sections."""
+
+    def __init__(self, args):
+        self.quick = args.quick
+        self.threads = args.threads
+        self.repeats = args.repeats or (5 if args.quick else 15)
+        self.budget = 1.0 if args.quick else 8.0  # seconds per (size, mode, implementation)
+        self.factories = peers.factories(args.threads)
+        self.torch = peers.load_torch()
+        self.ort = peers.load_onnxruntime()
+        self.rows = []
+        self.mismatches = 0
+
+    def sizes(self, section):
+        full, quick = SIZES[section]
+        return quick if self.quick else full
+
+    def record(self, section, **row):
+        row = {"section": section, **row}
+        self.rows.append(row)
+        return row
+
+    def compare(self, section, T, B, I, H, dtype, lengths=None, extra=""):
+        """Time every implementation on one size, both modes; rows with speed-ups."""
+        lstm = clstm.LSTM(I, H, dtype=dtype, seed=0)
+        x = np.random.default_rng(1).standard_normal((T, B, I)).astype(dtype)
+        tol = 1e-3 if dtype == np.float32 else 1e-9
+        for mode in MODES:
+            fns = {name: make(lstm, x, mode, lengths) for name, make in self.factories.items()}
+            fns = {name: fn for name, fn in fns.items() if fn is not None}
+            times, outputs = measure(fns, self.repeats, self.budget)
+            medians = {name: statistics.median(ts) for name, ts in times.items()}
+            steps = T * B if lengths is None else int(np.sum(lengths))
+            flops = FLOPS_PER_CELL[mode] * steps * H * (I + H)
+            for name, ts in times.items():
+                diff = max_rel_diff(outputs[name], outputs["clstm"])
+                row = self.record(section, size=f"{T},{B},{I},{H}{extra}", mode=mode,
+                                  impl=name, reps=len(ts), times_ms=[t * 1e3 for t in ts],
+                                  median_ms=medians[name] * 1e3, min_ms=min(ts) * 1e3,
+                                  gflops=flops / medians[name] / 1e9,
+                                  speedup=medians[name] / medians["clstm"],
+                                  max_rel_diff=diff)
+                self.print_row(row, diff > tol)
+
+    def print_row(self, row, mismatch=False):
+        self.mismatches += mismatch
+        print(f"{row['size']:<22} {row['mode']:<9} {row['impl']:<13} {row['reps']:>4} "
+              f"{row['median_ms']:>10.3f} {row['min_ms']:>9.3f} {row.get('gflops', 0):>8.2f} "
+              f"{row.get('speedup', float('nan')):>8.2f}"
+              + (f"  MISMATCH max rel diff {row['max_rel_diff']:.2e}" if mismatch else ""),
+              flush=True)
+
+
+HEADER = (f"{'T,B,I,H':<22} {'mode':<9} {'impl':<13} {'reps':>4} {'median ms':>10} "
+          f"{'min ms':>9} {'GFLOP/s':>8} {'clstm x':>8}")
+
+
+# ------------------------------------------------------------------ sections
+def section_grid(bench):
+    for T, B, I, H in bench.sizes("grid"):
+        bench.compare("grid", T, B, I, H, np.float32)
+
+
+def section_float64(bench):
+    for T, B, I, H in bench.sizes("float64"):
+        bench.compare("float64", T, B, I, H, np.float64)
+
+
+def section_lengths(bench):
+    """Row lengths uniform in [T/4, T]: a quarter of the steps are padding on average."""
+    for T, B, I, H in bench.sizes("lengths"):
+        lengths = np.random.default_rng(2).integers(T // 4, T + 1, B)
+        lengths[0] = T
+        bench.compare("lengths", T, B, I, H, np.float32, lengths,
+                      extra=f" len {lengths.min()}..{T}")
+
+
+def section_cell(bench):
+    """Streaming: one step at a time with the state fed back, timed over a loop of steps."""
+    I, H = CELL_SIZE
+    steps = 200 if bench.quick else 2000
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, I)).astype(np.float32)
+    lstm = clstm.LSTM(I, H, seed=0)
+    cell = clstm.LSTMCell(I, H)
+    cell.load_state_dict({k.removesuffix("_l0"): v for k, v in lstm.state_dict().items()})
+    h0 = np.zeros((1, H), np.float32)
+
+    def clstm_cell():
+        h, c = h0, h0
+        for _ in range(steps):
+            h, c = cell(x, (h, c))
+        return h
+
+    x3 = x[None]
+
+    def clstm_layer():
+        h, c = h0[None], h0[None]
+        for _ in range(steps):
+            _, (h, c) = lstm(x3, (h, c))
+        return h[0]
+
+    fns = {"clstm.LSTMCell": clstm_cell, "clstm.LSTM": clstm_layer}
+    torch = bench.torch
+    if torch is not None:
+        tcell = torch.nn.LSTMCell(I, H)
+        tcell.load_state_dict({k: torch.from_numpy(v) for k, v in cell.state_dict().items()})
+        tlstm = torch.nn.LSTM(I, H)
+        tlstm.load_state_dict({k: torch.from_numpy(v) for k, v in lstm.state_dict().items()})
+        xt, ht = torch.from_numpy(x), torch.from_numpy(h0)
+
+        def torch_cell():
+            with torch.no_grad():
+                h, c = ht, ht
+                for _ in range(steps):
+                    h, c = tcell(xt, (h, c))
+            return h.numpy()
+
+        def torch_layer():
+            with torch.no_grad():
+                h, c = ht[None], ht[None]
+                for _ in range(steps):
+                    _, (h, c) = tlstm(xt[None], (h, c))
+            return h[0].numpy()
+        fns.update({"torch.LSTMCell": torch_cell, "torch.LSTM": torch_layer})
+    if bench.ort is not None:
+        session = peers.onnx_lstm_session(*bench.ort, lstm, (1, 1, I), bench.threads,
+                                          with_state=True)
+
+        def ort_step():
+            h, c = h0[None], h0[None]
+            for _ in range(steps):
+                _, h, c = session.run(None, {"X": x3, "initial_h": h, "initial_c": c})
+            return h[0]
+        fns["onnxruntime"] = ort_step
+    times, outputs = measure(fns, bench.repeats, bench.budget)
+    us = {name: statistics.median(ts) / steps * 1e6 for name, ts in times.items()}
+    for name, ts in times.items():
+        diff = max_rel_diff(outputs[name], outputs["clstm.LSTMCell"])
+        row = bench.record("cell", size=f"1,1,{I},{H} x{steps}", mode="step", impl=name,
+                           reps=len(ts), median_us=us[name], min_us=min(ts) / steps * 1e6,
+                           median_ms=us[name] / 1e3, min_ms=min(ts) / steps * 1e3,
+                           speedup=us[name] / us["clstm.LSTMCell"], max_rel_diff=diff)
+        print(f"{'B=1, I=H=' + str(H):<22} {'step':<9} {name:<16} {len(ts):>4} "
+              f"{us[name]:>8.2f} us {row['min_us']:>8.2f} us   LSTMCell x "
+              f"{row['speedup']:.2f}" + (f"  MISMATCH {diff:.2e}" if diff > 1e-4 else ""),
+              flush=True)
+        bench.mismatches += diff > 1e-4
+
+
+def section_threads(bench):
+    """Each implementation at 1 thread and at --threads (at least 2), interleaved."""
+    counts = (1, max(2, bench.threads))
+    torch = bench.torch
+    for T, B, I, H in bench.sizes("threads"):
+        lstm = clstm.LSTM(I, H, seed=0)
+        x = np.random.default_rng(1).standard_normal((T, B, I)).astype(np.float32)
+        for mode in MODES:
+            fns, before = {}, {}
+            for n in counts:
+                fns[f"clstm@{n}"] = peers.make_clstm(lstm, x, mode)
+                before[f"clstm@{n}"] = lambda n=n: clstm.set_num_threads(n)
+                if torch is not None:
+                    fns[f"torch@{n}"] = bench.factories["torch"](lstm, x, mode)
+                    before[f"torch@{n}"] = lambda n=n: torch.set_num_threads(n)
+                if bench.ort is not None and mode == "inference":
+                    fns[f"onnxruntime@{n}"] = peers.ort_factory(*bench.ort, n)(lstm, x, mode)
+            try:
+                times, _ = measure(fns, bench.repeats, bench.budget, before)
+            finally:
+                clstm.set_num_threads(bench.threads)
+                if torch is not None:
+                    torch.set_num_threads(bench.threads)
+            medians = {name: statistics.median(ts) for name, ts in times.items()}
+            for name, ts in times.items():
+                impl, n = name.split("@")
+                row = bench.record("threads", size=f"{T},{B},{I},{H}", mode=mode, impl=name,
+                                   reps=len(ts), median_ms=medians[name] * 1e3,
+                                   min_ms=min(ts) * 1e3,
+                                   scaling=medians[f"{impl}@1"] / medians[name])
+                print(f"{row['size']:<22} {mode:<9} {name:<16} {len(ts):>4} "
+                      f"{row['median_ms']:>10.3f} {row['min_ms']:>9.3f}   "
+                      f"speed-up over 1 thread {row['scaling']:.2f}", flush=True)
+
+
+def _peak_memory_child(impl, T, B, I, H, queue):
+    """In a fresh process: extra resident memory at the peak of one inference call."""
+    factories = peers.factories(1)
+    clstm.set_num_threads(1)
+    lstm = clstm.LSTM(I, H, seed=0)
+    x = np.random.default_rng(1).standard_normal((T, B, I)).astype(np.float32)
+    fn = factories[impl](lstm, x, "inference", None)
+    gc.collect()
+    baseline = _resident_kib()
+    try:  # reset the peak (VmHWM) to the current resident size (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    y = fn()
+    queue.put((_peak_kib() - baseline) / 1024)
+    del y
+
+
+def _resident_kib():
+    return _status_kib("VmRSS:")
+
+
+def _peak_kib():
+    return _status_kib("VmHWM:")
+
+
+def _status_kib(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+
+def section_memory(bench):
+    """Peak extra resident memory of one inference call (output included) vs T."""
+    if not os.path.exists("/proc/self/status"):
+        print("# memory: needs Linux's /proc/self/status; skipped")
+        return
+    B, I, H = MEMORY[2] if bench.quick else MEMORY[0]
+    lengths = MEMORY[3] if bench.quick else MEMORY[1]
+    ctx = multiprocessing.get_context("spawn")
+    for T in lengths:
+        output_mib = T * B * H * 4 / 2**20
+        for impl in bench.factories:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_peak_memory_child, args=(impl, T, B, I, H, queue))
+            proc.start()
+            peak = queue.get(timeout=600)
+            proc.join()
+            row = bench.record("memory", size=f"{T},{B},{I},{H}", mode="inference",
+                               impl=impl, T=T, peak_mib=peak, output_mib=output_mib)
+            print(f"{row['size']:<22} {'inference':<9} {impl:<13} peak extra "
+                  f"{peak:9.2f} MiB (output {output_mib:.2f} MiB)", flush=True)
+
+
+def section_sgemm(bench):
+    """The GEMM ceiling: a square SGEMM's GFLOP/s and clstm's training-step GFLOP/s."""
+    n = SGEMM_N[1] if bench.quick else SGEMM_N[0]
+    rng = np.random.default_rng(4)
+    a, b = (np.asfortranarray(rng.standard_normal((n, n)), np.float32) for _ in range(2))
+    fns = {"scipy sgemm": lambda: scipy_blas.sgemm(1.0, a, b)}
+    if bench.torch is not None:
+        at, bt = bench.torch.from_numpy(np.ascontiguousarray(a)), \
+            bench.torch.from_numpy(np.ascontiguousarray(b))
+        fns["torch.mm"] = lambda: bench.torch.mm(at, bt)
+    times, _ = measure(fns, bench.repeats, bench.budget)
+    best = {}
+    for name, ts in times.items():
+        gflops = 2 * n**3 / statistics.median(ts) / 1e9
+        best[name] = gflops
+        bench.record("sgemm", size=f"{n}^3", mode="sgemm", impl=name, reps=len(ts),
+                     median_ms=statistics.median(ts) * 1e3, min_ms=min(ts) * 1e3,
+                     gflops=gflops)
+        print(f"{f'{n}^3':<22} {'sgemm':<9} {name:<13} {len(ts):>4} "
+              f"{statistics.median(ts) * 1e3:>10.3f} {min(ts) * 1e3:>9.3f} {gflops:>8.2f}",
+              flush=True)
+    T, B, I, H = SGEMM_TRAIN_SIZE[1] if bench.quick else SGEMM_TRAIN_SIZE[0]
+    lstm = clstm.LSTM(I, H, seed=0)
+    x = np.random.default_rng(1).standard_normal((T, B, I)).astype(np.float32)
+    times, _ = measure({"clstm": peers.make_clstm(lstm, x, "train")}, bench.repeats,
+                       bench.budget)
+    gflops = FLOPS_PER_CELL["train"] * T * B * H * (I + H) / statistics.median(times["clstm"])
+    gflops /= 1e9
+    fractions = {f"of_{k.split()[0]}": gflops / v for k, v in best.items()}
+    bench.record("sgemm", size=f"{T},{B},{I},{H}", mode="train", impl="clstm",
+                 reps=len(times["clstm"]), median_ms=statistics.median(times["clstm"]) * 1e3,
+                 min_ms=min(times["clstm"]) * 1e3, gflops=gflops, **fractions)
+    print(f"{f'{T},{B},{I},{H}':<22} {'train':<9} {'clstm':<13} {gflops:>8.2f} GFLOP/s = "
+          + ", ".join(f"{v:.0%} {k[3:]}" for k, v in fractions.items()), flush=True)
+
+
+# ------------------------------------------------------------------ summary and output
+def summarise(bench):
+    """Geometric means of clstm's speed-ups, per section and peer, plus the targets'
+    quantities; printed and returned."""
+    lines, summary = [], {}
+    rows = bench.rows
+    for section in ("grid", "float64", "lengths"):
+        for mode in MODES:
+            mine = [r for r in rows if r["section"] == section and r["mode"] == mode]
+            for impl in dict.fromkeys(r["impl"] for r in mine if r["impl"] != "clstm"):
+                ratios = [r["speedup"] for r in mine if r["impl"] == impl]
+                summary[f"{section}/{mode}/vs_{impl}"] = geomean(ratios)
+                lines.append(f"{section:<8} {mode:<9} vs {impl:<12} {geomean(ratios):6.2f}x "
+                             f"(min {min(ratios):.2f}x, {len(ratios)} sizes)")
+            # the target: against the faster of PyTorch and ONNX Runtime at each size
+            best = {}
+            for r in mine:
+                if r["impl"] in ("torch", "onnxruntime"):
+                    best[r["size"]] = min(best.get(r["size"], math.inf), r["speedup"])
+            if best and section == "grid":
+                ratios = list(best.values())
+                summary[f"{section}/{mode}/vs_fastest_peer"] = geomean(ratios)
+                lines.append(f"{section:<8} {mode:<9} vs fastest peer {geomean(ratios):6.2f}x "
+                             f"(min {min(ratios):.2f}x)")
+    for r in rows:
+        if r["section"] == "cell":
+            summary[f"cell/{r['impl']}_us"] = r["median_us"]
+        if r["section"] == "threads" and not r["impl"].endswith("@1"):
+            summary[f"threads/{r['size']}/{r['mode']}/{r['impl']}"] = r["scaling"]
+        if r["section"] == "sgemm" and r["impl"] == "clstm":
+            summary.update({f"sgemm/train_{k}": v for k, v in r.items() if k.startswith("of_")})
+    print("\n# geometric mean of clstm speed-up (time_other / time_clstm)")
+    print("\n".join(lines))
+    return summary
+
+
+def write_markdown(bench, path):
+    """The results as Markdown tables, one per section, for docs/performance.md."""
+    out = []
+    by_section = {}
+    for r in bench.rows:
+        by_section.setdefault(r["section"], []).append(r)
+    for section, rows in by_section.items():
+        out.append(f"\n**{section}**\n")
+        if section in ("grid", "float64", "lengths"):
+            impls = list(dict.fromkeys(r["impl"] for r in rows))
+            others = [i for i in impls if i != "clstm"]
+            out.append("| T, B, I, H | mode | " + " | ".join(impls) + " | "
+                       + " | ".join(f"vs {i}" for i in others) + " |")
+            out.append("|---|---|" + "---:|" * (len(impls) + len(others)))
+            for key in dict.fromkeys((r["size"], r["mode"]) for r in rows):
+                cells = {r["impl"]: r for r in rows if (r["size"], r["mode"]) == key}
+                out.append(f"| {key[0]} | {key[1]} | " + " | ".join(
+                    f"{cells[i]['median_ms']:.2f} ({cells[i]['min_ms']:.2f})" if i in cells
+                    else "—" for i in impls) + " | " + " | ".join(
+                    f"{cells[i]['speedup']:.2f}x" if i in cells else "—" for i in others)
+                    + " |")
+        elif section == "cell":
+            out.append("| implementation | µs per step (median) | min | LSTMCell faster by |")
+            out.append("|---|---:|---:|---:|")
+            out += [f"| {r['impl']} | {r['median_us']:.2f} | {r['min_us']:.2f} | "
+                    f"{r['speedup']:.2f}x |" for r in rows]
+        elif section == "threads":
+            out.append("| T, B, I, H | mode | implementation | ms (median) | speed-up over "
+                       "1 thread |")
+            out.append("|---|---|---|---:|---:|")
+            out += [f"| {r['size']} | {r['mode']} | {r['impl']} | {r['median_ms']:.2f} | "
+                    f"{r['scaling']:.2f}x |" for r in rows]
+        elif section == "memory":
+            out.append("| T, B, I, H | implementation | peak extra MiB | output MiB |")
+            out.append("|---|---|---:|---:|")
+            out += [f"| {r['size']} | {r['impl']} | {r['peak_mib']:.2f} | "
+                    f"{r['output_mib']:.2f} |" for r in rows]
+        elif section == "sgemm":
+            out.append("| what | ms (median) | GFLOP/s | share of SGEMM |")
+            out.append("|---|---:|---:|---|")
+            out += [f"| {r['impl']} {r['size']} | {r['median_ms']:.2f} | {r['gflops']:.1f} | "
+                    + ", ".join(f"{v:.0%} of {k[3:]}" for k, v in r.items()
+                                if k.startswith("of_")) + " |" for r in rows]
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    print(f"# wrote {path}")
+
+
+def write_plot(bench, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("# matplotlib is not installed: no plot written (pip install matplotlib)")
+        return
+    panels = [s for s in ("grid", "float64", "lengths", "threads", "memory")
+              if any(r["section"] == s for r in bench.rows)]
+    if not panels:
+        return
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)), squeeze=False)
+    for ax, section in zip(axes[:, 0], panels):
+        rows = [r for r in bench.rows if r["section"] == section]
+        if section == "memory":
+            for impl in dict.fromkeys(r["impl"] for r in rows):
+                pts = [(r["T"], r["peak_mib"]) for r in rows if r["impl"] == impl]
+                ax.plot(*zip(*pts), marker="o", label=impl)
+            ax.set(xscale="log", yscale="log", xlabel="T", ylabel="peak extra MiB",
+                   title="memory: one inference call")
+        else:
+            value = "scaling" if section == "threads" else "speedup"
+            # bars: speed-ups against each peer, or each implementation's own scaling
+            rows = [r for r in rows if r["impl"] != "clstm" and not r["impl"].endswith("@1")]
+            keys = list(dict.fromkeys(f"{r['size']}\n{r['mode']}" for r in rows))
+            impls = list(dict.fromkeys(r["impl"] for r in rows))
+            width = 0.8 / max(1, len(impls))
+            for k, impl in enumerate(impls):
+                vals = {f"{r['size']}\n{r['mode']}": r[value] for r in rows
+                        if r["impl"] == impl}
+                ax.bar([i + k * width for i, key in enumerate(keys) if key in vals],
+                       [vals[key] for key in keys if key in vals], width, label=impl)
+            ax.axhline(1.0, color="k", lw=0.8)
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))], keys, fontsize=6)
+            ax.set(yscale="log", title=section, ylabel="speed-up over 1 thread"
+                   if section == "threads" else "clstm faster by (x)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"# wrote {path}")
+
+
+def machine_info(bench):
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -179,14 +525,12 @@ def machine_info(threads, torch):
                        if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads,
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": bench.threads,
             "python": platform.python_version(), "numpy": np.__version__,
-            "scipy": scipy.__version__, "torch": torch.__version__ if torch else None,
-            "clstm": clstm.__version__, "openmp": clstm.openmp_enabled()}
-
-
-def geomean(values):
-    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
+            "scipy": scipy.__version__, "clstm": clstm.__version__,
+            "openmp": clstm.openmp_enabled(),
+            "torch": bench.torch.__version__ if bench.torch else None,
+            "onnxruntime": bench.ort[1].__version__ if bench.ort else None}
 
 
 def positive(text):
@@ -196,85 +540,62 @@ def positive(text):
     return value
 
 
+def section_list(text):
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown sections {unknown}; choose from "
+                                         f"{', '.join(SECTIONS)}")
+    return names
+
+
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="two small sizes, few repetitions")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 2)[2])
+    ap.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
+    ap.add_argument("--sections", type=section_list, default=list(SECTIONS),
+                    help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--threads", type=positive, default=clstm.get_num_threads())
-    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     ap.add_argument("--repeats", type=positive, help="timed repetitions (default 15, quick 5)")
     ap.add_argument("--json", metavar="PATH", help="also write all results as JSON")
+    ap.add_argument("--markdown", metavar="PATH", help="also write Markdown tables")
+    ap.add_argument("--plot", metavar="PATH", help="also draw a PNG chart (needs matplotlib)")
     args = ap.parse_args()
-    repeats = args.repeats or (5 if args.quick else 15)
-    budget = 1.0 if args.quick else 8.0  # seconds per (size, mode, implementation)
-    sizes = QUICK_SIZES if args.quick else FULL_SIZES
-    dtype = np.dtype(args.dtype)
 
-    torch = load_torch()
+    bench = Bench(args)
     clstm.set_num_threads(args.threads)
-    try:  # the reference's matmuls get the same number of BLAS threads
+    try:  # the reference's matmuls and SciPy's SGEMM get the same number of BLAS threads
         from threadpoolctl import threadpool_limits
         threadpool_limits(limits=args.threads, user_api="blas")
     except ImportError:
         pass
-    factories = {"clstm": make_clstm, "reference": make_reference}
-    if torch is not None:
-        torch.set_num_threads(args.threads)
-        factories["torch"] = torch_factory(torch)
-    ort = load_onnxruntime()
-    if ort is not None:
-        factories["onnxruntime"] = ort_factory(*ort, args.threads)
-
-    info = machine_info(args.threads, torch)
-    info["onnxruntime"] = ort[1].__version__ if ort else None
+    if bench.torch is not None:
+        bench.torch.set_num_threads(args.threads)
+    info = machine_info(bench)
     print("# " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    if torch is None:
-        print("# torch not found (or CLSTM_BENCH_NO_TORCH set): comparing with the reference only")
-    tol = 1e-3 if dtype == np.float32 else 1e-9
-    fmt = "{:<18} {:<9} {:<11} {:>4} {:>10} {:>9} {:>8} {:>8}"
-    print(fmt.format("T,B,I,H", "mode", "impl", "reps", "median ms", "min ms", "GFLOP/s",
-                     "clstm x"))
-    results = []
-    for T, B, I, H in sizes:
-        lstm = clstm.LSTM(I, H, dtype=dtype, seed=0)
-        x = np.random.default_rng(1).standard_normal((T, B, I)).astype(dtype)
-        for mode in MODES:
-            fns = {name: make(lstm, x, mode) for name, make in factories.items()}
-            fns = {name: fn for name, fn in fns.items() if fn is not None}
-            times, outputs = measure(fns, repeats, budget)
-            medians = {name: statistics.median(ts) for name, ts in times.items()}
-            flops = FLOPS_PER_CELL[mode] * T * B * H * (I + H)
-            for name, ts in times.items():
-                scale = max(1.0, float(np.max(np.abs(outputs["clstm"]))))
-                diff = float(np.max(np.abs(outputs[name] - outputs["clstm"]))) / scale
-                row = {"T": T, "B": B, "I": I, "H": H, "mode": mode, "impl": name,
-                       "reps": len(ts), "times_ms": [t * 1e3 for t in ts],
-                       "median_ms": medians[name] * 1e3, "min_ms": min(ts) * 1e3,
-                       "gflops": flops / medians[name] / 1e9,
-                       "speedup": medians[name] / medians["clstm"], "max_rel_diff": diff}
-                results.append(row)
-                print(fmt.format(f"{T},{B},{I},{H}", mode, name, row["reps"],
-                                 f"{row['median_ms']:.2f}", f"{row['min_ms']:.2f}",
-                                 f"{row['gflops']:.2f}", f"{row['speedup']:.2f}")
-                      + (f"  MISMATCH max rel diff {diff:.2e}" if diff > tol else ""),
-                      flush=True)
-            gc.collect()
-
-    print("\n# geometric mean of clstm speed-up (time_other / time_clstm)")
-    summary = {}
-    for mode in MODES:
-        for name in factories:
-            if name != "clstm":
-                ratios = [r["speedup"] for r in results
-                          if r["mode"] == mode and r["impl"] == name]
-                if ratios:
-                    summary[f"{mode}/vs_{name}"] = geomean(ratios)
-                    print(f"{mode:<9} vs {name:<11} {geomean(ratios):6.2f}x  over "
-                          f"{len(ratios)} sizes")
+    if bench.torch is None:
+        print("# torch not found (or CLSTM_BENCH_NO_TORCH set): no PyTorch comparison")
+    if bench.ort is None:
+        print("# onnxruntime not found (or CLSTM_BENCH_NO_ORT set): no ONNX Runtime "
+              "comparison")
+    for name in args.sections:
+        print(f"\n## {name}\n{HEADER}", flush=True)
+        globals()[f"section_{name}"](bench)
+        gc.collect()
+    summary = summarise(bench)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "args": vars(args), "results": results,
-                       "geomean_speedup": summary}, f, indent=1)
+            json.dump({"machine": info, "args": vars(args), "results": bench.rows,
+                       "summary": summary}, f, indent=1)
         print(f"# wrote {args.json}")
+    if args.markdown:
+        write_markdown(bench, args.markdown)
+    if args.plot:
+        write_plot(bench, args.plot)
+    if bench.mismatches:
+        print(f"# {bench.mismatches} outputs disagreed with clstm's", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

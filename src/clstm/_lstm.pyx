@@ -51,7 +51,8 @@ from clstm._blas cimport blas_int, gemm, matmul
 from clstm._fastmath cimport (clstm_sigmoid_inplace_f32, clstm_sigmoidf, clstm_tanh_inplace_f32,
                               clstm_tanhf)
 from clstm._pgemm cimport pack, packed_size, pgemm
-from clstm._openmp cimport CLSTM_OPENMP_ENABLED, omp_get_max_threads
+from clstm._openmp cimport (CLSTM_OPENMP_ENABLED, clstm_current_cpu, clstm_leave_master_cpu,
+                            omp_get_max_threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,16 +200,25 @@ cdef void gates_backward(Py_ssize_t n_rows, Py_ssize_t H, floating* gates,
 
 # ---------------------------------------------------------------------------------------------
 # GEMMs outside the time loop: split by rows of C across the OpenMP threads, one BLAS thread
-# each. Below this many rows per thread a split is not worth a parallel region.
+# each. A split needs at least MIN_ROWS_PER_THREAD rows per thread and MIN_PARALLEL_MACS
+# multiply-adds in all: below that, waking an idle thread costs more than it saves (on a
+# virtual machine, measured: up to milliseconds after an idle gap).
 cdef enum:
     MIN_ROWS_PER_THREAD = 16
+    MIN_PARALLEL_MACS = 1 << 22
+
+
+cdef inline int gemm_parts(int n_threads, Py_ssize_t n_units, Py_ssize_t macs) noexcept nogil:
+    if macs < MIN_PARALLEL_MACS:
+        return 1
+    return <int>min(<Py_ssize_t>n_threads, n_units)
 
 
 cdef void par_gemm(int n_threads, bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
                    Py_ssize_t k, const floating* A, Py_ssize_t lda, const floating* B,
                    Py_ssize_t ldb, floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:
     """C[m, n] = op(A) @ op(B) + beta * C (row-major), rows of C shared among threads."""
-    cdef Py_ssize_t parts = min(<Py_ssize_t>n_threads, m // MIN_ROWS_PER_THREAD)
+    cdef Py_ssize_t parts = gemm_parts(n_threads, m // MIN_ROWS_PER_THREAD, m * n * k)
     cdef Py_ssize_t s, r0, r1
     if m == 0 or n == 0:
         return
@@ -220,7 +230,9 @@ cdef void par_gemm(int n_threads, bint trans_a, bint trans_b, Py_ssize_t m, Py_s
         if not CLSTM_OPENMP_ENABLED:
             _blas_threads(1)
         return
+    cdef int master_cpu = clstm_current_cpu()
     for s in prange(parts, num_threads=parts, schedule='static'):
+        clstm_leave_master_cpu(master_cpu)
         r0 = s * m // parts
         r1 = (s + 1) * m // parts
         # Row r of op(A) starts at A + r*lda, or at column r of A when A is transposed.
@@ -233,7 +245,6 @@ cdef enum:
     # Rows per task of par_pgemm: 64 rows of A stay in cache while every weight panel
     # streams past them once.
     PGEMM_ROW_BLOCK = 64
-    PGEMM_MIN_PARALLEL_MACS = 1 << 22
 
 
 cdef void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t K,
@@ -241,12 +252,12 @@ cdef void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t K,
                     Py_ssize_t ldc) noexcept nogil:
     """C[m, N] = A[m, K] @ W.T (W packed by _pgemm.pack), row blocks shared among threads."""
     cdef Py_ssize_t n_blocks = (m + PGEMM_ROW_BLOCK - 1) // PGEMM_ROW_BLOCK, blk, r0, r1, r
-    cdef int parts = <int>min(<Py_ssize_t>n_threads, n_blocks)
-    if m * N * K < PGEMM_MIN_PARALLEL_MACS:
-        parts = 1  # less work than waking an idle thread can cost on a virtual machine
-    if parts < 1:
+    cdef int parts = gemm_parts(n_threads, n_blocks, m * N * K)
+    if n_blocks < 1:
         return
+    cdef int master_cpu = clstm_current_cpu()
     for blk in prange(n_blocks, num_threads=parts, schedule='static'):
+        clstm_leave_master_cpu(master_cpu)
         r0 = blk * PGEMM_ROW_BLOCK
         r1 = min(r0 + PGEMM_ROW_BLOCK, m)
         for r in range(r0, r1):
@@ -405,7 +416,7 @@ def forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not N
     cdef bint train = cells is not None, proj = w_hr is not None
     cdef Py_ssize_t cap = gates.shape[0], t0, t1, row0
     cdef int n_slices = n_slices_of(bounds, n_threads)
-    cdef int s, blas_saved
+    cdef int s, blas_saved, master_cpu
     cdef const floating* w_hr_p = &w_hr[0, 0] if proj else NULL
     cdef floating* cells_p = &cells[0, 0] if train else &c_n[0, 0]
     cdef floating* r_p = &r[0, 0] if proj else NULL
@@ -447,7 +458,9 @@ def forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not N
                               &bias[0], w_hr_p, &h0[0, 0], &y[0, 0], &c0[0, 0], cells_p, train,
                               r_p)
             else:
+                master_cpu = clstm_current_cpu()
                 for s in prange(n_slices, num_threads=n_slices, schedule='static'):
+                    clstm_leave_master_cpu(master_cpu)
                     forward_slice(t0, t1, bounds[s], bounds[s + 1], off, B, H, P, &gates[0, 0],
                                   row0, &w_hh_packed[0], &bias[0], w_hr_p, &h0[0, 0], &y[0, 0],
                                   &c0[0, 0], cells_p, train, r_p)
@@ -489,7 +502,7 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
     cdef Py_ssize_t bs0 = step_row(off, B, 1)  # rows running at step 0
     cdef bint uniform = offsets is None
     cdef int n_slices = n_slices_of(bounds, n_threads)
-    cdef int s, blas_saved
+    cdef int s, blas_saved, master_cpu
     cdef const floating* dy_p = NULL if dy is None else &dy[0, 0]
     cdef const floating* w_hr_p = &w_hr[0, 0] if proj else NULL
     cdef floating* dh_all_p = &dh_all[0, 0] if proj else NULL
@@ -526,7 +539,9 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
             backward_slice(T, 0, B, off, B, H, P, dG, &cells[0, 0], &c0[0, 0],
                            &w_hh_packed[0], w_hr_p, dy_p, &dh[0, 0], &dc[0, 0], dh_all_p, dr_p)
         else:
+            master_cpu = clstm_current_cpu()
             for s in prange(n_slices, num_threads=n_slices, schedule='static'):
+                clstm_leave_master_cpu(master_cpu)
                 backward_slice(T, bounds[s], bounds[s + 1], off, B, H, P, dG,
                                &cells[0, 0], &c0[0, 0], &w_hh_packed[0], w_hr_p, dy_p, &dh[0, 0],
                                &dc[0, 0], dh_all_p, dr_p)
