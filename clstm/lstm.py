@@ -333,6 +333,7 @@ class LSTMCell(Parameterised):
         if self.bias:
             shapes.update(bias_ih=(4 * H,), bias_hh=(4 * H,))
         self._init_params(shapes, np.random.default_rng(seed), 1.0 / math.sqrt(H))
+        self._gates_scratch = {}  # rows -> (rows, 4H) scratch of the streaming path
 
     def _prepare(self, x, state):
         """Validate; return x (B, I), h0, c0 (B, H), the caller's state shape, batched."""
@@ -354,8 +355,43 @@ class LSTMCell(Parameterised):
                       .reshape(B, H) for name, s in zip(("h0", "c0"), state))
         return x.reshape(B, I), h0, c0, shape, batched
 
+    def _streaming_args(self, x, state):
+        """(x, h0, c0) as 2-D arrays if they already are exactly what the streaming kernel
+        takes (the common case of feeding a step's state back in), else None: checking
+        that costs a fraction of what the general validation does."""
+        if type(state) is not tuple or len(state) != 2 or type(x) is not np.ndarray:
+            return None
+        h0, c0 = state
+        dtype, H = self.dtype, self.hidden_size
+        for a in (x, h0, c0):
+            if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
+                return None
+        if x.ndim == 1:
+            x, h0, c0 = x[None], h0[None], c0[None]
+        if (x.ndim != 2 or x.shape[0] > FAST_CELL_ROWS or x.shape[1] != self.input_size
+                or h0.shape != (x.shape[0], H) or c0.shape != h0.shape):
+            return None
+        return x, h0, c0
+
     def __call__(self, x, state=None):
         """One step: ``h, c``."""
+        fast = self._streaming_args(x, state)
+        if fast is not None:
+            x2, h0, c0 = fast
+            p = self._params
+            out = np.empty((2,) + h0.shape, self.dtype)
+            with _threads.kernel_lock():  # which also guards the shared gates scratch
+                gates = self._gates_scratch.get(h0.shape[0])
+                if gates is None:
+                    gates = self._gates_scratch[h0.shape[0]] = np.empty(
+                        (h0.shape[0], 4 * self.hidden_size), self.dtype)
+                try:
+                    _lstm.cell_forward(x2, p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
+                                       p.get("bias_hh"), h0, c0, out[0], out[1], gates)
+                except (TypeError, ValueError):
+                    self._checked_params()  # the clear message, if a parameter was replaced
+                    raise
+            return (out[0], out[1]) if x.ndim == 2 else (out[0, 0], out[1, 0])
         x, h0, c0, _, batched = self._prepare(x, state)
         B, H = h0.shape
         p = self._checked_params()

@@ -525,3 +525,27 @@ def test_lstm_cell_api():
     with pytest.raises(ValueError, match="x must be 2-D"):
         cell(np.zeros((1, 3, I)))
     assert "LSTMCell(3, 4" in repr(cell)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lstm_cell_streaming_path_equals_general_path(dtype):
+    """A tuple of exact-dtype C-contiguous arrays takes the streaming shortcut; a list
+    state, or a Fortran-ordered x, the general validation: same numbers, unbatched too."""
+    cell = clstm.LSTMCell(I, H, dtype=dtype, seed=6)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, I)).astype(dtype)
+    h0, c0 = rng.standard_normal((2, 2, H)).astype(dtype)
+    fast = cell(x, (h0, c0))
+    for slow in (cell(x, [h0, c0]), cell(np.asfortranarray(x), (h0, c0))):
+        for a, b in zip(fast, slow):
+            assert a.dtype == dtype and a.shape == (2, H)
+            np.testing.assert_array_equal(a, b)
+    h1, c1 = cell(x[1], (h0[1], c0[1]))
+    assert h1.shape == c1.shape == (H,)
+    assert_close(h1, fast[0][1], dtype)  # one row is a GEMV, two a GEMM: rounding differs
+    assert_close(c1, fast[1][1], dtype)
+    with pytest.raises(ValueError, match=r"h0 must have shape \(2, 4\)"):
+        cell(x, (h0[:, :-1].copy(), c0))
+    cell.params["weight_hh"] = cell.params["weight_hh"].astype(np.float16)
+    with pytest.raises(ValueError, match="parameter weight_hh must be a C-contiguous"):
+        cell(x, (h0, c0))

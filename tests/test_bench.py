@@ -1,5 +1,7 @@
-"""Smoke test of the benchmark script: it runs, checks every implementation's output against
-clstm's, and prints its summary. No timing assertions: speed is measured, not tested."""
+"""Smoke test of the benchmark script: every section runs, every implementation's output
+agrees with clstm's, and the summary, JSON, Markdown and plot are written. No timing
+assertions: speed is measured, not tested."""
+import json
 import os
 import pathlib
 import subprocess
@@ -8,12 +10,27 @@ import sys
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_lstm.py"
 
 
-def test_quick_benchmark_runs_and_outputs_agree(tmp_path):
+def test_quick_benchmark_runs_every_section(tmp_path):
     env = dict(os.environ, CLSTM_BENCH_NO_TORCH="1", CLSTM_BENCH_NO_ORT="1")
-    out = subprocess.run([sys.executable, str(BENCH), "--quick", "--repeats", "3", "--json",
-                          str(tmp_path / "out.json")], capture_output=True, text=True,
-                         env=env, timeout=300, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+    out = subprocess.run([sys.executable, str(BENCH), "--quick", "--repeats", "3",
+                          "--json", "out.json", "--markdown", "out.md", "--plot", "out.png"],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
     assert "MISMATCH" not in out.stdout
-    assert "inference vs reference" in out.stdout and "train     vs reference" in out.stdout
-    assert (tmp_path / "out.json").stat().st_size > 0
+    for line in ("grid     inference vs reference", "grid     train     vs reference",
+                 "float64  train     vs reference", "lengths  inference vs reference"):
+        assert line in out.stdout
+    results = json.loads((tmp_path / "out.json").read_text())["results"]
+    sections = {r["section"] for r in results}
+    assert sections == {"grid", "float64", "lengths", "cell", "threads", "memory", "sgemm"}
+    # the memory section measured something, and the output itself is part of the peak
+    memory = [r for r in results if r["section"] == "memory"]
+    assert memory and all(r["peak_mib"] >= 0.5 * r["output_mib"] for r in memory)
+    markdown = (tmp_path / "out.md").read_text()
+    assert "**grid**" in markdown and "| T, B, I, H |" in markdown
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in out.stdout
+    else:
+        assert (tmp_path / "out.png").stat().st_size > 0
