@@ -7,12 +7,13 @@
     ((5, 3, 16), (1, 3, 16))
 
 Modules: `clstm.functional` (compiled kernels, one layer), `clstm.reference` (the NumPy
-reference with the same signatures).
+reference with the same signatures). Training toolkit: `Linear`, `Sequential`.
 """
 from . import functional, reference
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
+from .layers import Linear, Sequential
 from .lstm import LSTM, LSTMCell
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "LSTMCell", "functional", "reference", "get_num_threads", "set_num_threads",
-           "openmp_enabled"]
+__all__ = ["LSTM", "LSTMCell", "Linear", "Sequential", "functional", "reference",
+           "get_num_threads", "set_num_threads", "openmp_enabled"]

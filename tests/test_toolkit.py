@@ -1,0 +1,294 @@
+"""The training toolkit: Linear, Sequential, save/load.
+
+Every claim is checked without PyTorch (finite differences, direct formulas); the PyTorch
+parity tests skip when it is not installed."""
+import math
+
+import numpy as np
+import pytest
+
+import clstm
+
+
+def numeric_gradient(f, a, eps=1e-6):
+    """Central differences of the scalar ``f()`` with respect to every element of ``a``,
+    perturbed in place."""
+    grad = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), grad.reshape(-1)
+    for k in range(flat.size):
+        old = flat[k]
+        flat[k] = old + eps
+        up = f()
+        flat[k] = old - eps
+        down = f()
+        flat[k] = old
+        gflat[k] = (up - down) / (2 * eps)
+    return grad
+
+
+def close(actual, expected, rtol=1e-6, atol=0.0):
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+def torch_or_skip():
+    return pytest.importorskip("torch")
+
+
+# ------------------------------------------------------------------------------- Linear
+def test_linear_init_is_torch_bound_weight_then_bias():
+    lin = clstm.Linear(5, 3, seed=4, dtype=np.float64)
+    rng = np.random.default_rng(4)
+    bound = 1 / math.sqrt(5)
+    np.testing.assert_array_equal(lin.weight, rng.uniform(-bound, bound, (3, 5)))
+    np.testing.assert_array_equal(lin.bias, rng.uniform(-bound, bound, (3,)))
+    assert list(lin.state_dict()) == ["weight", "bias"]
+    assert lin.weight is lin.params["weight"]
+    no_bias = clstm.Linear(5, 3, bias=False)
+    assert no_bias.bias is None and list(no_bias.params) == ["weight"]
+    assert lin.weight.dtype == np.float64 and no_bias.weight.dtype == np.float32
+    assert repr(no_bias) == "Linear(5, 3, bias=False, dtype=float32)"
+
+
+@pytest.mark.parametrize("shape", [(4,), (2, 4), (3, 2, 4)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_forward_is_affine_map(shape, bias):
+    lin = clstm.Linear(4, 3, bias=bias, dtype=np.float64, seed=1)
+    x = np.random.default_rng(0).standard_normal(shape)
+    expected = np.einsum("...i,oi->...o", x, lin.weight) + (lin.bias if bias else 0)
+    close(lin(x), expected, rtol=1e-12)
+    y, _ = lin.forward_train(x)
+    close(y, expected, rtol=1e-12)
+    assert lin(x.astype(np.float32)).dtype == np.float64  # cast to the layer's dtype
+
+
+@pytest.mark.parametrize("shape", [(4,), (2, 4), (3, 2, 4)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_gradients_match_finite_differences(shape, bias):
+    lin = clstm.Linear(4, 3, bias=bias, dtype=np.float64, seed=2)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape)
+    dy = rng.standard_normal(shape[:-1] + (3,))
+
+    def loss():
+        return float(np.sum(lin(x) * dy))
+
+    y, backward = lin.forward_train(x)
+    dx = backward(dy)
+    assert dx.shape == x.shape
+    close(dx, numeric_gradient(loss, x), rtol=1e-7, atol=1e-9)
+    for name, p in lin.params.items():
+        close(lin.grads[name], numeric_gradient(loss, p), rtol=1e-7, atol=1e-9)
+
+
+def test_linear_backward_accumulates_and_ignores_later_mutation():
+    lin = clstm.Linear(3, 2, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(1)
+    x, dy = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    expected_dw, expected_dx = dy.T @ x, dy @ lin.weight
+    _, backward = lin.forward_train(x)
+    x[...] = 7.0  # the caller reuses its buffer...
+    lin.weight[...] = -1.0  # ...and an optimiser steps, before backward
+    dx = backward(dy)
+    close(dx, expected_dx, rtol=1e-12)
+    close(lin.grads["weight"], expected_dw, rtol=1e-12)
+    close(lin.grads["bias"], dy.sum(0), rtol=1e-12)
+    _, backward = lin.forward_train(np.zeros((5, 3)))
+    backward(dy)  # gradients add up until zero_grad
+    close(lin.grads["weight"], expected_dw, rtol=1e-12)
+    close(lin.grads["bias"], 2 * dy.sum(0), rtol=1e-12)
+    lin.zero_grad()
+    assert not any(g.any() for g in lin.grads.values())
+
+
+def test_linear_bad_input():
+    lin = clstm.Linear(3, 2)
+    with pytest.raises(TypeError, match="x must be a float"):
+        lin(np.ones((2, 3), np.int64))
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 3\).*\(2, 4\)"):
+        lin(np.ones((2, 4)))
+    with pytest.raises(ValueError, match="x must have shape"):
+        lin(np.float32(1.0))
+    _, backward = lin.forward_train(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"dy must have shape \(2, 2\)"):
+        backward(np.ones((2, 3)))
+    with pytest.raises(TypeError, match="dy must be a float"):
+        backward(np.ones((2, 2), bool))
+    with pytest.raises(ValueError, match="in_features must be >= 1"):
+        clstm.Linear(0, 2)
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        clstm.Linear(2, 2, dtype=np.int32)
+    lin.params["weight"] = np.ones((2, 3), np.int64)  # replaced behind its back
+    with pytest.raises(ValueError, match="parameter weight must be a C-contiguous"):
+        lin(np.ones(3))
+
+
+def test_linear_matches_torch():
+    torch = torch_or_skip()
+    torch.manual_seed(0)
+    module = torch.nn.Linear(4, 3).double()
+    lin = clstm.Linear(4, 3, dtype=np.float64)
+    lin.load_state_dict(module.state_dict())
+    x = np.random.default_rng(0).standard_normal((2, 5, 4))
+    dy = np.random.default_rng(1).standard_normal((2, 5, 3))
+    xt = torch.tensor(x, requires_grad=True)
+    (module(xt) * torch.tensor(dy)).sum().backward()
+    y, backward = lin.forward_train(x)
+    close(y, module(xt).detach().numpy(), rtol=1e-12)
+    close(backward(dy), xt.grad.numpy(), rtol=1e-12)
+    for name, p in module.named_parameters():
+        close(lin.grads[name], p.grad.numpy(), rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------- Sequential
+def tiny_model(dtype=np.float64, **lstm_kw):
+    return clstm.Sequential(clstm.LSTM(2, 3, dtype=dtype, seed=0, **lstm_kw),
+                            clstm.Linear(6 if lstm_kw.get("bidirectional") else 3, 2,
+                                         dtype=dtype, seed=1))
+
+
+def test_sequential_names_share_the_childrens_arrays():
+    model = tiny_model()
+    lstm, lin = model[0], model[1]
+    assert len(model) == 2 and list(model) == [lstm, lin]
+    assert list(model.params) == ["0.weight_ih_l0", "0.weight_hh_l0", "0.bias_ih_l0",
+                                  "0.bias_hh_l0", "1.weight", "1.bias"]
+    assert list(model.grads) == list(model.params)
+    assert model.params["0.weight_hh_l0"] is lstm.params["weight_hh_l0"]
+    assert model.params["1.weight"] is lin.params["weight"]
+    assert model.grads["1.bias"] is lin.grads["bias"]
+    assert model[1:][0] is lin and len(model[:1]) == 1
+    # state_dict / load_state_dict / zero_grad through the base class, in place
+    sd = {k: v + 1 for k, v in model.state_dict().items()}
+    model.load_state_dict(sd)
+    np.testing.assert_array_equal(lin.params["bias"], sd["1.bias"])
+    assert model.params["1.bias"] is lin.params["bias"]
+    for g in model.grads.values():
+        g[...] = 1
+    model.zero_grad()
+    assert not any(g.any() for g in list(lstm.grads.values()) + list(lin.grads.values()))
+    with pytest.raises(KeyError, match=r"missing keys \['1.bias'\]"):
+        model.load_state_dict({k: v for k, v in sd.items() if k != "1.bias"})
+    with pytest.raises(TypeError, match="module 1"):
+        clstm.Sequential(lstm, np.zeros(3))
+
+
+def test_sequential_forward_composes():
+    model = tiny_model(bidirectional=True)
+    x = np.random.default_rng(0).standard_normal((4, 3, 2))
+    expected = model[1](model[0](x)[0])
+    close(model(x), expected, rtol=1e-12)
+    y, _ = model.forward_train(x)
+    close(y, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("lstm_kw", [{}, {"bidirectional": True, "num_layers": 2}])
+def test_sequential_gradients_match_finite_differences(lstm_kw):
+    model = tiny_model(**lstm_kw)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 2, 2))
+    dy = rng.standard_normal((3, 2, 2))
+
+    def loss():
+        return float(np.sum(model(x) * dy))
+
+    _, backward = model.forward_train(x)
+    dx = backward(dy)
+    close(dx, numeric_gradient(loss, x), rtol=1e-6, atol=1e-8)
+    for name, p in model.params.items():
+        close(model.grads[name], numeric_gradient(loss, p), rtol=1e-6, atol=1e-8)
+
+
+def test_sequential_matches_torch():
+    torch = torch_or_skip()
+    torch.manual_seed(0)
+    t_lstm = torch.nn.LSTM(2, 3, num_layers=2, bidirectional=True).double()
+    t_lin = torch.nn.Linear(6, 2).double()
+    model = tiny_model(num_layers=2, bidirectional=True)
+    # ModuleList names its children "0", "1" as Sequential does
+    model.load_state_dict(torch.nn.ModuleList([t_lstm, t_lin]).state_dict())
+    rng = np.random.default_rng(2)
+    x, dy = rng.standard_normal((5, 3, 2)), rng.standard_normal((5, 3, 2))
+    xt = torch.tensor(x, requires_grad=True)
+    yt = t_lin(t_lstm(xt)[0])
+    (yt * torch.tensor(dy)).sum().backward()
+    y, backward = model.forward_train(x)
+    close(y, yt.detach().numpy(), rtol=1e-10)
+    close(backward(dy), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    named = dict(torch.nn.ModuleList([t_lstm, t_lin]).named_parameters())
+    assert list(named) == list(model.grads)
+    for name, p in named.items():
+        close(model.grads[name], p.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------- save / load
+def saved_model(seed):
+    return clstm.Sequential(clstm.LSTM(3, 4, num_layers=2, bidirectional=True, seed=seed),
+                            clstm.Linear(8, 2, seed=seed + 1))
+
+
+def test_save_load_round_trip(tmp_path):
+    src, dst = saved_model(0), saved_model(10)
+    path = tmp_path / "model.weights"  # used as given: no .npz appended
+    src.save(path)
+    with np.load(path) as f:
+        assert f.files == list(src.state_dict())
+    arrays = dict(dst.params)
+    dst.load(str(path))
+    for name, value in src.state_dict().items():
+        np.testing.assert_array_equal(dst.params[name], value)
+        assert dst.params[name] is arrays[name]  # loaded in place
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(dst(x), src(x))
+
+
+@pytest.mark.parametrize("make", [lambda s: clstm.LSTM(2, 3, proj_size=2, seed=s),
+                                  lambda s: clstm.LSTMCell(2, 3, seed=s),
+                                  lambda s: clstm.Linear(2, 3, seed=s)])
+def test_every_module_saves_and_loads(tmp_path, make):
+    src, dst = make(0), make(1)
+    src.save(tmp_path / "m.npz")
+    dst.load(tmp_path / "m.npz")
+    for name, value in src.state_dict().items():
+        np.testing.assert_array_equal(dst.params[name], value)
+
+
+def test_load_mismatches_name_the_file_and_change_nothing(tmp_path):
+    model = saved_model(0)
+    before = model.state_dict()
+    good = saved_model(1).state_dict()
+
+    def write(name, state):
+        path = tmp_path / name
+        np.savez(path, **state)
+        return path
+
+    cases = [
+        ("missing.npz", {k: v for k, v in good.items() if k != "1.bias"}, KeyError,
+         r"missing keys \['1.bias'\]"),
+        ("extra.npz", {**good, "2.weight": np.zeros(3)}, KeyError,
+         r"unexpected keys \['2.weight'\]"),
+        ("shape.npz", {**good, "1.weight": np.zeros((2, 4), np.float32)}, ValueError,
+         r"1.weight must have shape \(2, 8\), got \(2, 4\)"),
+        ("dtype.npz", {**good, "1.bias": np.zeros(2, np.int32)}, TypeError, "1.bias"),
+    ]
+    for name, state, exc, message in cases:
+        path = write(name, state)
+        with pytest.raises(exc, match=message) as info:
+            model.load(path)
+        assert str(path) in str(info.value)
+        for k, v in before.items():
+            np.testing.assert_array_equal(model.params[k], v)
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    with pytest.raises(ValueError, match="single.npy.*single .npy array"):
+        model.load(tmp_path / "single.npy")
+    (tmp_path / "junk.npz").write_bytes(b"not an archive at all")
+    with pytest.raises(ValueError, match="junk.npz"):
+        model.load(tmp_path / "junk.npz")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.npz"):
+        model.load(tmp_path / "empty.npz")
+    np.savez(tmp_path / "objects.npz", **{**good, "1.bias": np.array([None, 1], object)})
+    with pytest.raises(ValueError, match="objects.npz: not a .npz archive of parameters"):
+        model.load(tmp_path / "objects.npz")
+    with pytest.raises(FileNotFoundError):
+        model.load(tmp_path / "absent.npz")
