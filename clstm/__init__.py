@@ -7,13 +7,15 @@
     ((5, 3, 16), (1, 3, 16))
 
 Modules: `clstm.functional` (compiled kernels, one layer), `clstm.reference` (the NumPy
-reference with the same signatures). Training toolkit: `Linear`, `Sequential`.
+reference with the same signatures). Training toolkit: `Linear`, `Sequential`,
+`clstm.losses` (`mse_loss`, `cross_entropy`).
 """
-from . import functional, reference
+from . import functional, losses, reference
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
 from .layers import Linear, Sequential
+from .losses import cross_entropy, mse_loss
 from .lstm import LSTM, LSTMCell
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "LSTMCell", "Linear", "Sequential", "functional", "reference",
-           "get_num_threads", "set_num_threads", "openmp_enabled"]
+__all__ = ["LSTM", "LSTMCell", "Linear", "Sequential", "functional", "reference", "losses",
+           "mse_loss", "cross_entropy", "get_num_threads", "set_num_threads", "openmp_enabled"]

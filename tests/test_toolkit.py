@@ -1,4 +1,4 @@
-"""The training toolkit: Linear, Sequential, save/load.
+"""The training toolkit: Linear, Sequential, save/load, losses.
 
 Every claim is checked without PyTorch (finite differences, direct formulas); the PyTorch
 parity tests skip when it is not installed."""
@@ -292,3 +292,130 @@ def test_load_mismatches_name_the_file_and_change_nothing(tmp_path):
         model.load(tmp_path / "objects.npz")
     with pytest.raises(FileNotFoundError):
         model.load(tmp_path / "absent.npz")
+
+
+# ------------------------------------------------------------------------------- losses
+def test_mse_loss_value_gradient_and_dtype():
+    rng = np.random.default_rng(0)
+    x, t = rng.standard_normal((3, 4, 2)), rng.standard_normal((3, 4, 2))
+    loss, dx = clstm.mse_loss(x, t)
+    assert isinstance(loss, float)
+    close(loss, sum((a - b) ** 2 for a, b in zip(x.ravel(), t.ravel())) / x.size, rtol=1e-12)
+    close(dx, numeric_gradient(lambda: clstm.mse_loss(x, t)[0], x), rtol=1e-7, atol=1e-10)
+    loss32, dx32 = clstm.mse_loss(x.astype(np.float32), t)
+    assert dx32.dtype == np.float32 and isinstance(loss32, float)
+    close(loss32, loss, rtol=1e-5)
+    assert math.isnan(clstm.mse_loss(np.zeros((0, 2)), np.zeros((0, 2)))[0])
+    with pytest.raises(ValueError, match=r"target must have input's shape \(3, 4, 2\)"):
+        clstm.mse_loss(x, t[0])
+    with pytest.raises(TypeError, match="input must be a float"):
+        clstm.mse_loss(np.ones(3, np.int64), np.ones(3))
+    with pytest.raises(TypeError, match="input must be float32 or float64"):
+        clstm.mse_loss(np.ones(3, np.float16), np.ones(3))
+
+
+def direct_cross_entropy(logits, target, ignore_index=-100):
+    """-mean log softmax[target] over kept targets, one row at a time, no tricks."""
+    terms = []
+    for row, t in zip(logits.reshape(-1, logits.shape[-1]), target.ravel()):
+        if t != ignore_index:
+            terms.append(-math.log(math.exp(row[t]) / sum(math.exp(v) for v in row)))
+    return sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (3, 2, 5), (4,)])
+def test_cross_entropy_value_and_gradient(shape):
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal(shape)
+    target = rng.integers(0, shape[-1], shape[:-1])
+    loss, dlogits = clstm.cross_entropy(logits, target)
+    assert isinstance(loss, float) and dlogits.shape == logits.shape
+    close(loss, direct_cross_entropy(logits, target), rtol=1e-12)
+    numeric = numeric_gradient(lambda: clstm.cross_entropy(logits, target)[0], logits)
+    close(dlogits, numeric, rtol=1e-7, atol=1e-10)
+
+
+def test_cross_entropy_ignore_index_and_stability():
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((8, 3))
+    target = rng.integers(0, 3, 8)
+    target[[1, 4, 5]] = -100
+    loss, dlogits = clstm.cross_entropy(logits, target)
+    keep = target != -100
+    close(loss, direct_cross_entropy(logits[keep], target[keep]), rtol=1e-12)
+    assert not dlogits[~keep].any()
+    # the kept rows' gradient is the kept-only problem's gradient (same mean over 5 targets)
+    close(dlogits[keep], clstm.cross_entropy(logits[keep], target[keep])[1], rtol=1e-12)
+    close(dlogits, numeric_gradient(lambda: clstm.cross_entropy(logits, target)[0], logits),
+          rtol=1e-7, atol=1e-10)
+    # an ignore_index that is also a class: those targets are ignored
+    t2 = np.array([0, 1, 2, 1])
+    close(clstm.cross_entropy(logits[:4], t2, ignore_index=1)[0],
+          direct_cross_entropy(logits[[0, 2]], t2[[0, 2]]), rtol=1e-12)
+    # huge logits: exp would overflow without the shift; the loss only sees differences
+    loss_big, d_big = clstm.cross_entropy(logits + 1000.0, target)
+    close(loss_big, loss, rtol=1e-9)
+    close(d_big, dlogits, rtol=1e-7, atol=1e-12)
+    loss32, d32 = clstm.cross_entropy(logits.astype(np.float32) * 50, target)
+    assert np.isfinite(loss32) and d32.dtype == np.float32 and np.isfinite(d32).all()
+
+
+def test_cross_entropy_all_ignored_is_nan_with_zero_gradient():
+    logits = np.random.default_rng(0).standard_normal((3, 4))
+    loss, dlogits = clstm.cross_entropy(logits, np.full(3, -100))
+    assert math.isnan(loss)
+    assert dlogits.shape == (3, 4) and not dlogits.any()
+    loss, dlogits = clstm.cross_entropy(np.zeros((0, 4)), np.zeros(0, np.int64))
+    assert math.isnan(loss) and dlogits.shape == (0, 4)
+
+
+def test_cross_entropy_bad_input():
+    logits = np.zeros((3, 4))
+    with pytest.raises(ValueError, match=r"target values must be in \[0, 4\).*got 4"):
+        clstm.cross_entropy(logits, np.array([0, 4, 1]))
+    with pytest.raises(ValueError, match=r"got -1"):
+        clstm.cross_entropy(logits, np.array([0, -1, 1]))
+    with pytest.raises(TypeError, match="integer array of class indices.*float64"):
+        clstm.cross_entropy(logits, np.array([0.0, 1.0, 2.0]))
+    with pytest.raises(TypeError, match="integer array.*bool"):
+        clstm.cross_entropy(logits, np.array([True, False, True]))
+    with pytest.raises(ValueError, match=r"target must have shape \(3,\).*\(2,\)"):
+        clstm.cross_entropy(logits, np.array([0, 1]))
+    with pytest.raises(TypeError, match="logits must be a float"):
+        clstm.cross_entropy(np.zeros((3, 4), np.int64), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="C >= 1"):
+        clstm.cross_entropy(np.zeros((3, 0)), np.array([0, 1, 2]))
+    with pytest.raises(TypeError, match="ignore_index must be an int"):
+        clstm.cross_entropy(logits, np.array([0, 1, 2]), ignore_index=1.5)
+
+
+def test_losses_match_torch():
+    torch = torch_or_skip()
+    F = torch.nn.functional
+    rng = np.random.default_rng(3)
+    x, t = rng.standard_normal((4, 5)), rng.standard_normal((4, 5))
+    xt = torch.tensor(x, requires_grad=True)
+    out = F.mse_loss(xt, torch.tensor(t))
+    out.backward()
+    loss, dx = clstm.mse_loss(x, t)
+    close(loss, out.item(), rtol=1e-12)
+    close(dx, xt.grad.numpy(), rtol=1e-12)
+
+    logits = rng.standard_normal((3, 4, 5))  # (T, B, C): torch wants the classes on axis 1
+    target = rng.integers(0, 5, (3, 4))
+    target[0, 1] = target[2, 3] = -100
+    for ignore_index, tgt in ((-100, target), (2, np.where(target < 0, 1, target))):
+        lt = torch.tensor(logits, requires_grad=True)
+        out = F.cross_entropy(lt.permute(0, 2, 1), torch.tensor(tgt),
+                              ignore_index=ignore_index)
+        out.backward()
+        loss, dlogits = clstm.cross_entropy(logits, tgt, ignore_index=ignore_index)
+        close(loss, out.item(), rtol=1e-12)
+        close(dlogits, lt.grad.numpy(), rtol=1e-12, atol=1e-15)
+    # every target ignored: torch's loss is nan and its gradient zero
+    lt = torch.tensor(logits[0], requires_grad=True)
+    out = F.cross_entropy(lt, torch.full((4,), -100))
+    out.backward()
+    loss, dlogits = clstm.cross_entropy(logits[0], np.full(4, -100))
+    assert math.isnan(out.item()) and math.isnan(loss)
+    np.testing.assert_array_equal(dlogits, lt.grad.numpy())
