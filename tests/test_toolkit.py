@@ -1,13 +1,15 @@
-"""The training toolkit: Linear, Sequential, save/load, losses.
+"""The training toolkit: Linear, Sequential, save/load, losses, optimisers, gradient clipping.
 
-Every claim is checked without PyTorch (finite differences, direct formulas); the PyTorch
-parity tests skip when it is not installed."""
+Every claim is checked without PyTorch (finite differences, direct formulas, a hand-written
+NumPy version of torch.optim's update rules); the PyTorch parity tests skip when it is not
+installed."""
 import math
 
 import numpy as np
 import pytest
 
 import clstm
+from clstm.optim import SGD, Adam
 
 
 def numeric_gradient(f, a, eps=1e-6):
@@ -419,3 +421,242 @@ def test_losses_match_torch():
     loss, dlogits = clstm.cross_entropy(logits[0], np.full(4, -100))
     assert math.isnan(out.item()) and math.isnan(loss)
     np.testing.assert_array_equal(dlogits, lt.grad.numpy())
+
+
+# ------------------------------------------------------------------------------- optimisers
+# A hand-written NumPy version of torch.optim's single-tensor update rules (torch/optim/sgd.py
+# and adam.py), one function per step, state in a plain dict.
+def ref_sgd_step(p, g, state, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False):
+    d_p = g + weight_decay * p
+    if momentum != 0:
+        if "buf" not in state:
+            state["buf"] = d_p.copy()
+        else:
+            state["buf"] = momentum * state["buf"] + (1 - dampening) * d_p
+        d_p = d_p + momentum * state["buf"] if nesterov else state["buf"]
+    return p - lr * d_p
+
+
+def ref_adam_step(p, g, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                  amsgrad=False):
+    b1, b2 = betas
+    t = state["t"] = state.get("t", 0) + 1
+    g = g + weight_decay * p
+    m = state["m"] = b1 * state.get("m", 0.0) + (1 - b1) * g
+    v = state["v"] = b2 * state.get("v", 0.0) + (1 - b2) * g * g
+    if amsgrad:
+        v = state["vmax"] = np.maximum(state.get("vmax", 0.0), v)
+    m_hat = m / (1 - b1 ** t)
+    return p - lr * m_hat / (np.sqrt(v / (1 - b2 ** t)) + eps)
+
+
+OPTIMISERS = [
+    (SGD, ref_sgd_step, dict(lr=0.1)),
+    (SGD, ref_sgd_step, dict(lr=0.05, momentum=0.9)),
+    (SGD, ref_sgd_step, dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.01)),
+    (SGD, ref_sgd_step, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1)),
+    (Adam, ref_adam_step, dict()),
+    (Adam, ref_adam_step, dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)),
+    (Adam, ref_adam_step, dict(lr=0.02, amsgrad=True)),
+    (Adam, ref_adam_step, dict(lr=0.02, amsgrad=True, weight_decay=0.1)),
+]
+N_STEPS = 7
+
+
+def grad_sequence(shapes, seed=0):
+    """Gradients that change sign and scale from step to step (amsgrad's max matters)."""
+    rng = np.random.default_rng(seed)
+    return [[rng.standard_normal(s) * (3.0 if k % 3 == 0 else 0.2) for s in shapes]
+            for k in range(N_STEPS)]
+
+
+def run_clstm(cls, kw, init, grad_seq):
+    params = {f"p{i}": a.copy() for i, a in enumerate(init)}
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    arrays = list(params.values())
+    opt = cls([(params, grads)], **kw)
+    for gs in grad_seq:
+        for g, new in zip(grads.values(), gs):
+            g[...] = new
+        opt.step()
+        for g, new in zip(grads.values(), gs):
+            np.testing.assert_array_equal(g, new)  # step does not touch the gradients
+    assert all(a is b for a, b in zip(params.values(), arrays))  # updated in place
+    return list(params.values())
+
+
+@pytest.mark.parametrize("cls, ref, kw", OPTIMISERS)
+def test_optimisers_match_the_torch_formulas(cls, ref, kw):
+    init = [np.random.default_rng(9).standard_normal(s) for s in ((3, 4), (5,))]
+    grad_seq = grad_sequence([a.shape for a in init])
+    expected = []
+    for i, p in enumerate(init):
+        state = {}
+        for gs in grad_seq:
+            p = ref(p, gs[i], state, **kw)
+        expected.append(p)
+    for a, e in zip(run_clstm(cls, kw, init, grad_seq), expected):
+        close(a, e, rtol=1e-6, atol=1e-12)
+        assert not np.allclose(a, init[0] if a.shape == init[0].shape else init[1])
+
+
+@pytest.mark.parametrize("cls, ref, kw", OPTIMISERS)
+def test_optimisers_match_torch_optim(cls, ref, kw):
+    torch = torch_or_skip()
+    init = [np.random.default_rng(9).standard_normal(s) for s in ((3, 4), (5,))]
+    grad_seq = grad_sequence([a.shape for a in init])
+    tparams = [torch.tensor(a.copy(), requires_grad=True) for a in init]
+    topt = getattr(torch.optim, cls.__name__)(tparams, foreach=False, **kw)
+    for gs in grad_seq:
+        for tp, g in zip(tparams, gs):
+            tp.grad = torch.tensor(g)
+        topt.step()
+    for a, tp in zip(run_clstm(cls, kw, init, grad_seq), tparams):
+        close(a, tp.detach().numpy(), rtol=1e-6, atol=1e-12)
+
+
+def test_optimiser_param_forms_and_model_references():
+    def model_and_grads():
+        model = clstm.Sequential(clstm.LSTM(2, 3, seed=0), clstm.Linear(3, 1, seed=1))
+        for k, g in enumerate(model.grads.values()):
+            g[...] = np.random.default_rng(k).standard_normal(g.shape).astype(g.dtype)
+        return model
+
+    results = []
+    for form in ("module", "modules", "pairs", "children", "duplicates"):
+        model = model_and_grads()
+        arrays = dict(model[0].params)
+        params = {"module": model, "modules": [model], "pairs": [(model.params, model.grads)],
+                  "children": [model[0], model[1]],
+                  "duplicates": [model, model[1], (model[0].params, model[0].grads)]}[form]
+        opt = Adam(params, lr=0.1)
+        opt.step()
+        assert all(model[0].params[k] is a for k, a in arrays.items())
+        results.append(model.state_dict())
+        opt.zero_grad()
+        assert not any(g.any() for g in model.grads.values())
+    for r in results[1:]:  # every form, duplicates stepped once, gives the same update
+        for k in r:
+            np.testing.assert_array_equal(r[k], results[0][k])
+    untouched = clstm.Sequential(clstm.LSTM(2, 3, seed=0), clstm.Linear(3, 1, seed=1))
+    assert not np.allclose(results[0]["1.weight"], untouched.params["1.weight"])
+
+
+def test_optimiser_validation():
+    lin = clstm.Linear(2, 2)
+    for bad, match in ((dict(lr=-1.0), "Invalid lr"), (dict(lr=0.1, momentum=-0.5),
+                       "Invalid momentum"), (dict(lr=0.1, weight_decay=-1), "weight_decay"),
+                       (dict(lr=float("nan")), "Invalid lr")):
+        with pytest.raises(ValueError, match=match):
+            SGD(lin, **bad)
+    with pytest.raises(ValueError, match="Nesterov momentum requires"):
+        SGD(lin, lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="Nesterov momentum requires"):
+        SGD(lin, lr=0.1, momentum=0.9, dampening=0.1, nesterov=True)
+    for bad, match in ((dict(lr=-1e-3), "Invalid lr"), (dict(eps=-1.0), "Invalid eps"),
+                       (dict(betas=(1.0, 0.9)), "Invalid beta1"),
+                       (dict(betas=(0.9, -0.1)), "Invalid beta2"),
+                       (dict(weight_decay=-0.1), "Invalid weight_decay")):
+        with pytest.raises(ValueError, match=match):
+            Adam(lin, **bad)
+    with pytest.raises(TypeError, match="betas must be a pair"):
+        Adam(lin, betas=0.9)
+    with pytest.raises(TypeError, match="lr must be a number"):
+        SGD(lin, lr="fast")
+    with pytest.raises(ValueError, match="empty parameter list"):
+        Adam([])
+    with pytest.raises(TypeError, match=r"params\[0\] must be a module"):
+        Adam([np.zeros(3)])
+    with pytest.raises(TypeError, match="same shape"):
+        Adam([({"w": np.zeros(3)}, {"w": np.zeros(4)})])
+    with pytest.raises(KeyError, match="no gradient for parameter 'w'"):
+        Adam([({"w": np.zeros(3)}, {})])
+
+
+# ------------------------------------------------------------------------------- clipping
+def grad_pairs(seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    grads = {"a": scale * rng.standard_normal((3, 4)), "b": scale * rng.standard_normal(5)}
+    return [({k: np.zeros_like(v) for k, v in grads.items()}, grads)]
+
+
+def norm_of(values, norm_type):
+    if norm_type == math.inf:
+        return np.abs(values).max()
+    return np.sum(np.abs(values) ** norm_type) ** (1 / norm_type)
+
+
+# max_norm as a multiple of the gradients' norm: clipped, just above (coef in (1, 2)), far above
+RATIOS = [0.1, 1.5, 100.0]
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, math.inf])
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_clip_grad_norm_formula(norm_type, ratio):
+    pairs = grad_pairs()
+    before = np.concatenate([g.ravel() for g in pairs[0][1].values()])
+    expected = norm_of(before, norm_type)
+    max_norm = ratio * expected
+    total = clstm.clip_grad_norm(pairs, max_norm, norm_type)
+    assert isinstance(total, float)
+    close(total, expected, rtol=1e-12)
+    after = np.concatenate([g.ravel() for g in pairs[0][1].values()])
+    if expected > max_norm:
+        close(after, before * max_norm / (expected + 1e-6), rtol=1e-12)
+    else:
+        np.testing.assert_array_equal(after, before)
+
+
+def test_clip_grad_norm_on_modules_and_validation():
+    model = clstm.Sequential(clstm.LSTM(2, 3, seed=0), clstm.Linear(3, 1, seed=1))
+    for g in model.grads.values():
+        g[...] = 1.0
+    n = sum(g.size for g in model.grads.values())
+    close(clstm.clip_grad_norm(model, 1.0), math.sqrt(n), rtol=1e-6)
+    close(math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2))
+                        for g in model.grads.values())), 1.0, rtol=1e-5)
+    assert clstm.clip_grad_norm([], 1.0) == 0.0
+    with pytest.raises(ValueError, match="Invalid max_norm"):
+        clstm.clip_grad_norm(model, -1.0)
+    with pytest.raises(ValueError, match="norm_type must be > 0"):
+        clstm.clip_grad_norm(model, 1.0, norm_type=0)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, math.inf])
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_clip_grad_norm_matches_torch(norm_type, ratio):
+    torch = torch_or_skip()
+    pairs = grad_pairs(seed=1, scale=2.0)
+    max_norm = ratio * norm_of(np.concatenate([g.ravel() for g in pairs[0][1].values()]),
+                               norm_type)
+    tparams = []
+    for g in pairs[0][1].values():
+        tp = torch.zeros(g.shape, dtype=torch.float64, requires_grad=True)
+        tp.grad = torch.tensor(g.copy())
+        tparams.append(tp)
+    t_total = torch.nn.utils.clip_grad_norm_(tparams, max_norm, norm_type, foreach=False)
+    total = clstm.clip_grad_norm(pairs, max_norm, norm_type)
+    close(total, t_total.item(), rtol=1e-12)
+    for g, tp in zip(pairs[0][1].values(), tparams):
+        close(g, tp.grad.numpy(), rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------- end to end
+def test_adam_trains_an_lstm_to_output_the_running_sum():
+    model = clstm.Sequential(clstm.LSTM(1, 8, seed=0), clstm.Linear(8, 1, seed=1))
+    opt = Adam(model, lr=0.02)
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(100):
+        x = rng.uniform(-0.5, 0.5, (6, 16, 1)).astype(np.float32)
+        target = np.cumsum(x, axis=0)
+        opt.zero_grad()
+        y, backward = model.forward_train(x)
+        loss, dy = clstm.mse_loss(y, target)
+        backward(dy)
+        clstm.clip_grad_norm(model, 1.0)
+        opt.step()
+        losses.append(loss)
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    assert last < first / 20, (first, last)  # about 200x with these seeds
