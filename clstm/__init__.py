@@ -7,12 +7,18 @@
     ((5, 3, 16), (1, 3, 16))
 
 Modules: `clstm.functional` (compiled kernels, one layer), `clstm.reference` (the NumPy
-reference with the same signatures).
+reference with the same signatures). Training toolkit: `Linear`, `Sequential`,
+`clstm.losses` (`mse_loss`, `cross_entropy`), `clstm.optim` (`SGD`, `Adam`,
+`clip_grad_norm`).
 """
-from . import functional, reference
+from . import functional, losses, optim, reference
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
+from .layers import Linear, Sequential
+from .losses import cross_entropy, mse_loss
 from .lstm import LSTM, LSTMCell
+from .optim import clip_grad_norm
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "LSTMCell", "functional", "reference", "get_num_threads", "set_num_threads",
-           "openmp_enabled"]
+__all__ = ["LSTM", "LSTMCell", "Linear", "Sequential", "functional", "reference", "losses",
+           "optim", "mse_loss", "cross_entropy", "clip_grad_norm", "get_num_threads",
+           "set_num_threads", "openmp_enabled"]

@@ -1,4 +1,6 @@
 """Named parameters and their gradients, shared by every layer class."""
+import zipfile
+
 import numpy as np
 
 from ._checks import check_shape, float_array
@@ -7,7 +9,7 @@ from ._checks import check_shape, float_array
 class Parameterised:
     """Parameters in a dict of named float arrays (PyTorch names), gradients of the same
     shapes in ``grads``, attribute access (``layer.weight_ih_l0``), and
-    ``state_dict`` / ``load_state_dict``.
+    ``state_dict`` / ``load_state_dict``, and ``save`` / ``load`` to one ``.npz`` file.
 
     Subclasses set ``dtype`` and call ``_init_params``.
     """
@@ -59,10 +61,40 @@ class Parameterised:
                 parts.append(f"unexpected keys {unexpected}")
             raise KeyError(f"load_state_dict: {'; '.join(parts)} "
                            f"(expected {list(expected)})")
-        new = {name: check_shape(name, float_array(name, state_dict[name], self.dtype), shape)
+        new = {name: check_shape(name, float_array(name, state_dict[name],
+                                                   self._param_dtype(name)), shape)
                for name, shape in expected.items() if name in state_dict}
         for name, value in new.items():
             self._params[name][...] = value
+
+    def _param_dtype(self, name):
+        """The dtype parameter ``name`` is stored in (a container's children may differ)."""
+        return self.dtype
+
+    def save(self, path):
+        """Write ``state_dict()`` to ``path`` as an uncompressed ``.npz`` archive (one array
+        per parameter name). The file name is used as given: no ``.npz`` is appended, so
+        ``load(path)`` finds it."""
+        with open(path, "wb") as f:
+            np.savez(f, **self.state_dict())
+
+    def load(self, path):
+        """Load parameters saved by ``save`` (or any ``.npz`` with the ``state_dict`` names),
+        strictly: missing or unexpected names raise KeyError, wrong shapes ValueError, a
+        non-float array TypeError, each naming the file. Nothing changes unless every entry
+        is valid."""
+        try:
+            archive = np.load(path, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("found a single .npy array")
+            with archive:
+                state = {name: archive[name] for name in archive.files}
+        except (ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: not a .npz archive of parameters ({exc})") from None
+        try:
+            self.load_state_dict(state, strict=True)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise type(exc)(f"{path}: {exc.args[0]}") from None
 
     def zero_grad(self):
         """Reset every accumulated gradient in ``grads`` to zero."""
