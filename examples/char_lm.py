@@ -22,7 +22,8 @@ every step in memory; instead each chunk is one training step:
     for x, target in chunks:                               # x (T, B, V), target (T, B)
         (y, state), backward = lstm.forward_train(x, state)    # starts from the carried state
         loss, dlogits = clstm.cross_entropy(head(y), target)
-        backward(dy)                                       # no dstate: the gradient stops here
+        backward(dy)                                       # dy: dloss/dy, through the head;
+                                                           # no dstate: the gradient stops here
         ...optimiser step...
 
 The *values* of ``(h, c)`` flow on from one chunk to the next, so the model reads the
@@ -152,9 +153,8 @@ def main(argv=None):
     val_loss, _ = clstm.cross_entropy(head(y), val[1:, None])
 
     # Sampling: feed each sampled character back in, carrying the state.
-    prompt = "The "
-    state = None
-    y, state = lstm(one_hot[[code[ch] for ch in prompt if ch in code]][:, None, :], state)
+    prompt = "".join(ch for ch in "The " if ch in code) or text[0]
+    y, state = lstm(one_hot[[code[ch] for ch in prompt]][:, None, :])
     out = []
     for _ in range(args.sample):
         logits = head(y[-1, 0]) / args.temperature
@@ -167,7 +167,7 @@ def main(argv=None):
     print("---")
 
     ok = max(val_loss, train_loss) < 0.9 * unigram   # "well below": at least 10% below
-    print(f"final training loss {train_loss:.3f}, held-out loss {val_loss:.3f}, unigram "
+    print(f"final training loss (last 50 chunks) {train_loss:.3f}, held-out loss {val_loss:.3f}, unigram "
           f"entropy {unigram:.3f} nats/char ({train_loss / math.log(2):.2f}, "
           f"{val_loss / math.log(2):.2f} and {unigram / math.log(2):.2f} bits/char); "
           f"{time.perf_counter() - start:.0f} s")
