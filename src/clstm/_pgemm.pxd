@@ -5,8 +5,8 @@
 # OpenBLAS re-packs all of W (4H x H) into its panel layout on every call, which costs as
 # much as the multiply itself; its dispatch also picks AVX2 kernels on CPUs it does not know.
 # Here W is packed once into column panels of NR = 64 bytes * 2 of contiguous output columns,
-# and a 4-row micro-kernel keeps its 4 x NR accumulators in registers while it streams the
-# panel once. The code uses GCC/Clang vector extensions (portable C: a 64-byte vector is
+# and a 4-row micro-kernel keeps its 2 x 4 x NR accumulators in registers while it streams
+# the panel once. Packing is a blocked transpose done with vector shuffles. The code uses GCC/Clang vector extensions (portable C: a 64-byte vector is
 # split into whatever the target has), and on x86-64 Linux the function is compiled for
 # AVX-512, AVX2+FMA and baseline x86-64, picked at load time by the loader (target_clones):
 # correct everywhere without -march flags, fast where the CPU allows it.
@@ -25,64 +25,142 @@ cdef extern from *:
     #endif
 
     #define CLSTM_MR 4
+    #define CLSTM_KS 2
 
-    #define CLSTM_DEFINE_PGEMM(T, SFX)                                                      \\
-    typedef T clstm_v_##SFX __attribute__((vector_size(64)));                              \\
-    typedef T clstm_vu_##SFX __attribute__((vector_size(64), aligned(sizeof(T))));         \\
+    /* GCC's __builtin_shuffle takes a mask vector (Clang's takes constant indices only);
+       without it the pack stays scalar and CLSTM_SHUFFLE is never reached. */
+    #if defined(__GNUC__) && !defined(__clang__)
+    #define CLSTM_VECTOR_TRANSPOSE 1
+    #define CLSTM_SHUFFLE(a, b, mask) __builtin_shuffle(a, b, mask)
+    #else
+    #define CLSTM_VECTOR_TRANSPOSE 0
+    #define CLSTM_SHUFFLE(a, b, mask) (a)
+    #endif
+
+    #define CLSTM_DEFINE_PGEMM(T, SFX, IDX)                                                 \\
+    typedef T clstm_v_##SFX __attribute__((vector_size(64)));                               \\
+    typedef T clstm_vu_##SFX __attribute__((vector_size(64), aligned(sizeof(T))));          \\
+    typedef IDX clstm_idx_##SFX __attribute__((vector_size(64)));                           \\
     enum { CLSTM_NR_##SFX = 2 * 64 / sizeof(T) };                                           \\
                                                                                             \\
-    /* Wp[(jb*K + k)*NR + c] = W[jb*NR + c, k], zero past N. With transposed, the source  \\
-       is W.T stored (K, N) instead. */                                                     \\
-    static void clstm_pack_##SFX(const T* W, Py_ssize_t N, Py_ssize_t K, int transposed,   \\
-                                 T* Wp) {                                                   \\
-        const Py_ssize_t NR = CLSTM_NR_##SFX;                                               \\
-        Py_ssize_t jb, k, c, col;                                                           \\
-        for (jb = 0; jb * NR < N; jb++)                                                     \\
-            for (k = 0; k < K; k++)                                                         \\
-                for (c = 0; c < NR; c++) {                                                  \\
-                    col = jb * NR + c;                                                      \\
-                    Wp[(jb * K + k) * NR + c] = col >= N ? (T)0                             \\
-                        : transposed ? W[k * N + col] : W[col * K + k];                     \\
-                }                                                                           \\
+    /* dst[c, r] = src[r, c] for a V x V block (V = one vector). A scalar transpose runs at \\
+       one element per cycle; this one swaps the off-diagonal b x b blocks of every 2b x 2b \\
+       block for b = V/2, ..., 1, two-vector shuffles throughout (the masks are constants   \\
+       once the loops unroll). */                                                           \\
+    static inline __attribute__((always_inline)) void clstm_transpose_##SFX(                \\
+            const T* src, Py_ssize_t lds, T* dst, Py_ssize_t ldd) {                         \\
+        enum { V = 64 / sizeof(T) };                                                        \\
+        clstm_v_##SFX m[V], t[V];                                                           \\
+        clstm_idx_##SFX keep_lo, keep_hi;                                                   \\
+        int r, j, b;                                                                        \\
+        _Pragma("GCC unroll 16")                                                            \\
+        for (r = 0; r < V; r++)                                                             \\
+            m[r] = *(const clstm_vu_##SFX*)(src + r * lds);                                 \\
+        _Pragma("GCC unroll 16")                                                            \\
+        for (b = V / 2; b >= 1; b /= 2) {                                                   \\
+            _Pragma("GCC unroll 16")                                                        \\
+            for (j = 0; j < V; j++) {                                                       \\
+                keep_lo[j] = (j & b) ? V + (j ^ b) : j;                                     \\
+                keep_hi[j] = (j & b) ? j : V + (j ^ b);                                     \\
+            }                                                                               \\
+            _Pragma("GCC unroll 16")                                                        \\
+            for (r = 0; r < V; r++)                                                         \\
+                t[r] = (r & b) ? CLSTM_SHUFFLE(m[r], m[r ^ b], keep_hi)                     \\
+                               : CLSTM_SHUFFLE(m[r], m[r ^ b], keep_lo);                    \\
+            memcpy(m, t, sizeof(m));                                                        \\
+        }                                                                                   \\
+        _Pragma("GCC unroll 16")                                                            \\
+        for (r = 0; r < V; r++)                                                             \\
+            *(clstm_vu_##SFX*)(dst + r * ldd) = m[r];                                       \\
     }                                                                                       \\
                                                                                             \\
-    static inline __attribute__((always_inline)) void clstm_tile_##SFX(                     \\
-            const int mr, Py_ssize_t K, const T* A, Py_ssize_t lda, const T* Wp,            \\
-            T* C, Py_ssize_t ldc, Py_ssize_t ncols) {                                       \\
+    /* Wp[(jb*K + k)*NR + c] = W[jb*NR + c, k], zero past N. With transposed, the source    \\
+       is W.T stored (K, N) instead: then each panel row is a plain copy. */                \\
+    CLSTM_CLONES static void clstm_pack_##SFX(const T* W, Py_ssize_t N, Py_ssize_t K,       \\
+                                              int transposed, T* Wp) {                      \\
         const Py_ssize_t NR = CLSTM_NR_##SFX, V = 64 / sizeof(T);                           \\
-        clstm_v_##SFX acc[CLSTM_MR][2];                                                     \\
+        Py_ssize_t jb, k, c, col, k_vec;                                                    \\
+        for (jb = 0; jb * NR < N; jb++) {                                                   \\
+            T* panel = Wp + jb * K * NR;                                                    \\
+            k_vec = 0;                                                                      \\
+            if (transposed && (jb + 1) * NR <= N) {                                         \\
+                for (k = 0; k < K; k++)                                                     \\
+                    memcpy(panel + k * NR, W + k * N + jb * NR, NR * sizeof(T));            \\
+                continue;                                                                   \\
+            }                                                                               \\
+            if (CLSTM_VECTOR_TRANSPOSE && !transposed && (jb + 1) * NR <= N) {              \\
+                for (k_vec = 0; k_vec + V <= K; k_vec += V)                                 \\
+                    for (c = 0; c < NR; c += V)                                             \\
+                        clstm_transpose_##SFX(W + (jb * NR + c) * K + k_vec, K,             \\
+                                              panel + k_vec * NR + c, NR);                  \\
+            }                                                                               \\
+            for (k = k_vec; k < K; k++)                                                     \\
+                for (c = 0; c < NR; c++) {                                                  \\
+                    col = jb * NR + c;                                                      \\
+                    panel[k * NR + c] = col >= N ? (T)0                                     \\
+                        : transposed ? W[k * N + col] : W[col * K + k];                     \\
+                }                                                                           \\
+        }                                                                                   \\
+    }                                                                                       \\
+                                                                                            \\
+    /* C[mr, :ncols] += A[mr, K] @ panel. A single row would wait on the FMA latency (a     \\
+       chain of K dependent adds per accumulator), so CLSTM_KS sets of accumulators take    \\
+       turns over k. KS is the same for every mr: a row's sum is then added up in the same  \\
+       order whichever tile it lands in, and results do not depend on the thread count. */  \\
+    static inline __attribute__((always_inline)) void clstm_tile_##SFX(                     \\
+            const int mr, Py_ssize_t K, const T* A, Py_ssize_t lda,                         \\
+            const T* Wp, T* C, Py_ssize_t ldc, Py_ssize_t ncols) {                          \\
+        const Py_ssize_t NR = CLSTM_NR_##SFX, V = 64 / sizeof(T);                           \\
+        const int ks = CLSTM_KS;                                                            \\
+        clstm_v_##SFX acc[CLSTM_KS][CLSTM_MR][2];                                           \\
         clstm_v_##SFX w0, w1;                                                               \\
         T out[2 * 64 / sizeof(T)];                                                          \\
         Py_ssize_t k, c;                                                                    \\
-        int i;                                                                              \\
-        for (i = 0; i < mr; i++) {                                                          \\
-            acc[i][0] = (clstm_v_##SFX){0};                                                 \\
-            acc[i][1] = (clstm_v_##SFX){0};                                                 \\
-        }                                                                                   \\
-        for (k = 0; k < K; k++) {                                                           \\
+        int i, s;                                                                           \\
+        for (s = 0; s < ks; s++)                                                            \\
+            for (i = 0; i < mr; i++) {                                                      \\
+                acc[s][i][0] = (clstm_v_##SFX){0};                                          \\
+                acc[s][i][1] = (clstm_v_##SFX){0};                                          \\
+            }                                                                               \\
+        for (k = 0; k + ks <= K; k += ks)                                                   \\
+            for (s = 0; s < ks; s++) {                                                      \\
+                w0 = *(const clstm_vu_##SFX*)(Wp + (k + s) * NR);                           \\
+                w1 = *(const clstm_vu_##SFX*)(Wp + (k + s) * NR + V);                       \\
+                for (i = 0; i < mr; i++) {                                                  \\
+                    T a = A[i * lda + k + s];                                               \\
+                    acc[s][i][0] += a * w0;                                                 \\
+                    acc[s][i][1] += a * w1;                                                 \\
+                }                                                                           \\
+            }                                                                               \\
+        for (; k < K; k++) {                                                                \\
             w0 = *(const clstm_vu_##SFX*)(Wp + k * NR);                                     \\
             w1 = *(const clstm_vu_##SFX*)(Wp + k * NR + V);                                 \\
             for (i = 0; i < mr; i++) {                                                      \\
                 T a = A[i * lda + k];                                                       \\
-                acc[i][0] += a * w0;                                                        \\
-                acc[i][1] += a * w1;                                                        \\
+                acc[0][i][0] += a * w0;                                                     \\
+                acc[0][i][1] += a * w1;                                                     \\
             }                                                                               \\
         }                                                                                   \\
+        for (s = 1; s < ks; s++)                                                            \\
+            for (i = 0; i < mr; i++) {                                                      \\
+                acc[0][i][0] += acc[s][i][0];                                               \\
+                acc[0][i][1] += acc[s][i][1];                                               \\
+            }                                                                               \\
         for (i = 0; i < mr; i++) {                                                          \\
             if (ncols == NR) {                                                              \\
-                *(clstm_vu_##SFX*)(C + i * ldc) += acc[i][0];                               \\
-                *(clstm_vu_##SFX*)(C + i * ldc + V) += acc[i][1];                           \\
+                *(clstm_vu_##SFX*)(C + i * ldc) += acc[0][i][0];                            \\
+                *(clstm_vu_##SFX*)(C + i * ldc + V) += acc[0][i][1];                        \\
             } else {                                                                        \\
-                memcpy(out, &acc[i][0], sizeof(acc[i][0]));                                 \\
-                memcpy(out + V, &acc[i][1], sizeof(acc[i][1]));                             \\
+                memcpy(out, &acc[0][i][0], sizeof(acc[0][i][0]));                           \\
+                memcpy(out + V, &acc[0][i][1], sizeof(acc[0][i][1]));                       \\
                 for (c = 0; c < ncols; c++)                                                 \\
                     C[i * ldc + c] += out[c];                                               \\
             }                                                                               \\
         }                                                                                   \\
     }                                                                                       \\
                                                                                             \\
-    /* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack. */                              \\
-    CLSTM_CLONES static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K,   \\
+    /* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack. */                             \\
+    CLSTM_CLONES static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K,    \\
                                               const T* A, Py_ssize_t lda, const T* Wp,      \\
                                               T* C, Py_ssize_t ldc) {                       \\
         const Py_ssize_t NR = CLSTM_NR_##SFX;                                               \\
@@ -104,8 +182,8 @@ cdef extern from *:
         }                                                                                   \\
     }
 
-    CLSTM_DEFINE_PGEMM(float, f32)
-    CLSTM_DEFINE_PGEMM(double, f64)
+    CLSTM_DEFINE_PGEMM(float, f32, int)
+    CLSTM_DEFINE_PGEMM(double, f64, long long)
 
     static Py_ssize_t clstm_packed_size_f32(Py_ssize_t N, Py_ssize_t K) {
         return (N + CLSTM_NR_f32 - 1) / CLSTM_NR_f32 * CLSTM_NR_f32 * K;
