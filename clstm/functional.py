@@ -19,6 +19,10 @@ from .reference import LSTMGrads
 # The inference forward hoists the input projection of as many steps as fit in this many
 # gate values (at least one step), so its scratch memory does not grow with the sequence.
 GATES_CHUNK_ELEMENTS = 1 << 19
+# When the time loop shares hidden units among threads instead of batch rows (see
+# Packing.unit_bounds).
+UNIT_SPLIT_MIN_BYTES = 1 << 19
+UNIT_SPLIT_MAX_ROWS_PER_THREAD = 2
 
 
 class Packing:
@@ -83,6 +87,25 @@ class Packing:
         out[..., self.order, :] = s
         return out
 
+    def unit_bounds(self, n_threads, H, projection, dtype):
+        """Hidden-unit split for the time loop, or None for the batch split (`bounds`).
+
+        Each thread then computes its share of the hidden units for every row, and the
+        threads meet at a barrier after each step; each reads only its share of w_hh per
+        step instead of all of it. Measured at 2 threads (docs/performance.md): 1.4-1.7x
+        faster than the batch split at B <= 2 rows per thread once w_hh is >= 512 KB
+        (H >= 256 in float32), even at B = 4 rows per thread, slower below (a barrier per
+        step outweighs a small w_hh). Results are identical either way.
+        """
+        width = _lstm.packed_panel_width(dtype == np.float64)
+        n = min(n_threads if openmp_enabled() else 1, H // width)
+        w_hh_bytes = 4 * H * H * np.dtype(dtype).itemsize
+        if (n < 2 or projection or H % width or w_hh_bytes < UNIT_SPLIT_MIN_BYTES
+                or self.B > UNIT_SPLIT_MAX_ROWS_PER_THREAD * n):
+            return None
+        panels = H // width
+        return (np.arange(n + 1) * panels // n * width).astype(np.intp)
+
     def bounds(self, n_threads):
         """Batch slice bounds for the kernels' time loop: one slice per thread, contiguous
         in sorted order, cut where each slice has an equal share of the steps."""
@@ -136,9 +159,11 @@ def layer_forward(x, packing, w_ih, w_hh, bias, w_hr, h0, c0, train, n_threads):
             double = dtype == np.float64
             w_ih_packed = np.empty(_lstm.packed_length(4 * H, x.shape[1], double), dtype)
             w_hh_packed = np.empty(_lstm.packed_length(4 * H, P, double), dtype)
+            units = packing.unit_bounds(n_threads, H, w_hr is not None, dtype)
             _lstm.forward(x, w_ih, w_hh, bias, w_hr, h0, c0, packing.steps, packing.offsets,
-                          packing.sorted_lengths, packing.bounds(n_threads), y, h_n, c_n,
-                          gates, cells, r, w_ih_packed, w_hh_packed, n_threads)
+                          packing.sorted_lengths,
+                          packing.bounds(1 if units is not None else n_threads), y, h_n, c_n,
+                          gates, cells, r, w_ih_packed, w_hh_packed, n_threads, units)
     if not train:
         return y, h_n, c_n, None
     cache = LayerCache(x=x, packing=packing, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0,

@@ -71,6 +71,56 @@ def test_results_agree_across_thread_counts():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", [2, 3])
+@pytest.mark.parametrize("B, lengths", [(1, None), (3, None), (3, (5, 0, 2)), (4, (1, 5, 5, 3))])
+def test_hidden_unit_split_matches_batch_split_exactly(monkeypatch, dtype, n_threads, B,
+                                                       lengths):
+    # Thresholds off, so that small layers take the unit split too; H spans 3 panels.
+    monkeypatch.setattr(F, "UNIT_SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(F, "UNIT_SPLIT_MAX_ROWS_PER_THREAD", B)
+    width = F._lstm.packed_panel_width(dtype == np.float64)
+    T, I, H = 5, 7, 3 * width
+    packing = F.Packing(T, B, None if lengths is None else np.array(lengths))
+    units = packing.unit_bounds(n_threads, H, False, dtype)
+    if not F.openmp_enabled():
+        assert units is None
+    else:
+        assert units.tolist() == [width * (3 * s // n_threads) for s in range(n_threads + 1)]
+    p = make_problem(T, B, I, H, dtype=dtype, seed=B)
+    args = [p[k] for k in INPUTS]
+    ref = R.lstm_forward(*args, lengths=lengths, train=True)
+    g_ref = R.lstm_backward(ref[3], p["dy"], p["dh_n"], p["dc_n"])
+    results = {}
+    for n in (1, n_threads):
+        for train in (False, True):
+            y, h, c, cache = F.lstm_forward(*args, lengths=lengths, train=train, n_threads=n)
+            results[n, train] = [y, h, c]
+            for a, b in zip([y, h, c], ref):
+                assert_close(a, b, dtype)
+        g = F.lstm_backward(cache, p["dy"], p["dh_n"], p["dc_n"])
+        assert_grads_close(g, g_ref, dtype)
+    for key, arrays in results.items():  # the same sums in the same order: bitwise equal
+        for a, b in zip(arrays, results[1, False]):
+            np.testing.assert_array_equal(a, b, err_msg=str(key))
+
+
+def test_hidden_unit_split_policy():
+    f32, f64 = np.float32, np.float64
+    one, four = F.Packing(10, 1, None), F.Packing(10, 4, None)
+    if not F.openmp_enabled():
+        assert one.unit_bounds(2, 512, False, f32) is None
+        return
+    assert one.unit_bounds(2, 512, False, f32).tolist() == [0, 256, 512]
+    assert four.unit_bounds(2, 256, False, f32).tolist() == [0, 128, 256]
+    assert one.unit_bounds(2, 256, False, f64).tolist() == [0, 128, 256]
+    assert one.unit_bounds(1, 512, False, f32) is None          # one thread
+    assert one.unit_bounds(2, 128, False, f32) is None          # w_hh 256 KB: too small
+    assert one.unit_bounds(2, 528, False, f32) is None          # H not a multiple of 32
+    assert one.unit_bounds(2, 512, True, f32) is None           # projection
+    assert F.Packing(10, 5, None).unit_bounds(2, 512, False, f32) is None  # rows enough
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("steps_per_chunk", [1, 3, 7])
 def test_inference_in_time_chunks_matches_training_forward(monkeypatch, dtype,
                                                            steps_per_chunk):

@@ -43,16 +43,17 @@ All arrays arrive validated and C-contiguous from clstm.functional, workspaces i
 so nothing in here can fail once the GIL is released.
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.math cimport exp, tanh
 from libc.string cimport memcpy, memset
 
 from clstm._blas cimport blas_int, gemm, matmul
 from clstm._fastmath cimport (clstm_sigmoid_inplace_f32, clstm_sigmoidf, clstm_tanh_inplace_f32,
                               clstm_tanhf)
-from clstm._pgemm cimport pack, packed_size, pgemm
-from clstm._openmp cimport (CLSTM_OPENMP_ENABLED, clstm_current_cpu, clstm_leave_master_cpu,
-                            omp_get_max_threads)
+from clstm._pgemm cimport pack, packed_size, panel_width, pgemm
+from clstm._openmp cimport (CLSTM_OPENMP_ENABLED, clstm_barrier, clstm_current_cpu,
+                            clstm_leave_master_cpu, omp_get_max_threads, omp_get_num_threads,
+                            omp_get_thread_num)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,38 +124,42 @@ cdef inline floating tanh_(floating z) noexcept nogil:
         return tanh(z)
 
 
-cdef void gates_forward(Py_ssize_t n_rows, Py_ssize_t H, floating* gates,
-                        const floating* bias, const floating* c_prev, floating* c_t,
-                        floating* r_t) noexcept nogil:
-    """Activate gates rows in place (adding the bias) and write c_t and r_t = o * tanh(c_t).
+cdef void gates_forward(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
+                        floating* gates, const floating* bias, const floating* c_prev,
+                        floating* c_t, floating* r_t) noexcept nogil:
+    """For hidden units [j0, j1): activate gates in place (adding the bias) and write c_t
+    and r_t = o * tanh(c_t).
 
     gates: (n_rows, 4H) INOUT, pre-activations without bias -> activations [i|f|g|o]
     bias: (4H,) IN, or NULL when gates already include it
     c_prev: (n_rows, H) IN (may alias c_t); c_t, r_t: (n_rows, H) OUT
     """
-    cdef Py_ssize_t row, j
+    cdef Py_ssize_t row, j, q, n = j1 - j0
     cdef floating* a
     for row in range(n_rows):
         a = gates + row * 4 * H
         if bias != NULL:
-            for j in range(4 * H):
-                a[j] = a[j] + bias[j]
+            for q in range(4):
+                for j in range(q * H + j0, q * H + j1):
+                    a[j] = a[j] + bias[j]
         if floating is float:
-            clstm_sigmoid_inplace_f32(a, 2 * H)  # i, f
-            clstm_tanh_inplace_f32(a + 2 * H, H)  # g
-            clstm_sigmoid_inplace_f32(a + 3 * H, H)  # o
+            clstm_sigmoid_inplace_f32(a + j0, n)  # i
+            clstm_sigmoid_inplace_f32(a + H + j0, n)  # f
+            clstm_tanh_inplace_f32(a + 2 * H + j0, n)  # g
+            clstm_sigmoid_inplace_f32(a + 3 * H + j0, n)  # o
         else:
-            for j in range(2 * H):
-                a[j] = sigmoid(a[j])
-            for j in range(2 * H, 3 * H):
-                a[j] = tanh_(a[j])
-            for j in range(3 * H, 4 * H):
-                a[j] = sigmoid(a[j])
+            for q in range(4):
+                if q == 2:
+                    for j in range(2 * H + j0, 2 * H + j1):
+                        a[j] = tanh_(a[j])
+                else:
+                    for j in range(q * H + j0, q * H + j1):
+                        a[j] = sigmoid(a[j])
         # Two passes, with r_t as scratch for c_t: c_prev and c_t are the same array in
         # inference, and an in-place loop would fail the compiler's overlap test.
-        for j in range(H):
+        for j in range(j0, j1):
             r_t[row * H + j] = a[H + j] * c_prev[row * H + j] + a[j] * a[2 * H + j]
-        for j in range(H):
+        for j in range(j0, j1):
             c_t[row * H + j] = r_t[row * H + j]
             r_t[row * H + j] = a[3 * H + j] * tanh_(r_t[row * H + j])
 
@@ -280,8 +285,13 @@ cdef void forward_slice(Py_ssize_t t_begin, Py_ssize_t t_end, Py_ssize_t b0, Py_
                         floating* gates, Py_ssize_t gates_row0, const floating* w_hh_p,
                         const floating* bias, const floating* w_hr, const floating* h0,
                         floating* y, const floating* c0, floating* cells, bint keep_cells,
-                        floating* r) noexcept nogil:
-    """Run rows [b0, b1) through steps [t_begin, t_end).
+                        floating* r, Py_ssize_t j0, Py_ssize_t j1, bint barrier) noexcept nogil:
+    """Run rows [b0, b1) through steps [t_begin, t_end), computing hidden units [j0, j1).
+
+    A share of the hidden units (j0 > 0 or j1 < H) needs every unit of h_{t-1}: the
+    threads sharing the rows then meet at a barrier after each step (barrier true; every
+    thread of the team runs the same steps). j0 and j1 are multiples of
+    _pgemm.panel_width, or 0 and H.
 
     gates holds the input projection of packed rows [gates_row0, ...) and is activated in
     place; w_hh_p is w_hh packed by _pgemm.pack. With keep_cells, cells and r are (N, H)
@@ -289,11 +299,12 @@ cdef void forward_slice(Py_ssize_t t_begin, Py_ssize_t t_end, Py_ssize_t b0, Py_
     (initialised from c0 by the caller) and r a (B, H) scratch. r is unused without
     projection (w_hr NULL): r_t is y's row itself.
     """
-    cdef Py_ssize_t t, n, p
+    cdef Py_ssize_t t, n, p, q
     cdef const floating* h_prev
     cdef const floating* c_prev
     cdef floating* c_out
     cdef floating* r_t
+    cdef floating* g_t
     for t in range(t_begin, t_end):
         n = min(b1, step_row(offsets, B, t + 1) - step_row(offsets, B, t)) - b0
         if n <= 0:
@@ -310,11 +321,19 @@ cdef void forward_slice(Py_ssize_t t_begin, Py_ssize_t t_end, Py_ssize_t b0, Py_
             r_t = y + p * P
         else:
             r_t = (r + p * H) if keep_cells else (r + b0 * H)
-        pgemm(n, 4 * H, P, h_prev, P, w_hh_p, gates + (p - gates_row0) * 4 * H, 4 * H)
-        gates_forward(n, H, gates + (p - gates_row0) * 4 * H, bias, c_prev, c_out, r_t)
+        g_t = gates + (p - gates_row0) * 4 * H
+        if j0 == 0 and j1 == H:
+            pgemm(n, 4 * H, P, h_prev, P, w_hh_p, g_t, 4 * H)
+        else:
+            for q in range(4):  # the [j0, j1) columns of each gate block
+                pgemm(n, j1 - j0, P, h_prev, P, w_hh_p + (q * H + j0) * P, g_t + q * H + j0,
+                      4 * H)
+        gates_forward(n, H, j0, j1, g_t, bias, c_prev, c_out, r_t)
         if w_hr != NULL:
             matmul(<blas_int>n, <blas_int>P, <blas_int>H, r_t, <blas_int>H, w_hr,
                    <blas_int>H, True, <floating>0, y + p * P, <blas_int>P)
+        if barrier:
+            clstm_barrier()  # h_t complete before anyone multiplies it
 
 
 cdef void backward_slice(Py_ssize_t T, Py_ssize_t b0, Py_ssize_t b1, const Py_ssize_t* offsets,
@@ -402,8 +421,13 @@ def forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not N
             floating[:, ::1] y not None, floating[:, ::1] h_n not None,
             floating[:, ::1] c_n not None, floating[:, ::1] gates not None,
             floating[:, ::1] cells, floating[:, ::1] r, floating[::1] w_ih_packed not None,
-            floating[::1] w_hh_packed not None, int n_threads):
+            floating[::1] w_hh_packed not None, int n_threads,
+            const Py_ssize_t[::1] unit_bounds=None):
     """Forward over packed x (N, I): y (N, P), h_n (B, P), c_n (B, H) OUT.
+
+    The time loop's threads share the batch rows (bounds, one slice each) or, with
+    unit_bounds (one slice of rows, no projection), the hidden units: part s computes units
+    [unit_bounds[s], unit_bounds[s + 1]), cut at multiples of _pgemm.panel_width.
 
     Training (cells given): gates (N, 4H), cells (N, H) and, with projection, r (N, H) are
     filled for backward. Inference (cells None): gates is a (rows, 4H) workspace with
@@ -416,7 +440,8 @@ def forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not N
     cdef bint train = cells is not None, proj = w_hr is not None
     cdef Py_ssize_t cap = gates.shape[0], t0, t1, row0
     cdef int n_slices = n_slices_of(bounds, n_threads)
-    cdef int s, blas_saved, master_cpu
+    cdef int s, blas_saved, master_cpu, team, part0, part1
+    cdef int n_parts = 1 if unit_bounds is None else <int>unit_bounds.shape[0] - 1
     cdef const floating* w_hr_p = &w_hr[0, 0] if proj else NULL
     cdef floating* cells_p = &cells[0, 0] if train else &c_n[0, 0]
     cdef floating* r_p = &r[0, 0] if proj else NULL
@@ -437,6 +462,17 @@ def forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not N
           and w_ih_packed.shape[0] == packed_size(4 * H, I, &w_ih_packed[0]), "packed weights")
     check((train and cap == N and cells.shape[0] == N and cells.shape[1] == H)
           or (not train and cap >= step_row(off, B, 1)), "caches")
+    if unit_bounds is not None:
+        check(n_parts >= 1 and n_slices == 1 and not proj and unit_bounds[0] == 0
+              and unit_bounds[n_parts] == H and (n_parts == 1 or (CLSTM_OPENMP_ENABLED
+                                                                and n_parts <= n_threads)),
+              "unit bounds")
+        for s in range(n_parts):
+            check(unit_bounds[s] < unit_bounds[s + 1]
+                  and unit_bounds[s] % panel_width(&y[0, 0]) == 0
+                  and (unit_bounds[s + 1] == H
+                       or unit_bounds[s + 1] % panel_width(&y[0, 0]) == 0), "unit bounds")
+        check(n_parts == 1 or H % panel_width(&y[0, 0]) == 0, "unit bounds")
     with nogil:
         blas_saved = _blas_threads_enter()
         pack(&w_ih[0, 0], 4 * H, I, False, &w_ih_packed[0])
@@ -453,17 +489,30 @@ def forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not N
             par_pgemm(n_threads, step_row(off, B, t1) - step_row(off, B, t0), 4 * H, I,
                       &x[step_row(off, B, t0), 0], I, &w_ih_packed[0],
                       &gates[step_row(off, B, t0) - row0, 0], 4 * H)
-            if n_slices == 1:
+            if n_parts > 1:
+                master_cpu = clstm_current_cpu()
+                with parallel(num_threads=n_parts):
+                    # The team may be smaller than asked for: each thread then takes a run
+                    # of parts, and the barriers still see every thread.
+                    team = omp_get_num_threads()
+                    part0 = omp_get_thread_num() * n_parts // team
+                    part1 = (omp_get_thread_num() + 1) * n_parts // team
+                    clstm_leave_master_cpu(master_cpu)
+                    forward_slice(t0, t1, 0, B, off, B, H, P, &gates[0, 0], row0,
+                                  &w_hh_packed[0], &bias[0], w_hr_p, &h0[0, 0], &y[0, 0],
+                                  &c0[0, 0], cells_p, train, r_p, unit_bounds[part0],
+                                  unit_bounds[part1], team > 1)
+            elif n_slices == 1:
                 forward_slice(t0, t1, 0, B, off, B, H, P, &gates[0, 0], row0, &w_hh_packed[0],
                               &bias[0], w_hr_p, &h0[0, 0], &y[0, 0], &c0[0, 0], cells_p, train,
-                              r_p)
+                              r_p, 0, H, False)
             else:
                 master_cpu = clstm_current_cpu()
                 for s in prange(n_slices, num_threads=n_slices, schedule='static'):
                     clstm_leave_master_cpu(master_cpu)
                     forward_slice(t0, t1, bounds[s], bounds[s + 1], off, B, H, P, &gates[0, 0],
                                   row0, &w_hh_packed[0], &bias[0], w_hr_p, &h0[0, 0], &y[0, 0],
-                                  &c0[0, 0], cells_p, train, r_p)
+                                  &c0[0, 0], cells_p, train, r_p, 0, H, False)
             t0 = t1
         final_states(B, H, P, &lengths[0], off, &y[0, 0], &h0[0, 0], &h_n[0, 0],
                      cells_p if train else NULL, &c0[0, 0], &c_n[0, 0])
@@ -599,7 +648,7 @@ def cell_forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih 
                &w_ih[0, 0], <blas_int>I, True, <floating>1, &gates[0, 0], <blas_int>(4 * H))
         matmul(<blas_int>B, <blas_int>(4 * H), <blas_int>H, &h0[0, 0], <blas_int>H,
                &w_hh[0, 0], <blas_int>H, True, <floating>1, &gates[0, 0], <blas_int>(4 * H))
-        gates_forward(B, H, &gates[0, 0], NULL, &c0[0, 0], &c1[0, 0], &h1[0, 0])
+        gates_forward(B, H, 0, H, &gates[0, 0], NULL, &c0[0, 0], &c1[0, 0], &h1[0, 0])
         _blas_threads(blas_saved)
 
 
@@ -608,6 +657,13 @@ def packed_length(Py_ssize_t N, Py_ssize_t K, bint double):
     cdef float f
     cdef double d
     return packed_size(N, K, &d) if double else packed_size(N, K, &f)
+
+
+def packed_panel_width(bint double):
+    """Columns per packed panel (see _pgemm.pxd): forward's unit_bounds are multiples."""
+    cdef float f
+    cdef double d
+    return panel_width(&d) if double else panel_width(&f)
 
 
 def _float32_activations(const float[::1] z not None, float[::1] sig not None,

@@ -9,7 +9,16 @@ cdef extern from *:
     #define CLSTM_OPENMP_ENABLED 0
     static int omp_get_max_threads(void) { return 1; }
     static int omp_get_thread_num(void) { return 0; }
+    static int omp_get_num_threads(void) { return 1; }
     #endif
+
+    /* An orphaned barrier: binds to the parallel region of the caller (a no-op outside one
+       and in a serial build). Every thread of the team must reach it equally often. */
+    static void clstm_barrier(void) {
+    #ifdef _OPENMP
+        _Pragma("omp barrier")
+    #endif
+    }
 
     #if defined(__linux__) && defined(_OPENMP)
     #include <sched.h>
@@ -39,5 +48,8 @@ cdef extern from *:
     """
     const bint CLSTM_OPENMP_ENABLED
     int omp_get_max_threads() noexcept nogil
+    int omp_get_num_threads() noexcept nogil
+    int omp_get_thread_num() noexcept nogil
+    void clstm_barrier() noexcept nogil
     int clstm_current_cpu() noexcept nogil
     void clstm_leave_master_cpu(int master_cpu) noexcept nogil

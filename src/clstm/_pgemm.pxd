@@ -192,6 +192,7 @@ cdef extern from *:
         return (N + CLSTM_NR_f64 - 1) / CLSTM_NR_f64 * CLSTM_NR_f64 * K;
     }
     """
+    Py_ssize_t CLSTM_NR_f32, CLSTM_NR_f64
     Py_ssize_t clstm_packed_size_f32(Py_ssize_t N, Py_ssize_t K) noexcept nogil
     Py_ssize_t clstm_packed_size_f64(Py_ssize_t N, Py_ssize_t K) noexcept nogil
     void clstm_pack_f32(const float* W, Py_ssize_t N, Py_ssize_t K, int transposed,
@@ -215,6 +216,15 @@ cdef inline Py_ssize_t packed_size(Py_ssize_t N, Py_ssize_t K, floating* like) n
         return clstm_packed_size_f32(N, K)
     else:
         return clstm_packed_size_f64(N, K)
+
+
+cdef inline Py_ssize_t panel_width(floating* like) noexcept nogil:
+    """Columns per packed panel: column ranges starting at a multiple of it can be
+    multiplied on their own (their panels start at Wp + first_column * K)."""
+    if floating is float:
+        return CLSTM_NR_f32
+    else:
+        return CLSTM_NR_f64
 
 
 cdef inline void pack(const floating* W, Py_ssize_t N, Py_ssize_t K, bint transposed,
