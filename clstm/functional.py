@@ -140,6 +140,7 @@ def layer_forward(x, packing, w_ih, w_hh, bias, w_hr, h0, c0, train, n_threads):
     H, P = c0.shape[1], h0.shape[1]
     dtype = w_hh.dtype
     y = np.empty((N, P), dtype)
+    units = packing.unit_bounds(n_threads, H, w_hr is not None, dtype)
     if N == 0:  # nothing to run: the state passes through unchanged
         h_n, c_n, gates, cells, r = h0.copy(), c0.copy(), None, None, None
     else:
@@ -159,7 +160,6 @@ def layer_forward(x, packing, w_ih, w_hh, bias, w_hr, h0, c0, train, n_threads):
             double = dtype == np.float64
             w_ih_packed = np.empty(_lstm.packed_length(4 * H, x.shape[1], double), dtype)
             w_hh_packed = np.empty(_lstm.packed_length(4 * H, P, double), dtype)
-            units = packing.unit_bounds(n_threads, H, w_hr is not None, dtype)
             _lstm.forward(x, w_ih, w_hh, bias, w_hr, h0, c0, packing.steps, packing.offsets,
                           packing.sorted_lengths,
                           packing.bounds(1 if units is not None else n_threads), y, h_n, c_n,
@@ -167,7 +167,7 @@ def layer_forward(x, packing, w_ih, w_hh, bias, w_hr, h0, c0, train, n_threads):
     if not train:
         return y, h_n, c_n, None
     cache = LayerCache(x=x, packing=packing, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0,
-                       y=y, gates=gates, cells=cells, r=r, n_threads=n_threads)
+                       y=y, gates=gates, cells=cells, r=r, n_threads=n_threads, units=units)
     return y, h_n, c_n, cache
 
 
@@ -197,11 +197,12 @@ def layer_backward(cache, dy, dh, dc):
         with kernel_call(cache.n_threads):
             _lstm.backward(x, cache.w_ih, w_hh, w_hr, cache.h0, cache.c0, cache.y, cache.gates,
                            cache.cells, cache.r, packing.steps, packing.offsets,
-                           packing.bounds(cache.n_threads), dy, dh, dc, dx, dw_ih, dw_hh,
+                           packing.bounds(1 if cache.units is not None else cache.n_threads),
+                           dy, dh, dc, dx, dw_ih, dw_hh,
                            dbias, dw_hr, np.ones(N, dtype), h_prev_ws, dh_all, dr,
                            np.empty(_lstm.packed_length(x.shape[1], 4 * H, double), dtype),
                            np.empty(_lstm.packed_length(P, 4 * H, double), dtype),
-                           cache.n_threads)
+                           cache.n_threads, cache.units)
     cache.gates = None
     return dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr
 

@@ -164,10 +164,10 @@ cdef void gates_forward(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0, Py_ssize
             r_t[row * H + j] = a[3 * H + j] * tanh_(r_t[row * H + j])
 
 
-cdef void gates_backward(Py_ssize_t n_rows, Py_ssize_t H, floating* gates,
-                         const floating* c_prev, const floating* c_t,
+cdef void gates_backward(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
+                         floating* gates, const floating* c_prev, const floating* c_t,
                          const floating* dr, floating* dc) noexcept nogil:
-    """One step of BPTT through the cell, for n_rows rows.
+    """One step of BPTT through the cell, for n_rows rows and hidden units [j0, j1).
 
     gates: (n_rows, 4H) INOUT, activations [i|f|g|o] -> dG, gradients of the pre-activations
     c_prev, c_t: (n_rows, H) IN
@@ -189,7 +189,7 @@ cdef void gates_backward(Py_ssize_t n_rows, Py_ssize_t H, floating* gates,
         ct = c_t + row * H
         d = dr + row * H
         dcr = dc + row * H
-        for j in range(H):
+        for j in range(j0, j1):
             i = gi[j]
             f = gf[j]
             g = gg[j]
@@ -341,11 +341,16 @@ cdef void backward_slice(Py_ssize_t T, Py_ssize_t b0, Py_ssize_t b1, const Py_ss
                          const floating* cells, const floating* c0, const floating* w_hh_tp,
                          const floating* w_hr,
                          const floating* dy, floating* dh, floating* dc, floating* dh_all,
-                         floating* dr) noexcept nogil:
+                         floating* dr, Py_ssize_t j0, Py_ssize_t j1,
+                         bint barrier) noexcept nogil:
     """Reverse time loop for rows [b0, b1): gates -> dG; dh (B, P), dc (B, H) carried in
     place; w_hh_tp is w_hh.T packed by _pgemm.pack. With projection, dh_all (N, P) receives
-    each step's total dh_t (for dW_hr) and dr (B, H) is scratch."""
-    cdef Py_ssize_t t, n, p, k
+    each step's total dh_t (for dW_hr) and dr (B, H) is scratch.
+
+    Hidden units [j0, j1) only, as forward_slice (no projection then): this thread's
+    columns of dG_t, and of dh_{t-1} = dG_t @ w_hh, which needs every column of dG_t, so
+    the threads meet at a barrier between the two."""
+    cdef Py_ssize_t t, n, p, k, row
     cdef const floating* c_prev
     cdef floating* dG_t
     cdef floating* dh_t
@@ -358,9 +363,10 @@ cdef void backward_slice(Py_ssize_t T, Py_ssize_t b0, Py_ssize_t b1, const Py_ss
         c_prev = (c0 + b0 * H) if t == 0 else (cells + (step_row(offsets, B, t - 1) + b0) * H)
         if w_hr == NULL:
             if dy != NULL:
-                for k in range(n * P):
-                    dh[b0 * P + k] += dy[p * P + k]
-            gates_backward(n, H, dG_t, c_prev, cells + p * H, dh + b0 * P, dc + b0 * H)
+                for row in range(n):
+                    for k in range(j0, j1):
+                        dh[(b0 + row) * P + k] += dy[(p + row) * P + k]
+            gates_backward(n, H, j0, j1, dG_t, c_prev, cells + p * H, dh + b0 * P, dc + b0 * H)
         else:
             dh_t = dh_all + p * P
             for k in range(n * P):
@@ -370,9 +376,13 @@ cdef void backward_slice(Py_ssize_t T, Py_ssize_t b0, Py_ssize_t b1, const Py_ss
                     dh_t[k] += dy[p * P + k]
             matmul(<blas_int>n, <blas_int>H, <blas_int>P, dh_t, <blas_int>P, w_hr,
                    <blas_int>H, False, <floating>0, dr + b0 * H, <blas_int>H)
-            gates_backward(n, H, dG_t, c_prev, cells + p * H, dr + b0 * H, dc + b0 * H)
-        memset(dh + b0 * P, 0, n * P * sizeof(floating))
-        pgemm(n, P, 4 * H, dG_t, 4 * H, w_hh_tp, dh + b0 * P, P)  # dh_{t-1} = dG_t @ w_hh
+            gates_backward(n, H, 0, H, dG_t, c_prev, cells + p * H, dr + b0 * H, dc + b0 * H)
+        if barrier:
+            clstm_barrier()  # dG_t complete before anyone multiplies it
+        for row in range(n):
+            memset(dh + (b0 + row) * P + j0, 0, (j1 - j0) * sizeof(floating))
+        # dh_{t-1}[:, j0:j1] = dG_t @ w_hh[:, j0:j1]
+        pgemm(n, j1 - j0, 4 * H, dG_t, 4 * H, w_hh_tp + j0 * 4 * H, dh + b0 * P + j0, P)
 
 
 cdef void final_states(Py_ssize_t B, Py_ssize_t H, Py_ssize_t P, const Py_ssize_t* lengths,
@@ -412,6 +422,20 @@ cdef int n_slices_of(const Py_ssize_t[::1] bounds, int n_threads) except -1:
     return <int>n
 
 
+cdef int n_parts_of(const Py_ssize_t[::1] unit_bounds, int n_slices, bint proj, Py_ssize_t H,
+                    int n_threads, Py_ssize_t width) except -1:
+    """Parts of a hidden-unit split (1 without one), after checking its bounds."""
+    if unit_bounds is None:
+        return 1
+    cdef Py_ssize_t s, n = unit_bounds.shape[0] - 1
+    check(n >= 1 and n_slices == 1 and not proj and unit_bounds[0] == 0 and unit_bounds[n] == H
+          and (n == 1 or (CLSTM_OPENMP_ENABLED and n <= n_threads and H % width == 0)),
+          "unit bounds")
+    for s in range(n):
+        check(unit_bounds[s] < unit_bounds[s + 1] and unit_bounds[s] % width == 0, "unit bounds")
+    return <int>n
+
+
 def forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not None,
             const floating[:, ::1] w_hh not None, const floating[::1] bias not None,
             const floating[:, ::1] w_hr, const floating[:, ::1] h0 not None,
@@ -441,7 +465,7 @@ def forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not N
     cdef Py_ssize_t cap = gates.shape[0], t0, t1, row0
     cdef int n_slices = n_slices_of(bounds, n_threads)
     cdef int s, blas_saved, master_cpu, team, part0, part1
-    cdef int n_parts = 1 if unit_bounds is None else <int>unit_bounds.shape[0] - 1
+    cdef int n_parts
     cdef const floating* w_hr_p = &w_hr[0, 0] if proj else NULL
     cdef floating* cells_p = &cells[0, 0] if train else &c_n[0, 0]
     cdef floating* r_p = &r[0, 0] if proj else NULL
@@ -462,17 +486,7 @@ def forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not N
           and w_ih_packed.shape[0] == packed_size(4 * H, I, &w_ih_packed[0]), "packed weights")
     check((train and cap == N and cells.shape[0] == N and cells.shape[1] == H)
           or (not train and cap >= step_row(off, B, 1)), "caches")
-    if unit_bounds is not None:
-        check(n_parts >= 1 and n_slices == 1 and not proj and unit_bounds[0] == 0
-              and unit_bounds[n_parts] == H and (n_parts == 1 or (CLSTM_OPENMP_ENABLED
-                                                                and n_parts <= n_threads)),
-              "unit bounds")
-        for s in range(n_parts):
-            check(unit_bounds[s] < unit_bounds[s + 1]
-                  and unit_bounds[s] % panel_width(&y[0, 0]) == 0
-                  and (unit_bounds[s + 1] == H
-                       or unit_bounds[s + 1] % panel_width(&y[0, 0]) == 0), "unit bounds")
-        check(n_parts == 1 or H % panel_width(&y[0, 0]) == 0, "unit bounds")
+    n_parts = n_parts_of(unit_bounds, n_slices, proj, H, n_threads, panel_width(&y[0, 0]))
     with nogil:
         blas_saved = _blas_threads_enter()
         pack(&w_ih[0, 0], 4 * H, I, False, &w_ih_packed[0])
@@ -533,8 +547,8 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
              const floating[::1] ones not None, floating[:, ::1] h_prev_ws,
              floating[:, ::1] dh_all, floating[:, ::1] dr,
              floating[::1] w_ih_packed not None, floating[::1] w_hh_packed not None,
-             int n_threads):
-    """BPTT through a training forward (same packing).
+             int n_threads, const Py_ssize_t[::1] unit_bounds=None):
+    """BPTT through a training forward (same packing and the same work split).
 
     dy (N, P) IN or None. dh (B, P), dc (B, H) INOUT: dh_n, dc_n in -> dh0, dc0 out.
     gates INOUT: activations in, dG out (so backward runs once per forward).
@@ -551,7 +565,9 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
     cdef Py_ssize_t bs0 = step_row(off, B, 1)  # rows running at step 0
     cdef bint uniform = offsets is None
     cdef int n_slices = n_slices_of(bounds, n_threads)
-    cdef int s, blas_saved, master_cpu
+    cdef int s, blas_saved, master_cpu, team, part0, part1
+    cdef int n_parts = n_parts_of(unit_bounds, n_slices, proj, H, n_threads,
+                                  panel_width(&dh[0, 0]))
     cdef const floating* dy_p = NULL if dy is None else &dy[0, 0]
     cdef const floating* w_hr_p = &w_hr[0, 0] if proj else NULL
     cdef floating* dh_all_p = &dh_all[0, 0] if proj else NULL
@@ -584,16 +600,27 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
     with nogil:
         blas_saved = _blas_threads_enter()
         pack(&w_hh[0, 0], P, 4 * H, True, &w_hh_packed[0])
-        if n_slices == 1:
+        if n_parts > 1:
+            master_cpu = clstm_current_cpu()
+            with parallel(num_threads=n_parts):
+                team = omp_get_num_threads()  # as in forward
+                part0 = omp_get_thread_num() * n_parts // team
+                part1 = (omp_get_thread_num() + 1) * n_parts // team
+                clstm_leave_master_cpu(master_cpu)
+                backward_slice(T, 0, B, off, B, H, P, dG, &cells[0, 0], &c0[0, 0],
+                               &w_hh_packed[0], w_hr_p, dy_p, &dh[0, 0], &dc[0, 0], dh_all_p,
+                               dr_p, unit_bounds[part0], unit_bounds[part1], team > 1)
+        elif n_slices == 1:
             backward_slice(T, 0, B, off, B, H, P, dG, &cells[0, 0], &c0[0, 0],
-                           &w_hh_packed[0], w_hr_p, dy_p, &dh[0, 0], &dc[0, 0], dh_all_p, dr_p)
+                           &w_hh_packed[0], w_hr_p, dy_p, &dh[0, 0], &dc[0, 0], dh_all_p, dr_p,
+                           0, P, False)
         else:
             master_cpu = clstm_current_cpu()
             for s in prange(n_slices, num_threads=n_slices, schedule='static'):
                 clstm_leave_master_cpu(master_cpu)
                 backward_slice(T, bounds[s], bounds[s + 1], off, B, H, P, dG,
                                &cells[0, 0], &c0[0, 0], &w_hh_packed[0], w_hr_p, dy_p, &dh[0, 0],
-                               &dc[0, 0], dh_all_p, dr_p)
+                               &dc[0, 0], dh_all_p, dr_p, 0, P, False)
         # Whole-sequence GEMMs over the N packed rows. The recurrent input of step t >= 1 is
         # y's block t-1 cut to the bs[t] rows still running: contiguous only when no row
         # ends early, otherwise gathered into h_prev_ws first.
