@@ -58,20 +58,79 @@ cdef extern from *:
     #endif
     #endif
 
-    /* In-place activations over n contiguous values, compiled for AVX-512, AVX2 and
-       baseline x86-64 (see _pgemm.pxd): at small H these passes are a large part of a step. */
-    CLSTM_CLONES static void clstm_sigmoid_inplace_f32(float* a, Py_ssize_t n) {
+    #if defined(__GNUC__) && !defined(__clang__)
+    #define CLSTM_IVDEP _Pragma("GCC ivdep")
+    #else
+    #define CLSTM_IVDEP
+    #endif
+
+    /* The whole cell for n units of one row, in one pass: gates a[q*H + j] (q = i, f, g, o)
+       plus bias (or NULL) -> activations in place; c_t = f * c_prev + i * g,
+       r_t = o * tanh(c_t). At small H this is a large part of a step, so clstm_cell_f32 is
+       compiled for AVX-512, AVX2 and baseline x86-64 (see _pgemm.pxd). c_prev may be c_t
+       itself (inference keeps one running state): every value is read before it is
+       written at the same index, so no iteration depends on another, which ivdep tells GCC
+       (its run-time overlap test would send the loop to scalar code). */
+    static inline __attribute__((always_inline)) void clstm_cell_row_f32(
+            float* a, Py_ssize_t H, const float* bias, const int has_bias,
+            const float* c_prev, float* c_t, float* r_t, Py_ssize_t n) {
         Py_ssize_t j;
-        for (j = 0; j < n; j++) a[j] = clstm_sigmoidf(a[j]);
+        CLSTM_IVDEP
+        for (j = 0; j < n; j++) {
+            float i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j], c;
+            if (has_bias) {
+                i += bias[j];
+                f += bias[H + j];
+                g += bias[2 * H + j];
+                o += bias[3 * H + j];
+            }
+            i = clstm_sigmoidf(i);
+            f = clstm_sigmoidf(f);
+            g = clstm_tanhf(g);
+            o = clstm_sigmoidf(o);
+            a[j] = i;
+            a[H + j] = f;
+            a[2 * H + j] = g;
+            a[3 * H + j] = o;
+            c = f * c_prev[j] + i * g;
+            c_t[j] = c;
+            r_t[j] = o * clstm_tanhf(c);
+        }
     }
 
-    CLSTM_CLONES static void clstm_tanh_inplace_f32(float* a, Py_ssize_t n) {
+    CLSTM_CLONES static void clstm_cell_f32(float* a, Py_ssize_t H, const float* bias,
+                                            const float* c_prev, float* c_t, float* r_t,
+                                            Py_ssize_t n) {
+        if (bias != NULL)
+            clstm_cell_row_f32(a, H, bias, 1, c_prev, c_t, r_t, n);
+        else
+            clstm_cell_row_f32(a, H, bias, 0, c_prev, c_t, r_t, n);
+    }
+
+    /* One step of BPTT through the cell for n units of one row (_lstm.gates_backward):
+       activations a[q*H + j] -> gradients of the pre-activations; dc_t -> dc_{t-1}. */
+    CLSTM_CLONES static void clstm_cell_backward_f32(float* a, Py_ssize_t H,
+                                                     const float* c_prev, const float* c_t,
+                                                     const float* dr, float* dc,
+                                                     Py_ssize_t n) {
         Py_ssize_t j;
-        for (j = 0; j < n; j++) a[j] = clstm_tanhf(a[j]);
+        CLSTM_IVDEP
+        for (j = 0; j < n; j++) {
+            float i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
+            float tc = clstm_tanhf(c_t[j]);
+            float dc_t = dc[j] + dr[j] * o * (1 - tc * tc);
+            a[j] = dc_t * g * i * (1 - i);
+            a[H + j] = dc_t * c_prev[j] * f * (1 - f);
+            a[2 * H + j] = dc_t * i * (1 - g * g);
+            a[3 * H + j] = dr[j] * tc * o * (1 - o);
+            dc[j] = dc_t * f;
+        }
     }
     """
     float clstm_expf(float x) noexcept nogil
     float clstm_sigmoidf(float x) noexcept nogil
     float clstm_tanhf(float x) noexcept nogil
-    void clstm_sigmoid_inplace_f32(float* a, Py_ssize_t n) noexcept nogil
-    void clstm_tanh_inplace_f32(float* a, Py_ssize_t n) noexcept nogil
+    void clstm_cell_f32(float* a, Py_ssize_t H, const float* bias, const float* c_prev,
+                        float* c_t, float* r_t, Py_ssize_t n) noexcept nogil
+    void clstm_cell_backward_f32(float* a, Py_ssize_t H, const float* c_prev, const float* c_t,
+                                 const float* dr, float* dc, Py_ssize_t n) noexcept nogil

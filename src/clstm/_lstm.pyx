@@ -48,8 +48,7 @@ from libc.math cimport exp, tanh
 from libc.string cimport memcpy, memset
 
 from clstm._blas cimport blas_int, gemm, matmul
-from clstm._fastmath cimport (clstm_sigmoid_inplace_f32, clstm_sigmoidf, clstm_tanh_inplace_f32,
-                              clstm_tanhf)
+from clstm._fastmath cimport clstm_cell_backward_f32, clstm_cell_f32, clstm_sigmoidf, clstm_tanhf
 from clstm._pgemm cimport pack, packed_size, panel_width, pgemm
 from clstm._openmp cimport (CLSTM_OPENMP_ENABLED, clstm_barrier, clstm_current_cpu,
                             clstm_leave_master_cpu, omp_get_max_threads, omp_get_num_threads,
@@ -134,34 +133,27 @@ cdef void gates_forward(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0, Py_ssize
     bias: (4H,) IN, or NULL when gates already include it
     c_prev: (n_rows, H) IN (may alias c_t); c_t, r_t: (n_rows, H) OUT
     """
-    cdef Py_ssize_t row, j, q, n = j1 - j0
+    cdef Py_ssize_t row, j, q
     cdef floating* a
+    cdef floating z
     for row in range(n_rows):
         a = gates + row * 4 * H
-        if bias != NULL:
-            for q in range(4):
-                for j in range(q * H + j0, q * H + j1):
-                    a[j] = a[j] + bias[j]
-        if floating is float:
-            clstm_sigmoid_inplace_f32(a + j0, n)  # i
-            clstm_sigmoid_inplace_f32(a + H + j0, n)  # f
-            clstm_tanh_inplace_f32(a + 2 * H + j0, n)  # g
-            clstm_sigmoid_inplace_f32(a + 3 * H + j0, n)  # o
+        if floating is float:  # one pass, compiled for the CPU's vector width
+            clstm_cell_f32(a + j0, H, NULL if bias == NULL else bias + j0,
+                           c_prev + row * H + j0, c_t + row * H + j0, r_t + row * H + j0,
+                           j1 - j0)
         else:
             for q in range(4):
-                if q == 2:
-                    for j in range(2 * H + j0, 2 * H + j1):
-                        a[j] = tanh_(a[j])
-                else:
-                    for j in range(q * H + j0, q * H + j1):
-                        a[j] = sigmoid(a[j])
-        # Two passes, with r_t as scratch for c_t: c_prev and c_t are the same array in
-        # inference, and an in-place loop would fail the compiler's overlap test.
-        for j in range(j0, j1):
-            r_t[row * H + j] = a[H + j] * c_prev[row * H + j] + a[j] * a[2 * H + j]
-        for j in range(j0, j1):
-            c_t[row * H + j] = r_t[row * H + j]
-            r_t[row * H + j] = a[3 * H + j] * tanh_(r_t[row * H + j])
+                for j in range(q * H + j0, q * H + j1):
+                    z = a[j] + (0 if bias == NULL else bias[j])
+                    a[j] = tanh_(z) if q == 2 else sigmoid(z)
+            # Two passes, with r_t as scratch for c_t: c_prev and c_t are the same array in
+            # inference, and an in-place loop would fail the compiler's overlap test.
+            for j in range(j0, j1):
+                r_t[row * H + j] = a[H + j] * c_prev[row * H + j] + a[j] * a[2 * H + j]
+            for j in range(j0, j1):
+                c_t[row * H + j] = r_t[row * H + j]
+                r_t[row * H + j] = a[3 * H + j] * tanh_(r_t[row * H + j])
 
 
 cdef void gates_backward(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
@@ -179,6 +171,11 @@ cdef void gates_backward(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0, Py_ssiz
     cdef const floating *cp, *ct, *d
     cdef floating i, f, g, o, tc, dc_t
     for row in range(n_rows):
+        if floating is float:  # as gates_forward
+            clstm_cell_backward_f32(gates + row * 4 * H + j0, H, c_prev + row * H + j0,
+                                    c_t + row * H + j0, dr + row * H + j0, dc + row * H + j0,
+                                    j1 - j0)
+            continue
         # One pointer per gate block and per row, and no branches: the compiler can then
         # check for overlap at run time and vectorise the loop.
         gi = gates + row * 4 * H
@@ -695,19 +692,22 @@ def packed_panel_width(bint double):
 
 def _float32_activations(const float[::1] z not None, float[::1] sig not None,
                          float[::1] tanh_z not None):
-    """The kernels' float32 sigmoid and tanh of z (the forward pass's vectorised in-place
-    functions, and the scalar ones the backward pass inlines), for the accuracy tests:
-    returns the largest difference between the two."""
+    """The kernels' float32 sigmoid and tanh of z, as the forward cell computes them (z as
+    the pre-activation of every gate, no bias), and the scalar ones the backward pass
+    inlines, for the accuracy tests: returns the largest difference between the two."""
+    import numpy as np
     cdef Py_ssize_t k, n = z.shape[0]
     cdef float worst = 0
     if sig.shape[0] != n or tanh_z.shape[0] != n:
         raise ValueError("z, sig and tanh_z must have the same length")
     if n == 0:
         return 0.0
-    memcpy(&sig[0], &z[0], n * sizeof(float))
-    memcpy(&tanh_z[0], &z[0], n * sizeof(float))
-    clstm_sigmoid_inplace_f32(&sig[0], n)
-    clstm_tanh_inplace_f32(&tanh_z[0], n)
+    cdef float[::1] gates = np.tile(np.asarray(z), 4)
+    cdef float[::1] c = np.zeros(n, np.float32)
+    cdef float[::1] r = np.empty(n, np.float32)
+    clstm_cell_f32(&gates[0], n, NULL, &c[0], &c[0], &r[0], n)
+    memcpy(&sig[0], &gates[0], n * sizeof(float))
+    memcpy(&tanh_z[0], &gates[2 * n], n * sizeof(float))
     for k in range(n):
         worst = max(worst, abs(sigmoid(z[k]) - sig[k]), abs(tanh_(z[k]) - tanh_z[k]))
     return worst
