@@ -202,6 +202,8 @@ def layer_backward(cache, dy, dh, dc):
                            dbias, dw_hr, np.ones(N, dtype), h_prev_ws, dh_all, dr,
                            np.empty(_lstm.packed_length(x.shape[1], 4 * H, double), dtype),
                            np.empty(_lstm.packed_length(P, 4 * H, double), dtype),
+                           np.empty(_lstm.packed_length(max(x.shape[1], P), N, double), dtype),
+                           np.empty(_lstm.dG_t_length(N, cache.n_threads), dtype),
                            cache.n_threads, cache.units)
     cache.gates = None
     return dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr

@@ -49,7 +49,7 @@ from libc.string cimport memcpy, memset
 
 from clstm._blas cimport blas_int, gemm, matmul
 from clstm._fastmath cimport clstm_cell_backward_f32, clstm_cell_f32, clstm_sigmoidf, clstm_tanhf
-from clstm._pgemm cimport pack, packed_size, panel_width, pgemm
+from clstm._pgemm cimport pack, packed_size, panel_width, pgemm, transpose
 from clstm._openmp cimport (CLSTM_OPENMP_ENABLED, clstm_barrier, clstm_current_cpu,
                             clstm_leave_master_cpu, omp_get_max_threads, omp_get_num_threads,
                             omp_get_thread_num)
@@ -251,10 +251,15 @@ cdef enum:
 
 cdef void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t K,
                     const floating* A, Py_ssize_t lda, const floating* Wp, floating* C,
-                    Py_ssize_t ldc) noexcept nogil:
-    """C[m, N] = A[m, K] @ W.T (W packed by _pgemm.pack), row blocks shared among threads."""
+                    Py_ssize_t ldc, floating* a_t_ws=NULL) noexcept nogil:
+    """C[m, N] = A[m, K] @ W.T (W packed by _pgemm.pack), row blocks shared among threads.
+
+    With a_t_ws: C[m, N] += A.T @ W.T for A stored (K, m); each thread copies its row
+    block of A.T into a_t_ws (PGEMM_ROW_BLOCK * K elements per thread) first, as the
+    kernel wants the rows of its left operand contiguous."""
     cdef Py_ssize_t n_blocks = (m + PGEMM_ROW_BLOCK - 1) // PGEMM_ROW_BLOCK, blk, r0, r1, r
     cdef int parts = gemm_parts(n_threads, n_blocks, m * N * K)
+    cdef floating* a_block
     if n_blocks < 1:
         return
     cdef int master_cpu = clstm_current_cpu()
@@ -262,9 +267,14 @@ cdef void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t K,
         clstm_leave_master_cpu(master_cpu)
         r0 = blk * PGEMM_ROW_BLOCK
         r1 = min(r0 + PGEMM_ROW_BLOCK, m)
-        for r in range(r0, r1):
-            memset(C + r * ldc, 0, N * sizeof(floating))
-        pgemm(r1 - r0, N, K, A + r0 * lda, lda, Wp, C + r0 * ldc, ldc)
+        if a_t_ws == NULL:
+            for r in range(r0, r1):
+                memset(C + r * ldc, 0, N * sizeof(floating))
+            pgemm(r1 - r0, N, K, A + r0 * lda, lda, Wp, C + r0 * ldc, ldc)
+        else:
+            a_block = a_t_ws + omp_get_thread_num() * PGEMM_ROW_BLOCK * K
+            transpose(A + r0, K, r1 - r0, lda, a_block, K)
+            pgemm(r1 - r0, N, K, a_block, K, Wp, C + r0 * ldc, ldc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,7 +554,9 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
              const floating[::1] ones not None, floating[:, ::1] h_prev_ws,
              floating[:, ::1] dh_all, floating[:, ::1] dr,
              floating[::1] w_ih_packed not None, floating[::1] w_hh_packed not None,
-             int n_threads, const Py_ssize_t[::1] unit_bounds=None):
+             floating[::1] rows_packed not None, floating[::1] dG_t_ws not None,
+             int n_threads,
+             const Py_ssize_t[::1] unit_bounds=None):
     """BPTT through a training forward (same packing and the same work split).
 
     dy (N, P) IN or None. dh (B, P), dc (B, H) INOUT: dh_n, dc_n in -> dh0, dc0 out.
@@ -553,7 +565,9 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
     Workspaces: ones (N,) of ones; h_prev_ws (N - bs[0], P), the recurrent inputs of steps
     >= 1, unless every row has length T (then None: they are y's rows as they stand);
     with projection dh_all (N, P) and dr (B, H); w_ih_packed, w_hh_packed for w_ih.T and
-    w_hh.T packed (packed_length(I, 4H), packed_length(P, 4H)).
+    w_hh.T packed (packed_length(I, 4H), packed_length(P, 4H)); rows_packed for x and
+    the recurrent inputs packed (at least packed_length(max(I, P), N)); dG_t_ws for row
+    blocks of dG.T (at least dG_t_length(N, n_threads)).
     """
     cdef Py_ssize_t T = n_steps, B = h0.shape[0], I = x.shape[1]
     cdef const Py_ssize_t* off = NULL if offsets is None else &offsets[0]
@@ -593,7 +607,9 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
                        and dr.shape[0] == B and dr.shape[1] == H), "projection")
     check(proj or P == H, "projection")
     check(w_hh_packed.shape[0] == packed_size(P, 4 * H, &w_hh_packed[0])
-          and w_ih_packed.shape[0] == packed_size(I, 4 * H, &w_ih_packed[0]), "packed weights")
+          and w_ih_packed.shape[0] == packed_size(I, 4 * H, &w_ih_packed[0])
+          and rows_packed.shape[0] >= packed_size(max(I, P), N, &rows_packed[0])
+          and dG_t_ws.shape[0] >= dG_t_length(N, n_threads), "packed weights")
     with nogil:
         blas_saved = _blas_threads_enter()
         pack(&w_hh[0, 0], P, 4 * H, True, &w_hh_packed[0])
@@ -618,13 +634,16 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
                 backward_slice(T, bounds[s], bounds[s + 1], off, B, H, P, dG,
                                &cells[0, 0], &c0[0, 0], &w_hh_packed[0], w_hr_p, dy_p, &dh[0, 0],
                                &dc[0, 0], dh_all_p, dr_p, 0, P, False)
-        # Whole-sequence GEMMs over the N packed rows. The recurrent input of step t >= 1 is
-        # y's block t-1 cut to the bs[t] rows still running: contiguous only when no row
-        # ends early, otherwise gathered into h_prev_ws first.
-        par_gemm(n_threads, True, False, 4 * H, I, N, dG, 4 * H, &x[0, 0], I, <floating>1,
-                 &dw_ih[0, 0], I)
-        par_gemm(n_threads, True, False, 4 * H, P, bs0, dG, 4 * H, &h0[0, 0], P, <floating>1,
-                 &dw_hh[0, 0], P)
+        # Whole-sequence GEMMs over the N packed rows: dW += dG.T @ rows, with the rows'
+        # matrix packed as the right operand (a copy, its rows being K). The recurrent
+        # input of step t >= 1 is y's block t-1 cut to the bs[t] rows still running:
+        # contiguous only when no row ends early, otherwise gathered into h_prev_ws first.
+        pack(&x[0, 0], I, N, True, &rows_packed[0])
+        par_pgemm(n_threads, 4 * H, I, N, dG, 4 * H, &rows_packed[0], &dw_ih[0, 0], I,
+                  &dG_t_ws[0])
+        pack(&h0[0, 0], P, bs0, True, &rows_packed[0])
+        par_pgemm(n_threads, 4 * H, P, bs0, dG, 4 * H, &rows_packed[0], &dw_hh[0, 0], P,
+                  &dG_t_ws[0])
         if T > 1:
             if not uniform:
                 for t in range(1, T):
@@ -632,8 +651,9 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
                            &y[step_row(off, B, t - 1), 0],
                            (step_row(off, B, t + 1) - step_row(off, B, t)) * P * sizeof(floating))
                 h_prev = &h_prev_ws[0, 0]
-            par_gemm(n_threads, True, False, 4 * H, P, N - bs0, dG + bs0 * 4 * H, 4 * H, h_prev,
-                     P, <floating>1, &dw_hh[0, 0], P)
+            pack(h_prev, P, N - bs0, True, &rows_packed[0])
+            par_pgemm(n_threads, 4 * H, P, N - bs0, dG + bs0 * 4 * H, 4 * H, &rows_packed[0],
+                      &dw_hh[0, 0], P, &dG_t_ws[0])
         if proj:
             par_gemm(n_threads, True, False, P, H, N, dh_all_p, P, &r[0, 0], H, <floating>1,
                      &dw_hr[0, 0], H)
@@ -681,6 +701,11 @@ def packed_length(Py_ssize_t N, Py_ssize_t K, bint double):
     cdef float f
     cdef double d
     return packed_size(N, K, &d) if double else packed_size(N, K, &f)
+
+
+def dG_t_length(Py_ssize_t N, int n_threads):
+    """Elements of backward's dG_t_ws for N packed rows."""
+    return max(n_threads, 1) * PGEMM_ROW_BLOCK * N
 
 
 def packed_panel_width(bint double):

@@ -74,6 +74,24 @@ cdef extern from *:
             *(clstm_vu_##SFX*)(dst + r * ldd) = m[r];                                       \\
     }                                                                                       \\
                                                                                             \\
+    /* dst[c, r] = src[r, c] for a (rows, cols) matrix: vector blocks, scalar edges. */     \\
+    CLSTM_CLONES static void clstm_transpose_matrix_##SFX(const T* src, Py_ssize_t rows,    \\
+                                                          Py_ssize_t cols, Py_ssize_t lds,  \\
+                                                          T* dst, Py_ssize_t ldd) {         \\
+        const Py_ssize_t V = 64 / sizeof(T);                                                \\
+        Py_ssize_t r, c, r_vec = 0, c_vec = 0;                                              \\
+        if (CLSTM_VECTOR_TRANSPOSE) {                                                       \\
+            r_vec = rows / V * V;                                                           \\
+            c_vec = cols / V * V;                                                           \\
+            for (r = 0; r < r_vec; r += V)                                                  \\
+                for (c = 0; c < c_vec; c += V)                                              \\
+                    clstm_transpose_##SFX(src + r * lds + c, lds, dst + c * ldd + r, ldd);  \\
+        }                                                                                   \\
+        for (r = 0; r < rows; r++)                                                          \\
+            for (c = (r < r_vec ? c_vec : 0); c < cols; c++)                                \\
+                dst[c * ldd + r] = src[r * lds + c];                                        \\
+    }                                                                                       \\
+                                                                                            \\
     /* Wp[(jb*K + k)*NR + c] = W[jb*NR + c, k], zero past N. With transposed, the source    \\
        is W.T stored (K, N) instead: then each panel row is a plain copy. */                \\
     CLSTM_CLONES static void clstm_pack_##SFX(const T* W, Py_ssize_t N, Py_ssize_t K,       \\
@@ -199,6 +217,10 @@ cdef extern from *:
                         float* Wp) noexcept nogil
     void clstm_pack_f64(const double* W, Py_ssize_t N, Py_ssize_t K, int transposed,
                         double* Wp) noexcept nogil
+    void clstm_transpose_matrix_f32(const float* src, Py_ssize_t rows, Py_ssize_t cols,
+                                    Py_ssize_t lds, float* dst, Py_ssize_t ldd) noexcept nogil
+    void clstm_transpose_matrix_f64(const double* src, Py_ssize_t rows, Py_ssize_t cols,
+                                    Py_ssize_t lds, double* dst, Py_ssize_t ldd) noexcept nogil
     void clstm_pgemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float* A,
                          Py_ssize_t lda, const float* Wp, float* C,
                          Py_ssize_t ldc) noexcept nogil
@@ -243,3 +265,12 @@ cdef inline void pgemm(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const floating*
         clstm_pgemm_f32(n, N, K, A, lda, Wp, C, ldc)
     else:
         clstm_pgemm_f64(n, N, K, A, lda, Wp, C, ldc)
+
+
+cdef inline void transpose(const floating* src, Py_ssize_t rows, Py_ssize_t cols,
+                           Py_ssize_t lds, floating* dst, Py_ssize_t ldd) noexcept nogil:
+    """dst[c, r] = src[r, c] for a (rows, cols) matrix."""
+    if floating is float:
+        clstm_transpose_matrix_f32(src, rows, cols, lds, dst, ldd)
+    else:
+        clstm_transpose_matrix_f64(src, rows, cols, lds, dst, ldd)
