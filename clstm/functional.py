@@ -8,6 +8,8 @@ the compiled kernels then run with the GIL released.
 Internally sequences are packed (`Packing`): rows sorted by length, only real steps stored.
 `clstm.LSTM` packs once per call and runs every layer and direction in that layout.
 """
+import threading
+
 import numpy as np
 
 from . import _lstm
@@ -23,6 +25,22 @@ GATES_CHUNK_ELEMENTS = 1 << 19
 # Packing.unit_bounds).
 UNIT_SPLIT_MIN_BYTES = 1 << 19
 UNIT_SPLIT_MAX_ROWS_PER_THREAD = 2
+
+_scratch_buffers = threading.local()
+
+
+def scratch(slot, shape, dtype):
+    """An uninitialised array for a kernel's internal scratch (packed weights, transposes,
+    inference gates), reusing this thread's buffer for ``slot``. Fresh large arrays cost
+    page faults on every call (the kernel zeroes each new page: ~10% of a large training
+    step); reusing them keeps up to the largest size each slot has needed per Python
+    thread. Nothing outside one kernel call may hold on to the result."""
+    n = int(np.prod(shape))
+    key = (slot, np.dtype(dtype).char)
+    buffer = _scratch_buffers.__dict__.get(key)
+    if buffer is None or buffer.size < n:
+        buffer = _scratch_buffers.__dict__[key] = np.empty(n, dtype)
+    return buffer[:n].reshape(shape)
 
 
 class Packing:
@@ -153,13 +171,13 @@ def layer_forward(x, packing, w_ih, w_hh, bias, w_hr, h0, c0, train, n_threads):
             r = np.empty((N, H), dtype) if w_hr is not None else None
         else:
             rows = min(N, max(packing.first_step_rows, GATES_CHUNK_ELEMENTS // (4 * H)))
-            gates = np.empty((rows, 4 * H), dtype)
+            gates = scratch("gates", (rows, 4 * H), dtype)
             cells = None
-            r = np.empty((B, H), dtype) if w_hr is not None else None
+            r = scratch("r", (B, H), dtype) if w_hr is not None else None
         with kernel_call(n_threads):
             double = dtype == np.float64
-            w_ih_packed = np.empty(_lstm.packed_length(4 * H, x.shape[1], double), dtype)
-            w_hh_packed = np.empty(_lstm.packed_length(4 * H, P, double), dtype)
+            w_ih_packed = scratch("w_ih", _lstm.packed_length(4 * H, x.shape[1], double), dtype)
+            w_hh_packed = scratch("w_hh", _lstm.packed_length(4 * H, P, double), dtype)
             _lstm.forward(x, w_ih, w_hh, bias, w_hr, h0, c0, packing.steps, packing.offsets,
                           packing.sorted_lengths,
                           packing.bounds(1 if units is not None else n_threads), y, h_n, c_n,
@@ -191,19 +209,20 @@ def layer_backward(cache, dy, dh, dc):
     if N > 0:
         double = dtype == np.float64
         h_prev_ws = (None if packing.uniform
-                     else np.empty((N - packing.first_step_rows, P), dtype))
-        dh_all = np.empty((N, P), dtype) if w_hr is not None else None
-        dr = np.empty((packing.B, H), dtype) if w_hr is not None else None
+                     else scratch("h_prev", (N - packing.first_step_rows, P), dtype))
+        dh_all = scratch("dh_all", (N, P), dtype) if w_hr is not None else None
+        dr = scratch("r", (packing.B, H), dtype) if w_hr is not None else None
         with kernel_call(cache.n_threads):
             _lstm.backward(x, cache.w_ih, w_hh, w_hr, cache.h0, cache.c0, cache.y, cache.gates,
                            cache.cells, cache.r, packing.steps, packing.offsets,
                            packing.bounds(1 if cache.units is not None else cache.n_threads),
                            dy, dh, dc, dx, dw_ih, dw_hh,
                            dbias, dw_hr, np.ones(N, dtype), h_prev_ws, dh_all, dr,
-                           np.empty(_lstm.packed_length(x.shape[1], 4 * H, double), dtype),
-                           np.empty(_lstm.packed_length(P, 4 * H, double), dtype),
-                           np.empty(_lstm.packed_length(max(x.shape[1], P), N, double), dtype),
-                           np.empty(_lstm.dG_t_length(N, cache.n_threads), dtype),
+                           scratch("w_ih", _lstm.packed_length(x.shape[1], 4 * H, double), dtype),
+                           scratch("w_hh", _lstm.packed_length(P, 4 * H, double), dtype),
+                           scratch("rows", _lstm.packed_length(max(x.shape[1], P), N, double),
+                                   dtype),
+                           scratch("dG_t", _lstm.dG_t_length(N, cache.n_threads), dtype),
                            cache.n_threads, cache.units)
     cache.gates = None
     return dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr
