@@ -25,7 +25,11 @@ input, in one process, interleaved: every repetition round times each implementa
 its repetitions after one untimed warm-up call, whose output is also checked against
 clstm's. Every timed call starts after a short pause (SETTLE_SECONDS), so idle threads of
 the previous implementation, which spin for a while after each call, do not steal the cores
-of the next one. A training step is forward + backward with dy = ones and all gradients
+of the next one. Two timings (--timing): "warm" (the default) calls the implementation once
+more, untimed, right before the timed call, which then measures its steady state, as a loop
+over batches sees it; "cold" times the first call after the pause, which on a virtual machine
+pays for the idle vCPU's wake-up and for caches other guests have evicted (on the machines
+here a call of a few microseconds takes 0.1-0.3 ms more, for every implementation). A training step is forward + backward with dy = ones and all gradients
 (ONNX Runtime has no training). Set ``CLSTM_BENCH_NO_TORCH=1`` / ``CLSTM_BENCH_NO_ORT=1`` to
 run as if torch / onnxruntime were missing.
 """
@@ -74,9 +78,10 @@ SGEMM_TRAIN_SIZE = ((50, 64, 512, 512), (20, 16, 128, 128))
 
 
 # ------------------------------------------------------------------ timing
-def measure(fns, repeats, budget, before=None):
+def measure(fns, repeats, budget, before=None, warm=True):
     """Warm up every callable once, then time them round-robin, rotating the order each
-    round; ``before[name]()``, if given, runs untimed before each of name's calls. After
+    round; ``before[name]()``, if given, runs untimed before each of name's calls, and
+    with ``warm`` an untimed call of the same callable directly precedes each timed one. After
     the first round an implementation gets fewer repetitions (at least 3) if ``repeats``
     of them would take more than ``budget`` seconds. Returns ({name: [seconds]},
     {name: warm-up output})."""
@@ -93,6 +98,8 @@ def measure(fns, repeats, budget, before=None):
                 if r < reps[name]:
                     before.get(name, lambda: None)()
                     time.sleep(SETTLE_SECONDS)
+                    if warm:
+                        fns[name]()
                     t0 = time.perf_counter()
                     fns[name]()
                     times[name].append(time.perf_counter() - t0)
@@ -121,6 +128,7 @@ class Bench:
         self.quick = args.quick
         self.threads = args.threads
         self.repeats = args.repeats or (5 if args.quick else 15)
+        self.warm = args.timing == "warm"
         self.budget = 1.0 if args.quick else 8.0  # seconds per (size, mode, implementation)
         self.factories = peers.factories(args.threads)
         self.torch = peers.load_torch()
@@ -145,7 +153,7 @@ class Bench:
         for mode in MODES:
             fns = {name: make(lstm, x, mode, lengths) for name, make in self.factories.items()}
             fns = {name: fn for name, fn in fns.items() if fn is not None}
-            times, outputs = measure(fns, self.repeats, self.budget)
+            times, outputs = measure(fns, self.repeats, self.budget, warm=self.warm)
             medians = {name: statistics.median(ts) for name, ts in times.items()}
             steps = T * B if lengths is None else int(np.sum(lengths))
             flops = FLOPS_PER_CELL[mode] * steps * H * (I + H)
@@ -250,7 +258,7 @@ def section_cell(bench):
                 _, h, c = session.run(None, {"X": x3, "initial_h": h, "initial_c": c})
             return h[0]
         fns["onnxruntime"] = ort_step
-    times, outputs = measure(fns, bench.repeats, bench.budget)
+    times, outputs = measure(fns, bench.repeats, bench.budget, warm=bench.warm)
     us = {name: statistics.median(ts) / steps * 1e6 for name, ts in times.items()}
     for name, ts in times.items():
         diff = max_rel_diff(outputs[name], outputs["clstm.LSTMCell"])
@@ -283,7 +291,7 @@ def section_threads(bench):
                 if bench.ort is not None and mode == "inference":
                     fns[f"onnxruntime@{n}"] = peers.ort_factory(*bench.ort, n)(lstm, x, mode)
             try:
-                times, _ = measure(fns, bench.repeats, bench.budget, before)
+                times, _ = measure(fns, bench.repeats, bench.budget, before, warm=bench.warm)
             finally:
                 clstm.set_num_threads(bench.threads)
                 if torch is not None:
@@ -364,7 +372,7 @@ def section_sgemm(bench):
         at, bt = bench.torch.from_numpy(np.ascontiguousarray(a)), \
             bench.torch.from_numpy(np.ascontiguousarray(b))
         fns["torch.mm"] = lambda: bench.torch.mm(at, bt)
-    times, _ = measure(fns, bench.repeats, bench.budget)
+    times, _ = measure(fns, bench.repeats, bench.budget, warm=bench.warm)
     best = {}
     for name, ts in times.items():
         gflops = 2 * n**3 / statistics.median(ts) / 1e9
@@ -379,7 +387,7 @@ def section_sgemm(bench):
     lstm = clstm.LSTM(I, H, seed=0)
     x = np.random.default_rng(1).standard_normal((T, B, I)).astype(np.float32)
     times, _ = measure({"clstm": peers.make_clstm(lstm, x, "train")}, bench.repeats,
-                       bench.budget)
+                       bench.budget, warm=bench.warm)
     gflops = FLOPS_PER_CELL["train"] * T * B * H * (I + H) / statistics.median(times["clstm"])
     gflops /= 1e9
     fractions = {f"of_{k.split()[0]}": gflops / v for k, v in best.items()}
@@ -526,6 +534,7 @@ def machine_info(bench):
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": bench.threads,
+            "timing": "warm" if bench.warm else "cold",
             "python": platform.python_version(), "numpy": np.__version__,
             "scipy": scipy.__version__, "clstm": clstm.__version__,
             "openmp": clstm.openmp_enabled(),
@@ -558,6 +567,9 @@ def main():
                     help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--threads", type=positive, default=clstm.get_num_threads())
     ap.add_argument("--repeats", type=positive, help="timed repetitions (default 15, quick 5)")
+    ap.add_argument("--timing", choices=("warm", "cold"), default="warm",
+                    help="warm: time a call that directly follows one of the same kind "
+                         "(default); cold: the first call after a pause")
     ap.add_argument("--json", metavar="PATH", help="also write all results as JSON")
     ap.add_argument("--markdown", metavar="PATH", help="also write Markdown tables")
     ap.add_argument("--plot", metavar="PATH", help="also draw a PNG chart (needs matplotlib)")

@@ -33,3 +33,14 @@ def test_quick_benchmark_runs_every_section(tmp_path):
         assert "matplotlib is not installed" in out.stdout
     else:
         assert (tmp_path / "out.png").stat().st_size > 0
+
+
+def test_timing_mode_is_recorded(tmp_path):
+    env = dict(os.environ, CLSTM_BENCH_NO_TORCH="1", CLSTM_BENCH_NO_ORT="1")
+    for timing in ("cold", "warm"):
+        out = subprocess.run([sys.executable, str(BENCH), "--quick", "--repeats", "3",
+                              "--sections", "cell", "--timing", timing, "--json", "t.json"],
+                             capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"timing={timing}" in out.stdout
+        assert json.loads((tmp_path / "t.json").read_text())["machine"]["timing"] == timing
