@@ -44,11 +44,12 @@ so nothing in here can fail once the GIL is released.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange
-from libc.math cimport exp, tanh
 from libc.string cimport memcpy, memset
 
 from clstm._blas cimport blas_int, gemm, matmul
-from clstm._fastmath cimport clstm_cell_backward_f32, clstm_cell_f32, clstm_sigmoidf, clstm_tanhf
+from clstm._fastmath cimport (clstm_cell_backward_f32, clstm_cell_backward_f64, clstm_cell_f32,
+                              clstm_cell_f64, clstm_sigmoid, clstm_sigmoidf, clstm_tanh,
+                              clstm_tanhf)
 from clstm._pgemm cimport pack, packed_size, panel_width, pgemm, transpose
 from clstm._openmp cimport (CLSTM_OPENMP_ENABLED, clstm_barrier, clstm_current_cpu,
                             clstm_leave_master_cpu, omp_get_max_threads, omp_get_num_threads,
@@ -104,23 +105,21 @@ def openmp_max_threads():
 
 
 # ---------------------------------------------------------------------------------------------
-# Element-wise gate math. float64 stays libm-accurate; float32 uses the vectorisable
-# approximations of _fastmath.pxd. The loops are flat passes over contiguous memory so the
-# compiler can vectorise them.
+# Element-wise gate math: the fused, vectorised cell of _fastmath.pxd (fast float32
+# approximations, libm-accurate float64 ones).
 
 cdef inline floating sigmoid(floating z) noexcept nogil:
     if floating is float:
         return clstm_sigmoidf(z)
     else:
-        # exp(-z) overflows to +inf for very negative z and 1/inf == 0: no NaN, no branch.
-        return 1.0 / (1.0 + exp(-z))
+        return clstm_sigmoid(z)
 
 
 cdef inline floating tanh_(floating z) noexcept nogil:
     if floating is float:
         return clstm_tanhf(z)
     else:
-        return tanh(z)
+        return clstm_tanh(z)
 
 
 cdef void gates_forward(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
@@ -133,27 +132,15 @@ cdef void gates_forward(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0, Py_ssize
     bias: (4H,) IN, or NULL when gates already include it
     c_prev: (n_rows, H) IN (may alias c_t); c_t, r_t: (n_rows, H) OUT
     """
-    cdef Py_ssize_t row, j, q
-    cdef floating* a
-    cdef floating z
+    cdef Py_ssize_t row
+    cdef const floating* b = NULL if bias == NULL else bias + j0
     for row in range(n_rows):
-        a = gates + row * 4 * H
-        if floating is float:  # one pass, compiled for the CPU's vector width
-            clstm_cell_f32(a + j0, H, NULL if bias == NULL else bias + j0,
-                           c_prev + row * H + j0, c_t + row * H + j0, r_t + row * H + j0,
-                           j1 - j0)
+        if floating is float:
+            clstm_cell_f32(gates + row * 4 * H + j0, H, b, c_prev + row * H + j0,
+                           c_t + row * H + j0, r_t + row * H + j0, j1 - j0)
         else:
-            for q in range(4):
-                for j in range(q * H + j0, q * H + j1):
-                    z = a[j] + (0 if bias == NULL else bias[j])
-                    a[j] = tanh_(z) if q == 2 else sigmoid(z)
-            # Two passes, with r_t as scratch for c_t: c_prev and c_t are the same array in
-            # inference, and an in-place loop would fail the compiler's overlap test.
-            for j in range(j0, j1):
-                r_t[row * H + j] = a[H + j] * c_prev[row * H + j] + a[j] * a[2 * H + j]
-            for j in range(j0, j1):
-                c_t[row * H + j] = r_t[row * H + j]
-                r_t[row * H + j] = a[3 * H + j] * tanh_(r_t[row * H + j])
+            clstm_cell_f64(gates + row * 4 * H + j0, H, b, c_prev + row * H + j0,
+                           c_t + row * H + j0, r_t + row * H + j0, j1 - j0)
 
 
 cdef void gates_backward(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
@@ -166,38 +153,15 @@ cdef void gates_backward(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0, Py_ssiz
     dr: (n_rows, H) IN, the whole gradient reaching r_t (from step t+1 or h_n, and from y[t])
     dc: (n_rows, H) INOUT, gradient reaching c_t from step t+1 -> gradient of c_{t-1}
     """
-    cdef Py_ssize_t row, j
-    cdef floating *gi, *gf, *gg, *go, *dcr
-    cdef const floating *cp, *ct, *d
-    cdef floating i, f, g, o, tc, dc_t
+    cdef Py_ssize_t row, k
     for row in range(n_rows):
-        if floating is float:  # as gates_forward
-            clstm_cell_backward_f32(gates + row * 4 * H + j0, H, c_prev + row * H + j0,
-                                    c_t + row * H + j0, dr + row * H + j0, dc + row * H + j0,
-                                    j1 - j0)
-            continue
-        # One pointer per gate block and per row, and no branches: the compiler can then
-        # check for overlap at run time and vectorise the loop.
-        gi = gates + row * 4 * H
-        gf = gi + H
-        gg = gi + 2 * H
-        go = gi + 3 * H
-        cp = c_prev + row * H
-        ct = c_t + row * H
-        d = dr + row * H
-        dcr = dc + row * H
-        for j in range(j0, j1):
-            i = gi[j]
-            f = gf[j]
-            g = gg[j]
-            o = go[j]
-            tc = tanh_(ct[j])
-            dc_t = dcr[j] + d[j] * o * (1 - tc * tc)
-            gi[j] = dc_t * g * i * (1 - i)
-            gf[j] = dc_t * cp[j] * f * (1 - f)
-            gg[j] = dc_t * i * (1 - g * g)
-            go[j] = d[j] * tc * o * (1 - o)
-            dcr[j] = dc_t * f
+        k = row * H + j0
+        if floating is float:
+            clstm_cell_backward_f32(gates + row * 4 * H + j0, H, c_prev + k, c_t + k, dr + k,
+                                    dc + k, j1 - j0)
+        else:
+            clstm_cell_backward_f64(gates + row * 4 * H + j0, H, c_prev + k, c_t + k, dr + k,
+                                    dc + k, j1 - j0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -715,24 +679,24 @@ def packed_panel_width(bint double):
     return panel_width(&d) if double else panel_width(&f)
 
 
-def _float32_activations(const float[::1] z not None, float[::1] sig not None,
-                         float[::1] tanh_z not None):
-    """The kernels' float32 sigmoid and tanh of z, as the forward cell computes them (z as
-    the pre-activation of every gate, no bias), and the scalar ones the backward pass
-    inlines, for the accuracy tests: returns the largest difference between the two."""
+def _activations(const floating[::1] z not None, floating[::1] sig not None,
+                 floating[::1] tanh_z not None):
+    """The kernels' sigmoid and tanh of z, as the forward cell computes them (z as the
+    pre-activation of every gate, no bias), and the scalar ones, for the accuracy tests:
+    returns the largest difference between the two."""
     import numpy as np
     cdef Py_ssize_t k, n = z.shape[0]
-    cdef float worst = 0
+    cdef double worst = 0
     if sig.shape[0] != n or tanh_z.shape[0] != n:
         raise ValueError("z, sig and tanh_z must have the same length")
     if n == 0:
         return 0.0
-    cdef float[::1] gates = np.tile(np.asarray(z), 4)
-    cdef float[::1] c = np.zeros(n, np.float32)
-    cdef float[::1] r = np.empty(n, np.float32)
-    clstm_cell_f32(&gates[0], n, NULL, &c[0], &c[0], &r[0], n)
-    memcpy(&sig[0], &gates[0], n * sizeof(float))
-    memcpy(&tanh_z[0], &gates[2 * n], n * sizeof(float))
+    cdef floating[::1] gates = np.tile(np.asarray(z), 4)
+    cdef floating[::1] c = np.zeros_like(np.asarray(z))
+    cdef floating[::1] r = np.empty_like(np.asarray(z))
+    gates_forward(1, n, 0, n, &gates[0], <floating*>NULL, &c[0], &c[0], &r[0])
+    memcpy(&sig[0], &gates[0], n * sizeof(floating))
+    memcpy(&tanh_z[0], &gates[2 * n], n * sizeof(floating))
     for k in range(n):
         worst = max(worst, abs(sigmoid(z[k]) - sig[k]), abs(tanh_(z[k]) - tanh_z[k]))
     return worst
