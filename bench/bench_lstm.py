@@ -225,7 +225,16 @@ def section_cell(bench):
             _, (h, c) = lstm(x3, (h, c))
         return h[0]
 
-    fns = {"clstm.LSTMCell": clstm_cell, "clstm.LSTM": clstm_layer}
+    frozen = cell.freeze()
+
+    def clstm_frozen():
+        h, c = h0, h0
+        for _ in range(steps):
+            h, c = frozen(x, (h, c))
+        return h
+
+    fns = {"clstm.LSTMCell": clstm_cell, "clstm.LSTMCell.freeze()": clstm_frozen,
+           "clstm.LSTM": clstm_layer}
     torch = bench.torch
     if torch is not None:
         tcell = torch.nn.LSTMCell(I, H)
@@ -266,7 +275,7 @@ def section_cell(bench):
                            reps=len(ts), median_us=us[name], min_us=min(ts) / steps * 1e6,
                            median_ms=us[name] / 1e3, min_ms=min(ts) / steps * 1e3,
                            speedup=us[name] / us["clstm.LSTMCell"], max_rel_diff=diff)
-        print(f"{'B=1, I=H=' + str(H):<22} {'step':<9} {name:<16} {len(ts):>4} "
+        print(f"{'B=1, I=H=' + str(H):<22} {'step':<9} {name:<23} {len(ts):>4} "
               f"{us[name]:>8.2f} us {row['min_us']:>8.2f} us   LSTMCell x "
               f"{row['speedup']:.2f}" + (f"  MISMATCH {diff:.2e}" if diff > 1e-4 else ""),
               flush=True)

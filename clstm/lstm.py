@@ -411,6 +411,10 @@ class LSTMCell(Parameterised):
 
     forward = __call__
 
+    def freeze(self):
+        """An inference-only snapshot of this cell for streaming: `FrozenLSTMCell`."""
+        return FrozenLSTMCell(self)
+
     def _run_train(self, x, state):
         x, h0, c0, shape, batched = self._prepare(x, state)
         B, H = h0.shape
@@ -456,3 +460,45 @@ class LSTMCell(Parameterised):
     def __repr__(self):
         bias = "" if self.bias else ", bias=False"
         return f"LSTMCell({self.input_size}, {self.hidden_size}{bias}, dtype={self.dtype.name})"
+
+
+class FrozenLSTMCell:
+    """``cell.freeze()``: an inference-only snapshot of an `LSTMCell`, for streaming.
+
+    Calls as the cell does (``h, c = frozen(x, state=None)``, same shapes, same checks),
+    on weights copied at freeze time into the layout the compiled step multiplies fastest
+    (the cell itself must read its weights afresh on every step, since they may change in
+    place). Later changes to the cell's parameters do not reach the snapshot: freeze again
+    after training. Each Python thread may step it concurrently.
+    """
+
+    def __init__(self, cell):
+        p = cell._checked_params()
+        self._spec = cell  # for the shapes, dtype and input checks only
+        self.input_size, self.hidden_size, self.dtype = cell.input_size, cell.hidden_size, \
+            cell.dtype
+        H, double = self.hidden_size, self.dtype == np.float64
+        self._w_ih = np.empty(_lstm.packed_length(4 * H, self.input_size, double), self.dtype)
+        self._w_hh = np.empty(_lstm.packed_length(4 * H, H, double), self.dtype)
+        _lstm.pack_weights(p["weight_ih"], self._w_ih)
+        _lstm.pack_weights(p["weight_hh"], self._w_hh)
+        self._bias = (p["bias_ih"] + p["bias_hh"] if cell.bias
+                      else np.zeros(4 * H, self.dtype))
+
+    def __repr__(self):
+        return f"{self._spec!r}.freeze()"
+
+    def __call__(self, x, state=None):
+        """One step: ``h, c``."""
+        args = self._spec._streaming_args(x, state)
+        if args is None:
+            x2, h0, c0, _, batched = self._spec._prepare(x, state)
+        else:
+            (x2, h0, c0), batched = args, x.ndim == 2
+        B = h0.shape[0]
+        h, c = out = np.empty((2, B, self.hidden_size), self.dtype)
+        _lstm.cell_forward_packed(x2, self._w_ih, self._w_hh, self._bias, h0, c0, h, c,
+                                  np.empty((B, 4 * self.hidden_size), self.dtype))
+        return (h, c) if batched else (out[0, 0], out[1, 0])
+
+    forward = __call__

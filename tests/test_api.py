@@ -528,6 +528,36 @@ def test_lstm_cell_api():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_frozen_cell_is_a_snapshot_of_the_cell(dtype, bias):
+    cell = clstm.LSTMCell(I, 40, bias=bias, dtype=dtype, seed=7)  # 4H = 160: 5 panels
+    frozen = cell.freeze()
+    assert isinstance(frozen, clstm.FrozenLSTMCell) and "freeze()" in repr(frozen)
+    rng = np.random.default_rng(12)
+    for B in (1, 2, 5):  # the streaming shortcut, and the general checks past it
+        x = rng.standard_normal((B, I)).astype(dtype)
+        h0, c0 = rng.standard_normal((2, B, 40)).astype(dtype)
+        for a, b in zip(frozen(x, (h0, c0)), cell(x, (h0, c0))):
+            assert a.dtype == dtype and a.shape == (B, 40)
+            assert_close(a, b, dtype)
+    for a, b in zip(frozen(x[0]), cell(x[0])):  # unbatched, zero state
+        assert a.shape == (40,)
+        assert_close(a, b, dtype)
+    for a, b in zip(frozen(x, [h0, c0]), cell(x, (h0, c0))):  # a list state, cast inputs
+        assert_close(a, b, dtype)
+    with pytest.raises(ValueError, match=r"h0 must have shape \(5, 40\)"):
+        frozen(x, (h0[:, :-1].copy(), c0))
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 3\)"):
+        frozen(np.zeros((2, I + 1), dtype))
+    before = frozen(x, (h0, c0))
+    cell.params["weight_hh"] *= 2  # in place: the cell sees it, the snapshot does not
+    for a, b in zip(frozen(x, (h0, c0)), before):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(cell(x, (h0, c0))[0], before[0])
+    assert_close(cell.freeze()(x, (h0, c0))[0], cell(x, (h0, c0))[0], dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_lstm_cell_streaming_path_equals_general_path(dtype):
     """A tuple of exact-dtype C-contiguous arrays takes the streaming shortcut; a list
     state, or a Fortran-ordered x, the general validation: same numbers, unbatched too."""

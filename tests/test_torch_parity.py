@@ -174,9 +174,10 @@ def test_lstm_cell_matches_torch(bias):
     xt, ht, ct = (torch.tensor(a, requires_grad=True) for a in (x, h0, c0))
     h_t, c_t = module(xt, (ht, ct))
     ((h_t * torch.tensor(dh)).sum() + (c_t * torch.tensor(dc)).sum()).backward()
-    h, c = cell(x, (h0, c0))
-    assert_close(h, h_t.detach().numpy(), np.float64, factor=10)
-    assert_close(c, c_t.detach().numpy(), np.float64, factor=10)
+    for step in (cell, cell.freeze()):
+        h, c = step(x, (h0, c0))
+        assert_close(h, h_t.detach().numpy(), np.float64, factor=10)
+        assert_close(c, c_t.detach().numpy(), np.float64, factor=10)
     (h2, c2), backward = cell.forward_train(x, (h0, c0))
     dx, (dh0, dc0) = backward(dh, dc)
     for a, b in ((dx, xt), (dh0, ht), (dc0, ct)):
