@@ -29,8 +29,9 @@ of the next one. Two timings (--timing): "warm" (the default) calls the implemen
 more, untimed, right before the timed call, which then measures its steady state, as a loop
 over batches sees it; "cold" times the first call after the pause, which on a virtual machine
 pays for the idle vCPU's wake-up and for caches other guests have evicted (on the machines
-here a call of a few microseconds takes 0.1-0.3 ms more, for every implementation). A training step is forward + backward with dy = ones and all gradients
-(ONNX Runtime has no training). Set ``CLSTM_BENCH_NO_TORCH=1`` / ``CLSTM_BENCH_NO_ORT=1`` to
+here a call of a few microseconds takes 0.1-0.3 ms more, for every implementation). A
+training step is forward + backward with dy = ones and all gradients (ONNX Runtime has no
+training). Set ``CLSTM_BENCH_NO_TORCH=1`` / ``CLSTM_BENCH_NO_ORT=1`` to
 run as if torch / onnxruntime were missing.
 """
 import argparse

@@ -19,6 +19,6 @@ from .lstm import LSTM, FrozenLSTMCell, LSTMCell
 from .optim import clip_grad_norm
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "LSTMCell", "FrozenLSTMCell", "Linear", "Sequential", "functional", "reference", "losses",
-           "optim", "mse_loss", "cross_entropy", "clip_grad_norm", "get_num_threads",
-           "set_num_threads", "openmp_enabled"]
+__all__ = ["LSTM", "LSTMCell", "FrozenLSTMCell", "Linear", "Sequential", "functional",
+           "reference", "losses", "optim", "mse_loss", "cross_entropy", "clip_grad_norm",
+           "get_num_threads", "set_num_threads", "openmp_enabled"]

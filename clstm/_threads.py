@@ -111,21 +111,24 @@ def _install():
         _kernels_switch_blas = True
 
 
-@contextlib.contextmanager
 def kernel_call(n_threads):
-    """Around every compiled kernel call: one at a time, and with a BLAS the kernels cannot
-    switch themselves, held to one BLAS thread while OpenMP threads run."""
+    """Context manager around every compiled kernel call: one at a time, and with a BLAS the
+    kernels cannot switch themselves, held to one BLAS thread while OpenMP threads run.
+    (Usually just the lock: a generator-based manager would cost a microsecond per call.)"""
     global _openmp_used
-    with _kernel_lock:
-        if n_threads > 1 and openmp_enabled():
-            _openmp_used = True
-        if _kernels_switch_blas or n_threads < 2 or not openmp_enabled():
-            yield
-            return
-        from threadpoolctl import threadpool_limits
+    if n_threads > 1 and openmp_enabled():
+        _openmp_used = True
+    if _kernels_switch_blas or n_threads < 2 or not openmp_enabled():
+        return _kernel_lock
+    return _one_blas_thread()
 
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    from threadpoolctl import threadpool_limits
+
+    with _kernel_lock, threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 _openmp_used = False

@@ -8,6 +8,8 @@ the compiled kernels then run with the GIL released.
 Internally sequences are packed (`Packing`): rows sorted by length, only real steps stored.
 `clstm.LSTM` packs once per call and runs every layer and direction in that layout.
 """
+import functools
+import math
 import threading
 
 import numpy as np
@@ -36,13 +38,23 @@ def scratch(slot, shape, dtype):
     inference gates), reusing this thread's buffer for ``slot``. Fresh large arrays cost
     page faults on every call (the kernel zeroes each new page: ~10% of a large training
     step); reusing them keeps up to the largest size each slot has needed per Python
-    thread. Nothing outside one kernel call may hold on to the result."""
-    n = int(np.prod(shape))
-    key = (slot, np.dtype(dtype).char)
-    buffer = _scratch_buffers.__dict__.get(key)
+    thread. Nothing outside one kernel call may hold on to the result. (Kept lean: it runs
+    several times per call, and small calls are mostly Python.)"""
+    flat = type(shape) is int
+    n = shape if flat else math.prod(shape)
+    buffers = _scratch_buffers.__dict__
+    buffer = buffers.get((slot, dtype))
     if buffer is None or buffer.size < n:
-        buffer = _scratch_buffers.__dict__[key] = np.empty(n, dtype)
-    return buffer[:n].reshape(shape)
+        buffer = buffers[(slot, dtype)] = np.empty(max(n, 1), dtype)
+    return buffer[:n] if flat else buffer[:n].reshape(shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _even_bounds(B, n):
+    """[0, B/n, 2B/n, ..., B] (n >= 1 parts; read-only, shared between calls)."""
+    bounds = np.arange(max(n, 1) + 1, dtype=np.intp) * B // max(n, 1)
+    bounds.flags.writeable = False
+    return bounds
 
 
 class Packing:
@@ -129,12 +141,12 @@ class Packing:
     def bounds(self, n_threads):
         """Batch slice bounds for the kernels' time loop: one slice per thread, contiguous
         in sorted order, cut where each slice has an equal share of the steps."""
+        if self.uniform:
+            return _even_bounds(self.B, min(n_threads if openmp_enabled() else 1, self.B))
         running = int(np.count_nonzero(self.sorted_lengths))
         n = min(n_threads if openmp_enabled() else 1, running)
         if n <= 1:
-            return np.array([0, self.B], np.intp)
-        if self.uniform:
-            return np.arange(n + 1, dtype=np.intp) * self.B // n
+            return _even_bounds(self.B, 1)
         work = np.cumsum(self.sorted_lengths)
         cuts = np.searchsorted(work, work[-1] * np.arange(1, n) / n, side="left") + 1
         return np.concatenate([[0], np.minimum(cuts, self.B), [self.B]]).astype(np.intp)

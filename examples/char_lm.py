@@ -167,8 +167,9 @@ def main(argv=None):
     print("---")
 
     ok = max(val_loss, train_loss) < 0.9 * unigram   # "well below": at least 10% below
-    print(f"final training loss (last 50 chunks) {train_loss:.3f}, held-out loss {val_loss:.3f}, unigram "
-          f"entropy {unigram:.3f} nats/char ({train_loss / math.log(2):.2f}, "
+    print(f"final training loss (last 50 chunks) {train_loss:.3f}, held-out loss "
+          f"{val_loss:.3f}, unigram entropy {unigram:.3f} nats/char "
+          f"({train_loss / math.log(2):.2f}, "
           f"{val_loss / math.log(2):.2f} and {unigram / math.log(2):.2f} bits/char); "
           f"{time.perf_counter() - start:.0f} s")
     print(f"RESULT char_lm={'PASS' if ok else 'FAIL'} final_loss={train_loss:.4f} "
