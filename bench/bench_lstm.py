@@ -51,6 +51,7 @@ from scipy.linalg import blas as scipy_blas
 
 import clstm
 import peers
+from clstm import _lstm
 
 SETTLE_SECONDS = 0.05  # ONNX Runtime's and PyTorch's pools spin for more than 5 ms
 FLOPS_PER_CELL = {"inference": 8, "train": 24}  # x T*B*H*(I+H)
@@ -547,7 +548,7 @@ def machine_info(bench):
             "timing": "warm" if bench.warm else "cold",
             "python": platform.python_version(), "numpy": np.__version__,
             "scipy": scipy.__version__, "clstm": clstm.__version__,
-            "openmp": clstm.openmp_enabled(),
+            "openmp": clstm.openmp_enabled(), "kernel": _lstm.kernel_isa(),
             "torch": bench.torch.__version__ if bench.torch else None,
             "onnxruntime": bench.ort[1].__version__ if bench.ort else None}
 

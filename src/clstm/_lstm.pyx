@@ -50,7 +50,7 @@ from clstm._blas cimport blas_int, gemm, matmul
 from clstm._fastmath cimport (clstm_cell_backward_f32, clstm_cell_backward_f64, clstm_cell_f32,
                               clstm_cell_f64, clstm_sigmoid, clstm_sigmoidf, clstm_tanh,
                               clstm_tanhf)
-from clstm._pgemm cimport pack, packed_size, panel_width, pgemm, transpose
+from clstm._pgemm cimport clstm_isa_level, pack, packed_size, panel_width, pgemm, transpose
 from clstm._openmp cimport (CLSTM_OPENMP_ENABLED, clstm_barrier, clstm_current_cpu,
                             clstm_leave_master_cpu, omp_get_max_threads, omp_get_num_threads,
                             omp_get_thread_num)
@@ -97,6 +97,12 @@ cdef inline void _blas_threads(int n) noexcept nogil:
 def openmp_enabled():
     """True when the extension was compiled with OpenMP."""
     return bool(CLSTM_OPENMP_ENABLED)
+
+
+def kernel_isa():
+    """Which multiply kernel runs: "x86-64-v4" (AVX-512), "x86-64-v3" (AVX2+FMA) or "base"
+    (whatever the build flags allow; the only one off x86-64 Linux with GCC)."""
+    return ("base", "x86-64-v3", "x86-64-v4")[clstm_isa_level()]
 
 
 def openmp_max_threads():

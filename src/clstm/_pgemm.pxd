@@ -12,6 +12,7 @@
 # correct everywhere without -march flags, fast where the CPU allows it.
 cdef extern from *:
     """
+    #include <stdlib.h>
     #include <string.h>
 
     #ifndef CLSTM_CLONES
@@ -23,9 +24,6 @@ cdef extern from *:
     #define CLSTM_CLONES
     #endif
     #endif
-
-    #define CLSTM_MR 4
-    #define CLSTM_KS 2
 
     /* GCC's __builtin_shuffle takes a mask vector (Clang's takes constant indices only);
        without it the pack stays scalar and CLSTM_SHUFFLE is never reached. */
@@ -119,58 +117,61 @@ cdef extern from *:
                         : transposed ? W[k * N + col] : W[col * K + k];                     \\
                 }                                                                           \\
         }                                                                                   \\
-    }                                                                                       \\
+    }
                                                                                             \\
-    /* C[mr, :ncols] += A[mr, K] @ panel. A single row would wait on the FMA latency (a     \\
-       chain of K dependent adds per accumulator), so CLSTM_KS sets of accumulators take    \\
-       turns over k. KS is the same for every mr: a row's sum is then added up in the same  \\
-       order whichever tile it lands in, and results do not depend on the thread count. */  \\
+    /* The multiply kernel, defined once per instruction set (see the dispatch below) with its
+       own vector width VB (bytes), tile height MR (rows) and KS. A panel row (NR columns,
+       128 bytes) is NV = 128 / VB vectors. C[mr, :ncols] += A[mr, K] @ panel: a single row
+       would wait on the FMA latency (a chain of K dependent adds per accumulator), so KS sets
+       of accumulators take turns over k. KS is the same for every mr: a row's sum is then
+       added up in the same order whichever tile it lands in, and results do not depend on
+       the thread count. MR * NV * KS accumulators plus the panel row must fit the registers:
+       AVX-512 4 * 2 * 2 = 16 of 32; AVX2 2 * 4 * 1 = 8 of 16 (64-byte vectors there spilled
+       everything to the stack: 100x slower). */
+    #define CLSTM_DEFINE_KERNEL(T, SFX, VB, MR, KS)                                         \\
+    typedef T clstm_kv_##SFX __attribute__((vector_size(VB)));                              \\
+    typedef T clstm_kvu_##SFX __attribute__((vector_size(VB), aligned(sizeof(T))));         \\
     static inline __attribute__((always_inline)) void clstm_tile_##SFX(                     \\
             const int mr, Py_ssize_t K, const T* A, Py_ssize_t lda,                         \\
             const T* Wp, T* C, Py_ssize_t ldc, Py_ssize_t ncols) {                          \\
-        const Py_ssize_t NR = CLSTM_NR_##SFX, V = 64 / sizeof(T);                           \\
-        const int ks = CLSTM_KS;                                                            \\
-        clstm_v_##SFX acc[CLSTM_KS][CLSTM_MR][2];                                           \\
-        clstm_v_##SFX w0, w1;                                                               \\
-        T out[2 * 64 / sizeof(T)];                                                          \\
+        enum { NR = 128 / sizeof(T), V = VB / sizeof(T), NV = 128 / VB };                   \\
+        clstm_kv_##SFX acc[KS][4][NV], w[NV];                                               \\
+        T out[NR];                                                                          \\
         Py_ssize_t k, c;                                                                    \\
-        int i, s;                                                                           \\
-        for (s = 0; s < ks; s++)                                                            \\
-            for (i = 0; i < mr; i++) {                                                      \\
-                acc[s][i][0] = (clstm_v_##SFX){0};                                          \\
-                acc[s][i][1] = (clstm_v_##SFX){0};                                          \\
-            }                                                                               \\
-        for (k = 0; k + ks <= K; k += ks)                                                   \\
-            for (s = 0; s < ks; s++) {                                                      \\
-                w0 = *(const clstm_vu_##SFX*)(Wp + (k + s) * NR);                           \\
-                w1 = *(const clstm_vu_##SFX*)(Wp + (k + s) * NR + V);                       \\
+        int i, s, q;                                                                        \\
+        for (s = 0; s < KS; s++)                                                            \\
+            for (i = 0; i < mr; i++)                                                        \\
+                for (q = 0; q < NV; q++)                                                    \\
+                    acc[s][i][q] = (clstm_kv_##SFX){0};                                     \\
+        for (k = 0; k + KS <= K; k += KS)                                                   \\
+            for (s = 0; s < KS; s++) {                                                      \\
+                for (q = 0; q < NV; q++)                                                    \\
+                    w[q] = *(const clstm_kvu_##SFX*)(Wp + (k + s) * NR + q * V);            \\
                 for (i = 0; i < mr; i++) {                                                  \\
                     T a = A[i * lda + k + s];                                               \\
-                    acc[s][i][0] += a * w0;                                                 \\
-                    acc[s][i][1] += a * w1;                                                 \\
+                    for (q = 0; q < NV; q++)                                                \\
+                        acc[s][i][q] += a * w[q];                                           \\
                 }                                                                           \\
             }                                                                               \\
         for (; k < K; k++) {                                                                \\
-            w0 = *(const clstm_vu_##SFX*)(Wp + k * NR);                                     \\
-            w1 = *(const clstm_vu_##SFX*)(Wp + k * NR + V);                                 \\
+            for (q = 0; q < NV; q++)                                                        \\
+                w[q] = *(const clstm_kvu_##SFX*)(Wp + k * NR + q * V);                      \\
             for (i = 0; i < mr; i++) {                                                      \\
                 T a = A[i * lda + k];                                                       \\
-                acc[0][i][0] += a * w0;                                                     \\
-                acc[0][i][1] += a * w1;                                                     \\
+                for (q = 0; q < NV; q++)                                                    \\
+                    acc[0][i][q] += a * w[q];                                               \\
             }                                                                               \\
         }                                                                                   \\
-        for (s = 1; s < ks; s++)                                                            \\
-            for (i = 0; i < mr; i++) {                                                      \\
-                acc[0][i][0] += acc[s][i][0];                                               \\
-                acc[0][i][1] += acc[s][i][1];                                               \\
-            }                                                                               \\
+        for (s = 1; s < KS; s++)                                                            \\
+            for (i = 0; i < mr; i++)                                                        \\
+                for (q = 0; q < NV; q++)                                                    \\
+                    acc[0][i][q] += acc[s][i][q];                                           \\
         for (i = 0; i < mr; i++) {                                                          \\
             if (ncols == NR) {                                                              \\
-                *(clstm_vu_##SFX*)(C + i * ldc) += acc[0][i][0];                            \\
-                *(clstm_vu_##SFX*)(C + i * ldc + V) += acc[0][i][1];                        \\
+                for (q = 0; q < NV; q++)                                                    \\
+                    *(clstm_kvu_##SFX*)(C + i * ldc + q * V) += acc[0][i][q];               \\
             } else {                                                                        \\
-                memcpy(out, &acc[0][i][0], sizeof(acc[0][i][0]));                           \\
-                memcpy(out + V, &acc[0][i][1], sizeof(acc[0][i][1]));                       \\
+                memcpy(out, &acc[0][i][0], sizeof(out));                                    \\
                 for (c = 0; c < ncols; c++)                                                 \\
                     C[i * ldc + c] += out[c];                                               \\
             }                                                                               \\
@@ -178,30 +179,91 @@ cdef extern from *:
     }                                                                                       \\
                                                                                             \\
     /* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack. */                             \\
-    CLSTM_CLONES static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K,    \\
-                                              const T* A, Py_ssize_t lda, const T* Wp,      \\
-                                              T* C, Py_ssize_t ldc) {                       \\
-        const Py_ssize_t NR = CLSTM_NR_##SFX;                                               \\
+    static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A,     \\
+                                 Py_ssize_t lda, const T* Wp, T* C, Py_ssize_t ldc) {       \\
+        const Py_ssize_t NR = 128 / sizeof(T);                                              \\
         Py_ssize_t jb, i, ncols;                                                            \\
         for (jb = 0; jb * NR < N; jb++) {                                                   \\
+            const T* panel = Wp + jb * K * NR;                                              \\
+            T* Cj = C + jb * NR;                                                            \\
             ncols = N - jb * NR < NR ? N - jb * NR : NR;                                    \\
-            for (i = 0; i + CLSTM_MR <= n; i += CLSTM_MR)                                   \\
-                clstm_tile_##SFX(CLSTM_MR, K, A + i * lda, lda, Wp + jb * K * NR,           \\
-                                 C + i * ldc + jb * NR, ldc, ncols);                        \\
-            switch (n - i) {  /* constant row counts, so each tile keeps acc in registers */\\
-            case 3: clstm_tile_##SFX(3, K, A + i * lda, lda, Wp + jb * K * NR,              \\
-                                     C + i * ldc + jb * NR, ldc, ncols); break;             \\
-            case 2: clstm_tile_##SFX(2, K, A + i * lda, lda, Wp + jb * K * NR,              \\
-                                     C + i * ldc + jb * NR, ldc, ncols); break;             \\
-            case 1: clstm_tile_##SFX(1, K, A + i * lda, lda, Wp + jb * K * NR,              \\
-                                     C + i * ldc + jb * NR, ldc, ncols); break;             \\
-            default: break;                                                                 \\
-            }                                                                               \\
+            for (i = 0; i + MR <= n; i += MR)                                               \\
+                clstm_tile_##SFX(MR, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols); \\
+            /* constant row counts, so each tile keeps its accumulators in registers */     \\
+            if (MR > 3 && n - i == 3)                                                       \\
+                clstm_tile_##SFX(3, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);  \\
+            else if (MR > 2 && n - i == 2)                                                  \\
+                clstm_tile_##SFX(2, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);  \\
+            else if (MR > 1 && n - i == 1)                                                  \\
+                clstm_tile_##SFX(1, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);  \\
         }                                                                                   \\
     }
 
     CLSTM_DEFINE_PGEMM(float, f32, int)
     CLSTM_DEFINE_PGEMM(double, f64, long long)
+
+    /* One kernel per instruction set, chosen once at run time (target_clones would compile
+       one source for all, and the register budget differs). Without multi-versioning
+       (another compiler or OS, or CLSTM_NO_TARGET_CLONES) only the base kernel exists,
+       shaped for what the build flags enable. */
+    #if defined(__AVX512F__)
+    CLSTM_DEFINE_KERNEL(float, base_f32, 64, 4, 2)
+    CLSTM_DEFINE_KERNEL(double, base_f64, 64, 4, 2)
+    #elif defined(__AVX2__) || defined(__aarch64__)
+    CLSTM_DEFINE_KERNEL(float, base_f32, 32, 2, 1)
+    CLSTM_DEFINE_KERNEL(double, base_f64, 32, 2, 1)
+    #else
+    CLSTM_DEFINE_KERNEL(float, base_f32, 16, 1, 1)
+    CLSTM_DEFINE_KERNEL(double, base_f64, 16, 1, 1)
+    #endif
+
+    #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) \
+        && !defined(CLSTM_NO_TARGET_CLONES)
+    #pragma GCC push_options
+    #pragma GCC target("arch=x86-64-v4")
+    CLSTM_DEFINE_KERNEL(float, v4_f32, 64, 4, 2)
+    CLSTM_DEFINE_KERNEL(double, v4_f64, 64, 4, 2)
+    #pragma GCC pop_options
+    #pragma GCC push_options
+    #pragma GCC target("arch=x86-64-v3")
+    CLSTM_DEFINE_KERNEL(float, v3_f32, 32, 2, 1)
+    CLSTM_DEFINE_KERNEL(double, v3_f64, 32, 2, 1)
+    #pragma GCC pop_options
+
+    /* 2: x86-64-v4, 1: x86-64-v3, 0: older. CLSTM_ISA=v3 or =base picks a lower kernel
+       (the tests run every kernel this way on one machine). */
+    static int clstm_isa_level(void) {
+        static int level = -1;  /* every thread computes the same value: a benign race */
+        const char* forced;
+        int cpu;
+        if (level < 0) {
+            __builtin_cpu_init();
+            cpu = __builtin_cpu_supports("x86-64-v4") ? 2
+                  : __builtin_cpu_supports("x86-64-v3") ? 1 : 0;
+            forced = getenv("CLSTM_ISA");
+            level = forced == NULL ? cpu : strcmp(forced, "base") == 0 ? 0
+                    : strcmp(forced, "v3") == 0 && cpu >= 1 ? 1 : cpu;
+        }
+        return level;
+    }
+    #define CLSTM_DISPATCH(SFX, ARGS) \
+        switch (clstm_isa_level()) { \
+        case 2: clstm_pgemm_v4_##SFX ARGS; break; \
+        case 1: clstm_pgemm_v3_##SFX ARGS; break; \
+        default: clstm_pgemm_base_##SFX ARGS; }
+    #else
+    static int clstm_isa_level(void) { return 0; }
+    #define CLSTM_DISPATCH(SFX, ARGS) clstm_pgemm_base_##SFX ARGS;
+    #endif
+
+    static void clstm_pgemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float* A,
+                                Py_ssize_t lda, const float* Wp, float* C, Py_ssize_t ldc) {
+        CLSTM_DISPATCH(f32, (n, N, K, A, lda, Wp, C, ldc))
+    }
+    static void clstm_pgemm_f64(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const double* A,
+                                Py_ssize_t lda, const double* Wp, double* C, Py_ssize_t ldc) {
+        CLSTM_DISPATCH(f64, (n, N, K, A, lda, Wp, C, ldc))
+    }
 
     static Py_ssize_t clstm_packed_size_f32(Py_ssize_t N, Py_ssize_t K) {
         return (N + CLSTM_NR_f32 - 1) / CLSTM_NR_f32 * CLSTM_NR_f32 * K;
@@ -211,6 +273,7 @@ cdef extern from *:
     }
     """
     Py_ssize_t CLSTM_NR_f32, CLSTM_NR_f64
+    int clstm_isa_level() noexcept nogil
     Py_ssize_t clstm_packed_size_f32(Py_ssize_t N, Py_ssize_t K) noexcept nogil
     Py_ssize_t clstm_packed_size_f64(Py_ssize_t N, Py_ssize_t K) noexcept nogil
     void clstm_pack_f32(const float* W, Py_ssize_t N, Py_ssize_t K, int transposed,
