@@ -39,3 +39,19 @@ def assert_close(actual, expected, dtype, factor=1.0, what=""):
     tol = factor * TOL[np.dtype(dtype).type]
     scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
     np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+def numeric_gradient(f, a, eps=1e-6):
+    """Central differences of the scalar f() with respect to every entry of a (perturbed in
+    place)."""
+    grad = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), grad.reshape(-1)
+    for k in range(flat.size):
+        old = flat[k]
+        flat[k] = old + eps
+        up = f()
+        flat[k] = old - eps
+        down = f()
+        flat[k] = old
+        gflat[k] = (up - down) / (2 * eps)
+    return grad

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clstm import reference as R
-from _helpers import make_problem
+from _helpers import make_problem, numeric_gradient
 
 INPUTS = ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0")
 
@@ -15,21 +15,6 @@ def loss(p):
     """L = <dy, y> + <dh_n, h_n> + <dc_n, c_n>, so dL/dy = dy etc."""
     y, h_n, c_n, _ = R.lstm_forward(*(p[k] for k in INPUTS))
     return np.sum(p["dy"] * y) + np.sum(p["dh_n"] * h_n) + np.sum(p["dc_n"] * c_n)
-
-
-def numeric_gradient(f, a, eps=1e-6):
-    """Central differences of the scalar f() with respect to every entry of a (in place)."""
-    grad = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), grad.reshape(-1)
-    for k in range(flat.size):
-        old = flat[k]
-        flat[k] = old + eps
-        up = f()
-        flat[k] = old - eps
-        down = f()
-        flat[k] = old
-        gflat[k] = (up - down) / (2 * eps)
-    return grad
 
 
 def numeric_grad(p, name):

@@ -10,22 +10,7 @@ import pytest
 
 import clstm
 from clstm.optim import SGD, Adam
-
-
-def numeric_gradient(f, a, eps=1e-6):
-    """Central differences of the scalar ``f()`` with respect to every element of ``a``,
-    perturbed in place."""
-    grad = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), grad.reshape(-1)
-    for k in range(flat.size):
-        old = flat[k]
-        flat[k] = old + eps
-        up = f()
-        flat[k] = old - eps
-        down = f()
-        flat[k] = old
-        gflat[k] = (up - down) / (2 * eps)
-    return grad
+from _helpers import numeric_gradient
 
 
 def close(actual, expected, rtol=1e-6, atol=0.0):

@@ -1,15 +1,16 @@
-# The recurrent product of one time step, C[n, N] += A[n, K] @ W.T, with W packed once per
-# kernel call instead of on every step.
+# The large products, C[n, N] += A[n, K] @ W.T, with W packed once per kernel call instead
+# of on every step.
 #
 # Why not BLAS: the per-step GEMM has only the few batch rows of one slice (n <= ~32), and
 # OpenBLAS re-packs all of W (4H x H) into its panel layout on every call, which costs as
 # much as the multiply itself; its dispatch also picks AVX2 kernels on CPUs it does not know.
-# Here W is packed once into column panels of NR = 64 bytes * 2 of contiguous output columns,
-# and a 4-row micro-kernel keeps its 2 x 4 x NR accumulators in registers while it streams
-# the panel once. Packing is a blocked transpose done with vector shuffles. The code uses GCC/Clang vector extensions (portable C: a 64-byte vector is
-# split into whatever the target has), and on x86-64 Linux the function is compiled for
-# AVX-512, AVX2+FMA and baseline x86-64, picked at load time by the loader (target_clones):
-# correct everywhere without -march flags, fast where the CPU allows it.
+# Here W is packed once into column panels of NR = 128 bytes of contiguous output columns
+# (a blocked transpose done with vector shuffles), and a register tile of rows keeps its
+# accumulators in registers while it streams each panel once. The code uses GCC/Clang
+# vector extensions (portable C). On x86-64 Linux the multiply kernel exists once per
+# instruction set (AVX-512, AVX2+FMA, baseline), each shaped for its registers and picked
+# at run time, and the packing is compiled for the same three (target_clones): correct
+# everywhere without -march flags, fast where the CPU allows it.
 cdef extern from *:
     """
     #include <stdlib.h>
@@ -35,7 +36,7 @@ cdef extern from *:
     #define CLSTM_SHUFFLE(a, b, mask) (a)
     #endif
 
-    #define CLSTM_DEFINE_PGEMM(T, SFX, IDX)                                                 \\
+    #define CLSTM_DEFINE_PACK(T, SFX, IDX)                                                  \\
     typedef T clstm_v_##SFX __attribute__((vector_size(64)));                               \\
     typedef T clstm_vu_##SFX __attribute__((vector_size(64), aligned(sizeof(T))));          \\
     typedef IDX clstm_idx_##SFX __attribute__((vector_size(64)));                           \\
@@ -199,8 +200,8 @@ cdef extern from *:
         }                                                                                   \\
     }
 
-    CLSTM_DEFINE_PGEMM(float, f32, int)
-    CLSTM_DEFINE_PGEMM(double, f64, long long)
+    CLSTM_DEFINE_PACK(float, f32, int)
+    CLSTM_DEFINE_PACK(double, f64, long long)
 
     /* One kernel per instruction set, chosen once at run time (target_clones would compile
        one source for all, and the register budget differs). Without multi-versioning
