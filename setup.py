@@ -17,6 +17,7 @@ import textwrap
 import warnings
 from glob import glob
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -120,7 +121,9 @@ directives = {
 }
 
 extensions = [
-    Extension("clstm." + os.path.splitext(os.path.basename(path))[0], [path])
+    Extension("clstm." + os.path.splitext(os.path.basename(path))[0], [path],
+              include_dirs=[numpy.get_include()],
+              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
     for path in sorted(glob(os.path.join("src", "clstm", "*.pyx")))
 ]
 

@@ -9,10 +9,6 @@ from ._checks import check_lengths, check_shape, float_array, float_dtype, posit
 from ._params import Parameterised
 from ._threads import get_num_threads
 
-# LSTMCell steps at most this many rows on one thread with no packing machinery: the
-# streaming case, where per-call overhead is what counts.
-FAST_CELL_ROWS = 8
-
 
 def _state_pair(state, name, shapes):
     """Validate ``state = (h, c)`` against ``shapes = (h_shape, c_shape)``."""
@@ -333,7 +329,6 @@ class LSTMCell(Parameterised):
         if self.bias:
             shapes.update(bias_ih=(4 * H,), bias_hh=(4 * H,))
         self._init_params(shapes, np.random.default_rng(seed), 1.0 / math.sqrt(H))
-        self._gates_scratch = {}  # rows -> (rows, 4H) scratch of the streaming path
 
     def _prepare(self, x, state):
         """Validate; return x (B, I), h0, c0 (B, H), the caller's state shape, batched."""
@@ -355,58 +350,31 @@ class LSTMCell(Parameterised):
                       .reshape(B, H) for name, s in zip(("h0", "c0"), state))
         return x.reshape(B, I), h0, c0, shape, batched
 
-    def _streaming_args(self, x, state):
-        """(x, h0, c0) as 2-D arrays if they already are exactly what the streaming kernel
-        takes (the common case of feeding a step's state back in), else None: checking
-        that costs a fraction of what the general validation does."""
-        if type(state) is not tuple or len(state) != 2 or type(x) is not np.ndarray:
-            return None
-        h0, c0 = state
-        dtype, H = self.dtype, self.hidden_size
-        for a in (x, h0, c0):
-            if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
-                return None
-        if x.ndim == 1:
-            x, h0, c0 = x[None], h0[None], c0[None]
-        if (x.ndim != 2 or x.shape[0] > FAST_CELL_ROWS or x.shape[1] != self.input_size
-                or h0.shape != (x.shape[0], H) or c0.shape != h0.shape):
-            return None
-        return x, h0, c0
-
     def __call__(self, x, state=None):
         """One step: ``h, c``."""
-        fast = self._streaming_args(x, state)
-        if fast is not None:
-            x2, h0, c0 = fast
-            p = self._params
-            out = np.empty((2,) + h0.shape, self.dtype)
-            with _threads.kernel_lock():  # which also guards the shared gates scratch
-                gates = self._gates_scratch.get(h0.shape[0])
-                if gates is None:
-                    gates = self._gates_scratch[h0.shape[0]] = np.empty(
-                        (h0.shape[0], 4 * self.hidden_size), self.dtype)
-                try:
-                    _lstm.cell_forward(x2, p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
-                                       p.get("bias_hh"), h0, c0, out[0], out[1], gates)
-                except (TypeError, ValueError):
-                    self._checked_params()  # the clear message, if a parameter was replaced
-                    raise
-            return (out[0], out[1]) if x.ndim == 2 else (out[0, 0], out[1, 0])
+        p, double = self._params, self.dtype == np.float64
+        if type(state) is tuple and len(state) == 2:
+            # the streaming case (the state fed back in) is checked in C: it skips _prepare
+            with _threads.kernel_lock():
+                out = _lstm.cell_step(x, state[0], state[1], p.get("weight_ih"),
+                                      p.get("weight_hh"), p.get("bias_ih"), p.get("bias_hh"),
+                                      double)
+            if out is not None:
+                return out
         x, h0, c0, _, batched = self._prepare(x, state)
         B, H = h0.shape
         p = self._checked_params()
-        if B > FAST_CELL_ROWS:  # enough rows to be worth the threaded layer path
+        if B > _lstm.CELL_STEP_MAX_ROWS:  # enough rows to be worth the threaded layer path
             _, h, c, _ = functional.layer_forward(
                 x, functional.Packing(1, B), p["weight_ih"], p["weight_hh"],
                 p["bias_ih"] + p["bias_hh"] if self.bias else np.zeros(4 * H, self.dtype),
                 None, h0, c0, False, get_num_threads())
         else:
-            h = np.empty((B, H), self.dtype)
-            c = np.empty((B, H), self.dtype)
+            weights = (np.require(p[k], self.dtype, "CA") if k in p else None
+                       for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
             with _threads.kernel_lock():
-                _lstm.cell_forward(x, p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
-                                   p.get("bias_hh"), h0, c0, h, c,
-                                   np.empty((B, 4 * H), self.dtype))
+                h, c = _lstm.cell_step(*(np.require(a, self.dtype, "CA") for a in (x, h0, c0)),
+                                       *weights, double, True)
         return (h, c) if batched else (h[0], c[0])
 
     forward = __call__
@@ -462,14 +430,15 @@ class LSTMCell(Parameterised):
         return f"LSTMCell({self.input_size}, {self.hidden_size}{bias}, dtype={self.dtype.name})"
 
 
-class FrozenLSTMCell:
+class FrozenLSTMCell(_lstm.PackedCell):
     """``cell.freeze()``: an inference-only snapshot of an `LSTMCell`, for streaming.
 
     Calls as the cell does (``h, c = frozen(x, state=None)``, same shapes, same checks),
     on weights copied at freeze time into the layout the compiled step multiplies fastest
     (the cell itself must read its weights afresh on every step, since they may change in
     place). Later changes to the cell's parameters do not reach the snapshot: freeze again
-    after training. Each Python thread may step it concurrently.
+    after training. Each Python thread may step it concurrently. The call itself is
+    compiled (`clstm._lstm.PackedCell`); this class adds the general input handling.
     """
 
     def __init__(self, cell):
@@ -477,28 +446,16 @@ class FrozenLSTMCell:
         self._spec = cell  # for the shapes, dtype and input checks only
         self.input_size, self.hidden_size, self.dtype = cell.input_size, cell.hidden_size, \
             cell.dtype
-        H, double = self.hidden_size, self.dtype == np.float64
-        self._w_ih = np.empty(_lstm.packed_length(4 * H, self.input_size, double), self.dtype)
-        self._w_hh = np.empty(_lstm.packed_length(4 * H, H, double), self.dtype)
-        _lstm.pack_weights(p["weight_ih"], self._w_ih)
-        _lstm.pack_weights(p["weight_hh"], self._w_hh)
-        self._bias = (p["bias_ih"] + p["bias_hh"] if cell.bias
-                      else np.zeros(4 * H, self.dtype))
+        self._pack(p["weight_ih"], p["weight_hh"],
+                   p["bias_ih"] + p["bias_hh"] if cell.bias
+                   else np.zeros(4 * self.hidden_size, self.dtype))
 
     def __repr__(self):
         return f"{self._spec!r}.freeze()"
 
-    def __call__(self, x, state=None):
-        """One step: ``h, c``."""
-        args = self._spec._streaming_args(x, state)
-        if args is None:
-            x2, h0, c0, _, batched = self._spec._prepare(x, state)
-        else:
-            (x2, h0, c0), batched = args, x.ndim == 2
-        B = h0.shape[0]
-        h, c = out = np.empty((2, B, self.hidden_size), self.dtype)
-        _lstm.cell_forward_packed(x2, self._w_ih, self._w_hh, self._bias, h0, c0, h, c,
-                                  np.empty((B, 4 * self.hidden_size), self.dtype))
-        return (h, c) if batched else (out[0, 0], out[1, 0])
+    def _general_call(self, x, state):
+        x2, h0, c0, _, batched = self._spec._prepare(x, state)
+        h, c = self._step(*(np.require(a, self.dtype, "CA") for a in (x2, h0, c0)), True)
+        return (h, c) if batched else (h[0], c[0])
 
-    forward = __call__
+    forward = _lstm.PackedCell.__call__

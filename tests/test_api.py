@@ -557,6 +557,103 @@ def test_frozen_cell_is_a_snapshot_of_the_cell(dtype, bias):
     assert_close(cell.freeze()(x, (h0, c0))[0], cell(x, (h0, c0))[0], dtype)
 
 
+class _ArraySubclass(np.ndarray):
+    pass
+
+
+def _unaligned(a):
+    """A copy of a whose data starts one byte past an aligned address."""
+    buf = np.empty(a.nbytes + 1, np.uint8)
+    out = np.frombuffer(buf.data, a.dtype, a.size, offset=1).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_cell_step_takes_any_array_the_shortcut_refuses(dtype, frozen):
+    """The compiled streaming check passes only exact, C-contiguous, aligned, native-order
+    arrays of the cell's dtype; everything else must come out the same through the general
+    path, not be read as if it were such an array."""
+    cell = clstm.LSTMCell(I, H, dtype=dtype, seed=5)
+    step = cell.freeze() if frozen else cell
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, I)).astype(dtype)
+    h0, c0 = rng.standard_normal((2, 2, H)).astype(dtype)
+    fast = step(x, (h0, c0))
+    swapped = x.astype(x.dtype.newbyteorder())
+    other = np.float64 if dtype == np.float32 else np.float32
+    variants = {"list state": (x, [h0, c0]), "Fortran x": (np.asfortranarray(x), (h0, c0)),
+                "byte-swapped x": (swapped, (h0, c0)), "unaligned h0": (x, (_unaligned(h0), c0)),
+                "subclass c0": (x, (h0, c0.view(_ArraySubclass))),
+                "strided x": (np.repeat(x, 2, axis=1)[:, ::2], (h0, c0)),
+                "other dtype x": (x.astype(other), (h0, c0))}
+    for name, (xv, state) in variants.items():
+        out = step(xv, state)
+        for a, b in zip(out, fast):
+            assert type(a) is np.ndarray and a.dtype == dtype and a.shape == (2, H), name
+            if name == "other dtype x":
+                assert_close(a, b, np.float32)
+            else:
+                np.testing.assert_array_equal(a, b, err_msg=name)
+    h1, c1 = step(x[1], (h0[1], c0[1]))  # unbatched, on the shortcut
+    assert h1.shape == c1.shape == (H,)
+    assert_close(h1, fast[0][1], dtype)
+    assert_close(c1, fast[1][1], dtype)
+    with pytest.raises(ValueError, match=r"c0 must have shape \(2, 4\)"):
+        step(x, (h0, c0[:1].copy()))
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 3\)"):
+        step(np.zeros((2, I + 1), dtype), (h0, c0))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(4,\)"):
+        step(x[0], (h0, c0[0]))  # ranks that do not match x's
+
+
+def test_cell_beyond_the_step_rows_runs_the_layer_kernel():
+    rows = clstm._lstm.CELL_STEP_MAX_ROWS + 1
+    cell = clstm.LSTMCell(I, H, seed=4)
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((rows, I)).astype(np.float32)
+    h0, c0 = rng.standard_normal((2, rows, H)).astype(np.float32)
+    p = cell.params
+    _, h_ref, c_ref, _ = R.lstm_forward(x[None], p["weight_ih"], p["weight_hh"], p["bias_ih"],
+                                        p["bias_hh"], h0, c0)
+    for step in (cell, cell.freeze()):
+        h, c = step(x, (h0, c0))
+        assert_close(h, h_ref, np.float32)
+        assert_close(c, c_ref, np.float32)
+
+
+def test_frozen_cell_steps_concurrently_from_python_threads():
+    """The frozen step releases the GIL and shares nothing: threads stepping one snapshot
+    at once get exactly what each gets alone."""
+    import threading
+    frozen = clstm.LSTMCell(16, 64, seed=3).freeze()
+    rng = np.random.default_rng(15)
+    xs = rng.standard_normal((4, 50, 1, 16)).astype(np.float32)
+
+    def run(seq):
+        h = c = np.zeros((1, 64), np.float32)
+        for x in seq:
+            h, c = frozen(x, (h, c))
+        return h, c
+
+    alone = [run(seq) for seq in xs]
+    together = [None] * len(xs)
+
+    def worker(k):
+        for _ in range(20):
+            together[k] = run(xs[k])
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_lstm_cell_streaming_path_equals_general_path(dtype):
     """A tuple of exact-dtype C-contiguous arrays takes the streaming shortcut; a list

@@ -44,7 +44,10 @@ so nothing in here can fail once the GIL is released.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
+
+cimport numpy as cnp
 
 from clstm._blas cimport blas_int, gemm, matmul
 from clstm._fastmath cimport (clstm_cell_backward_f32, clstm_cell_backward_f64, clstm_cell_f32,
@@ -54,6 +57,8 @@ from clstm._pgemm cimport clstm_isa_level, pack, packed_size, panel_width, pgemm
 from clstm._openmp cimport (CLSTM_OPENMP_ENABLED, clstm_barrier, clstm_current_cpu,
                             clstm_leave_master_cpu, omp_get_max_threads, omp_get_num_threads,
                             omp_get_thread_num)
+
+cnp.import_array()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -634,36 +639,126 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
         _blas_threads(blas_saved)
 
 
-def cell_forward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not None,
-                 const floating[:, ::1] w_hh not None, const floating[::1] b_ih,
-                 const floating[::1] b_hh, const floating[:, ::1] h0 not None,
-                 const floating[:, ::1] c0 not None, floating[:, ::1] h1 not None,
-                 floating[:, ::1] c1 not None, floating[:, ::1] gates not None):
-    """One inference step for a few rows, on one thread, with as little around it as
-    possible (the streaming path of LSTMCell): h1, c1 (B, H) OUT; gates (B, 4H) scratch.
-    b_ih and b_hh are both given or both None."""
-    cdef Py_ssize_t B = x.shape[0], I = x.shape[1], H = c0.shape[1], k, row
-    cdef int blas_saved
+# ---------------------------------------------------------------------------------------------
+# Streaming steps (LSTMCell): a few rows, one step, on one thread. At B=1 the multiply takes
+# ~3 us, so the call itself must cost far less: these take plain objects and check them
+# through NumPy's C API (a fused-type memoryview signature cost ~0.25 us per argument).
+
+CELL_STEP_MAX_ROWS = 8  # beyond this many rows LSTMCell runs the threaded layer kernel
+
+
+cdef inline bint is_operand(object a, int typenum, int ndim, bint exact=True) noexcept:
+    """a is an ndarray (exact: not a subclass) of typenum and rank ndim, C-contiguous,
+    aligned, in native byte order: an array the kernels can read as it is."""
+    return ((cnp.PyArray_CheckExact(a) if exact else cnp.PyArray_Check(a))
+            and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
+            and cnp.PyArray_NDIM(<cnp.ndarray>a) == ndim
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray>a))
+
+
+cdef Py_ssize_t step_rows(object x, object h0, object c0, int typenum, Py_ssize_t I,
+                          Py_ssize_t H) noexcept:
+    """B if x (B, I) and h0, c0 (B, H), or x (I,) and h0, c0 (H,) (B = 1), are operands of
+    typenum; else 0."""
+    if not cnp.PyArray_CheckExact(x):
+        return 0
+    cdef int nd = cnp.PyArray_NDIM(<cnp.ndarray>x)
+    if not (nd in (1, 2) and is_operand(x, typenum, nd) and is_operand(h0, typenum, nd)
+            and is_operand(c0, typenum, nd)):
+        return 0
+    cdef cnp.npy_intp* x_dims = cnp.PyArray_DIMS(<cnp.ndarray>x)
+    cdef cnp.npy_intp* h_dims = cnp.PyArray_DIMS(<cnp.ndarray>h0)
+    cdef cnp.npy_intp* c_dims = cnp.PyArray_DIMS(<cnp.ndarray>c0)
+    cdef Py_ssize_t B = x_dims[0] if nd == 2 else 1
+    if not (x_dims[nd - 1] == I and h_dims[nd - 1] == H and c_dims[nd - 1] == H and B >= 1
+            and (nd == 1 or (h_dims[0] == B and c_dims[0] == B))):
+        return 0
+    return B
+
+
+cdef inline int typenum_of(object a) noexcept:
+    return cnp.PyArray_TYPE(<cnp.ndarray>a) if cnp.PyArray_CheckExact(a) else -1
+
+
+cdef inline void* data(object a) noexcept:
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef tuple new_state(object x, Py_ssize_t B, Py_ssize_t H):
+    """Empty h1, c1 shaped like the state that goes with x."""
+    cdef int nd = cnp.PyArray_NDIM(<cnp.ndarray>x), typenum = typenum_of(x)
+    cdef cnp.npy_intp dims[2]
+    dims[0], dims[1] = B, H
+    return (cnp.PyArray_EMPTY(nd, &dims[2 - nd], typenum, 0),
+            cnp.PyArray_EMPTY(nd, &dims[2 - nd], typenum, 0))
+
+
+cdef void plain_step(Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, const floating* x,
+                     const floating* w_ih, const floating* w_hh, const floating* b_ih,
+                     const floating* b_hh, const floating* h0, const floating* c0,
+                     floating* h1, floating* c1, floating* gates) noexcept nogil:
+    cdef Py_ssize_t row, k
+    cdef int blas_saved = _blas_threads_enter()
+    for row in range(B):
+        for k in range(4 * H):
+            gates[row * 4 * H + k] = (b_ih[k] + b_hh[k]) if b_ih != NULL else 0
+    matmul(<blas_int>B, <blas_int>(4 * H), <blas_int>I, x, <blas_int>I, w_ih, <blas_int>I, True,
+           <floating>1, gates, <blas_int>(4 * H))
+    matmul(<blas_int>B, <blas_int>(4 * H), <blas_int>H, h0, <blas_int>H, w_hh, <blas_int>H, True,
+           <floating>1, gates, <blas_int>(4 * H))
+    gates_forward(B, H, 0, H, gates, NULL, c0, c1, h1)
+    _blas_threads(blas_saved)
+
+
+def cell_step(x, h0, c0, w_ih, w_hh, b_ih, b_hh, bint double, bint strict=False):
+    """LSTMCell's step on its own weights, read afresh: (h1, c1) for x (B, I) with
+    B <= CELL_STEP_MAX_ROWS or (I,), h0 and c0 of the matching shape, w_ih (4H, I),
+    w_hh (4H, H) and b_ih, b_hh (4H,) (or both None), all float64 if double else float32,
+    as is_operand describes (the weights may be subclasses). Anything else: None (strict:
+    ValueError), and the caller validates and comes back with conforming arrays. Call it
+    holding clstm._threads' kernel lock (it sets BLAS's thread count)."""
+    cdef int typenum = cnp.NPY_DOUBLE if double else cnp.NPY_FLOAT
+    cdef Py_ssize_t B = 0, I, H
     cdef bint has_bias = b_ih is not None
-    check(w_ih.shape[0] == 4 * H and w_ih.shape[1] == I and w_hh.shape[0] == 4 * H
-          and w_hh.shape[1] == H and h0.shape[0] == B and h0.shape[1] == H
-          and c0.shape[0] == B and h1.shape[0] == B and h1.shape[1] == H
-          and c1.shape[0] == B and c1.shape[1] == H and gates.shape[0] == B
-          and gates.shape[1] == 4 * H and B >= 1 and I >= 1 and H >= 1, "cell shapes")
-    check(has_bias == (b_hh is not None) and (not has_bias or (b_ih.shape[0] == 4 * H
-                                                             and b_hh.shape[0] == 4 * H)),
-          "cell biases")
+    if is_operand(w_ih, typenum, 2, False) and is_operand(w_hh, typenum, 2, False):
+        I = cnp.PyArray_DIMS(<cnp.ndarray>w_ih)[1]
+        H = cnp.PyArray_DIMS(<cnp.ndarray>w_hh)[1]
+        if (cnp.PyArray_DIMS(<cnp.ndarray>w_ih)[0] == 4 * H
+                and cnp.PyArray_DIMS(<cnp.ndarray>w_hh)[0] == 4 * H
+                and has_bias == (b_hh is not None)
+                and (not has_bias or (is_operand(b_ih, typenum, 1, False)
+                                      and is_operand(b_hh, typenum, 1, False)
+                                      and cnp.PyArray_DIMS(<cnp.ndarray>b_ih)[0] == 4 * H
+                                      and cnp.PyArray_DIMS(<cnp.ndarray>b_hh)[0] == 4 * H))):
+            B = step_rows(x, h0, c0, typenum, I, H)
+    if B == 0 or B > CELL_STEP_MAX_ROWS:
+        check(not strict, "cell step operands")
+        return None
+    h1, c1 = new_state(x, B, H)
+    cdef void* px = data(x)
+    cdef void* pw_ih = data(w_ih)
+    cdef void* pw_hh = data(w_hh)
+    cdef void* ph0 = data(h0)
+    cdef void* pc0 = data(c0)
+    cdef void* ph1 = data(h1)
+    cdef void* pc1 = data(c1)
+    cdef void* pb_ih = data(b_ih) if has_bias else NULL
+    cdef void* pb_hh = data(b_hh) if has_bias else NULL
+    cdef void* gates = malloc(B * 4 * H * cnp.PyArray_ITEMSIZE(<cnp.ndarray>w_hh))
+    if gates == NULL:
+        raise MemoryError()
     with nogil:
-        blas_saved = _blas_threads_enter()
-        for row in range(B):
-            for k in range(4 * H):
-                gates[row, k] = (b_ih[k] + b_hh[k]) if has_bias else 0
-        matmul(<blas_int>B, <blas_int>(4 * H), <blas_int>I, &x[0, 0], <blas_int>I,
-               &w_ih[0, 0], <blas_int>I, True, <floating>1, &gates[0, 0], <blas_int>(4 * H))
-        matmul(<blas_int>B, <blas_int>(4 * H), <blas_int>H, &h0[0, 0], <blas_int>H,
-               &w_hh[0, 0], <blas_int>H, True, <floating>1, &gates[0, 0], <blas_int>(4 * H))
-        gates_forward(B, H, 0, H, &gates[0, 0], NULL, &c0[0, 0], &c1[0, 0], &h1[0, 0])
-        _blas_threads(blas_saved)
+        if typenum == cnp.NPY_FLOAT:
+            plain_step(B, I, H, <float*>px, <float*>pw_ih, <float*>pw_hh, <float*>pb_ih,
+                       <float*>pb_hh, <float*>ph0, <float*>pc0, <float*>ph1, <float*>pc1,
+                       <float*>gates)
+        else:
+            plain_step(B, I, H, <double*>px, <double*>pw_ih, <double*>pw_hh, <double*>pb_ih,
+                       <double*>pb_hh, <double*>ph0, <double*>pc0, <double*>ph1,
+                       <double*>pc1, <double*>gates)
+        free(gates)
+    return h1, c1
 
 
 def pack_weights(const floating[:, ::1] w not None, floating[::1] out not None):
@@ -673,28 +768,83 @@ def pack_weights(const floating[:, ::1] w not None, floating[::1] out not None):
         pack(&w[0, 0], w.shape[0], w.shape[1], False, &out[0])
 
 
-def cell_forward_packed(const floating[:, ::1] x not None,
-                        const floating[::1] w_ih_packed not None,
-                        const floating[::1] w_hh_packed not None,
-                        const floating[::1] bias not None, const floating[:, ::1] h0 not None,
-                        const floating[:, ::1] c0 not None, floating[:, ::1] h1 not None,
-                        floating[:, ::1] c1 not None, floating[:, ::1] gates not None):
-    """cell_forward on weights packed ahead by pack_weights (a frozen LSTMCell): the
-    packed GEMM reads them faster than BLAS reads the plain ones, no BLAS is called, and
-    nothing is shared, so no lock is needed. bias is b_ih + b_hh (4H,)."""
-    cdef Py_ssize_t B = x.shape[0], I = x.shape[1], H = c0.shape[1], row
-    check(h0.shape[0] == B and h0.shape[1] == H and c0.shape[0] == B and h1.shape[0] == B
-          and h1.shape[1] == H and c1.shape[0] == B and c1.shape[1] == H
-          and gates.shape[0] == B and gates.shape[1] == 4 * H and bias.shape[0] == 4 * H
-          and B >= 1 and I >= 1 and H >= 1, "cell shapes")
-    check(w_ih_packed.shape[0] == packed_size(4 * H, I, &w_ih_packed[0])
-          and w_hh_packed.shape[0] == packed_size(4 * H, H, &w_hh_packed[0]), "packed weights")
-    with nogil:
-        for row in range(B):
-            memcpy(&gates[row, 0], &bias[0], 4 * H * sizeof(floating))
-        pgemm(B, 4 * H, I, &x[0, 0], I, &w_ih_packed[0], &gates[0, 0], 4 * H)
-        pgemm(B, 4 * H, H, &h0[0, 0], H, &w_hh_packed[0], &gates[0, 0], 4 * H)
-        gates_forward(B, H, 0, H, &gates[0, 0], NULL, &c0[0, 0], &c1[0, 0], &h1[0, 0])
+cdef void packed_step(Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, const floating* x,
+                      const floating* w_ih_packed, const floating* w_hh_packed,
+                      const floating* bias, const floating* h0, const floating* c0,
+                      floating* h1, floating* c1, floating* gates) noexcept nogil:
+    cdef Py_ssize_t row
+    for row in range(B):
+        memcpy(&gates[row * 4 * H], bias, 4 * H * sizeof(floating))
+    pgemm(B, 4 * H, I, x, I, w_ih_packed, gates, 4 * H)
+    pgemm(B, 4 * H, H, h0, H, w_hh_packed, gates, 4 * H)
+    gates_forward(B, H, 0, H, gates, NULL, c0, c1, h1)
+
+
+cdef class PackedCell:
+    """The compiled part of clstm.FrozenLSTMCell: one inference step on weights packed once
+    (pack_weights' layout, so no BLAS, no lock, nothing shared: Python threads may step it
+    concurrently, and the GIL is released while it runs).
+
+    A streaming call (a state tuple, and arrays that step_rows accepts) runs from here
+    without a Python frame; any other goes to self._general_call, the subclass's full
+    validation, which comes back through _step with conforming arrays."""
+    cdef object w_ih_packed, w_hh_packed, bias
+    cdef Py_ssize_t n_in, n_hidden
+    cdef int typenum
+
+    def _pack(self, w_ih not None, w_hh not None, bias not None):
+        """Snapshot the weights: w_ih (4H, I), w_hh (4H, H), bias (4H,) = b_ih + b_hh, one
+        float dtype, C-contiguous."""
+        import numpy as np
+        double = w_ih.dtype == np.float64
+        H, I = w_hh.shape[1], w_ih.shape[1]
+        check(w_ih.dtype == w_hh.dtype == bias.dtype and w_ih.shape[0] == w_hh.shape[0] == 4 * H
+              and bias.shape == (4 * H,), "cell weights")
+        packed = [np.empty(packed_length(4 * H, k, double), w_ih.dtype) for k in (I, H)]
+        pack_weights(w_ih, packed[0])
+        pack_weights(w_hh, packed[1])
+        self.w_ih_packed, self.w_hh_packed = packed
+        self.bias = np.array(bias, order="C")
+        self.n_in, self.n_hidden = I, H
+        self.typenum = cnp.NPY_DOUBLE if double else cnp.NPY_FLOAT
+
+    def __call__(self, x, state=None):
+        """One step: ``h, c``."""
+        if type(state) is tuple and len(state) == 2 and self.w_ih_packed is not None:
+            result = self._step(x, state[0], state[1], False)
+            if result is not None:
+                return result
+        return self._general_call(x, state)
+
+    def _step(self, x, h0, c0, bint strict):
+        """(h1, c1); None if step_rows refuses the arrays (strict: raise instead)."""
+        cdef Py_ssize_t I = self.n_in, H = self.n_hidden
+        cdef Py_ssize_t B = step_rows(x, h0, c0, self.typenum, I, H)
+        if B == 0:
+            check(not strict, "packed cell operands")
+            return None
+        h1, c1 = new_state(x, B, H)
+        cdef void* px = data(x)
+        cdef void* pw_ih = data(self.w_ih_packed)
+        cdef void* pw_hh = data(self.w_hh_packed)
+        cdef void* pbias = data(self.bias)
+        cdef void* ph0 = data(h0)
+        cdef void* pc0 = data(c0)
+        cdef void* ph1 = data(h1)
+        cdef void* pc1 = data(c1)
+        cdef void* gates = malloc(B * 4 * H * cnp.PyArray_ITEMSIZE(<cnp.ndarray>x))
+        if gates == NULL:
+            raise MemoryError()
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT:
+                packed_step(B, I, H, <float*>px, <float*>pw_ih, <float*>pw_hh, <float*>pbias,
+                            <float*>ph0, <float*>pc0, <float*>ph1, <float*>pc1, <float*>gates)
+            else:
+                packed_step(B, I, H, <double*>px, <double*>pw_ih, <double*>pw_hh,
+                            <double*>pbias, <double*>ph0, <double*>pc0, <double*>ph1,
+                            <double*>pc1, <double*>gates)
+            free(gates)
+        return h1, c1
 
 
 def packed_length(Py_ssize_t N, Py_ssize_t K, bint double):
