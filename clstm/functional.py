@@ -27,7 +27,8 @@ from .reference import LSTMGrads
 GATES_CHUNK_ELEMENTS = 1 << 21
 # When the time loop shares hidden units among threads instead of batch rows (see
 # Packing.unit_bounds).
-UNIT_SPLIT_MIN_BYTES = 1 << 19
+UNIT_SPLIT_MIN_BYTES = 1 << 18
+UNIT_SPLIT_MIN_UNITS_PER_THREAD = 64
 UNIT_SPLIT_MAX_ROWS_PER_THREAD = 2
 
 _scratch_buffers = threading.local()
@@ -124,15 +125,18 @@ class Packing:
 
         Each thread then computes its share of the hidden units for every row, and the
         threads meet at a barrier after each step; each reads only its share of w_hh per
-        step instead of all of it. Measured at 2 threads (docs/performance.md): 1.4-1.7x
-        faster than the batch split at B <= 2 rows per thread once w_hh is >= 512 KB
-        (H >= 256 in float32), even at B = 4 rows per thread, slower below (a barrier per
-        step outweighs a small w_hh). Results are identical either way.
+        step instead of all of it. Measured at 2 threads, T = 100, B = 1 (docs/performance.md):
+        1.4-1.7x faster than the batch split once w_hh is >= 512 KB (H >= 256 in float32),
+        even at B = 4 rows per thread; 1.13x inference and training at H = 128 (256 KB);
+        slower with a smaller w_hh or fewer units per thread (float32 H = 96, float64
+        H = 96: 0.75x inference), where a barrier per step outweighs the saving. Results
+        are identical either way.
         """
         width = _lstm.packed_panel_width(dtype == np.float64)
         n = min(n_threads if openmp_enabled() else 1, H // width)
         w_hh_bytes = 4 * H * H * np.dtype(dtype).itemsize
         if (n < 2 or projection or H % width or w_hh_bytes < UNIT_SPLIT_MIN_BYTES
+                or H < UNIT_SPLIT_MIN_UNITS_PER_THREAD * n
                 or self.B > UNIT_SPLIT_MAX_ROWS_PER_THREAD * n):
             return None
         panels = H // width

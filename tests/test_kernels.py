@@ -77,6 +77,7 @@ def test_hidden_unit_split_matches_batch_split_exactly(monkeypatch, dtype, n_thr
                                                        lengths):
     # Thresholds off, so that small layers take the unit split too; H spans 3 panels.
     monkeypatch.setattr(F, "UNIT_SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(F, "UNIT_SPLIT_MIN_UNITS_PER_THREAD", 0)
     monkeypatch.setattr(F, "UNIT_SPLIT_MAX_ROWS_PER_THREAD", B)
     width = F._lstm.packed_panel_width(dtype == np.float64)
     T, I, H = 5, 7, 3 * width
@@ -119,7 +120,9 @@ def test_hidden_unit_split_policy():
     assert four.unit_bounds(2, 256, False, f32).tolist() == [0, 128, 256]
     assert one.unit_bounds(2, 256, False, f64).tolist() == [0, 128, 256]
     assert one.unit_bounds(1, 512, False, f32) is None          # one thread
-    assert one.unit_bounds(2, 128, False, f32) is None          # w_hh 256 KB: too small
+    assert one.unit_bounds(2, 128, False, f32).tolist() == [0, 64, 128]  # w_hh 256 KB
+    assert one.unit_bounds(2, 96, False, f32) is None           # w_hh 144 KB: too small
+    assert one.unit_bounds(2, 96, False, f64) is None           # 48 units per thread
     assert one.unit_bounds(2, 528, False, f32) is None          # H not a multiple of 32
     assert one.unit_bounds(2, 512, True, f32) is None           # projection
     assert F.Packing(10, 5, None).unit_bounds(2, 512, False, f32) is None  # rows enough
