@@ -73,3 +73,29 @@ def test_layer_matches_reference_stack(dtype, config, lengths, n_threads):
         assert_close(g, g_r[name], dtype, factor, name)
     if not lstm.dropout:
         assert_close(y_inf, y_r, dtype, factor, "inference y")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("config", CONFIGS[:4], ids=lambda c: "-".join(f"{k}={v}"
+                                                                       for k, v in c.items()))
+@pytest.mark.parametrize("B, lengths", [(1, None), (3, None), (3, [1, 1, 1]), (3, [1, 0, 1]),
+                                        (9, None)])
+def test_one_step_inference_matches_reference_stack(dtype, config, B, lengths):
+    """T = 1 with a few rows (a layer stepped token by token) takes LSTMCell's step on the
+    unpacked weights: the same numbers as the reference, with outputs that own their memory."""
+    I, H = 3, 4
+    lstm = clstm.LSTM(I, H, dtype=dtype, seed=8, **config)
+    L, D, P = lstm.num_layers, lstm.num_directions, lstm.output_size
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, B, I)).astype(dtype)
+    h0 = rng.standard_normal((L * D, B, P)).astype(dtype)
+    c0 = rng.standard_normal((L * D, B, H)).astype(dtype)
+    params = {k: v.astype(np.float64) for k, v in lstm.state_dict().items()}
+    y_r, h_r, c_r, _ = R.lstm_stack_forward(
+        x.astype(np.float64), params, h0.astype(np.float64), c0.astype(np.float64),
+        num_layers=L, bidirectional=lstm.bidirectional, lengths=lengths)
+    y, (h_n, c_n) = lstm(x, (h0, c0), lengths=lengths)
+    factor = 1e2 if dtype == np.float32 else 1
+    for a, b, name in ((y, y_r, "y"), (h_n, h_r, "h_n"), (c_n, c_r, "c_n")):
+        assert_close(a, b, dtype, factor, name)
+    assert not np.shares_memory(y, h_n)

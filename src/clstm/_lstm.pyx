@@ -644,7 +644,9 @@ def backward(const floating[:, ::1] x not None, const floating[:, ::1] w_ih not 
 # ~3 us, so the call itself must cost far less: these take plain objects and check them
 # through NumPy's C API (a fused-type memoryview signature cost ~0.25 us per argument).
 
-CELL_STEP_MAX_ROWS = 8  # beyond this many rows LSTMCell runs the threaded layer kernel
+cdef enum:
+    STEP_MAX_ROWS = 8  # beyond this many rows LSTMCell runs the threaded layer kernel
+CELL_STEP_MAX_ROWS = STEP_MAX_ROWS
 
 
 cdef inline bint is_operand(object a, int typenum, int ndim, bint exact=True) noexcept:
@@ -732,7 +734,7 @@ def cell_step(x, h0, c0, w_ih, w_hh, b_ih, b_hh, bint double, bint strict=False)
                                       and cnp.PyArray_DIMS(<cnp.ndarray>b_ih)[0] == 4 * H
                                       and cnp.PyArray_DIMS(<cnp.ndarray>b_hh)[0] == 4 * H))):
             B = step_rows(x, h0, c0, typenum, I, H)
-    if B == 0 or B > CELL_STEP_MAX_ROWS:
+    if B == 0 or B > STEP_MAX_ROWS:
         check(not strict, "cell step operands")
         return None
     h1, c1 = new_state(x, B, H)
