@@ -153,6 +153,9 @@ class LSTM(Parameterised):
     def _prepare(self, x, state, lengths):
         """Validate; return time-major x (T, B, I), h0 (L*D, B, H_out), c0 (L*D, B, H),
         lengths (or None) and whether the input was batched."""
+        fast = self._streaming_args(x, state) if lengths is None else None
+        if fast is not None:
+            return fast + (None, True)
         x = float_array("x", x, self.dtype)
         I, H, P = self.input_size, self.hidden_size, self.output_size
         n_states = self.num_layers * self.num_directions
@@ -183,6 +186,24 @@ class LSTM(Parameterised):
         if lengths is not None:
             lengths = check_lengths(lengths, T, B)
         return x, h0, c0, lengths, batched
+
+    def _streaming_args(self, x, state):
+        """(x, h0, c0) if they are already what _prepare would make of them (time-major
+        x (T, B, I) and a state tuple of C-contiguous arrays of the layer's dtype: a loop
+        feeding each call's state into the next), else None. Checking that costs a third
+        of the general validation, which is most of a short call's overhead."""
+        dtype = self.dtype
+        if not (type(x) is np.ndarray and type(state) is tuple and len(state) == 2
+                and x.ndim == 3 and not self.batch_first and x.dtype == dtype
+                and x.shape[2] == self.input_size and x.flags.c_contiguous):
+            return None
+        h0, c0 = state
+        B, n_states = x.shape[1], self.num_layers * self.num_directions
+        for a, width in ((h0, self.output_size), (c0, self.hidden_size)):
+            if not (type(a) is np.ndarray and a.dtype == dtype and a.shape == (n_states, B, width)
+                    and a.flags.c_contiguous):
+                return None
+        return x, h0, c0
 
     def _to_caller(self, y, h_n, c_n, batched):
         """Time-major results to the caller's layout."""

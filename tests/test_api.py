@@ -609,6 +609,30 @@ def test_cell_step_takes_any_array_the_shortcut_refuses(dtype, frozen):
         step(x[0], (h0, c0[0]))  # ranks that do not match x's
 
 
+@pytest.mark.parametrize("T", [1, 4])
+def test_layer_shortcut_for_conforming_inputs_equals_general_path(T):
+    """A time-major x and a state tuple of C-contiguous arrays of the layer's dtype skip the
+    general validation; anything else takes it, with the same numbers."""
+    lstm = clstm.LSTM(I, H, num_layers=2, bidirectional=True, seed=9)
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((T, 3, I)).astype(np.float32)
+    h0, c0 = rng.standard_normal((2, 4, 3, H)).astype(np.float32)
+    y, (h_n, c_n) = lstm(x, (h0, c0))
+    variants = {"list state": (x, [h0, c0]), "Fortran x": (np.asfortranarray(x), (h0, c0)),
+                "byte-swapped x": (x.astype(x.dtype.newbyteorder()), (h0, c0)),
+                "subclass h0": (x, (h0.view(_ArraySubclass), c0)),
+                "float64 c0": (x, (h0, c0.astype(np.float64)))}
+    for name, (xv, state) in variants.items():
+        yv, (hv, cv) = lstm(xv, state)
+        for a, b in ((yv, y), (hv, h_n), (cv, c_n)):
+            assert type(a) is np.ndarray and a.dtype == np.float32, name
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    with pytest.raises(ValueError, match=r"c0 must have shape \(4, 3, 4\)"):
+        lstm(x, (h0, c0[:, :2].copy()))
+    with pytest.raises(ValueError, match=r"x must have shape \(T, B, 3\)"):
+        lstm(np.zeros((T, 3, I + 1), np.float32), (h0, c0))
+
+
 def test_cell_beyond_the_step_rows_runs_the_layer_kernel():
     rows = clstm._lstm.CELL_STEP_MAX_ROWS + 1
     cell = clstm.LSTMCell(I, H, seed=4)
