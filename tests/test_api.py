@@ -1,4 +1,6 @@
 """The clstm.LSTM class: shapes, state handling, gradients, parameters, and bad input."""
+import pickle
+
 import numpy as np
 import pytest
 
@@ -555,6 +557,11 @@ def test_frozen_cell_is_a_snapshot_of_the_cell(dtype, bias):
         np.testing.assert_array_equal(a, b)
     assert not np.allclose(cell(x, (h0, c0))[0], before[0])
     assert_close(cell.freeze()(x, (h0, c0))[0], cell(x, (h0, c0))[0], dtype)
+    for a, b in zip(pickle.loads(pickle.dumps(frozen))(x, (h0, c0)), before):
+        np.testing.assert_array_equal(a, b)
+    bare = clstm._lstm.PackedCell()  # the compiled part alone, never packed: an error
+    with pytest.raises(ValueError, match="no weights"):
+        bare._step(x, h0, c0, False)
 
 
 class _ArraySubclass(np.ndarray):

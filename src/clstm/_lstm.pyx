@@ -820,6 +820,8 @@ cdef class PackedCell:
 
     def _step(self, x, h0, c0, bint strict):
         """(h1, c1); None if step_rows refuses the arrays (strict: raise instead)."""
+        if self.w_ih_packed is None:
+            raise ValueError("PackedCell has no weights yet: call _pack first")
         cdef Py_ssize_t I = self.n_in, H = self.n_hidden
         cdef Py_ssize_t B = step_rows(x, h0, c0, self.typenum, I, H)
         if B == 0:
