@@ -13,6 +13,7 @@ Sections (``--sections``, comma-separated; default all):
   float64   the same at a few sizes in float64
   lengths   variable-length batches (PyTorch: pack_padded_sequence + pad_packed_sequence;
             ONNX Runtime: sequence_lens)
+  bidirectional  float32, one bidirectional layer at streaming to medium batches
   cell      one step at B=1, I=H=128 from Python: LSTMCell and a one-step layer call
   threads   1 vs 2 (or --threads) threads for every implementation that has threads
   memory    peak memory of inference vs sequence length, each run in a fresh process
@@ -56,7 +57,8 @@ from clstm import _lstm
 SETTLE_SECONDS = 0.05  # ONNX Runtime's and PyTorch's pools spin for more than 5 ms
 FLOPS_PER_CELL = {"inference": 8, "train": 24}  # x T*B*H*(I+H)
 MODES = ("inference", "train")
-SECTIONS = ("grid", "float64", "lengths", "cell", "threads", "memory", "sgemm")
+SECTIONS = ("grid", "float64", "lengths", "bidirectional", "cell", "threads", "memory",
+            "sgemm")
 
 # (T, B, I, H)
 SIZES = {
@@ -69,6 +71,9 @@ SIZES = {
                 [(50, 8, 64, 64)]),
     "lengths": ([(100, 16, 128, 128), (100, 64, 256, 256), (50, 64, 512, 512)],
                 [(50, 8, 64, 64)]),
+    "bidirectional": ([(100, 1, 64, 64), (100, 1, 128, 128), (100, 4, 128, 128),
+                       (100, 16, 128, 128), (100, 64, 256, 256)],
+                      [(20, 2, 32, 32)]),
     "threads": ([(100, 1, 128, 128), (100, 16, 128, 128), (100, 64, 256, 256),
                  (50, 64, 512, 512)],
                 [(50, 16, 64, 64)]),
@@ -147,9 +152,9 @@ class Bench:
         self.rows.append(row)
         return row
 
-    def compare(self, section, T, B, I, H, dtype, lengths=None, extra=""):
+    def compare(self, section, T, B, I, H, dtype, lengths=None, extra="", bidirectional=False):
         """Time every implementation on one size, both modes; rows with speed-ups."""
-        lstm = clstm.LSTM(I, H, dtype=dtype, seed=0)
+        lstm = clstm.LSTM(I, H, dtype=dtype, seed=0, bidirectional=bidirectional)
         x = np.random.default_rng(1).standard_normal((T, B, I)).astype(dtype)
         tol = 1e-3 if dtype == np.float32 else 1e-9
         for mode in MODES:
@@ -158,7 +163,7 @@ class Bench:
             times, outputs = measure(fns, self.repeats, self.budget, warm=self.warm)
             medians = {name: statistics.median(ts) for name, ts in times.items()}
             steps = T * B if lengths is None else int(np.sum(lengths))
-            flops = FLOPS_PER_CELL[mode] * steps * H * (I + H)
+            flops = FLOPS_PER_CELL[mode] * steps * H * (I + H) * lstm.num_directions
             for name, ts in times.items():
                 diff = max_rel_diff(outputs[name], outputs["clstm"])
                 row = self.record(section, size=f"{T},{B},{I},{H}{extra}", mode=mode,
@@ -200,6 +205,12 @@ def section_lengths(bench):
         lengths[0] = T
         bench.compare("lengths", T, B, I, H, np.float32, lengths,
                       extra=f" len {lengths.min()}..{T}")
+
+
+def section_bidirectional(bench):
+    """At a small batch clstm runs the two directions at once (functional.directions_apart)."""
+    for T, B, I, H in bench.sizes("bidirectional"):
+        bench.compare("bidirectional", T, B, I, H, np.float32, bidirectional=True)
 
 
 def section_cell(bench):
@@ -415,7 +426,7 @@ def summarise(bench):
     quantities; printed and returned."""
     lines, summary = [], {}
     rows = bench.rows
-    for section in ("grid", "float64", "lengths"):
+    for section in ("grid", "float64", "lengths", "bidirectional"):
         for mode in MODES:
             mine = [r for r in rows if r["section"] == section and r["mode"] == mode]
             for impl in dict.fromkeys(r["impl"] for r in mine if r["impl"] != "clstm"):
@@ -453,7 +464,7 @@ def write_markdown(bench, path):
         by_section.setdefault(r["section"], []).append(r)
     for section, rows in by_section.items():
         out.append(f"\n**{section}**\n")
-        if section in ("grid", "float64", "lengths"):
+        if section in ("grid", "float64", "lengths", "bidirectional"):
             impls = list(dict.fromkeys(r["impl"] for r in rows))
             others = [i for i in impls if i != "clstm"]
             out.append("| T, B, I, H | mode | " + " | ".join(impls) + " | "

@@ -38,10 +38,14 @@ def load_onnxruntime():
     return onnx, onnxruntime
 
 
+def output_width(lstm):
+    return lstm.num_directions * lstm.output_size
+
+
 def make_clstm(lstm, x, mode, lengths=None):
     if mode == "inference":
         return lambda: lstm(x, lengths=lengths)[0]
-    dy = np.ones((x.shape[0], x.shape[1], lstm.hidden_size), lstm.dtype)
+    dy = np.ones((x.shape[0], x.shape[1], output_width(lstm)), lstm.dtype)
 
     def step():
         _, backward = lstm.forward_train(x, lengths=lengths)
@@ -51,6 +55,17 @@ def make_clstm(lstm, x, mode, lengths=None):
 
 def make_reference(lstm, x, mode, lengths=None):
     p = lstm.state_dict()
+    if lstm.bidirectional:  # the reference's composition of layers and directions
+        n = lstm.num_directions
+        h0 = np.zeros((n, x.shape[1], lstm.hidden_size), lstm.dtype)
+        kw = dict(num_layers=1, bidirectional=True, lengths=lengths)
+        if mode == "inference":
+            return lambda: reference.lstm_stack_forward(x, p, h0, h0, **kw)[0]
+
+        def stack_step():
+            y, _, _, cache = reference.lstm_stack_forward(x, p, h0, h0, train=True, **kw)
+            return reference.lstm_stack_backward(cache, np.ones_like(y))["x"]
+        return stack_step
     weights = (p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"])
     h0 = np.zeros((x.shape[1], lstm.hidden_size), lstm.dtype)
     if mode == "inference":
@@ -68,7 +83,8 @@ def torch_factory(torch):
 
     def make_torch(lstm, x, mode, lengths=None):
         dtype = torch.float64 if lstm.dtype == np.float64 else torch.float32
-        module = torch.nn.LSTM(lstm.input_size, lstm.hidden_size, dtype=dtype)
+        module = torch.nn.LSTM(lstm.input_size, lstm.hidden_size, dtype=dtype,
+                               bidirectional=lstm.bidirectional)
         module.load_state_dict({k: torch.from_numpy(v) for k, v in lstm.state_dict().items()})
         xt = torch.from_numpy(x)
         T = x.shape[0]
@@ -86,7 +102,7 @@ def torch_factory(torch):
                     return run().numpy()
             return forward
         xt.requires_grad_(True)
-        dy = torch.ones(x.shape[0], x.shape[1], lstm.hidden_size, dtype=dtype)
+        dy = torch.ones(x.shape[0], x.shape[1], output_width(lstm), dtype=dtype)
 
         def step():
             xt.grad = None
@@ -100,16 +116,20 @@ def torch_factory(torch):
 def onnx_lstm_session(onnx, onnxruntime, lstm, x_shape, threads, with_lengths=False,
                       with_state=False):
     """An InferenceSession of a one-node model running ONNX's LSTM operator with the
-    weights of ``lstm`` (one layer, one direction). Inputs X (T, B, I), optionally
-    sequence_lens (B,) int32 and initial_h / initial_c (1, B, H); outputs Y, Y_h, Y_c."""
+    weights of ``lstm`` (one layer, one or both directions). Inputs X (T, B, I), optionally
+    sequence_lens (B,) int32 and initial_h / initial_c (D, B, H); outputs Y (T, D, B, H),
+    Y_h, Y_c."""
     from onnx import TensorProto, helper, numpy_helper
 
     H = lstm.hidden_size
     p = lstm.state_dict()
     # PyTorch stacks gates i, f, g, o; ONNX wants i, o, f, c.
     order = np.concatenate([np.arange(k * H, (k + 1) * H) for k in (0, 3, 1, 2)])
-    weights = {"W": p["weight_ih_l0"][order][None], "R": p["weight_hh_l0"][order][None],
-               "B": np.concatenate([p["bias_ih_l0"][order], p["bias_hh_l0"][order]])[None]}
+    sfxs = ("_l0", "_l0_reverse")[:lstm.num_directions]
+    weights = {"W": np.stack([p["weight_ih" + s][order] for s in sfxs]),
+               "R": np.stack([p["weight_hh" + s][order] for s in sfxs]),
+               "B": np.stack([np.concatenate([p["bias_ih" + s][order], p["bias_hh" + s][order]])
+                              for s in sfxs])}
     elem = TensorProto.DOUBLE if lstm.dtype == np.float64 else TensorProto.FLOAT
     B = x_shape[1]
     inputs = [helper.make_tensor_value_info("X", elem, list(x_shape))]
@@ -118,12 +138,13 @@ def onnx_lstm_session(onnx, onnxruntime, lstm, x_shape, threads, with_lengths=Fa
         inputs.append(helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, [B]))
         names[4] = "sequence_lens"
     if with_state:
-        inputs += [helper.make_tensor_value_info(n, elem, [1, B, H])
+        inputs += [helper.make_tensor_value_info(n, elem, [len(sfxs), B, H])
                    for n in ("initial_h", "initial_c")]
         names[5:] = ["initial_h", "initial_c"]
     while names[-1] == "":
         names.pop()
-    node = helper.make_node("LSTM", names, ["Y", "Y_h", "Y_c"], hidden_size=H)
+    node = helper.make_node("LSTM", names, ["Y", "Y_h", "Y_c"], hidden_size=H,
+                            direction="bidirectional" if lstm.bidirectional else "forward")
     graph = helper.make_graph(
         [node], "lstm", inputs, [helper.make_tensor_value_info(n, elem, None)
                                  for n in ("Y", "Y_h", "Y_c")],
@@ -146,7 +167,9 @@ def ort_factory(onnx, onnxruntime, threads):
         feed = {"X": x}
         if lengths is not None:
             feed["sequence_lens"] = np.asarray(lengths, np.int32)
-        return lambda: session.run(["Y"], feed)[0][:, 0]
+        T, B = x.shape[:2]
+        # Y (T, D, B, H) -> clstm's (T, B, D*H)
+        return lambda: session.run(["Y"], feed)[0].transpose(0, 2, 1, 3).reshape(T, B, -1)
     return make_ort
 
 

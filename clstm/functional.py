@@ -31,6 +31,7 @@ UNIT_SPLIT_MIN_BYTES = 1 << 18
 UNIT_SPLIT_MIN_UNITS_PER_THREAD = 64
 UNIT_SPLIT_MAX_ROWS_PER_THREAD = 2
 DIRECTIONS_APART_MAX_ROWS = 8
+DIRECTIONS_APART_MIN_MACS = 1 << 22  # as the split GEMMs' one-thread limit
 
 _scratch_buffers = threading.local()
 
@@ -129,7 +130,7 @@ class Packing:
         out[..., self.order, :] = s
         return out
 
-    def directions_apart(self, n_threads, H, P, dtype):
+    def directions_apart(self, n_threads, I, H, P, dtype):
         """Whether a bidirectional layer runs its two directions at the same time, each on
         its share of the threads (`_threads.run_pair`), rather than one after the other on
         all of them. At a small batch one direction cannot keep the threads busy (a slice
@@ -138,8 +139,11 @@ class Packing:
         B = 1, H = 64..128 1.1-1.25x / 1.1x, B = 4..8 1.2-1.6x / 1.2-1.8x, B = 16 1.0x; but
         B = 1, H = 256 0.85x inference, where the unit split puts a half of a 1 MB w_hh in
         each core's L2: not where that split runs on a w_hh of >= 512 KB. Handing a half to
-        the helper thread costs ~50 us on these virtual machines."""
-        if n_threads < 2 or self.B > DIRECTIONS_APART_MAX_ROWS * n_threads:
+        the helper thread costs ~50 us on these virtual machines, so not below
+        DIRECTIONS_APART_MIN_MACS per direction either (T=20, B=2, H=32 took 2.5x as long
+        as one direction after the other)."""
+        if (n_threads < 2 or self.B > DIRECTIONS_APART_MAX_ROWS * n_threads
+                or self.n_rows * 4 * H * (I + P) < DIRECTIONS_APART_MIN_MACS):
             return False
         w_hh_bytes = 4 * H * P * np.dtype(dtype).itemsize
         return not (w_hh_bytes >= 2 * UNIT_SPLIT_MIN_BYTES

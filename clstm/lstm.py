@@ -242,8 +242,8 @@ class LSTM(Parameterised):
                                             train, n_threads)
 
         for layer in range(L):
-            paired = D == 2 and packing.directions_apart(n_threads, self.hidden_size, P,
-                                                          self.dtype)
+            paired = D == 2 and packing.directions_apart(
+                n_threads, layer_in.shape[1], self.hidden_size, P, self.dtype)
             if paired:
                 results = _threads.run_pair(
                     n_threads, lambda n: direction(layer, 0, layer_in, n),

@@ -238,9 +238,9 @@ def test_thread_settings():
     assert isinstance(clstm.openmp_enabled(), bool)
 
 
-def test_kernels_restore_the_callers_blas_thread_count():
+def test_kernels_restore_the_callers_blas_thread_count(monkeypatch):
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from clstm import _threads
+    from clstm import _threads, functional as F
 
     lib = _threads._scipy_blas_controller()
     if lib is None or not _threads._kernels_switch_blas:
@@ -253,6 +253,7 @@ def test_kernels_restore_the_callers_blas_thread_count():
     _, back = lstm.forward_train(np.zeros((3, 4, I)))
     back(np.ones((3, 4, H)))
     assert lib.get_num_threads() == before
+    monkeypatch.setattr(F, "DIRECTIONS_APART_MIN_MACS", 0)
     clstm.set_num_threads(2)  # a bidirectional layer at B=1: its directions run as a pair
     try:
         _, back = make_lstm(bidirectional=True).forward_train(np.zeros((3, 1, I)))
@@ -372,6 +373,7 @@ def test_directions_as_a_pair_give_the_sequential_numbers(monkeypatch, B):
     try:
         for apart in (False, True):
             monkeypatch.setattr(F, "DIRECTIONS_APART_MAX_ROWS", B if apart else 0)
+            monkeypatch.setattr(F, "DIRECTIONS_APART_MIN_MACS", 0)  # a small layer pairs too
             pairs.clear()
             for g in lstm.grads.values():
                 g[...] = 0

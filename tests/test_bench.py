@@ -19,11 +19,13 @@ def test_quick_benchmark_runs_every_section(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "MISMATCH" not in out.stdout
     for line in ("grid     inference vs reference", "grid     train     vs reference",
-                 "float64  train     vs reference", "lengths  inference vs reference"):
+                 "float64  train     vs reference", "lengths  inference vs reference",
+                 "bidirectional train     vs reference"):
         assert line in out.stdout
     results = json.loads((tmp_path / "out.json").read_text())["results"]
     sections = {r["section"] for r in results}
-    assert sections == {"grid", "float64", "lengths", "cell", "threads", "memory", "sgemm"}
+    assert sections == {"grid", "float64", "lengths", "bidirectional", "cell", "threads",
+                        "memory", "sgemm"}
     # the memory section measured something, and the output itself is part of the peak
     memory = [r for r in results if r["section"] == "memory"]
     assert memory and all(r["peak_mib"] >= 0.5 * r["output_mib"] for r in memory)
