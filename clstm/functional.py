@@ -30,7 +30,7 @@ GATES_CHUNK_ELEMENTS = 1 << 21
 UNIT_SPLIT_MIN_BYTES = 1 << 18
 UNIT_SPLIT_MIN_UNITS_PER_THREAD = 64
 UNIT_SPLIT_MAX_ROWS_PER_THREAD = 2
-DIRECTIONS_APART_MAX_ROWS = 8
+DIRECTIONS_APART_MAX_ROWS = 4
 DIRECTIONS_APART_MIN_MACS = 1 << 22  # as the split GEMMs' one-thread limit
 
 _scratch_buffers = threading.local()
@@ -136,11 +136,12 @@ class Packing:
         all of them. At a small batch one direction cannot keep the threads busy (a slice
         of a row or two per thread, or the unit split's barrier per step); two at once have
         no barrier between them. Measured at 2 threads, T = 100, inference / training step:
-        B = 1, H = 64..128 1.1-1.25x / 1.1x, B = 4..8 1.2-1.6x / 1.2-1.8x, B = 16 1.0x; but
+        B = 1, H = 128 1.25-1.33x / 1.1-1.3x, B = 4..8 1.2-1.6x / 1.04-1.8x; at B = 16 (8
+        rows per thread in the batch split) from 0.76x to 1.4x between runs: not there; and
         B = 1, H = 256 0.85x inference, where the unit split puts a half of a 1 MB w_hh in
         each core's L2: not where that split runs on a w_hh of >= 512 KB. Handing a half to
         the helper thread costs ~50 us on these virtual machines, so not below
-        DIRECTIONS_APART_MIN_MACS per direction either (T=20, B=2, H=32 took 2.5x as long
+        DIRECTIONS_APART_MIN_MACS per direction either (T=20, B=2, H=32 took 1.8x as long
         as one direction after the other)."""
         if (n_threads < 2 or self.B > DIRECTIONS_APART_MAX_ROWS * n_threads
                 or self.n_rows * 4 * H * (I + P) < DIRECTIONS_APART_MIN_MACS):
