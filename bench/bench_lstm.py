@@ -208,14 +208,8 @@ def section_lengths(bench):
 
 
 def section_bidirectional(bench):
-    """At a small batch clstm runs the two directions at once (functional.directions_apart);
-    "clstm in turn" runs them one after the other, for comparison."""
-    bench.factories["clstm in turn"] = peers.make_clstm_in_turn
-    try:
-        for T, B, I, H in bench.sizes("bidirectional"):
-            bench.compare("bidirectional", T, B, I, H, np.float32, bidirectional=True)
-    finally:
-        del bench.factories["clstm in turn"]
+    for T, B, I, H in bench.sizes("bidirectional"):
+        bench.compare("bidirectional", T, B, I, H, np.float32, bidirectional=True)
 
 
 def section_cell(bench):

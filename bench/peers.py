@@ -53,22 +53,6 @@ def make_clstm(lstm, x, mode, lengths=None):
     return step
 
 
-def make_clstm_in_turn(lstm, x, mode, lengths=None):
-    """clstm with a bidirectional layer's directions one after the other on all threads (as
-    at a large batch), to measure what running them at once gains."""
-    from clstm import functional
-
-    run = make_clstm(lstm, x, mode, lengths)
-
-    def in_turn():
-        saved, functional.DIRECTIONS_APART_MAX_ROWS = functional.DIRECTIONS_APART_MAX_ROWS, 0
-        try:
-            return run()
-        finally:
-            functional.DIRECTIONS_APART_MAX_ROWS = saved
-    return in_turn
-
-
 def make_reference(lstm, x, mode, lengths=None):
     p = lstm.state_dict()
     if lstm.bidirectional:  # the reference's composition of layers and directions

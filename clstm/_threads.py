@@ -9,7 +9,6 @@ count before they return; this module finds OpenBLAS's C entry points for them. 
 BLAS (MKL, BLIS, Accelerate) the whole call runs under a threadpoolctl limit of one BLAS
 thread instead, which costs the hoisted GEMMs their threads but never oversubscribes.
 """
-import concurrent.futures
 import contextlib
 import ctypes
 import operator
@@ -115,11 +114,8 @@ def _install():
 def kernel_call(n_threads):
     """Context manager around every compiled kernel call: one at a time, and with a BLAS the
     kernels cannot switch themselves, held to one BLAS thread while OpenMP threads run.
-    (Usually just the lock: a generator-based manager would cost a microsecond per call.)
-    Inside `run_pair` the pair holds all of this already."""
+    (Usually just the lock: a generator-based manager would cost a microsecond per call.)"""
     global _openmp_used
-    if getattr(_pair, "active", False):
-        return contextlib.nullcontext()
     if n_threads > 1 and openmp_enabled():
         _openmp_used = True
     if _kernels_switch_blas or n_threads < 2 or not openmp_enabled():
@@ -141,49 +137,12 @@ _openmp_used = False
 def kernel_lock():
     """The lock of `kernel_call`, for a single-threaded kernel call that needs nothing else
     (re-read on each call: a forked child replaces it)."""
-    return contextlib.nullcontext() if getattr(_pair, "active", False) else _kernel_lock
-
-
-_pair = threading.local()  # .active: this thread runs one half of a run_pair
-_helper = None             # the executor of run_pair's second halves, made on first use
-
-
-def run_pair(n_threads, first, second):
-    """``first(n1)`` on this thread and ``second(n2)`` on clstm's helper thread at the same
-    time, with n1 + n2 = n_threads; returns both results. For independent work too small to
-    use the threads alone (the two directions of a bidirectional layer at a small batch);
-    the kernels release the GIL. The pair counts as one kernel call: the lock is taken once,
-    and BLAS is held to one thread throughout (each half's kernels would otherwise save and
-    restore the process-global count while the other runs)."""
-    global _helper
-    n2 = n_threads // 2
-    with kernel_call(n_threads):
-        saved = _lstm.blas_threads_hold()
-        try:
-            if _helper is None:
-                _helper = concurrent.futures.ThreadPoolExecutor(1, "clstm-pair")
-            future = _helper.submit(_run_half, second, n2)
-            try:
-                result = _run_half(first, n_threads - n2)
-            finally:
-                other = future.result()  # wait even after an error: it uses this call's arrays
-            return result, other
-        finally:
-            _lstm.blas_threads_restore(saved)
-
-
-def _run_half(fn, n_threads):
-    _pair.active = True
-    try:
-        return fn(n_threads)
-    finally:
-        _pair.active = False
+    return _kernel_lock
 
 
 def _after_fork_in_child():
-    global _kernel_lock, _forked_child, _helper
+    global _kernel_lock, _forked_child
     _kernel_lock = threading.Lock()  # a thread of the parent may have held it
-    _helper = None  # its thread did not come along
     _forked_child = _forked_child or _openmp_used
 
 

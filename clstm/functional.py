@@ -30,8 +30,6 @@ GATES_CHUNK_ELEMENTS = 1 << 21
 UNIT_SPLIT_MIN_BYTES = 1 << 18
 UNIT_SPLIT_MIN_UNITS_PER_THREAD = 64
 UNIT_SPLIT_MAX_ROWS_PER_THREAD = 2
-DIRECTIONS_APART_MAX_ROWS = 4
-DIRECTIONS_APART_MIN_MACS = 1 << 22  # as the split GEMMs' one-thread limit
 
 _scratch_buffers = threading.local()
 
@@ -130,26 +128,6 @@ class Packing:
         out[..., self.order, :] = s
         return out
 
-    def directions_apart(self, n_threads, I, H, P, dtype):
-        """Whether a bidirectional layer runs its two directions at the same time, each on
-        its share of the threads (`_threads.run_pair`), rather than one after the other on
-        all of them. At a small batch one direction cannot keep the threads busy (a slice
-        of a row or two per thread, or the unit split's barrier per step); two at once have
-        no barrier between them. Measured at 2 threads, T = 100, inference / training step:
-        B = 1, H = 128 1.25-1.33x / 1.1-1.3x, B = 4..8 1.2-1.6x / 1.04-1.8x; at B = 16 (8
-        rows per thread in the batch split) from 0.76x to 1.4x between runs: not there; and
-        B = 1, H = 256 0.85x inference, where the unit split puts a half of a 1 MB w_hh in
-        each core's L2: not where that split runs on a w_hh of >= 512 KB. Handing a half to
-        the helper thread costs ~50 us on these virtual machines, so not below
-        DIRECTIONS_APART_MIN_MACS per direction either (T=20, B=2, H=32 took 1.8x as long
-        as one direction after the other)."""
-        if (n_threads < 2 or self.B > DIRECTIONS_APART_MAX_ROWS * n_threads
-                or self.n_rows * 4 * H * (I + P) < DIRECTIONS_APART_MIN_MACS):
-            return False
-        w_hh_bytes = 4 * H * P * np.dtype(dtype).itemsize
-        return not (w_hh_bytes >= 2 * UNIT_SPLIT_MIN_BYTES
-                    and self.unit_bounds(n_threads, H, P != H, dtype) is not None)
-
     def unit_bounds(self, n_threads, H, projection, dtype):
         """Hidden-unit split for the time loop, or None for the batch split (`bounds`).
 
@@ -242,8 +220,7 @@ def layer_forward(x, packing, w_ih, w_hh, bias, w_hr, h0, c0, train, n_threads):
     if not train:
         return y, h_n, c_n, None
     cache = LayerCache(x=x, packing=packing, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0,
-                       y=y, gates=gates, cells=cells, r=r, n_threads=n_threads, units=units,
-                       paired=False)
+                       y=y, gates=gates, cells=cells, r=r, n_threads=n_threads, units=units)
     return y, h_n, c_n, cache
 
 

@@ -227,34 +227,20 @@ class LSTM(Parameterised):
         h0, c0 = packing.sort_rows(h0), packing.sort_rows(c0)
         h_n, c_n = np.empty_like(h0), np.empty_like(c0)
         caches, masks = [], []
-        def direction(layer, d, layer_in, n_threads):
-            sfx = self._suffixes(layer)[d]
-            w_ih, w_hh, w_hr = p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], \
-                p.get(f"weight_hr{sfx}")
-            if train:  # the cache must not see an optimiser step before backward
-                w_ih, w_hh = w_ih.copy(), w_hh.copy()
-                w_hr = None if w_hr is None else w_hr.copy()
-            bias = (p[f"bias_ih{sfx}"] + p[f"bias_hh{sfx}"] if self.bias
-                    else np.zeros(w_hh.shape[0], self.dtype))
-            xin = layer_in if d == 0 else packing.reverse(layer_in)
-            k = layer * D + d
-            return functional.layer_forward(xin, packing, w_ih, w_hh, bias, w_hr, h0[k], c0[k],
-                                            train, n_threads)
-
         for layer in range(L):
-            paired = D == 2 and packing.directions_apart(
-                n_threads, layer_in.shape[1], self.hidden_size, P, self.dtype)
-            if paired:
-                results = _threads.run_pair(
-                    n_threads, lambda n: direction(layer, 0, layer_in, n),
-                    lambda n: direction(layer, 1, layer_in, n))
-            else:
-                results = [direction(layer, d, layer_in, n_threads) for d in range(D)]
             outputs = []
-            for d, (y, h, c, cache) in enumerate(results):
-                h_n[layer * D + d], c_n[layer * D + d] = h, c
-                if cache is not None:
-                    cache.paired = paired
+            for d, sfx in enumerate(self._suffixes(layer)):
+                k = layer * D + d
+                w_ih, w_hh, w_hr = p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], \
+                    p.get(f"weight_hr{sfx}")
+                if train:  # the cache must not see an optimiser step before backward
+                    w_ih, w_hh = w_ih.copy(), w_hh.copy()
+                    w_hr = None if w_hr is None else w_hr.copy()
+                bias = (p[f"bias_ih{sfx}"] + p[f"bias_hh{sfx}"] if self.bias
+                        else np.zeros(w_hh.shape[0], self.dtype))
+                xin = layer_in if d == 0 else packing.reverse(layer_in)
+                y, h_n[k], c_n[k], cache = functional.layer_forward(
+                    xin, packing, w_ih, w_hh, bias, w_hr, h0[k], c0[k], train, n_threads)
                 outputs.append(y if d == 0 else packing.reverse(y))
                 caches.append(cache)
             layer_in = outputs[0] if D == 1 else np.concatenate(outputs, axis=1)
@@ -310,24 +296,15 @@ class LSTM(Parameterised):
                         .reshape(buf.shape)
         dh, dc = packing.sort_rows(dh), packing.sort_rows(dc)
         d_out = dy
-        def direction(k, d, d_out):
-            dy_d = None if d_out is None else \
-                np.ascontiguousarray(d_out[:, :P]) if d == 0 else \
-                packing.reverse(d_out[:, P:])
-            return functional.layer_backward(caches[k], dy_d, dh[k].copy(), dc[k].copy())
-
         for layer in reversed(range(L)):
-            k0 = layer * D
-            if D == 2 and caches[k0].paired:  # as forward ran them: each on its threads
-                results = _threads.run_pair(
-                    caches[k0].n_threads + caches[k0 + 1].n_threads,
-                    lambda _: direction(k0, 0, d_out), lambda _: direction(k0 + 1, 1, d_out))
-            else:
-                results = [direction(k0 + d, d, d_out) for d in range(D)]
             d_in = None
-            for (d, sfx), result in zip(enumerate(self._suffixes(layer)), results):
-                k = k0 + d
-                dx, dh[k], dc[k], dw_ih, dw_hh, db, dw_hr = result
+            for d, sfx in enumerate(self._suffixes(layer)):
+                k = layer * D + d
+                dy_d = None if d_out is None else \
+                    np.ascontiguousarray(d_out[:, :P]) if d == 0 else \
+                    packing.reverse(d_out[:, P:])
+                dx, dh[k], dc[k], dw_ih, dw_hh, db, dw_hr = functional.layer_backward(
+                    caches[k], dy_d, dh[k].copy(), dc[k].copy())
                 d_in = (dx if d == 0 else packing.reverse(dx)) if d_in is None \
                     else d_in + packing.reverse(dx)
                 g = self.grads

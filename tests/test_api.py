@@ -238,9 +238,9 @@ def test_thread_settings():
     assert isinstance(clstm.openmp_enabled(), bool)
 
 
-def test_kernels_restore_the_callers_blas_thread_count(monkeypatch):
+def test_kernels_restore_the_callers_blas_thread_count():
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from clstm import _threads, functional as F
+    from clstm import _threads
 
     lib = _threads._scipy_blas_controller()
     if lib is None or not _threads._kernels_switch_blas:
@@ -252,14 +252,6 @@ def test_kernels_restore_the_callers_blas_thread_count(monkeypatch):
     lstm = make_lstm()
     _, back = lstm.forward_train(np.zeros((3, 4, I)))
     back(np.ones((3, 4, H)))
-    assert lib.get_num_threads() == before
-    monkeypatch.setattr(F, "DIRECTIONS_APART_MIN_MACS", 0)
-    clstm.set_num_threads(2)  # a bidirectional layer at B=1: its directions run as a pair
-    try:
-        _, back = make_lstm(bidirectional=True).forward_train(np.zeros((3, 1, I)))
-        back(np.ones((3, 1, 2 * H)))
-    finally:
-        clstm.set_num_threads(None)
     assert lib.get_num_threads() == before
 
 
@@ -355,69 +347,6 @@ def test_forked_child_can_run_after_parent_ran_multithreaded():
     finally:
         clstm.set_num_threads(None)
     np.testing.assert_array_equal(y, _run_in_child(0))
-
-
-@pytest.mark.parametrize("B", [1, 3])
-def test_directions_as_a_pair_give_the_sequential_numbers(monkeypatch, B):
-    """At a small batch the two directions of a layer run at once, each on half the
-    threads: bit for bit what running them one after the other gives, gradients included."""
-    from clstm import _threads, functional as F
-
-    pairs = []
-    run_pair = _threads.run_pair
-    monkeypatch.setattr(_threads, "run_pair", lambda *a: pairs.append(1) or run_pair(*a))
-    lstm = clstm.LSTM(I, 32, num_layers=2, bidirectional=True, seed=10)
-    x = np.random.default_rng(17).standard_normal((6, B, I)).astype(np.float32)
-    results = {}
-    clstm.set_num_threads(2)
-    try:
-        for apart in (False, True):
-            monkeypatch.setattr(F, "DIRECTIONS_APART_MAX_ROWS", B if apart else 0)
-            monkeypatch.setattr(F, "DIRECTIONS_APART_MIN_MACS", 0)  # a small layer pairs too
-            pairs.clear()
-            for g in lstm.grads.values():
-                g[...] = 0
-            (y, (h_n, c_n)), backward = lstm.forward_train(x)
-            dx, (dh0, dc0) = backward(np.cos(y))
-            y_inf, (h_inf, c_inf) = lstm(x)
-            results[apart] = [y, h_n, c_n, dx, dh0, dc0, y_inf, h_inf, c_inf] + \
-                [g.copy() for g in lstm.grads.values()]
-            assert len(pairs) == (3 * 2 if apart else 0)  # 2 layers x forward_train, backward,
-    finally:                                                # inference
-        clstm.set_num_threads(None)
-    for a, b in zip(results[False], results[True]):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_run_pair_waits_for_both_halves_and_raises_their_errors():
-    import threading
-    import time
-
-    from clstm import _threads
-
-    done = []
-
-    def slow(n):
-        time.sleep(0.05)
-        done.append(threading.current_thread().name)
-        return n
-
-    def fail(n):
-        raise RuntimeError("half failed")
-
-    assert _threads.run_pair(3, slow, slow) == (2, 1)
-    with pytest.raises(RuntimeError, match="half failed"):
-        _threads.run_pair(2, fail, slow)
-    assert len(done) == 3  # the helper's half finished before the error came out
-    with pytest.raises(RuntimeError, match="half failed"):
-        _threads.run_pair(2, slow, fail)
-    lock = _threads.kernel_lock()
-    assert lock.acquire(blocking=False)  # released after the errors
-    lock.release()
-    # inside a half, kernel calls do not take the lock the pair already holds
-    assert _threads.run_pair(2, lambda n: make_lstm()(np.zeros((2, 1, I)))[0].shape,
-                             lambda n: make_lstm()(np.zeros((2, 1, I)))[0].shape) == \
-        ((2, 1, H), (2, 1, H))
 
 
 # ------------------------------------------------------------------ stacked / bidirectional

@@ -128,20 +128,6 @@ def test_hidden_unit_split_policy():
     assert F.Packing(10, 5, None).unit_bounds(2, 512, False, f32) is None  # rows enough
 
 
-def test_directions_apart_policy():
-    f32 = np.float32
-    one, eight, nine = (F.Packing(100, B, None) for B in (1, 8, 9))
-    assert one.directions_apart(2, 80, 80, 80, f32)        # 4.1M multiply-adds per direction
-    assert not one.directions_apart(2, 64, 64, 64, f32)    # 3.3M: the hand-over costs more
-    assert one.directions_apart(2, 128, 128, 128, f32)     # w_hh 256 KB
-    assert eight.directions_apart(2, 256, 256, 256, f32)   # too many rows for a unit split
-    assert one.directions_apart(2, 256, 256, 128, f32)     # projection: no unit split
-    assert not nine.directions_apart(2, 256, 256, 256, f32)  # the batch split has rows
-    assert not one.directions_apart(1, 128, 128, 128, f32)     # one thread
-    # w_hh 1 MB: the unit split keeps each half in one core's L2 (without OpenMP, no split)
-    assert one.directions_apart(2, 256, 256, 256, f32) == (not F.openmp_enabled())
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("steps_per_chunk", [1, 3, 7])
 def test_inference_in_time_chunks_matches_training_forward(monkeypatch, dtype,

@@ -99,17 +99,6 @@ cdef inline void _blas_threads(int n) noexcept nogil:
         _blas_set_threads(n)
 
 
-def blas_threads_hold():
-    """Hold BLAS to one thread until blas_threads_restore(the returned count): for two kernel
-    calls running at once, whose own save-and-restore of the process-global count would
-    interleave (0: nothing to restore)."""
-    return _blas_threads_enter()
-
-
-def blas_threads_restore(int n):
-    _blas_threads(n)
-
-
 def openmp_enabled():
     """True when the extension was compiled with OpenMP."""
     return bool(CLSTM_OPENMP_ENABLED)
