@@ -111,11 +111,16 @@ class Packing:
         out[self._src] = p
         return out.reshape(self.T, self.B, p.shape[-1])
 
-    def reverse(self, p):
-        """Each row's steps in reverse order (a new array): the reverse direction's view."""
-        if self.uniform:
-            return np.ascontiguousarray(p.reshape(self.T, self.B, -1)[::-1]).reshape(p.shape)
-        return p[self._rev]
+    def reverse(self, p, out=None):
+        """Each row's steps in reverse order (into ``out``, else a new array): the reverse
+        direction's view."""
+        if out is None:
+            out = np.empty(p.shape, p.dtype)
+        if self.uniform:  # (splitting the row axis of a row-strided view is still a view)
+            np.copyto(out.reshape(self.T, self.B, -1), p.reshape(self.T, self.B, -1)[::-1])
+        else:
+            np.take(p, self._rev, axis=0, out=out)
+        return out
 
     def sort_rows(self, s):
         """(..., B, F) states in sorted row order (a new C-contiguous array)."""

@@ -238,12 +238,20 @@ class LSTM(Parameterised):
                     w_hr = None if w_hr is None else w_hr.copy()
                 bias = (p[f"bias_ih{sfx}"] + p[f"bias_hh{sfx}"] if self.bias
                         else np.zeros(w_hh.shape[0], self.dtype))
-                xin = layer_in if d == 0 else packing.reverse(layer_in)
+                # (training caches keep their input: a reversed copy of their own)
+                xin = layer_in if d == 0 else packing.reverse(
+                    layer_in, None if train else functional.scratch(
+                        "reversed_input", layer_in.shape, self.dtype))
                 y, h_n[k], c_n[k], cache = functional.layer_forward(
                     xin, packing, w_ih, w_hh, bias, w_hr, h0[k], c0[k], train, n_threads)
-                outputs.append(y if d == 0 else packing.reverse(y))
+                outputs.append(y)
                 caches.append(cache)
-            layer_in = outputs[0] if D == 1 else np.concatenate(outputs, axis=1)
+            if D == 1:
+                layer_in = outputs[0]
+            else:  # [forward | reverse], the reverse direction's steps put back in order
+                layer_in = np.empty((packing.n_rows, 2 * P), self.dtype)
+                layer_in[:, :P] = outputs[0]
+                packing.reverse(outputs[1], layer_in[:, P:])
             if train and self.dropout > 0 and layer < L - 1:
                 keep = (rng or self._rng).random((T, B, D * P)) >= self.dropout
                 mask = packing.pack(keep.astype(self.dtype) / self.dtype.type(1 - self.dropout))
@@ -297,16 +305,24 @@ class LSTM(Parameterised):
         dh, dc = packing.sort_rows(dh), packing.sort_rows(dc)
         d_out = dy
         for layer in reversed(range(L)):
-            d_in = None
             for d, sfx in enumerate(self._suffixes(layer)):
                 k = layer * D + d
-                dy_d = None if d_out is None else \
-                    np.ascontiguousarray(d_out[:, :P]) if d == 0 else \
-                    packing.reverse(d_out[:, P:])
+                # reversed copies into reused buffers: fresh ones cost page faults (backward
+                # keeps neither; d_in is the forward direction's own new dx)
+                if d_out is None:
+                    dy_d = None
+                elif d == 0:
+                    dy_d = np.ascontiguousarray(d_out[:, :P])
+                else:
+                    dy_d = packing.reverse(d_out[:, P:], functional.scratch(
+                        "reversed_dy", (packing.n_rows, P), dtype))
                 dx, dh[k], dc[k], dw_ih, dw_hh, db, dw_hr = functional.layer_backward(
                     caches[k], dy_d, dh[k].copy(), dc[k].copy())
-                d_in = (dx if d == 0 else packing.reverse(dx)) if d_in is None \
-                    else d_in + packing.reverse(dx)
+                if d == 0:
+                    d_in = dx
+                else:
+                    d_in += packing.reverse(dx, functional.scratch("reversed_dx", dx.shape,
+                                                                   dtype))
                 g = self.grads
                 g[f"weight_ih{sfx}"] += dw_ih
                 g[f"weight_hh{sfx}"] += dw_hh

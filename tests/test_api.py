@@ -349,6 +349,25 @@ def test_forked_child_can_run_after_parent_ran_multithreaded():
     np.testing.assert_array_equal(y, _run_in_child(0))
 
 
+@pytest.mark.parametrize("lengths", [None, [4, 1, 3]])
+def test_bidirectional_results_do_not_share_reused_buffers(lengths):
+    """The reverse direction's reversed input and gradients live in reused scratch buffers:
+    nothing a call returns may be one of them, or the next call would overwrite it."""
+    lstm = make_lstm(num_layers=2, bidirectional=True)
+    rng = np.random.default_rng(18)
+    x1, x2 = rng.standard_normal((2, 4, 3, I))
+    y1, (h1, c1) = lstm(x1, lengths=lengths)
+    (yt, _), backward = lstm.forward_train(x1, lengths=lengths)
+    dx1, (dh1, dc1) = backward(np.ones_like(yt))
+    kept = [a.copy() for a in (y1, h1, c1, dx1, dh1, dc1)]
+    lstm(x2, lengths=lengths)
+    (yt2, _), backward2 = lstm.forward_train(x2, lengths=lengths)
+    backward2(np.cos(yt2))
+    for a, b in zip((y1, h1, c1, dx1, dh1, dc1), kept):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(lstm(x1, lengths=lengths)[0], y1)
+
+
 # ------------------------------------------------------------------ stacked / bidirectional
 
 def test_parameter_names_shapes_and_order_for_every_configuration():
