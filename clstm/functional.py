@@ -178,12 +178,13 @@ class LayerCache:
         self.consumed = False
 
 
-def layer_forward(x, packing, w_ih, w_hh, bias, w_hr, h0, c0, train, n_threads):
+def layer_forward(x, packing, w_ih, w_hh, bias, w_hr, h0, c0, train, n_threads, y=None):
     """One layer, one direction, on packed x (N, I) and sorted states h0 (B, P), c0 (B, H).
 
     Arrays must be validated, C-contiguous and of one dtype. With ``train`` the cache keeps
     references to x, the weights and h0/c0: callers pass arrays nobody writes to until
-    backward has run. Returns ``y (N, P), h_n, c_n, cache`` (cache None without train).
+    backward has run. Returns ``y (N, P), h_n, c_n, cache`` (cache None without train);
+    inference writes y into the given C-contiguous array if there is one.
     """
     N, B = packing.n_rows, packing.B
     H, P = c0.shape[1], h0.shape[1]
@@ -197,7 +198,8 @@ def layer_forward(x, packing, w_ih, w_hh, bias, w_hr, h0, c0, train, n_threads):
                                   dtype == np.float64)
         if out is not None:
             return out[0], out[0].copy(), out[1], None
-    y = np.empty((N, P), dtype)
+    if y is None or train:
+        y = np.empty((N, P), dtype)
     units = packing.unit_bounds(n_threads, H, w_hr is not None, dtype)
     if N == 0:  # nothing to run: the state passes through unchanged
         h_n, c_n, gates, cells, r = h0.copy(), c0.copy(), None, None, None

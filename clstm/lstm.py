@@ -243,7 +243,9 @@ class LSTM(Parameterised):
                     layer_in, None if train else functional.scratch(
                         "reversed_input", layer_in.shape, self.dtype))
                 y, h_n[k], c_n[k], cache = functional.layer_forward(
-                    xin, packing, w_ih, w_hh, bias, w_hr, h0[k], c0[k], train, n_threads)
+                    xin, packing, w_ih, w_hh, bias, w_hr, h0[k], c0[k], train, n_threads,
+                    None if D == 1 else functional.scratch(f"y{d}", (packing.n_rows, P),
+                                                           self.dtype))
                 outputs.append(y)
                 caches.append(cache)
             if D == 1:
