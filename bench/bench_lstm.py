@@ -2,7 +2,7 @@
 """Benchmark clstm against its NumPy reference and (if installed) torch.nn.LSTM and ONNX
 Runtime's LSTM operator.
 
-    python bench/bench_lstm.py                       # every section (about 10 minutes)
+    python bench/bench_lstm.py                       # every section (about 15 minutes)
     python bench/bench_lstm.py --quick               # every section, small sizes (< 1 minute)
     python bench/bench_lstm.py --sections grid,cell --threads 1 --json out.json \\
         --markdown out.md --plot out.png
