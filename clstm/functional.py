@@ -231,10 +231,22 @@ def layer_forward(x, packing, w_ih, w_hh, bias, w_hr, h0, c0, train, n_threads, 
     return y, h_n, c_n, cache
 
 
-def layer_backward(cache, dy, dh, dc):
+def _accumulator(into, like):
+    """``into`` if the kernels can add a gradient shaped like ``like`` straight into it, else
+    a new zero array (fresh multi-megabyte arrays cost page faults, and adding them in
+    afterwards another pass over memory)."""
+    if (isinstance(into, np.ndarray) and into.dtype == like.dtype and into.shape == like.shape
+            and into.flags.c_contiguous and into.flags.writeable and into.flags.aligned):
+        return into
+    return np.zeros_like(like)
+
+
+def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
     """BPTT for one `layer_forward(train=True)`: ``dy`` (N, P) or None; ``dh`` (B, P) and
     ``dc`` (B, H) hold dh_n, dc_n and are overwritten with dh0, dc0.
-    Returns ``dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr`` (dw_hr None without projection)."""
+    Returns ``dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr`` (dw_hr None without projection). The
+    weight gradients are added into the arrays of ``dw_into`` (for w_ih, w_hh, w_hr) that can
+    take them, which are then the ones returned; the others are new arrays."""
     if cache.consumed:
         raise RuntimeError("backward has already run for this forward pass (the cache is "
                            "consumed in place); run forward again")
@@ -244,10 +256,10 @@ def layer_backward(cache, dy, dh, dc):
     H, P = cache.c0.shape[1], cache.h0.shape[1]
     dtype = w_hh.dtype
     dx = np.zeros_like(x)
-    dw_ih = np.zeros_like(cache.w_ih)
-    dw_hh = np.zeros_like(w_hh)
+    dw_ih = _accumulator(dw_into[0], cache.w_ih)
+    dw_hh = _accumulator(dw_into[1], w_hh)
     dbias = np.zeros(4 * H, dtype)
-    dw_hr = None if w_hr is None else np.zeros_like(w_hr)
+    dw_hr = None if w_hr is None else _accumulator(dw_into[2], w_hr)
     if N > 0:
         double = dtype == np.float64
         h_prev_ws = (None if packing.uniform

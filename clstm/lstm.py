@@ -318,21 +318,22 @@ class LSTM(Parameterised):
                 else:
                     dy_d = packing.reverse(d_out[:, P:], functional.scratch(
                         "reversed_dy", (packing.n_rows, P), dtype))
+                g = self.grads
+                names = (f"weight_ih{sfx}", f"weight_hh{sfx}", f"weight_hr{sfx}")
+                into = tuple(g.get(name) for name in names)
                 dx, dh[k], dc[k], dw_ih, dw_hh, db, dw_hr = functional.layer_backward(
-                    caches[k], dy_d, dh[k].copy(), dc[k].copy())
+                    caches[k], dy_d, dh[k].copy(), dc[k].copy(), into)
                 if d == 0:
                     d_in = dx
                 else:
                     d_in += packing.reverse(dx, functional.scratch("reversed_dx", dx.shape,
                                                                    dtype))
-                g = self.grads
-                g[f"weight_ih{sfx}"] += dw_ih
-                g[f"weight_hh{sfx}"] += dw_hh
+                for name, dw, target in zip(names, (dw_ih, dw_hh, dw_hr), into):
+                    if dw is not None and dw is not target:  # not added in place
+                        g[name] += dw
                 if self.bias:
                     g[f"bias_ih{sfx}"] += db
                     g[f"bias_hh{sfx}"] += db
-                if dw_hr is not None:
-                    g[f"weight_hr{sfx}"] += dw_hr
             d_out = d_in * masks[layer - 1] if layer > 0 and masks else d_in
         dx = packing.unpack(d_out)
         return self._to_caller(dx, packing.unsort_rows(dh), packing.unsort_rows(dc), batched)
@@ -450,11 +451,13 @@ class LSTMCell(Parameterised):
                     buf[...] = check_shape(name, float_array(name, d, self.dtype),
                                            shape).reshape(B, H)
                 grads.append(buf)
-            dx, dh0, dc0, dw_ih, dw_hh, db, _ = functional.layer_backward(
-                cache, None, grads[0], grads[1])
             g = self.grads
-            g["weight_ih"] += dw_ih
-            g["weight_hh"] += dw_hh
+            into = (g.get("weight_ih"), g.get("weight_hh"), None)
+            dx, dh0, dc0, dw_ih, dw_hh, db, _ = functional.layer_backward(
+                cache, None, grads[0], grads[1], into)
+            for name, dw, target in zip(("weight_ih", "weight_hh"), (dw_ih, dw_hh), into):
+                if dw is not target:  # not added in place
+                    g[name] += dw
             if self.bias:
                 g["bias_ih"] += db
                 g["bias_hh"] += db

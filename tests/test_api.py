@@ -87,6 +87,39 @@ def test_training_gradients_accumulate_and_zero():
     assert set(lstm.grads) == set(lstm.state_dict())
 
 
+@pytest.mark.parametrize("replacement", ["fortran", "float32", "subclass", "read-only view"])
+def test_gradients_accumulate_into_any_array_left_in_grads(replacement):
+    """The kernels add weight gradients straight into ``grads`` when an array there can take
+    it; any other array (replaced by the user) still gets them added, or a clear error."""
+    lstm = make_lstm()
+    x = np.random.default_rng(19).standard_normal((5, 3, I))
+    (y, _), backward = lstm.forward_train(x)
+    backward(np.ones_like(y))
+    expected = {k: 3 * v for k, v in lstm.grads.items()}
+    kept = lstm.grads["weight_hh_l0"]
+    g = lstm.grads
+    if replacement == "fortran":
+        g["weight_ih_l0"] = np.asfortranarray(2 * g["weight_ih_l0"])
+    elif replacement == "float32":
+        g["weight_ih_l0"] = (2 * g["weight_ih_l0"]).astype(np.float32)
+    elif replacement == "subclass":
+        g["weight_ih_l0"] = (2 * g["weight_ih_l0"]).view(_ArraySubclass)
+    else:
+        g["weight_ih_l0"] = np.broadcast_to(2 * g["weight_ih_l0"], g["weight_ih_l0"].shape)
+    for name in g:
+        if name != "weight_ih_l0":
+            g[name] *= 2
+    (y, _), backward = lstm.forward_train(x)
+    if replacement == "read-only view":
+        with pytest.raises(ValueError, match="read-only"):
+            backward(np.ones_like(y))
+        return
+    backward(np.ones_like(y))
+    assert lstm.grads["weight_hh_l0"] is kept  # accumulated in place
+    for name, want in expected.items():
+        assert_close(lstm.grads[name], want, lstm.grads[name].dtype, 10, name)
+
+
 def test_batch_first_and_unbatched_layouts_agree_with_time_major():
     lstm = make_lstm()
     rng = np.random.default_rng(2)
