@@ -189,16 +189,21 @@ class LSTM(Parameterised):
 
     def _streaming_args(self, x, state):
         """(x, h0, c0) if they are already what _prepare would make of them (time-major
-        x (T, B, I) and a state tuple of C-contiguous arrays of the layer's dtype: a loop
-        feeding each call's state into the next), else None. Checking that costs a third
-        of the general validation, which is most of a short call's overhead."""
+        x (T, B, I), and no state or a tuple of C-contiguous arrays of the layer's dtype: a
+        loop feeding each call's state into the next), else None. Checking that costs a
+        third of the general validation, which is most of a short call's overhead."""
         dtype = self.dtype
-        if not (type(x) is np.ndarray and type(state) is tuple and len(state) == 2
-                and x.ndim == 3 and not self.batch_first and x.dtype == dtype
-                and x.shape[2] == self.input_size and x.flags.c_contiguous):
+        if not (type(x) is np.ndarray and x.ndim == 3 and not self.batch_first
+                and x.dtype == dtype and x.shape[2] == self.input_size
+                and x.flags.c_contiguous):
+            return None
+        B, n_states = x.shape[1], self.num_layers * self.num_directions
+        if state is None:
+            return (x, np.zeros((n_states, B, self.output_size), dtype),
+                    np.zeros((n_states, B, self.hidden_size), dtype))
+        if type(state) is not tuple or len(state) != 2:
             return None
         h0, c0 = state
-        B, n_states = x.shape[1], self.num_layers * self.num_directions
         for a, width in ((h0, self.output_size), (c0, self.hidden_size)):
             if not (type(a) is np.ndarray and a.dtype == dtype and a.shape == (n_states, B, width)
                     and a.flags.c_contiguous):

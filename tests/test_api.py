@@ -686,6 +686,9 @@ def test_layer_shortcut_for_conforming_inputs_equals_general_path(T):
         for a, b in ((yv, y), (hv, h_n), (cv, c_n)):
             assert type(a) is np.ndarray and a.dtype == np.float32, name
             np.testing.assert_array_equal(a, b, err_msg=name)
+    zeros = [np.zeros_like(h0), np.zeros_like(c0)]
+    for a, b in zip(lstm(x)[0:1] + lstm(x)[1], lstm(x, zeros)[0:1] + lstm(x, zeros)[1]):
+        np.testing.assert_array_equal(a, b)  # no state: zeros, on the shortcut too
     with pytest.raises(ValueError, match=r"c0 must have shape \(4, 3, 4\)"):
         lstm(x, (h0, c0[:, :2].copy()))
     with pytest.raises(ValueError, match=r"x must have shape \(T, B, 3\)"):
