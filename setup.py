@@ -122,7 +122,7 @@ directives = {
 
 extensions = [
     Extension("clstm." + os.path.splitext(os.path.basename(path))[0], [path],
-              include_dirs=[numpy.get_include()],
+              include_dirs=[numpy.get_include(), os.path.join("src", "clstm")],
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
     for path in sorted(glob(os.path.join("src", "clstm", "*.pyx")))
 ]

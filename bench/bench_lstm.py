@@ -52,7 +52,7 @@ from scipy.linalg import blas as scipy_blas
 
 import clstm
 import peers
-from clstm import _lstm
+from clstm import _runtime
 
 SETTLE_SECONDS = 0.05  # ONNX Runtime's and PyTorch's pools spin for more than 5 ms
 FLOPS_PER_CELL = {"inference": 8, "train": 24}  # x T*B*H*(I+H)
@@ -558,7 +558,7 @@ def machine_info(bench):
             "timing": "warm" if bench.warm else "cold",
             "python": platform.python_version(), "numpy": np.__version__,
             "scipy": scipy.__version__, "clstm": clstm.__version__,
-            "openmp": clstm.openmp_enabled(), "kernel": _lstm.kernel_isa(),
+            "openmp": clstm.openmp_enabled(), "kernel": _runtime.kernel_isa(),
             "torch": bench.torch.__version__ if bench.torch else None,
             "onnxruntime": bench.ort[1].__version__ if bench.ort else None}
 

@@ -15,10 +15,11 @@ from . import functional, losses, optim, reference
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
 from .layers import Linear, Sequential
 from .losses import cross_entropy, mse_loss
+from .frozen import FrozenLSTM
 from .lstm import LSTM, FrozenLSTMCell, LSTMCell
 from .optim import clip_grad_norm
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "LSTMCell", "FrozenLSTMCell", "Linear", "Sequential", "functional",
+__all__ = ["LSTM", "LSTMCell", "FrozenLSTM", "FrozenLSTMCell", "Linear", "Sequential", "functional",
            "reference", "losses", "optim", "mse_loss", "cross_entropy", "clip_grad_norm",
            "get_num_threads", "set_num_threads", "openmp_enabled"]

@@ -15,7 +15,7 @@ import operator
 import os
 import threading
 
-from . import _lstm
+from . import _runtime
 
 _num_threads = None
 _kernels_switch_blas = False
@@ -37,7 +37,7 @@ def _available_cpus():
 
 def openmp_enabled():
     """True when the compiled kernels were built with OpenMP (else they run on one thread)."""
-    return _lstm.openmp_enabled()
+    return _runtime.openmp_enabled()
 
 
 def set_num_threads(n):
@@ -65,7 +65,7 @@ def get_num_threads():
         return _num_threads
     n = _available_cpus()
     if "OMP_NUM_THREADS" in os.environ and openmp_enabled():
-        n = min(n, _lstm.openmp_max_threads())
+        n = min(n, _runtime.openmp_max_threads())
     return max(1, n)
 
 
@@ -107,7 +107,7 @@ def _install():
     if lib is not None and lib.internal_api == "openblas":
         fns = _openblas_functions(getattr(lib, "dynlib", None) or ctypes.CDLL(lib.filepath))
     if fns is not None:
-        _lstm._install_blas_thread_control(*fns)
+        _runtime.install_blas_thread_control(*fns)
         _kernels_switch_blas = True
 
 

@@ -5,31 +5,27 @@ things, so code and tests can switch between the compiled and the NumPy implemen
 Arrays are validated, cast to the weights' dtype (float32 or float64) and made C-contiguous;
 the compiled kernels then run with the GIL released.
 
-Internally sequences are packed (`Packing`): rows sorted by length, only real steps stored.
-`clstm.LSTM` packs once per call and runs every layer and direction in that layout.
+Internally sequences are packed (`clstm._packing.Packing`): rows sorted by length, only real
+steps stored. `layer_forward` / `layer_backward` run one layer-direction in that layout on
+the path `clstm._dispatch` picks; `clstm._stack` runs whole stacks through them.
 """
-import functools
 import math
 import threading
 
 import numpy as np
 
-from . import _lstm
-from ._checks import (check_blas_sizes, check_lengths, check_shape, float_array, float_dtype,
-                      positive_int)
-from ._threads import get_num_threads, kernel_call, kernel_lock, openmp_enabled
+from . import _dispatch, _packed, _recurrent
+from ._checks import check_blas_sizes, check_lengths, check_shape, float_array, float_dtype, \
+    positive_int
+from ._packing import Packing
+from ._threads import get_num_threads, kernel_call, kernel_lock
 from .reference import LSTMGrads
+
+__all__ = ["lstm_forward", "lstm_backward", "Packing", "LayerWeights"]
 
 # The inference forward hoists the input projection of as many steps as fit in this many
 # gate values (at least one step), so its scratch memory does not grow with the sequence.
-# 8 MB of float32: at H = 1024 that is 16 steps of B = 32 per pass over w_ih (16 MB), which
-# measured 84 -> 77 ms for T=50, B=32 at 2 threads against 4 steps per pass.
 GATES_CHUNK_ELEMENTS = 1 << 21
-# When the time loop shares hidden units among threads instead of batch rows (see
-# Packing.unit_bounds).
-UNIT_SPLIT_MIN_BYTES = 1 << 18
-UNIT_SPLIT_MIN_UNITS_PER_THREAD = 64
-UNIT_SPLIT_MAX_ROWS_PER_THREAD = 2
 
 _scratch_buffers = threading.local()
 
@@ -37,10 +33,9 @@ _scratch_buffers = threading.local()
 def scratch(slot, shape, dtype):
     """An uninitialised array for a kernel's internal scratch (packed weights, transposes,
     inference gates), reusing this thread's buffer for ``slot``. Fresh large arrays cost
-    page faults on every call (the kernel zeroes each new page: ~10% of a large training
-    step); reusing them keeps up to the largest size each slot has needed per Python
-    thread. Nothing outside one kernel call may hold on to the result. (Kept lean: it runs
-    several times per call, and small calls are mostly Python.)"""
+    page faults on every call; reusing them keeps up to the largest size each slot has
+    needed per Python thread. Nothing outside one kernel call may hold on to the result.
+    (Kept lean: it runs several times per call, and small calls are mostly Python.)"""
     flat = type(shape) is int
     n = shape if flat else math.prod(shape)
     buffers = _scratch_buffers.__dict__
@@ -50,185 +45,136 @@ def scratch(slot, shape, dtype):
     return buffer[:n] if flat else buffer[:n].reshape(shape)
 
 
-@functools.lru_cache(maxsize=64)
-def _zeros(n, dtype):
-    """A read-only zero vector, shared between calls."""
-    zeros = np.zeros(n, dtype)
-    zeros.flags.writeable = False
-    return zeros
+def _scratch_packed(slot, n_out, n_in, dtype):
+    """PackedWeights of (n_out, n_in) on this thread's scratch buffer ``slot``."""
+    fmt = dtype.name
+    return _packed.PackedWeights(n_out, n_in, fmt,
+                                 scratch(slot, _packed.packed_length(n_out, n_in, fmt), dtype))
 
 
-@functools.lru_cache(maxsize=256)
-def _even_bounds(B, n):
-    """[0, B/n, 2B/n, ..., B] (n >= 1 parts; read-only, shared between calls)."""
-    bounds = np.arange(max(n, 1) + 1, dtype=np.intp) * B // max(n, 1)
-    bounds.flags.writeable = False
-    return bounds
+class LayerWeights:
+    """One layer-direction's weights as the kernels take them: ``w_ih (G, I)``,
+    ``w_hh (G, P)``, ``bias (G,)`` = b_ih + b_hh, ``w_hr (P, H)`` or None.
 
-
-class Packing:
-    """The packed layout of a (T, B, .) batch whose row b has ``lengths[b]`` real steps.
-
-    Rows are sorted by length, longest first (``order[j]`` is the original row at sorted
-    position j), and only real steps are stored, step-major: step t is rows
-    ``[offsets[t], offsets[t+1])`` of an (N, .) array, holding the sorted rows still running.
-    With no lengths (or all equal to T) this is the plain layout: packing is a reshape and
-    ``offsets`` is None (the kernels then compute t*B, so nothing here grows with T).
+    The one home of the bias sum and of the training copy: ``copy=True`` snapshots the
+    weights, so a training cache does not see an optimiser step taken before backward.
+    ``packed`` is a prepacked `clstm._recurrent.Layer` (a frozen model's), else the weights
+    are packed into scratch on every call (they may change in place between calls).
     """
+    __slots__ = ("w_ih", "w_hh", "bias", "w_hr", "packed")
 
-    def __init__(self, T, B, lengths=None):
-        self.T, self.B = T, B
-        self.uniform = lengths is None or bool(np.all(lengths == T))
-        if self.uniform:
-            self.order = None
-            self.sorted_lengths = np.full(B, T, np.intp)
-            self.offsets = None
-            self.steps, self.n_rows, self.first_step_rows = T, T * B, B
-            return
-        self.order = np.argsort(-lengths, kind="stable")
-        lengths = self.sorted_lengths = lengths[self.order].astype(np.intp)
-        steps = int(lengths[0]) if B else 0
-        # rows still running at step t: the sorted lengths greater than t
-        batch_sizes = np.searchsorted(-lengths, -np.arange(steps), side="left")
-        self.offsets = np.concatenate([[0], np.cumsum(batch_sizes)]).astype(np.intp)
-        self.steps, self.n_rows = steps, int(self.offsets[-1])
-        self.first_step_rows = int(batch_sizes[0]) if steps else 0
-        t = np.repeat(np.arange(steps), batch_sizes)
-        j = np.arange(self.offsets[-1]) - self.offsets[t]
-        self._src = t * B + self.order[j]                    # packed row -> padded row
-        self._rev = self.offsets[lengths[j] - 1 - t] + j     # (t, j) <-> (len_j - 1 - t, j)
+    def __init__(self, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, copy=False):
+        if copy:
+            w_ih, w_hh = w_ih.copy(), w_hh.copy()
+            w_hr = None if w_hr is None else w_hr.copy()
+        self.w_ih, self.w_hh, self.w_hr = w_ih, w_hh, w_hr
+        self.bias = bias_sum(b_ih, b_hh, w_hh.shape[0], w_hh.dtype)
+        self.packed = None
 
-    def pack(self, a):
-        """(T, B, F) -> (N, F)."""
-        flat = a.reshape(self.T * self.B, a.shape[-1])
-        return flat if self.uniform else flat[self._src]
+    def driver_layer(self):
+        """The `_recurrent.Layer` to run: the prepacked one, or one packing into scratch."""
+        if self.packed is not None:
+            return self.packed
+        G, I = self.w_ih.shape
+        dtype = self.w_hh.dtype
+        return _recurrent.Layer("lstm", _scratch_packed("w_ih", G, I, dtype),
+                                _scratch_packed("w_hh", G, self.w_hh.shape[1], dtype),
+                                self.bias, self.w_hr, self.w_ih, self.w_hh)
 
-    def unpack(self, p):
-        """(N, F) -> (T, B, F), zeros past each row's length."""
-        if self.uniform:
-            return p.reshape(self.T, self.B, p.shape[-1])
-        out = np.zeros((self.T * self.B, p.shape[-1]), p.dtype)
-        out[self._src] = p
-        return out.reshape(self.T, self.B, p.shape[-1])
+    def freeze(self):
+        """Pack once: later calls use the packed copies (and a copy of the projection), not
+        the arrays given, which the caller may go on changing."""
+        G, I = self.w_ih.shape
+        fmt = self.w_hh.dtype.name
+        if self.w_hr is not None:
+            self.w_hr = self.w_hr.copy()
+        self.packed = _recurrent.Layer(
+            "lstm", _packed.PackedWeights(G, I, fmt).pack(self.w_ih),
+            _packed.PackedWeights(G, self.w_hh.shape[1], fmt).pack(self.w_hh), self.bias,
+            self.w_hr)
+        self.w_ih = self.w_hh = None
+        return self
 
-    def reverse(self, p, out=None):
-        """Each row's steps in reverse order (into ``out``, else a new array): the reverse
-        direction's view."""
-        if out is None:
-            out = np.empty(p.shape, p.dtype)
-        if self.uniform:  # (splitting the row axis of a row-strided view is still a view)
-            np.copyto(out.reshape(self.T, self.B, -1), p.reshape(self.T, self.B, -1)[::-1])
-        else:
-            np.take(p, self._rev, axis=0, out=out)
-        return out
 
-    def sort_rows(self, s):
-        """(..., B, F) states in sorted row order (a new C-contiguous array)."""
-        return s.copy() if self.uniform else np.ascontiguousarray(s[..., self.order, :])
-
-    def unsort_rows(self, s):
-        if self.uniform:
-            return s
-        out = np.empty_like(s)
-        out[..., self.order, :] = s
-        return out
-
-    def unit_bounds(self, n_threads, H, projection, dtype):
-        """Hidden-unit split for the time loop, or None for the batch split (`bounds`).
-
-        Each thread then computes its share of the hidden units for every row, and the
-        threads meet at a barrier after each step; each reads only its share of w_hh per
-        step instead of all of it. Measured at 2 threads, T = 100, B = 1 (docs/performance.md):
-        1.4-1.7x faster than the batch split once w_hh is >= 512 KB (H >= 256 in float32),
-        even at B = 4 rows per thread; 1.13x inference and training at H = 128 (256 KB);
-        slower with a smaller w_hh or fewer units per thread (float32 H = 96, float64
-        H = 96: 0.75x inference), where a barrier per step outweighs the saving. Results
-        are identical either way.
-        """
-        width = _lstm.packed_panel_width(dtype == np.float64)
-        n = min(n_threads if openmp_enabled() else 1, H // width)
-        w_hh_bytes = 4 * H * H * np.dtype(dtype).itemsize
-        if (n < 2 or projection or H % width or w_hh_bytes < UNIT_SPLIT_MIN_BYTES
-                or H < UNIT_SPLIT_MIN_UNITS_PER_THREAD * n
-                or self.B > UNIT_SPLIT_MAX_ROWS_PER_THREAD * n):
-            return None
-        panels = H // width
-        return (np.arange(n + 1) * panels // n * width).astype(np.intp)
-
-    def bounds(self, n_threads):
-        """Batch slice bounds for the kernels' time loop: one slice per thread, contiguous
-        in sorted order, cut where each slice has an equal share of the steps."""
-        if self.uniform:
-            return _even_bounds(self.B, min(n_threads if openmp_enabled() else 1, self.B))
-        running = int(np.count_nonzero(self.sorted_lengths))
-        n = min(n_threads if openmp_enabled() else 1, running)
-        if n <= 1:
-            return _even_bounds(self.B, 1)
-        work = np.cumsum(self.sorted_lengths)
-        cuts = np.searchsorted(work, work[-1] * np.arange(1, n) / n, side="left") + 1
-        return np.concatenate([[0], np.minimum(cuts, self.B), [self.B]]).astype(np.intp)
+def bias_sum(b_ih, b_hh, n, dtype):
+    """b_ih + b_hh (n,) as one new array; a missing bias counts as zeros."""
+    if b_ih is None and b_hh is None:
+        return np.zeros(n, dtype)
+    if b_ih is None or b_hh is None:
+        return np.array(b_ih if b_hh is None else b_hh, dtype, order="C")
+    return np.add(b_ih, b_hh, dtype=dtype)
 
 
 class LayerCache:
     """What `layer_backward` needs from a training `layer_forward`. Backward turns the gate
     activations into gate gradients in place, so it can run once per forward."""
+    __slots__ = ("io", "layer", "schedule", "consumed")
 
-    def __init__(self, **arrays):
-        self.__dict__.update(arrays)
+    def __init__(self, io, layer, schedule):
+        self.io, self.layer, self.schedule = io, layer, schedule
         self.consumed = False
 
+    @property
+    def x(self):
+        return self.io.x
 
-def layer_forward(x, packing, w_ih, w_hh, bias, w_hr, h0, c0, train, n_threads, y=None):
+    @property
+    def w_hh(self):
+        return self.layer.w_hh
+
+
+def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strategy=None):
     """One layer, one direction, on packed x (N, I) and sorted states h0 (B, P), c0 (B, H).
 
-    Arrays must be validated, C-contiguous and of one dtype. With ``train`` the cache keeps
-    references to x, the weights and h0/c0: callers pass arrays nobody writes to until
-    backward has run. Returns ``y (N, P), h_n, c_n, cache`` (cache None without train);
-    inference writes y into the given C-contiguous array if there is one.
+    Arrays must be validated, C-contiguous and of one dtype; ``weights`` a `LayerWeights`
+    (with ``train``, one nobody writes to until backward has run: the cache keeps it, x
+    and h0/c0). ``strategy`` forces a path of `clstm._dispatch` (default: its choice).
+    Returns ``y (N, P), h_n, c_n, cache`` (cache None without train); inference writes y
+    into the given C-contiguous array if there is one.
     """
     N, B = packing.n_rows, packing.B
     H, P = c0.shape[1], h0.shape[1]
-    dtype = w_hh.dtype
-    if not train and N == B == packing.first_step_rows and w_hr is None:
-        # One step of a few rows (a layer stepped token by token): LSTMCell's step, on the
-        # weights as they are. Packing them would cost more than the step (T=1, B=1,
-        # I=H=128: 43 -> 15 us per call).
+    dtype = h0.dtype
+    projection = weights.w_hr is not None
+    # (a frozen layer has only its packed weights: the step on plain ones is not for it)
+    path = _dispatch.choose(packing, n_threads, H, projection, dtype, strategy,
+                            allow_step=weights.packed is None)
+    if path == "step":
+        # One step of a few rows (a layer stepped token by token): the step on the weights
+        # as they are, since packing them would cost more than the step. Training takes
+        # the same step, so forward_train gives inference's numbers bit for bit.
+        gates = np.empty((B, 4 * H), dtype) if train else None
         with kernel_lock():
-            out = _lstm.cell_step(x, h0, c0, w_ih, w_hh, bias, _zeros(4 * H, dtype),
-                                  dtype == np.float64)
-        if out is not None:
-            return out[0], out[0].copy(), out[1], None
+            h_n, c_n = _packed.cell_step(x, h0, c0, weights.w_ih, weights.w_hh, weights.bias,
+                                         None, dtype == np.float64, True, gates)
+        if not train:
+            return h_n, h_n.copy(), c_n, None
+        io = _recurrent.LayerIO(x, h0, c0, h_n, h_n.copy(), c_n, gates, c_n.copy())
+        path = _dispatch.choose(packing, n_threads, H, projection, dtype, allow_step=False)
+        return io.y, io.h_n, io.c_n, LayerCache(
+            io, weights.driver_layer(), _dispatch.schedule(packing, path, n_threads, H, dtype))
     if y is None or train:
         y = np.empty((N, P), dtype)
-    units = packing.unit_bounds(n_threads, H, w_hr is not None, dtype)
-    if N == 0:  # nothing to run: the state passes through unchanged
-        h_n, c_n, gates, cells, r = h0.copy(), c0.copy(), None, None, None
+    if N == 0:  # nothing to run: the state passes through unchanged (and back)
+        io = _recurrent.LayerIO(x, h0, c0, y, h0.copy(), c0.copy(), None)
+        return y, io.h_n, io.c_n, LayerCache(io, weights.driver_layer(), None) if train else None
+    check_blas_sizes(N, x.shape[1], H)
+    if train:
+        gates = np.empty((N, 4 * H), dtype)
+        cells = np.empty((N, H), dtype)
+        r = np.empty((N, H), dtype) if projection else None
     else:
-        h_n = np.empty((B, P), dtype)
-        c_n = np.empty((B, H), dtype)
-        check_blas_sizes(N, x.shape[1], H)
-        if train:
-            gates = np.empty((N, 4 * H), dtype)
-            cells = np.empty((N, H), dtype)
-            r = np.empty((N, H), dtype) if w_hr is not None else None
-        else:
-            rows = min(N, max(packing.first_step_rows, GATES_CHUNK_ELEMENTS // (4 * H)))
-            gates = scratch("gates", (rows, 4 * H), dtype)
-            cells = None
-            r = scratch("r", (B, H), dtype) if w_hr is not None else None
-        with kernel_call(n_threads):
-            double = dtype == np.float64
-            w_ih_packed = scratch("w_ih", _lstm.packed_length(4 * H, x.shape[1], double), dtype)
-            w_hh_packed = scratch("w_hh", _lstm.packed_length(4 * H, P, double), dtype)
-            _lstm.forward(x, w_ih, w_hh, bias, w_hr, h0, c0, packing.steps, packing.offsets,
-                          packing.sorted_lengths,
-                          packing.bounds(1 if units is not None else n_threads), y, h_n, c_n,
-                          gates, cells, r, w_ih_packed, w_hh_packed, n_threads, units)
-    if not train:
-        return y, h_n, c_n, None
-    cache = LayerCache(x=x, packing=packing, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0,
-                       y=y, gates=gates, cells=cells, r=r, n_threads=n_threads, units=units)
-    return y, h_n, c_n, cache
+        rows = min(N, max(packing.first_step_rows, GATES_CHUNK_ELEMENTS // (4 * H)))
+        gates = scratch("gates", (rows, 4 * H), dtype)
+        cells = None
+        r = scratch("r", (B, H), dtype) if projection else None
+    io = _recurrent.LayerIO(x, h0, c0, y, np.empty((B, P), dtype), np.empty((B, H), dtype),
+                            gates, cells, r)
+    layer = weights.driver_layer()
+    schedule = _dispatch.schedule(packing, path, n_threads, H, dtype)
+    with kernel_call(n_threads):
+        _recurrent.forward(layer, schedule, io)
+    return y, io.h_n, io.c_n, (LayerCache(io, layer, schedule) if train else None)
 
 
 def _accumulator(into, like):
@@ -251,34 +197,33 @@ def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
         raise RuntimeError("backward has already run for this forward pass (the cache is "
                            "consumed in place); run forward again")
     cache.consumed = True
-    x, w_hh, w_hr, packing = cache.x, cache.w_hh, cache.w_hr, cache.packing
-    N = packing.n_rows
-    H, P = cache.c0.shape[1], cache.h0.shape[1]
-    dtype = w_hh.dtype
-    dx = np.zeros_like(x)
-    dw_ih = _accumulator(dw_into[0], cache.w_ih)
-    dw_hh = _accumulator(dw_into[1], w_hh)
-    dbias = np.zeros(4 * H, dtype)
-    dw_hr = None if w_hr is None else _accumulator(dw_into[2], w_hr)
-    if N > 0:
-        double = dtype == np.float64
-        h_prev_ws = (None if packing.uniform
-                     else scratch("h_prev", (N - packing.first_step_rows, P), dtype))
-        dh_all = scratch("dh_all", (N, P), dtype) if w_hr is not None else None
-        dr = scratch("r", (packing.B, H), dtype) if w_hr is not None else None
-        with kernel_call(cache.n_threads):
-            _lstm.backward(x, cache.w_ih, w_hh, w_hr, cache.h0, cache.c0, cache.y, cache.gates,
-                           cache.cells, cache.r, packing.steps, packing.offsets,
-                           packing.bounds(1 if cache.units is not None else cache.n_threads),
-                           dy, dh, dc, dx, dw_ih, dw_hh,
-                           dbias, dw_hr, np.ones(N, dtype), h_prev_ws, dh_all, dr,
-                           scratch("w_ih", _lstm.packed_length(x.shape[1], 4 * H, double), dtype),
-                           scratch("w_hh", _lstm.packed_length(P, 4 * H, double), dtype),
-                           scratch("rows", _lstm.packed_length(max(x.shape[1], P), N, double),
-                                   dtype),
-                           scratch("dG_t", _lstm.dG_t_length(N, cache.n_threads), dtype),
-                           cache.n_threads, cache.units)
-    cache.gates = None
+    io, layer, schedule = cache.io, cache.layer, cache.schedule
+    I, H, P = layer.n_input, layer.n_hidden, layer.n_out
+    G = 4 * H
+    dtype = io.x.dtype
+    dx = np.empty_like(io.x)
+    dw_ih = _accumulator(dw_into[0], layer.w_ih)
+    dw_hh = _accumulator(dw_into[1], layer.w_hh)
+    dbias = np.zeros(G, dtype)
+    dw_hr = None if layer.w_hr is None else _accumulator(dw_into[2], layer.w_hr)
+    if schedule is None:  # a forward that ran no steps
+        cache.io = cache.layer = None
+        return dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr
+    N, B = schedule.n_rows, schedule.n_batch
+    projection = layer.w_hr is not None
+    work = _recurrent.BackwardWork(
+        _scratch_packed("w_ih_t", I, G, dtype), _scratch_packed("w_hh_t", P, G, dtype),
+        scratch("rows", _packed.packed_length(max(I, P), N, dtype.name), dtype),
+        scratch("dG_t", _recurrent.dG_t_length(N, schedule.n_threads), dtype),
+        np.ones(N, dtype),
+        None if schedule.offsets is None else scratch("h_prev", (N - schedule.first_step_rows,
+                                                                 P), dtype),
+        scratch("dh_all", (N, P), dtype) if projection else None,
+        scratch("r", (B, H), dtype) if projection else None)
+    grads = _recurrent.Grads(dy, dh, dc, dx, dw_ih, dw_hh, dbias, dw_hr)
+    with kernel_call(schedule.n_threads):
+        _recurrent.backward(layer, schedule, io, grads, work)
+    cache.io = cache.layer = None  # the caches are consumed: let them go
     return dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr
 
 
@@ -288,8 +233,9 @@ def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
 class ForwardCache:
     """What ``lstm_backward`` needs from ``lstm_forward(..., train=True)``."""
 
-    def __init__(self, layer, reverse, has_bias, shape):
-        self.layer, self.reverse, self.has_bias, self.shape = layer, reverse, has_bias, shape
+    def __init__(self, layer, packing, reverse, has_bias, shape, state_sizes, dtype):
+        self.layer, self.packing, self.reverse, self.has_bias = layer, packing, reverse, has_bias
+        self.shape, self.state_sizes, self.dtype = shape, state_sizes, dtype
 
 
 def _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr):
@@ -318,15 +264,40 @@ def _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr):
 
 
 def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, w_hr=None, lengths=None, reverse=False,
-                 train=False, n_threads=None):
+                 train=False, n_threads=None, strategy=None):
     """Run one LSTM layer over ``x (T, B, I)`` from state ``h0 (B, P)``, ``c0 (B, H)``.
 
-    ``w_hr (P, H)`` adds a projection (``P = H`` without it); ``lengths (B,)`` gives each
-    row's number of real steps (outputs past it are zero, the final state is the state at
-    the row's own last step); ``reverse`` runs each row from its last step back to step 0.
-    Returns ``(y, h_n, c_n, cache)`` with ``y (T, B, P)``; ``cache`` (None unless ``train``)
-    is what `lstm_backward` takes. ``b_ih``/``b_hh`` may be None. ``n_threads`` defaults to
-    `clstm.get_num_threads()`.
+    Parameters
+    ----------
+    x : array_like (T, B, I)
+    w_ih, w_hh : array_like (4H, I), (4H, P)
+        Weights, gates stacked i, f, g, o (float32 or float64: the dtype of the call).
+    b_ih, b_hh : array_like (4H,) or None
+    h0, c0 : array_like (B, P), (B, H)
+    w_hr : array_like (P, H), optional
+        A projection (``P = H`` without it).
+    lengths : array_like of int (B,), optional
+        Each row's number of real steps: outputs past it are zero, the final state is the
+        state at the row's own last step.
+    reverse : bool
+        Run each row from its last step back to step 0.
+    train : bool
+        Keep what `lstm_backward` needs.
+    n_threads : int, optional
+        Default `clstm.get_num_threads()`.
+    strategy : {"step", "serial", "batch", "units"}, optional
+        Force a path (`clstm._dispatch`); default automatic. Results do not depend on it
+        except "step" (BLAS's summation order: equal to rounding).
+
+    Returns
+    -------
+    y, h_n, c_n, cache
+        ``y (T, B, P)``; ``cache`` (None unless ``train``) is what `lstm_backward` takes.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad dtypes, shapes or lengths (the message names the argument).
     """
     x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr = _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0,
                                                           w_hr)
@@ -334,20 +305,15 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, w_hr=None, lengths=None, 
     if lengths is not None:
         lengths = check_lengths(lengths, T, B)
     n_threads = get_num_threads() if n_threads is None else positive_int("n_threads", n_threads)
-    bias = np.zeros(w_hh.shape[0], w_hh.dtype)
-    for b in (b_ih, b_hh):
-        if b is not None:
-            bias += b
     packing = Packing(T, B, lengths)
     xp = packing.pack(x)
     xp = packing.reverse(xp) if reverse else xp
     if train:  # the cache must not see later writes to the caller's arrays
         xp = xp.copy() if np.may_share_memory(xp, x) else xp
-        w_ih, w_hh = w_ih.copy(), w_hh.copy()
-        w_hr = None if w_hr is None else w_hr.copy()
-    y, h_n, c_n, layer = layer_forward(xp, packing, w_ih, w_hh, bias, w_hr,
-                                       packing.sort_rows(h0), packing.sort_rows(c0), train,
-                                       n_threads)
+    weights = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr, copy=train)
+    y, h_n, c_n, layer = layer_forward(xp, packing, weights, packing.sort_rows(h0),
+                                       packing.sort_rows(c0), train, n_threads,
+                                       strategy=strategy)
     y = packing.unpack(packing.reverse(y) if reverse else y)
     h_n, c_n = packing.unsort_rows(h_n), packing.unsort_rows(c_n)
     if not train:
@@ -355,7 +321,8 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, w_hr=None, lengths=None, 
     y = y.view()
     y.flags.writeable = False  # it may be the cache's own y
     has_bias = b_ih is not None or b_hh is not None
-    return y, h_n, c_n, ForwardCache(layer, reverse, has_bias, x.shape)
+    return y, h_n, c_n, ForwardCache(layer, packing, reverse, has_bias, x.shape,
+                                     (h0.shape[1], c0.shape[1]), w_hh.dtype)
 
 
 def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
@@ -368,11 +335,9 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     if not isinstance(cache, ForwardCache):
         raise TypeError("cache must come from clstm.functional.lstm_forward(..., train=True), "
                         f"got {type(cache).__name__}")
-    layer = cache.layer
-    packing = layer.packing
-    dtype = layer.w_hh.dtype
+    packing, dtype = cache.packing, cache.dtype
     T, B, _ = cache.shape
-    H, P = layer.c0.shape[1], layer.h0.shape[1]
+    P, H = cache.state_sizes
     if dy is not None:
         dy = packing.pack(check_shape("dy", float_array("dy", dy, dtype), (T, B, P)))
         dy = packing.reverse(dy) if cache.reverse else np.ascontiguousarray(dy)
@@ -383,7 +348,7 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     if dc_n is not None:
         dc[...] = check_shape("dc_n", float_array("dc_n", dc_n, dtype), (B, H))
     dx, dh, dc, dw_ih, dw_hh, db, dw_hr = layer_backward(
-        layer, dy, packing.sort_rows(dh), packing.sort_rows(dc))
+        cache.layer, dy, packing.sort_rows(dh), packing.sort_rows(dc))
     dx = packing.unpack(packing.reverse(dx) if cache.reverse else dx)
     db_ih = db if cache.has_bias else None
     db_hh = db.copy() if cache.has_bias else None

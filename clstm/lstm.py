@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from . import _lstm, _threads, functional
+from . import _packed, _stack, _threads, functional
 from ._checks import check_lengths, check_shape, float_array, float_dtype, positive_int
 from ._params import Parameterised
 from ._threads import get_num_threads
@@ -71,6 +71,7 @@ class LSTM(Parameterised):
         self.bidirectional = bool(bidirectional)
         self.dtype = float_dtype(dtype)
         self.seed = seed
+        self.strategy = None
         self._rng = np.random.default_rng(seed)
         self._init_params(self._param_shapes(), self._rng, 1.0 / math.sqrt(self.hidden_size))
 
@@ -218,56 +219,32 @@ class LSTM(Parameterised):
             y = y.transpose(1, 0, 2)
         return y, (h_n, c_n)
 
-    def _run(self, x, state, lengths, train, rng):
+    def _layer_weights(self, copy):
+        """`LayerWeights` per layer and direction (``copy``: snapshots for a training
+        cache)."""
+        p = self._checked_params()
+        return [[functional.LayerWeights(p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"],
+                                         p.get(f"bias_ih{sfx}"), p.get(f"bias_hh{sfx}"),
+                                         p.get(f"weight_hr{sfx}"), copy=copy)
+                 for sfx in self._suffixes(layer)] for layer in range(self.num_layers)]
+
+    def _run(self, x, state, lengths, train, rng, weights=None):
         x_in = x
         x, h0, c0, lengths, batched = self._prepare(x, state, lengths)
-        p = self._checked_params()
-        n_threads = get_num_threads()
+        if weights is None:
+            weights = self._layer_weights(copy=train)
         T, B = x.shape[:2]
-        L, D, P = self.num_layers, self.num_directions, self.output_size
         packing = functional.Packing(T, B, lengths)
         layer_in = packing.pack(x)
         if train and np.may_share_memory(layer_in, x_in):
             layer_in = layer_in.copy()  # the cache must not see later writes by the caller
-        h0, c0 = packing.sort_rows(h0), packing.sort_rows(c0)
-        h_n, c_n = np.empty_like(h0), np.empty_like(c0)
-        caches, masks = [], []
-        for layer in range(L):
-            outputs = []
-            for d, sfx in enumerate(self._suffixes(layer)):
-                k = layer * D + d
-                w_ih, w_hh, w_hr = p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], \
-                    p.get(f"weight_hr{sfx}")
-                if train:  # the cache must not see an optimiser step before backward
-                    w_ih, w_hh = w_ih.copy(), w_hh.copy()
-                    w_hr = None if w_hr is None else w_hr.copy()
-                bias = (p[f"bias_ih{sfx}"] + p[f"bias_hh{sfx}"] if self.bias
-                        else np.zeros(w_hh.shape[0], self.dtype))
-                # (training caches keep their input: a reversed copy of their own)
-                xin = layer_in if d == 0 else packing.reverse(
-                    layer_in, None if train else functional.scratch(
-                        "reversed_input", layer_in.shape, self.dtype))
-                y, h_n[k], c_n[k], cache = functional.layer_forward(
-                    xin, packing, w_ih, w_hh, bias, w_hr, h0[k], c0[k], train, n_threads,
-                    None if D == 1 else functional.scratch(f"y{d}", (packing.n_rows, P),
-                                                           self.dtype))
-                outputs.append(y)
-                caches.append(cache)
-            if D == 1:
-                layer_in = outputs[0]
-            else:  # [forward | reverse], the reverse direction's steps put back in order
-                layer_in = np.empty((packing.n_rows, 2 * P), self.dtype)
-                layer_in[:, :P] = outputs[0]
-                packing.reverse(outputs[1], layer_in[:, P:])
-            if train and self.dropout > 0 and layer < L - 1:
-                keep = (rng or self._rng).random((T, B, D * P)) >= self.dropout
-                mask = packing.pack(keep.astype(self.dtype) / self.dtype.type(1 - self.dropout))
-                layer_in = layer_in * mask
-                masks.append(mask)
-        y = packing.unpack(layer_in)
+        y, h_n, c_n, tape = _stack.forward(
+            weights, packing, layer_in, packing.sort_rows(h0), packing.sort_rows(c0),
+            train=train, n_threads=get_num_threads(), dropout=self.dropout,
+            rng=rng or self._rng, strategy=self.strategy)
+        y = packing.unpack(y)
         h_n, c_n = packing.unsort_rows(h_n), packing.unsort_rows(c_n)
-        out = self._to_caller(y, h_n, c_n, batched)
-        return out, (packing, caches, masks, batched)
+        return self._to_caller(y, h_n, c_n, batched), (tape, batched)
 
     def __call__(self, x, state=None, lengths=None):
         """Inference: ``y, (h_n, c_n)``. Keeps no caches; memory does not grow with T beyond
@@ -277,22 +254,29 @@ class LSTM(Parameterised):
 
     forward = __call__
 
+    def freeze(self):
+        """An inference-only snapshot on prepacked weights: `clstm.frozen.FrozenLSTM`.
+
+        Called exactly like the model; later changes to the model's parameters do not
+        reach it (freeze again after training)."""
+        from .frozen import FrozenLSTM
+        return FrozenLSTM(self)
+
     def forward_train(self, x, state=None, lengths=None, rng=None):
         """Forward that keeps what backward needs: ``(y, (h_n, c_n)), backward`` where
         ``dx, (dh0, dc0) = backward(dy=None, dstate=None)`` accumulates into ``grads`` and
         runs once. ``y`` is read-only (backward may read it); copy it to modify it."""
-        (y, (h_n, c_n)), (packing, caches, masks, batched) = self._run(
-            x, state, lengths, train=True, rng=rng)
+        (y, (h_n, c_n)), (tape, batched) = self._run(x, state, lengths, train=True, rng=rng)
         y_shape, h_shape, c_shape = y.shape, h_n.shape, c_n.shape
 
         def backward(dy=None, dstate=None):
-            return self._backward(packing, caches, masks, batched, y_shape, (h_shape, c_shape),
-                                  dy, dstate)
+            return self._backward(tape, batched, y_shape, (h_shape, c_shape), dy, dstate)
 
         return (_read_only(y), (h_n, c_n)), backward
 
-    def _backward(self, packing, caches, masks, batched, y_shape, state_shapes, dy, dstate):
+    def _backward(self, tape, batched, y_shape, state_shapes, dy, dstate):
         dtype = self.dtype
+        packing = tape.packing
         B = packing.B
         L, D, P = self.num_layers, self.num_directions, self.output_size
         n_states = L * D
@@ -310,36 +294,14 @@ class LSTM(Parameterised):
                     buf[...] = check_shape(name, float_array(name, d, dtype), shape) \
                         .reshape(buf.shape)
         dh, dc = packing.sort_rows(dh), packing.sort_rows(dc)
-        d_out = dy
-        for layer in reversed(range(L)):
-            for d, sfx in enumerate(self._suffixes(layer)):
-                k = layer * D + d
-                # reversed copies into reused buffers: fresh ones cost page faults (backward
-                # keeps neither; d_in is the forward direction's own new dx)
-                if d_out is None:
-                    dy_d = None
-                elif d == 0:
-                    dy_d = np.ascontiguousarray(d_out[:, :P])
-                else:
-                    dy_d = packing.reverse(d_out[:, P:], functional.scratch(
-                        "reversed_dy", (packing.n_rows, P), dtype))
-                g = self.grads
-                names = (f"weight_ih{sfx}", f"weight_hh{sfx}", f"weight_hr{sfx}")
-                into = tuple(g.get(name) for name in names)
-                dx, dh[k], dc[k], dw_ih, dw_hh, db, dw_hr = functional.layer_backward(
-                    caches[k], dy_d, dh[k].copy(), dc[k].copy(), into)
-                if d == 0:
-                    d_in = dx
-                else:
-                    d_in += packing.reverse(dx, functional.scratch("reversed_dx", dx.shape,
-                                                                   dtype))
-                for name, dw, target in zip(names, (dw_ih, dw_hh, dw_hr), into):
-                    if dw is not None and dw is not target:  # not added in place
-                        g[name] += dw
-                if self.bias:
-                    g[f"bias_ih{sfx}"] += db
-                    g[f"bias_hh{sfx}"] += db
-            d_out = d_in * masks[layer - 1] if layer > 0 and masks else d_in
+        names = [(f"weight_ih{sfx}", f"weight_hh{sfx}",
+                  f"weight_hr{sfx}" if self.proj_size else None,
+                  *((f"bias_ih{sfx}", f"bias_hh{sfx}") if self.bias else (None, None)))
+                 for layer in range(L) for sfx in self._suffixes(layer)]
+        into = [tuple(self.grads.get(name) for name in n[:3]) for n in names]
+        d_out, layer_grads = _stack.backward(tape, dy, dh, dc, into)
+        for n, g, i in zip(names, layer_grads, into):
+            _stack.add_grads(self.grads, n, g, i)
         dx = packing.unpack(d_out)
         return self._to_caller(dx, packing.unsort_rows(dh), packing.unsort_rows(dc), batched)
 
@@ -401,7 +363,7 @@ class LSTMCell(Parameterised):
         if type(state) is tuple and len(state) == 2:
             # the streaming case (the state fed back in) is checked in C: it skips _prepare
             with _threads.kernel_lock():
-                out = _lstm.cell_step(x, state[0], state[1], p.get("weight_ih"),
+                out = _packed.cell_step(x, state[0], state[1], p.get("weight_ih"),
                                       p.get("weight_hh"), p.get("bias_ih"), p.get("bias_hh"),
                                       double)
             if out is not None:
@@ -409,16 +371,15 @@ class LSTMCell(Parameterised):
         x, h0, c0, _, batched = self._prepare(x, state)
         B, H = h0.shape
         p = self._checked_params()
-        if B > _lstm.CELL_STEP_MAX_ROWS:  # enough rows to be worth the threaded layer path
+        if B > _packed.STEP_MAX_ROWS:  # enough rows to be worth the threaded layer path
             _, h, c, _ = functional.layer_forward(
-                x, functional.Packing(1, B), p["weight_ih"], p["weight_hh"],
-                p["bias_ih"] + p["bias_hh"] if self.bias else np.zeros(4 * H, self.dtype),
-                None, h0, c0, False, get_num_threads())
+                x, functional.Packing(1, B), self._layer_weights(copy=False), h0, c0, False,
+                get_num_threads())
         else:
             weights = (np.require(p[k], self.dtype, "CA") if k in p else None
                        for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
             with _threads.kernel_lock():
-                h, c = _lstm.cell_step(*(np.require(a, self.dtype, "CA") for a in (x, h0, c0)),
+                h, c = _packed.cell_step(*(np.require(a, self.dtype, "CA") for a in (x, h0, c0)),
                                        *weights, double, True)
         return (h, c) if batched else (h[0], c[0])
 
@@ -428,15 +389,17 @@ class LSTMCell(Parameterised):
         """An inference-only snapshot of this cell for streaming: `FrozenLSTMCell`."""
         return FrozenLSTMCell(self)
 
+    def _layer_weights(self, copy):
+        p = self._checked_params()
+        return functional.LayerWeights(p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
+                                       p.get("bias_hh"), copy=copy)
+
     def _run_train(self, x, state):
         x, h0, c0, shape, batched = self._prepare(x, state)
-        B, H = h0.shape
-        p = self._checked_params()
-        w_ih, w_hh = p["weight_ih"].copy(), p["weight_hh"].copy()
-        bias = p["bias_ih"] + p["bias_hh"] if self.bias else np.zeros(4 * H, self.dtype)
-        _, h, c, cache = functional.layer_forward(x.copy(), functional.Packing(1, B), w_ih,
-                                                  w_hh, bias, None, h0.copy(), c0.copy(),
-                                                  True, get_num_threads())
+        B = h0.shape[0]
+        _, h, c, cache = functional.layer_forward(x.copy(), functional.Packing(1, B),
+                                                  self._layer_weights(copy=True), h0.copy(),
+                                                  c0.copy(), True, get_num_threads())
         if not batched:
             h, c = h[0], c[0]
         return (h, c), cache, shape, batched
@@ -445,10 +408,10 @@ class LSTMCell(Parameterised):
         """One step keeping what backward needs: ``(h, c), backward`` with
         ``dx, (dh0, dc0) = backward(dh=None, dc=None)`` (runs once)."""
         out, cache, shape, batched = self._run_train(x, state)
+        B = out[0].shape[0] if batched else 1
 
         def backward(dh=None, dc=None):
             H = self.hidden_size
-            B = cache.h0.shape[0]
             grads = []
             for name, d in (("dh", dh), ("dc", dc)):
                 buf = np.zeros((B, H), self.dtype)
@@ -477,32 +440,38 @@ class LSTMCell(Parameterised):
         return f"LSTMCell({self.input_size}, {self.hidden_size}{bias}, dtype={self.dtype.name})"
 
 
-class FrozenLSTMCell(_lstm.PackedCell):
+class FrozenLSTMCell(_packed.PackedCell):
     """``cell.freeze()``: an inference-only snapshot of an `LSTMCell`, for streaming.
 
     Calls as the cell does (``h, c = frozen(x, state=None)``, same shapes, same checks),
-    on weights copied at freeze time into the layout the compiled step multiplies fastest
+    on weights packed at freeze time into the layout the compiled step multiplies fastest
     (the cell itself must read its weights afresh on every step, since they may change in
     place). Later changes to the cell's parameters do not reach the snapshot: freeze again
-    after training. Each Python thread may step it concurrently. The call itself is
-    compiled (`clstm._lstm.PackedCell`); this class adds the general input handling.
+    after training. Each Python thread may step it concurrently. Up to
+    ``STEP_MAX_ROWS`` rows a step is one compiled call (`clstm._packed.PackedCell`); more
+    rows run the threaded layer driver on the same packed weights.
     """
 
     def __init__(self, cell):
-        p = cell._checked_params()
         self._spec = cell  # for the shapes, dtype and input checks only
         self.input_size, self.hidden_size, self.dtype = cell.input_size, cell.hidden_size, \
             cell.dtype
-        self._pack(p["weight_ih"], p["weight_hh"],
-                   p["bias_ih"] + p["bias_hh"] if cell.bias
-                   else np.zeros(4 * self.hidden_size, self.dtype))
+        self._weights = cell._layer_weights(copy=False).freeze()
+        layer = self._weights.packed
+        self._set_weights(layer.w_ih_packed, layer.w_hh_packed, layer.bias)
 
     def __repr__(self):
         return f"{self._spec!r}.freeze()"
 
     def _general_call(self, x, state):
         x2, h0, c0, _, batched = self._spec._prepare(x, state)
-        h, c = self._step(*(np.require(a, self.dtype, "CA") for a in (x2, h0, c0)), True)
+        x2, h0, c0 = (np.require(a, self.dtype, "CA") for a in (x2, h0, c0))
+        B = x2.shape[0]
+        if B <= _packed.STEP_MAX_ROWS:
+            h, c = self._step(x2, h0, c0, True)
+        else:
+            _, h, c, _ = functional.layer_forward(x2, functional.Packing(1, B), self._weights,
+                                                  h0, c0, False, get_num_threads())
         return (h, c) if batched else (h[0], c[0])
 
-    forward = _lstm.PackedCell.__call__
+    forward = _packed.PackedCell.__call__

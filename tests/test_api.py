@@ -611,7 +611,7 @@ def test_frozen_cell_is_a_snapshot_of_the_cell(dtype, bias):
     assert_close(cell.freeze()(x, (h0, c0))[0], cell(x, (h0, c0))[0], dtype)
     for a, b in zip(pickle.loads(pickle.dumps(frozen))(x, (h0, c0)), before):
         np.testing.assert_array_equal(a, b)
-    bare = clstm._lstm.PackedCell()  # the compiled part alone, never packed: an error
+    bare = clstm._packed.PackedCell()  # the compiled part alone, never packed: an error
     with pytest.raises(ValueError, match="no weights"):
         bare._step(x, h0, c0, False)
 
@@ -696,7 +696,7 @@ def test_layer_shortcut_for_conforming_inputs_equals_general_path(T):
 
 
 def test_cell_beyond_the_step_rows_runs_the_layer_kernel():
-    rows = clstm._lstm.CELL_STEP_MAX_ROWS + 1
+    rows = clstm._packed.STEP_MAX_ROWS + 1
     cell = clstm.LSTMCell(I, H, seed=4)
     rng = np.random.default_rng(14)
     x = rng.standard_normal((rows, I)).astype(np.float32)

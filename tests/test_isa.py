@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from clstm import _lstm
+from clstm import _runtime
 
 TESTS = pathlib.Path(__file__).resolve().parent
 
@@ -16,10 +16,10 @@ TESTS = pathlib.Path(__file__).resolve().parent
 @pytest.mark.parametrize("isa", ["v3", "base"])
 def test_kernel_tests_pass_on_every_kernel(isa, tmp_path):
     env = dict(os.environ, CLSTM_ISA=isa)
-    probe = subprocess.run([sys.executable, "-c", "from clstm import _lstm; "
-                            "print(_lstm.kernel_isa())"], env=env, capture_output=True,
+    probe = subprocess.run([sys.executable, "-c", "from clstm import _runtime; "
+                            "print(_runtime.kernel_isa())"], env=env, capture_output=True,
                            text=True, check=True, cwd=tmp_path).stdout.strip()
-    best = _lstm.kernel_isa()
+    best = _runtime.kernel_isa()
     expected = {"base": "base", "v3": "x86-64-v3" if best != "base" else "base"}[isa]
     assert probe == expected, (probe, best)
     if probe == best:

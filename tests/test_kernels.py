@@ -5,6 +5,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
+import clstm
+from clstm import _dispatch, _testing
 from clstm import functional as F
 from clstm import reference as R
 from _helpers import assert_close, assert_grads_close, make_problem
@@ -70,62 +72,42 @@ def test_results_agree_across_thread_counts():
             assert_close(a, b, np.float64)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n_threads", [2, 3])
-@pytest.mark.parametrize("B, lengths", [(1, None), (3, None), (3, (5, 0, 2)), (4, (1, 5, 5, 3))])
-def test_hidden_unit_split_matches_batch_split_exactly(monkeypatch, dtype, n_threads, B,
-                                                       lengths):
-    # Thresholds off, so that small layers take the unit split too; H spans 3 panels.
-    monkeypatch.setattr(F, "UNIT_SPLIT_MIN_BYTES", 0)
-    monkeypatch.setattr(F, "UNIT_SPLIT_MIN_UNITS_PER_THREAD", 0)
-    monkeypatch.setattr(F, "UNIT_SPLIT_MAX_ROWS_PER_THREAD", B)
-    width = F._lstm.packed_panel_width(dtype == np.float64)
-    T, I, H = 5, 7, 3 * width
-    packing = F.Packing(T, B, None if lengths is None else np.array(lengths))
-    units = packing.unit_bounds(n_threads, H, False, dtype)
-    if not F.openmp_enabled():
-        assert units is None
-    else:
-        assert units.tolist() == [width * (3 * s // n_threads) for s in range(n_threads + 1)]
-    p = make_problem(T, B, I, H, dtype=dtype, seed=B)
-    args = [p[k] for k in INPUTS]
-    ref = R.lstm_forward(*args, lengths=lengths, train=True)
-    g_ref = R.lstm_backward(ref[3], p["dy"], p["dh_n"], p["dc_n"])
-    results = {}
-    for n in (1, n_threads):
-        for train in (False, True):
-            y, h, c, cache = F.lstm_forward(*args, lengths=lengths, train=train, n_threads=n)
-            results[n, train] = [y, h, c]
-            for a, b in zip([y, h, c], ref):
-                assert_close(a, b, dtype)
-        g = F.lstm_backward(cache, p["dy"], p["dh_n"], p["dc_n"])
-        assert_grads_close(g, g_ref, dtype)
-        results[n, "grads"] = [g.dx, g.dh0, g.dc0]  # (the weight gradients are BLAS's)
-    for key, arrays in results.items():  # the same sums in the same order: bitwise equal
-        if key[1] == "grads":
-            for a, b in zip(arrays, results[1, "grads"]):
-                np.testing.assert_array_equal(a, b, err_msg=str(key))
-            continue
-        for a, b in zip(arrays, results[1, False]):
-            np.testing.assert_array_equal(a, b, err_msg=str(key))
-
-
-def test_hidden_unit_split_policy():
+def test_work_split_policy():
+    """The automatic choice of clstm._dispatch (measurements: docs/performance.md)."""
     f32, f64 = np.float32, np.float64
     one, four = F.Packing(10, 1, None), F.Packing(10, 4, None)
-    if not F.openmp_enabled():
-        assert one.unit_bounds(2, 512, False, f32) is None
+
+    def choice(packing, n_threads, H, projection=False, dtype=f32):
+        return _dispatch.choose(packing, n_threads, H, projection, np.dtype(dtype))
+
+    if not clstm.openmp_enabled():
+        assert choice(one, 2, 512) == "serial"
         return
-    assert one.unit_bounds(2, 512, False, f32).tolist() == [0, 256, 512]
-    assert four.unit_bounds(2, 256, False, f32).tolist() == [0, 128, 256]
-    assert one.unit_bounds(2, 256, False, f64).tolist() == [0, 128, 256]
-    assert one.unit_bounds(1, 512, False, f32) is None          # one thread
-    assert one.unit_bounds(2, 128, False, f32).tolist() == [0, 64, 128]  # w_hh 256 KB
-    assert one.unit_bounds(2, 96, False, f32) is None           # w_hh 144 KB: too small
-    assert one.unit_bounds(2, 96, False, f64) is None           # 48 units per thread
-    assert one.unit_bounds(2, 528, False, f32) is None          # H not a multiple of 32
-    assert one.unit_bounds(2, 512, True, f32) is None           # projection
-    assert F.Packing(10, 5, None).unit_bounds(2, 512, False, f32) is None  # rows enough
+    assert choice(one, 2, 512) == "units"
+    assert _dispatch.schedule(one, "units", 2, 512, f32).bounds.tolist() == [0, 256, 512]
+    assert choice(four, 2, 256) == "units"
+    assert choice(one, 2, 256, dtype=f64) == "units"
+    assert choice(one, 1, 512) == "serial"              # one thread
+    assert choice(one, 2, 128) == "units"               # w_hh 256 KB
+    assert choice(one, 2, 96) == "serial"               # w_hh 144 KB: too small; B = 1
+    assert choice(one, 2, 96, dtype=f64) == "serial"    # 48 units per thread
+    assert choice(four, 2, 528) == "batch"              # H not a multiple of 32
+    assert choice(four, 2, 512, projection=True) == "batch"
+    assert choice(F.Packing(10, 5, None), 2, 512) == "batch"  # rows enough
+    assert choice(F.Packing(1, 5, None), 2, 512) == "step"    # one step of a few rows
+    assert choice(F.Packing(1, 9, None), 2, 512) == "batch"
+    assert choice(F.Packing(1, 5, None), 2, 512, projection=True) == "batch"
+
+
+def test_forcing_an_unusable_path_is_an_error():
+    p = make_problem(3, 2, 2, 3)
+    args = [p[k] for k in INPUTS]
+    with pytest.raises(ValueError, match="strategy='step' needs"):
+        F.lstm_forward(*args, strategy="step")  # T = 3
+    with pytest.raises(ValueError, match="strategy='units' needs"):
+        F.lstm_forward(*args, strategy="units")  # H = 3: no whole panels
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        F.lstm_forward(*args, strategy="fast")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -284,14 +266,12 @@ def test_activations_are_accurate(dtype, max_ulps):
     # float32: a few ulp of the float64 truth. float64: against an extended-precision truth,
     # as close as libm's own 1 / (1 + exp(-z)) and tanh (measured: 2.28 and 1.09 ulp; ours
     # 2.28 and 1.27).
-    from clstm import _lstm
-
     z = np.concatenate([np.linspace(-100, 100, 400_001), np.geomspace(1e-30, 1, 2001),
                         -np.geomspace(1e-30, 1, 2001), np.linspace(-1000, 1000, 2001),
                         [0.0, 1e4, -1e4, np.inf, -np.inf]])
     z = z.astype(dtype)
     sig, tanh_z = np.empty_like(z), np.empty_like(z)
-    scalar_vs_vector = _lstm._activations(z, sig, tanh_z)
+    scalar_vs_vector = _testing.activations(z, sig, tanh_z)
     wide = np.longdouble if dtype == np.float64 else np.float64
     zw = z.astype(wide)
     with np.errstate(over="ignore"):
@@ -307,7 +287,7 @@ def test_activations_are_accurate(dtype, max_ulps):
     assert np.abs(sig - sig_true)[~normal].max() <= tiny
     assert ulps(tanh_z, tanh_true).max() <= max_ulps
     assert scalar_vs_vector <= 4 * np.finfo(dtype).eps  # FMA contraction may differ
-    _lstm._activations(np.array([np.nan], dtype), sig[:1], tanh_z[:1])
+    _testing.activations(np.array([np.nan], dtype), sig[:1], tanh_z[:1])
     assert np.isnan(sig[0]) and np.isnan(tanh_z[0])
 
 
@@ -325,8 +305,7 @@ def test_packing_holds_only_real_steps():
     rev = pk.unpack(pk.reverse(packed))
     for b, n in enumerate(lengths):
         np.testing.assert_array_equal(rev[:n, b], x[:n, b][::-1])
-    if F.openmp_enabled():  # slices cut for equal shares of the steps: 10 | 6
-        np.testing.assert_array_equal(pk.bounds(2), [0, 2, 6])
+    np.testing.assert_array_equal(pk.batch_bounds(2), [0, 2, 6])  # equal shares: 10 | 6
     uniform = F.Packing(4, 3)
     assert uniform.offsets is None and uniform.n_rows == 12
     a = x[:4, :3].copy()

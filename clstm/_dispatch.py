@@ -1,0 +1,85 @@
+"""Which path runs a layer call: the one place that decides.
+
+Paths: "step" (one step of a few rows: the streaming step on the weights as they are, no
+packing), and the recurrent driver's time-loop work splits "serial", "batch" (each thread
+carries a slice of rows through every step) and "units" (the threads share each step's
+hidden units, meeting at a barrier per step). `choose` picks one automatically; every path
+can be forced (``strategy=``), which is how the tests run each of them. Measurements behind
+the thresholds: docs/performance.md ("Work splits").
+"""
+import numpy as np
+
+from . import _packed, _recurrent
+from ._threads import openmp_enabled
+
+PATHS = ("step", "serial", "batch", "units")
+
+# The hidden-unit split pays for its barrier per step only when each thread's share of w_hh
+# is big and the batch cannot feed the threads.
+UNIT_SPLIT_MIN_BYTES = 1 << 18
+UNIT_SPLIT_MIN_UNITS_PER_THREAD = 64
+UNIT_SPLIT_MAX_ROWS_PER_THREAD = 2
+
+
+def _threads(n_threads):
+    return n_threads if openmp_enabled() else 1
+
+
+def step_usable(packing, projection, cell="lstm"):
+    """One step of at most STEP_MAX_ROWS rows, no projection (the step has none)."""
+    return (cell == "lstm" and not projection and packing.T == 1
+            and 1 <= packing.B <= _packed.STEP_MAX_ROWS and packing.n_rows == packing.B)
+
+
+def _panel_width(dtype):
+    return _packed.packed_panel_width(np.dtype(dtype).name)
+
+
+def units_usable(H, projection, dtype):
+    """The unit split cuts at whole packed panels and has no projection."""
+    return not projection and H % _panel_width(dtype) == 0
+
+
+def _units_pay_off(packing, n_threads, H, dtype):
+    n = min(_threads(n_threads), H // _panel_width(dtype))
+    w_hh_bytes = 4 * H * H * np.dtype(dtype).itemsize
+    return (n >= 2 and w_hh_bytes >= UNIT_SPLIT_MIN_BYTES
+            and H >= UNIT_SPLIT_MIN_UNITS_PER_THREAD * n
+            and packing.B <= UNIT_SPLIT_MAX_ROWS_PER_THREAD * n)
+
+
+def choose(packing, n_threads, H, projection, dtype, strategy=None, allow_step=True):
+    """The path for one layer call: ``strategy`` if given (checked usable), else the
+    automatic choice (among the driver's work splits only, without ``allow_step``)."""
+    if strategy is not None:
+        if strategy not in PATHS:
+            raise ValueError(f"strategy must be one of {PATHS} or None, got {strategy!r}")
+        if strategy == "step" and not (allow_step and step_usable(packing, projection)):
+            raise ValueError("strategy='step' needs live weights and one step (T=1, no row "
+                             f"ending early) of at most {_packed.STEP_MAX_ROWS} rows and no "
+                             "projection")
+        if strategy == "units" and not units_usable(H, projection, dtype):
+            raise ValueError("strategy='units' needs no projection and a hidden size that "
+                             f"is a multiple of the packed panel width ({_panel_width(dtype)})")
+        return strategy
+    if allow_step and step_usable(packing, projection):
+        return "step"
+    if units_usable(H, projection, dtype) and _units_pay_off(packing, n_threads, H, dtype):
+        return "units"
+    return "batch" if _threads(n_threads) > 1 and packing.B > 1 else "serial"
+
+
+def schedule(packing, path, n_threads, H, dtype):
+    """The driver's `_recurrent.Schedule` for a time-loop path (not "step")."""
+    n = _threads(n_threads)
+    if path == "units":
+        width = _panel_width(dtype)
+        panels = H // width
+        n = min(n, panels)
+        bounds = (np.arange(n + 1) * panels // n * width).astype(np.intp)
+    elif path == "batch":
+        bounds = packing.batch_bounds(n)
+    else:
+        bounds = None
+    return _recurrent.Schedule(packing.steps, packing.offsets, packing.sorted_lengths, path,
+                               bounds, n_threads)

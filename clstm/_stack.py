@@ -1,0 +1,112 @@
+"""Layers x directions x dropout x lengths, once, for any stack of recurrent layers.
+
+The input is packed once (`clstm._packing.Packing`) and every layer and direction runs in
+the packed layout: a layer's input is the previous layer's ``[forward | reverse]`` outputs
+(times the dropout mask in training), the reverse direction is the forward kernel on each
+row's steps reversed, and the result is unpacked once by the caller. `clstm.LSTM` and the
+frozen models run through here; they differ only in the `LayerWeights` they pass.
+"""
+import numpy as np
+
+from .functional import layer_backward, layer_forward, scratch
+
+
+class Tape:
+    """What `backward` needs from a training `forward`."""
+    __slots__ = ("packing", "caches", "masks", "n_directions")
+
+    def __init__(self, packing, caches, masks, n_directions):
+        self.packing, self.caches, self.masks = packing, caches, masks
+        self.n_directions = n_directions
+
+
+def forward(weights, packing, x, h0, c0, *, train, n_threads, dropout=0.0, rng=None,
+            strategy=None):
+    """Run the stack on packed ``x (N, I)`` from sorted states ``h0 (L*D, B, P)``,
+    ``c0 (L*D, B, H)``.
+
+    ``weights[layer][direction]`` are `clstm.functional.LayerWeights` (with ``train``, ones
+    nobody changes until backward). Dropout (training only, on every layer's output but
+    the last) draws ``rng.random((T, B, D*P)) >= dropout`` once per layer, in order.
+    Returns packed ``y (N, D*P)``, sorted ``h_n``, ``c_n`` and a `Tape` (None without
+    ``train``).
+    """
+    L, D = len(weights), len(weights[0])
+    dtype, P, N = h0.dtype, h0.shape[-1], packing.n_rows
+    h_n, c_n = np.empty_like(h0), np.empty_like(c0)
+    caches, masks = [], []
+    layer_in = x
+    for layer in range(L):
+        outputs = []
+        for d in range(D):
+            k = layer * D + d
+            # (training caches keep their input: a reversed copy of their own)
+            xin = layer_in if d == 0 else packing.reverse(
+                layer_in, None if train else scratch("reversed_input", layer_in.shape, dtype))
+            y, h_n[k], c_n[k], cache = layer_forward(
+                xin, packing, weights[layer][d], h0[k], c0[k], train, n_threads,
+                None if D == 1 else scratch(f"y{d}", (N, P), dtype), strategy)
+            outputs.append(y)
+            caches.append(cache)
+        if D == 1:
+            layer_in = outputs[0]
+        else:  # [forward | reverse], the reverse direction's steps put back in order
+            layer_in = np.empty((N, 2 * P), dtype)
+            layer_in[:, :P] = outputs[0]
+            packing.reverse(outputs[1], layer_in[:, P:])
+        if train and dropout > 0 and layer < L - 1:
+            keep = rng.random((packing.T, packing.B, D * P)) >= dropout
+            mask = packing.pack(keep.astype(dtype) / dtype.type(1 - dropout))
+            layer_in = layer_in * mask
+            masks.append(mask)
+    return layer_in, h_n, c_n, (Tape(packing, caches, masks, D) if train else None)
+
+
+def backward(tape, dy, dh, dc, grads_into):
+    """BPTT through a training `forward`: packed ``dy (N, D*P)`` or None; sorted ``dh``,
+    ``dc`` hold dh_n, dc_n and become dh0, dc0 (in place).
+
+    ``grads_into[k]`` (k = layer*D + direction) is ``(dw_ih, dw_hh, dw_hr)``: arrays the
+    kernels add the weight gradients into where they can. Returns packed ``dx`` and, per k,
+    ``(dw_ih, dw_hh, dbias, dw_hr)`` as `layer_backward` returns them (see `add_grads`).
+    """
+    packing, caches, masks, D = tape.packing, tape.caches, tape.masks, tape.n_directions
+    L = len(caches) // D
+    dtype = dh.dtype
+    P = dh.shape[-1]
+    d_out = dy
+    layer_grads = [None] * len(caches)
+    for layer in reversed(range(L)):
+        for d in range(D):
+            k = layer * D + d
+            # reversed copies into reused buffers: fresh ones cost page faults (backward
+            # keeps neither; d_in is the forward direction's own new dx)
+            if d_out is None:
+                dy_d = None
+            elif d == 0:
+                dy_d = np.ascontiguousarray(d_out[:, :P])
+            else:
+                dy_d = packing.reverse(d_out[:, P:], scratch("reversed_dy", (packing.n_rows, P),
+                                                             dtype))
+            dx, dh[k], dc[k], *layer_grads[k] = layer_backward(
+                caches[k], dy_d, dh[k].copy(), dc[k].copy(), grads_into[k])
+            if d == 0:
+                d_in = dx
+            else:
+                d_in += packing.reverse(dx, scratch("reversed_dx", dx.shape, dtype))
+        d_out = d_in * masks[layer - 1] if layer > 0 and masks else d_in
+    return d_out, layer_grads
+
+
+def add_grads(grads, names, layer_grads, into):
+    """Add one layer-direction's gradients into the module's ``grads``: ``names`` are
+    (w_ih, w_hh, w_hr, b_ih, b_hh) parameter names (None where absent), ``layer_grads``
+    ``(dw_ih, dw_hh, dbias, dw_hr)``; a weight gradient the kernels already added into its
+    target (``into``) is not added again. Both biases get dbias (only their sum enters)."""
+    dw_ih, dw_hh, dbias, dw_hr = layer_grads
+    for name, dw, target in zip(names[:3], (dw_ih, dw_hh, dw_hr), into):
+        if name is not None and dw is not None and dw is not target:
+            grads[name] += dw
+    for name in names[3:]:
+        if name is not None:
+            grads[name] += dbias

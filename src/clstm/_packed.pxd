@@ -1,0 +1,14 @@
+# Packed weights as an object (see _packed.pyx).
+
+cdef class PackedWeights:
+    cdef readonly object data
+    cdef readonly Py_ssize_t n_out, n_in
+    cdef readonly str format
+    cdef readonly int typenum
+    cdef void* ptr
+    cdef int pack_nogil(self, const void* w, bint transposed) except -1 nogil
+
+
+cdef object new_array(int nd, Py_ssize_t rows, Py_ssize_t cols, int typenum)
+cdef void* operand(object a, int typenum, Py_ssize_t rows, Py_ssize_t cols, str name,
+                   bint optional, bint writable) except? NULL

@@ -1,0 +1,311 @@
+"""Packed weights as an object, and the one-step kernel that streaming cells run.
+
+`PackedWeights` holds a weight matrix W (n_out, n_in) in the packed GEMM's panel layout
+(csrc/pgemm.h), so C[n, n_out] += A[n, n_in] @ W.T costs no re-packing: a frozen model packs
+once, a live layer call packs into reused scratch. Its `format` names the element type; a
+new weight format (bfloat16, int8 with scales) is a new format of this object with its own
+multiply, not a new code path in the drivers.
+
+The step (`step`, LSTMCell and frozen cells): a few rows, one step, one thread. At B=1 the
+multiply takes ~3 us, so the call itself must cost far less: the entry points take plain
+objects and check them through NumPy's C API (a fused-type memoryview signature cost
+~0.25 us per argument); anything they refuse goes back to the Python validation.
+"""
+from cython cimport floating
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+cimport numpy as cnp
+
+from clstm._blas cimport blas_int, matmul
+from clstm._cells cimport cell_forward, clstm_cell, clstm_cell_lstm
+from clstm._pgemm cimport pack, packed_size, panel_width, pgemm
+from clstm._runtime cimport blas_threads, blas_threads_enter, check
+
+cnp.import_array()
+
+FORMATS = {"float32": cnp.NPY_FLOAT, "float64": cnp.NPY_DOUBLE}
+STEP_MAX_ROWS = 8  # beyond this many rows a step is worth the threaded layer driver
+
+
+cdef object new_array(int nd, Py_ssize_t rows, Py_ssize_t cols, int typenum):
+    """An uninitialised C-contiguous (rows, cols) array, or (cols,) when nd == 1."""
+    cdef cnp.npy_intp dims[2]
+    dims[0], dims[1] = rows, cols
+    return cnp.PyArray_EMPTY(nd, &dims[2 - nd], typenum, 0)
+
+
+cdef inline bint is_operand(object a, int typenum, int ndim, bint exact=True) noexcept:
+    """a is an ndarray (exact: not a subclass) of typenum and rank ndim, C-contiguous,
+    aligned, in native byte order: an array the kernels can read as it is."""
+    return ((cnp.PyArray_CheckExact(a) if exact else cnp.PyArray_Check(a))
+            and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
+            and cnp.PyArray_NDIM(<cnp.ndarray>a) == ndim
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray>a))
+
+
+cdef void* operand(object a, int typenum, Py_ssize_t rows, Py_ssize_t cols, str name,
+                   bint optional, bint writable) except? NULL:
+    """The data of a (rows, cols) array (cols < 0: 1-D (rows,); rows < 0: any row count)
+    of typenum that the kernels can use as it is; NULL for an optional None. Anything else
+    is a ValueError: callers validate first, so this only guards memory."""
+    if a is None:
+        check(optional, name)
+        return NULL
+    cdef int nd = 1 if cols < 0 else 2
+    check(is_operand(a, typenum, nd, False), name)
+    cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(<cnp.ndarray>a)
+    check((rows < 0 or dims[0] == rows) and (nd == 1 or dims[1] == cols), name)
+    check(not writable or cnp.PyArray_ISWRITEABLE(<cnp.ndarray>a), name)
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef class PackedWeights:
+    """W (n_out, n_in) packed for ``C[n, n_out] += A[n, n_in] @ W.T``.
+
+    Parameters
+    ----------
+    n_out, n_in : int
+        The shape of W.
+    format : {"float32", "float64"}
+        The element type.
+    buffer : ndarray, optional
+        Memory to pack into (a 1-D array of the format's dtype with at least
+        ``packed_length(n_out, n_in, format)`` elements), e.g. a reused scratch buffer;
+        a new array by default.
+    """
+
+    def __init__(self, Py_ssize_t n_out, Py_ssize_t n_in, str format, buffer=None):
+        check(n_out >= 1 and n_in >= 1 and format in FORMATS, "packed weights shape/format")
+        self.n_out, self.n_in, self.format = n_out, n_in, format
+        self.typenum = FORMATS[format]
+        cdef Py_ssize_t n = packed_length(n_out, n_in, format)
+        if buffer is None:
+            buffer = new_array(1, 0, n, self.typenum)
+        check(is_operand(buffer, self.typenum, 1, False)
+              and cnp.PyArray_DIMS(<cnp.ndarray>buffer)[0] >= n
+              and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>buffer), "packed weights buffer")
+        self.data = buffer
+        self.ptr = cnp.PyArray_DATA(<cnp.ndarray>buffer)
+
+    cdef int pack_nogil(self, const void* w, bint transposed) except -1 nogil:
+        if self.typenum == cnp.NPY_FLOAT:
+            pack(<const float*>w, self.n_out, self.n_in, transposed, <float*>self.ptr)
+        else:
+            pack(<const double*>w, self.n_out, self.n_in, transposed, <double*>self.ptr)
+        return 0
+
+    def pack(self, w, bint transposed=False):
+        """Pack W (n_out, n_in), or W.T given as (n_in, n_out) when ``transposed``; returns
+        self."""
+        cdef const void* p = operand(w, self.typenum, self.n_in if transposed else self.n_out,
+                                     self.n_out if transposed else self.n_in, "packed source",
+                                     False, False)
+        with nogil:
+            self.pack_nogil(p, transposed)
+        return self
+
+    @property
+    def panel_width(self):
+        """Output columns per panel: a column range starting at a multiple of it can be
+        multiplied on its own."""
+        return packed_panel_width(self.format)
+
+    def __reduce__(self):
+        n = packed_length(self.n_out, self.n_in, self.format)
+        return (_restore, (self.n_out, self.n_in, self.format, self.data[:n].copy()))
+
+    def __repr__(self):
+        return f"PackedWeights(n_out={self.n_out}, n_in={self.n_in}, format={self.format!r})"
+
+
+def _restore(n_out, n_in, format, data):
+    return PackedWeights(n_out, n_in, format, data)
+
+
+def packed_length(Py_ssize_t n_out, Py_ssize_t n_in, format):
+    """Elements of the packed copy of an (n_out, n_in) weight matrix."""
+    cdef float f
+    cdef double d
+    return packed_size(n_out, n_in, &f) if format == "float32" else packed_size(n_out, n_in, &d)
+
+
+def packed_panel_width(format):
+    """Output columns per packed panel for ``format``."""
+    cdef float f
+    cdef double d
+    return panel_width(&f) if format == "float32" else panel_width(&d)
+
+
+# ---------------------------------------------------------------------------------------------
+# The step.
+
+cdef Py_ssize_t step_rows(object x, object h0, object c0, int typenum, Py_ssize_t I,
+                          Py_ssize_t H) noexcept:
+    """B if x (B, I) and h0, c0 (B, H), or x (I,) and h0, c0 (H,) (B = 1), are operands of
+    typenum; else 0."""
+    if not cnp.PyArray_CheckExact(x):
+        return 0
+    cdef int nd = cnp.PyArray_NDIM(<cnp.ndarray>x)
+    if not (nd in (1, 2) and is_operand(x, typenum, nd) and is_operand(h0, typenum, nd)
+            and is_operand(c0, typenum, nd)):
+        return 0
+    cdef cnp.npy_intp* x_dims = cnp.PyArray_DIMS(<cnp.ndarray>x)
+    cdef cnp.npy_intp* h_dims = cnp.PyArray_DIMS(<cnp.ndarray>h0)
+    cdef cnp.npy_intp* c_dims = cnp.PyArray_DIMS(<cnp.ndarray>c0)
+    cdef Py_ssize_t B = x_dims[0] if nd == 2 else 1
+    if not (x_dims[nd - 1] == I and h_dims[nd - 1] == H and c_dims[nd - 1] == H and B >= 1
+            and (nd == 1 or (h_dims[0] == B and c_dims[0] == B))):
+        return 0
+    return B
+
+
+cdef inline void* data(object a) noexcept:
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef void step(const clstm_cell* cell, bint packed, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+               const floating* x, const floating* w_ih, const floating* w_hh,
+               const floating* b_ih, const floating* b_hh, const floating* h0,
+               const floating* c0, floating* h1, floating* c1, floating* gates,
+               floating* bias) noexcept nogil:
+    """One step of B rows in the layer driver's order: gates = x @ w_ih.T, += h0 @ w_hh.T,
+    then the cell adds the bias b_ih + b_hh (summed into ``bias`` (G,) scratch when both are
+    given; NULL biases count as zero). packed: the weights are packed (PackedWeights), for
+    the packed kernel, so the result is bit for bit the driver's; else plain (G, K) arrays,
+    multiplied by BLAS on one thread (a different summation order: rounding differs)."""
+    cdef Py_ssize_t G = cell.n_gates * H, k
+    cdef const floating* b = b_ih
+    cdef int blas_saved
+    if b_hh != NULL:
+        if b_ih == NULL:
+            b = b_hh
+        else:
+            for k in range(G):
+                bias[k] = b_ih[k] + b_hh[k]
+            b = bias
+    if packed:
+        memset(gates, 0, B * G * sizeof(floating))
+        pgemm(B, G, I, x, I, w_ih, gates, G)
+        pgemm(B, G, H, h0, H, w_hh, gates, G)
+    else:
+        blas_saved = blas_threads_enter()
+        matmul(<blas_int>B, <blas_int>G, <blas_int>I, x, <blas_int>I, w_ih, <blas_int>I,
+               True, <floating>0, gates, <blas_int>G)
+        matmul(<blas_int>B, <blas_int>G, <blas_int>H, h0, <blas_int>H, w_hh, <blas_int>H,
+               True, <floating>1, gates, <blas_int>G)
+        blas_threads(blas_saved)
+    cell_forward(cell, B, H, 0, H, gates, b, c0, c1, h1)
+
+
+cdef tuple run_step(const clstm_cell* cell, bint packed, int typenum, Py_ssize_t B,
+                    Py_ssize_t I, Py_ssize_t H, x, w_ih, w_hh, b_ih, b_hh, h0, c0,
+                    gates=None):
+    """(h1, c1) from step() on arrays already checked (either bias may be None), with the
+    GIL released. ``gates`` (B, G) receives the activated gates when given (a training
+    cache); else they go to malloc'd scratch."""
+    cdef int nd = cnp.PyArray_NDIM(<cnp.ndarray>x)
+    h1, c1 = new_array(nd, B, H, typenum), new_array(nd, B, H, typenum)
+    cdef Py_ssize_t G = cell.n_gates * H
+    cdef size_t item = 4 if typenum == cnp.NPY_FLOAT else 8
+    cdef void* scratch = malloc((B * G + G) * item)
+    if scratch == NULL:
+        raise MemoryError()
+    cdef void* g = scratch if gates is None else data(gates)
+    cdef void* bias = <char*>scratch + B * G * item
+    cdef void* px = data(x)
+    cdef void* pw_ih = data(w_ih)
+    cdef void* pw_hh = data(w_hh)
+    cdef void* pb_ih = data(b_ih)
+    cdef void* pb_hh = data(b_hh)
+    cdef void* ph0 = data(h0)
+    cdef void* pc0 = data(c0)
+    cdef void* ph1 = data(h1)
+    cdef void* pc1 = data(c1)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT:
+            step(cell, packed, B, I, H, <float*>px, <float*>pw_ih, <float*>pw_hh,
+                 <float*>pb_ih, <float*>pb_hh, <float*>ph0, <float*>pc0, <float*>ph1,
+                 <float*>pc1, <float*>g, <float*>bias)
+        else:
+            step(cell, packed, B, I, H, <double*>px, <double*>pw_ih, <double*>pw_hh,
+                 <double*>pb_ih, <double*>pb_hh, <double*>ph0, <double*>pc0, <double*>ph1,
+                 <double*>pc1, <double*>g, <double*>bias)
+        free(scratch)
+    return h1, c1
+
+
+def cell_step(x, h0, c0, w_ih, w_hh, b_ih, b_hh, bint double, bint strict=False,
+              gates=None):
+    """One LSTM step on weights as they are (BLAS, one thread): (h1, c1) for x (B, I) with
+    B <= STEP_MAX_ROWS or (I,), h0 and c0 of the matching shape, w_ih (4H, I),
+    w_hh (4H, H), b_ih and b_hh (4H,) or None, all float64 if double else float32, as
+    is_operand describes (the weights may be subclasses). Anything else: None (strict:
+    ValueError), and the caller validates and comes back with conforming arrays. ``gates``
+    (B, 4H), if given, receives the activated gates. Call it holding clstm._threads'
+    kernel lock (it sets BLAS's thread count)."""
+    cdef int typenum = cnp.NPY_DOUBLE if double else cnp.NPY_FLOAT
+    cdef Py_ssize_t B = 0, I, H, G
+    if is_operand(w_ih, typenum, 2, False) and is_operand(w_hh, typenum, 2, False):
+        I = cnp.PyArray_DIMS(<cnp.ndarray>w_ih)[1]
+        H = cnp.PyArray_DIMS(<cnp.ndarray>w_hh)[1]
+        G = 4 * H
+        if (cnp.PyArray_DIMS(<cnp.ndarray>w_ih)[0] == G
+                and cnp.PyArray_DIMS(<cnp.ndarray>w_hh)[0] == G
+                and (b_ih is None or (is_operand(b_ih, typenum, 1, False)
+                                      and cnp.PyArray_DIMS(<cnp.ndarray>b_ih)[0] == G))
+                and (b_hh is None or (is_operand(b_hh, typenum, 1, False)
+                                      and cnp.PyArray_DIMS(<cnp.ndarray>b_hh)[0] == G))):
+            B = step_rows(x, h0, c0, typenum, I, H)
+    if B == 0 or B > STEP_MAX_ROWS:
+        check(not strict, "cell step operands")
+        return None
+    if gates is not None:
+        operand(gates, typenum, B, 4 * H, "step gates", False, True)
+    return run_step(&clstm_cell_lstm, False, typenum, B, I, H, x, w_ih, w_hh, b_ih, b_hh,
+                    h0, c0, gates)
+
+
+cdef class PackedCell:
+    """The compiled part of a frozen cell: one inference step on packed weights (no BLAS,
+    no lock, nothing shared: Python threads may step it concurrently, and the GIL is
+    released while it runs), bit for bit the layer driver's step.
+
+    A streaming call (a state tuple, and arrays that step_rows accepts, at most
+    STEP_MAX_ROWS rows) runs from here without a Python frame; any other goes to
+    self._general_call, the subclass's full validation and threaded path."""
+    cdef readonly PackedWeights w_ih_packed, w_hh_packed
+    cdef readonly object bias
+    cdef Py_ssize_t n_in, n_hidden
+    cdef int typenum
+
+    def _set_weights(self, PackedWeights w_ih not None, PackedWeights w_hh not None,
+                     bias not None):
+        """Use packed w_ih (4H, I), w_hh (4H, H) and the summed bias (4H,)."""
+        H, I = w_hh.n_in, w_ih.n_in
+        check(w_ih.format == w_hh.format and w_ih.n_out == w_hh.n_out == 4 * H, "cell weights")
+        operand(bias, w_ih.typenum, 4 * H, -1, "cell bias", False, False)
+        self.w_ih_packed, self.w_hh_packed, self.bias = w_ih, w_hh, bias
+        self.n_in, self.n_hidden, self.typenum = I, H, w_ih.typenum
+
+    def __call__(self, x, state=None):
+        """One step: ``h, c``."""
+        if type(state) is tuple and len(state) == 2 and self.w_ih_packed is not None:
+            result = self._step(x, state[0], state[1], False)
+            if result is not None:
+                return result
+        return self._general_call(x, state)
+
+    def _step(self, x, h0, c0, bint strict):
+        """(h1, c1); None if step_rows refuses the arrays or they are more than
+        STEP_MAX_ROWS rows (strict: raise instead)."""
+        if self.w_ih_packed is None:
+            raise ValueError("PackedCell has no weights yet: call _set_weights first")
+        cdef Py_ssize_t I = self.n_in, H = self.n_hidden
+        cdef Py_ssize_t B = step_rows(x, h0, c0, self.typenum, I, H)
+        if B == 0 or B > STEP_MAX_ROWS:
+            check(not strict, "packed cell operands")
+            return None
+        return run_step(&clstm_cell_lstm, True, self.typenum, B, I, H, x,
+                        self.w_ih_packed.data, self.w_hh_packed.data, self.bias, None, h0, c0)

@@ -1,0 +1,3 @@
+from clstm._cells cimport clstm_cell
+
+cdef const clstm_cell* cell_named(str name) except NULL

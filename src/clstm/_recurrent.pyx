@@ -1,0 +1,667 @@
+"""The recurrent driver: ONE forward and ONE backward for one layer in one direction, over
+a cell description (csrc/cells.h), float32 and float64.
+
+Notation and layouts (PyTorch's, so weights interoperate):
+
+    T steps, B batch rows, I inputs, H hidden units, P outputs (P = H without projection),
+    G = n_gates * H gate columns (LSTM: 4, blocks [i | f | g | o])
+    w_ih    (G, I)         input weights, gate blocks stacked
+    w_hh    (G, P)         recurrent weights, same block order
+    w_hr    (P, H)         projection (LSTMP), or None
+    bias    (G,)           b_ih + b_hh (the kernels only ever need the sum)
+
+    LSTM: i, f, o = sigmoid(.), g = tanh(.)  of  x_t @ w_ih.T + h_{t-1} @ w_hh.T + bias
+          c_t = f * c_{t-1} + i * g;  r_t = o * tanh(c_t);  h_t = r_t @ w_hr.T (or r_t)
+
+Sequences are *packed*, as in PyTorch's PackedSequence: batch rows are sorted by length,
+longest first, so the rows still running at step t are the first bs[t] rows, and the arrays
+hold only real steps, step-major: step t occupies rows [offsets[t], offsets[t+1]) of
+
+    x       (N, I)         input;   N = offsets[T] = sum of the lengths
+    y       (N, P)         output h_t
+    gates   (N, G)         training cache: activated gates; backward overwrites it in place
+                           with dG (pre-activation gradients)
+    cells   (N, H)         training cache: c_t
+    r       (N, H)         training cache with projection: r_t
+
+States h0, h_n (B, P) and c0, c_n (B, H) are in the same sorted row order. Equal lengths
+are the special case bs[t] = B, offsets[t] = t*B: the plain (T, B, .) arrays (offsets None).
+A reverse direction is the forward driver run on each row's steps in reverse order (the
+caller permutes). clstm.functional builds all of this.
+
+What a call is made of (no entry point takes more than a handful of arguments):
+  Layer     the cell, its weights (packed once: `PackedWeights`), bias and projection
+  Schedule  the packed layout (steps, offsets, lengths) and the time loop's work split:
+            "serial" (one thread), "batch" (each thread carries a contiguous slice of rows
+            through every step, no barrier) or "units" (the threads share the hidden units
+            of every row, a barrier per step), chosen by clstm._dispatch
+  LayerIO   inputs, outputs and the training cache (or the inference workspace)
+  Grads, BackwardWork   backward's gradients (in/out) and its workspaces
+
+The input projection of many steps is one GEMM; the time loop runs in one OpenMP region.
+All parallel work is OpenMP: BLAS is held to one thread for the whole call (SciPy's
+OpenBLAS is a pthreads build whose pool would oversubscribe the cores inside our region),
+and the big GEMMs are split by rows across our threads. Arrays arrive validated by
+clstm.functional; the O(1)-per-array checks here only guard memory, so nothing can fail
+once the GIL is released.
+"""
+from cython cimport floating
+from cython.parallel cimport parallel, prange
+from libc.string cimport memcpy, memset
+
+cimport numpy as cnp
+
+from clstm._blas cimport blas_int, matmul
+from clstm._cells cimport cell_backward, cell_forward, clstm_cell, clstm_cell_lstm
+from clstm._openmp cimport (CLSTM_OPENMP_ENABLED, clstm_barrier, clstm_current_cpu,
+                            clstm_leave_master_cpu, omp_get_num_threads, omp_get_thread_num)
+from clstm._packed cimport PackedWeights, operand
+from clstm._pgemm cimport pack, packed_size, pgemm
+from clstm._runtime cimport blas_threads, blas_threads_enter, check
+from clstm._schedule cimport PGEMM_ROW_BLOCK, par_gemm, par_pgemm
+
+cnp.import_array()
+
+STRATEGIES = ("serial", "batch", "units")
+CELLS = ("lstm",)
+
+cdef enum:
+    SERIAL = 0
+    BATCH = 1
+    UNITS = 2
+
+
+cdef const clstm_cell* cell_named(str name) except NULL:
+    if name == "lstm":
+        return &clstm_cell_lstm
+    raise ValueError(f"unknown cell {name!r}; known: {CELLS}")
+
+
+def n_gates(str cell):
+    """Gate blocks of H columns per row for ``cell``."""
+    return cell_named(cell).n_gates
+
+
+def dG_t_length(Py_ssize_t N, int n_threads):
+    """Elements of BackwardWork.dG_t for N packed rows."""
+    return max(n_threads, 1) * PGEMM_ROW_BLOCK * N
+
+
+cdef inline const Py_ssize_t* intp_data(object a, Py_ssize_t n, str name) except? NULL:
+    if a is None:
+        return NULL
+    check(cnp.PyArray_Check(a) and cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_INTP
+          and cnp.PyArray_NDIM(<cnp.ndarray>a) == 1 and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+          and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray>a)
+          and cnp.PyArray_DIMS(<cnp.ndarray>a)[0] == n, name)
+    return <const Py_ssize_t*>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef class Schedule:
+    """The packed layout of one layer call and its time loop's work split.
+
+    Parameters
+    ----------
+    n_steps : int
+        T, the steps of the longest row.
+    offsets : ndarray of intp (T + 1,) or None
+        Step t is packed rows [offsets[t], offsets[t+1]); None when every row runs all T
+        steps (then N = T * B and nothing here grows with T).
+    lengths : ndarray of intp (B,)
+        Each row's steps, sorted in decreasing order.
+    strategy : {"serial", "batch", "units"}
+        The time loop's work split.
+    bounds : ndarray of intp or None
+        "batch": row slice bounds [0, ..., B], one slice per thread; "units": hidden-unit
+        bounds [0, ..., H], multiples of the packed panel width; "serial": None.
+    n_threads : int
+        Threads for the GEMMs outside the time loop (and at most this many parts).
+    """
+    cdef readonly Py_ssize_t n_steps, n_batch, n_rows, first_step_rows
+    cdef readonly object offsets, lengths, bounds
+    cdef readonly str strategy
+    cdef readonly int n_threads, n_parts
+    cdef int kind
+    cdef const Py_ssize_t* off
+    cdef const Py_ssize_t* len_p
+    cdef const Py_ssize_t* bnd
+
+    def __init__(self, Py_ssize_t n_steps, offsets, lengths not None, str strategy, bounds,
+                 int n_threads):
+        cdef Py_ssize_t t, b, B, n
+        check(n_steps >= 1 and n_threads >= 1 and strategy in STRATEGIES, "schedule")
+        self.n_steps, self.strategy, self.n_threads = n_steps, strategy, n_threads
+        self.kind = STRATEGIES.index(strategy)
+        check(cnp.PyArray_Check(lengths) and cnp.PyArray_NDIM(<cnp.ndarray>lengths) == 1,
+              "lengths")
+        B = self.n_batch = cnp.PyArray_DIMS(<cnp.ndarray>lengths)[0]
+        self.len_p = intp_data(lengths, B, "lengths")
+        self.off = intp_data(offsets, n_steps + 1, "offsets")
+        self.offsets, self.lengths = offsets, lengths
+        check(B >= 1, "batch")
+        for b in range(B):  # sorted, in [0, T]
+            check(0 <= self.len_p[b] <= n_steps and (b == 0 or self.len_p[b] <= self.len_p[b - 1])
+                  and (self.off != NULL or self.len_p[b] == n_steps), "lengths")
+        if self.off != NULL:
+            check(self.off[0] == 0, "offsets")
+            for t in range(n_steps):  # bs[t] = the rows whose length exceeds t
+                n = 0
+                while n < B and self.len_p[n] > t:
+                    n += 1
+                check(self.off[t + 1] - self.off[t] == n and n >= 1, "offsets")
+        self.n_rows = step_row(self.off, B, n_steps)
+        self.first_step_rows = step_row(self.off, B, 1)
+        self.n_parts = 1
+        if self.kind != SERIAL:
+            check(cnp.PyArray_Check(bounds) and cnp.PyArray_NDIM(<cnp.ndarray>bounds) == 1,
+                  "bounds")
+            n = cnp.PyArray_DIMS(<cnp.ndarray>bounds)[0] - 1
+            self.bnd = intp_data(bounds, n + 1, "bounds")
+            check(n >= 1 and self.bnd[0] == 0 and n <= n_threads
+                  and (n == 1 or CLSTM_OPENMP_ENABLED), "bounds")
+            for t in range(n):
+                check(self.bnd[t] <= self.bnd[t + 1] if self.kind == BATCH
+                      else self.bnd[t] < self.bnd[t + 1], "bounds")
+            check(self.kind != BATCH or self.bnd[n] == B, "bounds")
+            self.n_parts = <int>n
+        self.bounds = bounds
+
+    def __repr__(self):
+        return (f"Schedule(n_steps={self.n_steps}, n_batch={self.n_batch}, "
+                f"strategy={self.strategy!r}, n_parts={self.n_parts})")
+
+
+cdef class Layer:
+    """One layer in one direction, as the driver runs it.
+
+    Parameters
+    ----------
+    cell : str
+        The cell ("lstm").
+    w_ih_packed, w_hh_packed : PackedWeights
+        w_ih (G, I) and w_hh (G, P) packed; with ``w_ih``/``w_hh`` given they are packed
+        from those at the start of every forward (a live model's weights may change in
+        place between calls), otherwise they are used as they are (a frozen model).
+    bias : ndarray (G,)
+        b_ih + b_hh.
+    w_hr : ndarray (P, H) or None
+        The projection.
+    w_ih, w_hh : ndarray or None
+        The unpacked weights (training needs them for backward).
+    """
+    cdef readonly PackedWeights w_ih_packed, w_hh_packed
+    cdef readonly object bias, w_hr, w_ih, w_hh
+    cdef readonly str cell
+    cdef readonly Py_ssize_t n_input, n_hidden, n_out
+    cdef readonly int typenum
+    cdef const clstm_cell* spec
+    cdef const void* p_bias
+    cdef const void* p_w_hr
+    cdef const void* p_w_ih
+    cdef const void* p_w_hh
+
+    def __init__(self, str cell, PackedWeights w_ih_packed not None,
+                 PackedWeights w_hh_packed not None, bias, w_hr=None, w_ih=None, w_hh=None):
+        cdef const clstm_cell* spec = cell_named(cell)
+        cdef Py_ssize_t G = w_hh_packed.n_out, P = w_hh_packed.n_in, I = w_ih_packed.n_in
+        cdef Py_ssize_t H = G // spec.n_gates
+        cdef int typenum = w_ih_packed.typenum
+        self.spec, self.cell, self.typenum = spec, cell, typenum
+        check(G == H * spec.n_gates and w_ih_packed.n_out == G
+              and w_hh_packed.typenum == typenum and (w_hr is not None or P == H), "weights")
+        self.p_bias = operand(bias, typenum, G, -1, "bias", False, False)
+        self.p_w_hr = operand(w_hr, typenum, P, H, "w_hr", True, False)
+        self.p_w_ih = operand(w_ih, typenum, G, I, "w_ih", True, False)
+        self.p_w_hh = operand(w_hh, typenum, G, P, "w_hh", True, False)
+        check((w_ih is None) == (w_hh is None), "unpacked weights")
+        self.w_ih_packed, self.w_hh_packed = w_ih_packed, w_hh_packed
+        self.bias, self.w_hr, self.w_ih, self.w_hh = bias, w_hr, w_ih, w_hh
+        self.n_input, self.n_hidden, self.n_out = I, H, P
+
+    def __reduce__(self):
+        return (Layer, (self.cell, self.w_ih_packed, self.w_hh_packed, self.bias, self.w_hr,
+                        self.w_ih, self.w_hh))
+
+
+cdef class LayerIO:
+    """A forward call's arrays: x (N, I), h0 (B, P), c0 (B, H) in; y (N, P), h_n (B, P),
+    c_n (B, H) out. Training: gates (N, G), cells (N, H) and with projection r (N, H) are
+    filled for backward. Inference (cells None): gates is a (rows, G) workspace with rows
+    >= the rows of one step, and the input projection is hoisted as many steps at a time
+    as fit; r is a (B, H) workspace with projection."""
+    cdef readonly object x, h0, c0, y, h_n, c_n, gates, cells, r
+
+    def __init__(self, x, h0, c0, y, h_n, c_n, gates, cells=None, r=None):
+        self.x, self.h0, self.c0, self.y, self.h_n, self.c_n = x, h0, c0, y, h_n, c_n
+        self.gates, self.cells, self.r = gates, cells, r
+
+
+cdef class Grads:
+    """Backward's gradients. dy (N, P) in, or None; dh (B, P), dc (B, H): dh_n, dc_n in
+    -> dh0, dc0 out; dx (N, I) out; dw_ih, dw_hh, dbias, dw_hr (None without projection)
+    accumulated (+=)."""
+    cdef readonly object dy, dh, dc, dx, dw_ih, dw_hh, dbias, dw_hr
+
+    def __init__(self, dy, dh, dc, dx, dw_ih, dw_hh, dbias, dw_hr=None):
+        self.dy, self.dh, self.dc, self.dx = dy, dh, dc, dx
+        self.dw_ih, self.dw_hh, self.dbias, self.dw_hr = dw_ih, dw_hh, dbias, dw_hr
+
+
+cdef class BackwardWork:
+    """Backward's workspaces: w_ih_t, w_hh_t PackedWeights for w_ih.T (I, G) and
+    w_hh.T (P, G); rows (at least packed_length(N, max(I, P))) for x and the recurrent
+    inputs packed; dG_t (at least dG_t_length(N, n_threads)) for row blocks of dG.T;
+    h_prev (N - bs[0], P), the recurrent inputs of steps >= 1 when rows end early (else
+    None: they are y's rows as they stand); with projection dh_all (N, P) and dr (B, H);
+    ones (N,) of ones."""
+    cdef readonly PackedWeights w_ih_t, w_hh_t
+    cdef readonly object rows, dG_t, h_prev, dh_all, dr, ones
+
+    def __init__(self, PackedWeights w_ih_t not None, PackedWeights w_hh_t not None, rows,
+                 dG_t, ones, h_prev=None, dh_all=None, dr=None):
+        self.w_ih_t, self.w_hh_t, self.rows, self.dG_t = w_ih_t, w_hh_t, rows, dG_t
+        self.ones, self.h_prev, self.dh_all, self.dr = ones, h_prev, dh_all, dr
+
+
+# ---------------------------------------------------------------------------------------------
+# A call, as the nogil code sees it.
+
+cdef struct Dims:
+    Py_ssize_t T, B, n_in, H, P, N, G  # (I is a macro of complex.h)
+    Py_ssize_t cap         # rows of the gates array
+    bint train
+
+
+cdef struct Ptrs:
+    void* x
+    void* y
+    void* h0
+    void* c0
+    void* h_n
+    void* c_n
+    void* gates
+    void* cells
+    void* r
+    void* w_ih_p
+    void* w_hh_p
+    void* bias
+    void* w_hr
+    # backward
+    void* dy
+    void* dh
+    void* dc
+    void* dx
+    void* dw_ih
+    void* dw_hh
+    void* dbias
+    void* dw_hr
+    void* w_ih_t
+    void* w_hh_t
+    void* rows
+    void* dG_t
+    void* h_prev
+    void* dh_all
+    void* dr
+    void* ones
+
+
+cdef struct Split:
+    int kind, n_parts, n_threads
+    const Py_ssize_t* bounds
+    const Py_ssize_t* offsets
+    const Py_ssize_t* lengths
+
+
+cdef inline Py_ssize_t step_row(const Py_ssize_t* offsets, Py_ssize_t B,
+                                Py_ssize_t t) noexcept nogil:
+    """First packed row of step t. offsets NULL means every row runs every step, and then
+    no O(T) index array exists at all (inference memory stays independent of T)."""
+    return t * B if offsets == NULL else offsets[t]
+
+
+# ---------------------------------------------------------------------------------------------
+# The time loop, once: the three work splits, each running the forward or the backward
+# body over its share (rows [b0, b1), hidden units [j0, j1)).
+
+cdef void forward_slice(floating* gates, const Dims* d, const Ptrs* p, const Split* s,
+                        const clstm_cell* cell, Py_ssize_t t_begin, Py_ssize_t t_end,
+                        Py_ssize_t gates_row0, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t j0,
+                        Py_ssize_t j1, bint barrier) noexcept nogil:
+    """Run rows [b0, b1) through steps [t_begin, t_end), computing hidden units [j0, j1).
+
+    A share of the hidden units (j0 > 0 or j1 < H) needs every unit of h_{t-1}: the
+    threads sharing the rows then meet at a barrier after each step (barrier true; every
+    thread of the team runs the same steps).
+
+    gates holds the input projection of packed rows [gates_row0, ...) and is activated in
+    place. Training: cells and r are (N, H) caches written at each step's rows; inference:
+    c_n is the running (B, H) cell state (initialised from c0) and r a (B, H) scratch. r is
+    unused without projection: r_t is y's row itself.
+    """
+    cdef Py_ssize_t B = d.B, H = d.H, P = d.P, G = d.G, t, n, row, q
+    cdef const Py_ssize_t* off = s.offsets
+    cdef const floating* y = <const floating*>p.y
+    cdef const floating* w_hh_p = <const floating*>p.w_hh_p
+    cdef const floating* w_hr = <const floating*>p.w_hr
+    cdef floating* cells = <floating*>(p.cells if d.train else p.c_n)
+    cdef floating* r = <floating*>p.r
+    cdef const floating* h_prev
+    cdef const floating* c_prev
+    cdef floating* c_out
+    cdef floating* r_t
+    cdef floating* g_t
+    for t in range(t_begin, t_end):
+        n = min(b1, step_row(off, B, t + 1) - step_row(off, B, t)) - b0
+        if n <= 0:
+            break  # lengths are sorted: every row of this slice has ended
+        row = step_row(off, B, t) + b0
+        h_prev = ((<const floating*>p.h0) + b0 * P if t == 0
+                  else y + (step_row(off, B, t - 1) + b0) * P)
+        if d.train:
+            c_prev = ((<const floating*>p.c0) + b0 * H if t == 0
+                      else cells + (step_row(off, B, t - 1) + b0) * H)
+            c_out = cells + row * H
+        else:
+            c_prev = cells + b0 * H
+            c_out = cells + b0 * H
+        if w_hr == NULL:
+            r_t = (<floating*>p.y) + row * P
+        else:
+            r_t = (r + row * H) if d.train else (r + b0 * H)
+        g_t = gates + (row - gates_row0) * G
+        if j0 == 0 and j1 == H:
+            pgemm(n, G, P, h_prev, P, w_hh_p, g_t, G)
+        else:
+            for q in range(cell.n_gates):  # the [j0, j1) columns of each gate block
+                pgemm(n, j1 - j0, P, h_prev, P, w_hh_p + (q * H + j0) * P, g_t + q * H + j0, G)
+        cell_forward(cell, n, H, j0, j1, g_t, <const floating*>p.bias, c_prev, c_out, r_t)
+        if w_hr != NULL:
+            matmul(<blas_int>n, <blas_int>P, <blas_int>H, r_t, <blas_int>H, w_hr,
+                   <blas_int>H, True, <floating>0, (<floating*>p.y) + row * P, <blas_int>P)
+        if barrier:
+            clstm_barrier()  # h_t complete before anyone multiplies it
+
+
+cdef void backward_slice(floating* gates, const Dims* d, const Ptrs* p, const Split* s,
+                         const clstm_cell* cell, Py_ssize_t t_begin, Py_ssize_t t_end,
+                         Py_ssize_t gates_row0, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t j0,
+                         Py_ssize_t j1, bint barrier) noexcept nogil:
+    """Reverse time loop over steps [t_begin, t_end) for rows [b0, b1): gates -> dG; dh
+    (B, P), dc (B, H) carried in place; w_hh_t is w_hh.T packed. With projection, dh_all
+    (N, P) receives each step's total dh_t (for dW_hr) and dr (B, H) is scratch.
+
+    Columns [j0, j1) of dh (hidden units, as forward_slice; no projection then): this
+    thread's columns of dG_t, and of dh_{t-1} = dG_t @ w_hh, which needs every column of
+    dG_t, so the threads meet at a barrier between the two."""
+    cdef Py_ssize_t B = d.B, H = d.H, P = d.P, G = d.G, t, n, row, k, i
+    cdef const Py_ssize_t* off = s.offsets
+    cdef const floating* cells = <const floating*>p.cells
+    cdef const floating* dy = <const floating*>p.dy
+    cdef const floating* w_hr = <const floating*>p.w_hr
+    cdef floating* dh = <floating*>p.dh
+    cdef floating* dc = <floating*>p.dc
+    cdef floating* dr = <floating*>p.dr
+    cdef const floating* c_prev
+    cdef floating* dG_t
+    cdef floating* dh_t
+    for t in range(t_end - 1, t_begin - 1, -1):
+        n = min(b1, step_row(off, B, t + 1) - step_row(off, B, t)) - b0
+        if n <= 0:
+            continue  # these rows have not started yet, walking backwards
+        row = step_row(off, B, t) + b0
+        dG_t = gates + (row - gates_row0) * G
+        c_prev = ((<const floating*>p.c0) + b0 * H if t == 0
+                  else cells + (step_row(off, B, t - 1) + b0) * H)
+        if w_hr == NULL:
+            if dy != NULL:
+                for i in range(n):
+                    for k in range(j0, j1):
+                        dh[(b0 + i) * P + k] += dy[(row + i) * P + k]
+            cell_backward(cell, n, H, j0, j1, dG_t, c_prev, cells + row * H, dh + b0 * P,
+                          dc + b0 * H)
+        else:
+            dh_t = (<floating*>p.dh_all) + row * P
+            for k in range(n * P):
+                dh_t[k] = dh[b0 * P + k]
+            if dy != NULL:
+                for k in range(n * P):
+                    dh_t[k] += dy[row * P + k]
+            matmul(<blas_int>n, <blas_int>H, <blas_int>P, dh_t, <blas_int>P, w_hr,
+                   <blas_int>H, False, <floating>0, dr + b0 * H, <blas_int>H)
+            cell_backward(cell, n, H, 0, H, dG_t, c_prev, cells + row * H, dr + b0 * H,
+                          dc + b0 * H)
+        if barrier:
+            clstm_barrier()  # dG_t complete before anyone multiplies it
+        for i in range(n):
+            memset(dh + (b0 + i) * P + j0, 0, (j1 - j0) * sizeof(floating))
+        # dh_{t-1}[:, j0:j1] = dG_t @ w_hh[:, j0:j1]
+        pgemm(n, j1 - j0, G, dG_t, G, (<const floating*>p.w_hh_t) + j0 * G, dh + b0 * P + j0, P)
+
+
+cdef void run_time_loop(floating* gates, const Dims* d, const Ptrs* p, const Split* s,
+                        const clstm_cell* cell, bint reverse_pass, Py_ssize_t t0,
+                        Py_ssize_t t1, Py_ssize_t gates_row0) noexcept nogil:
+    """Steps [t0, t1) (backward: walked in reverse) under the schedule's work split."""
+    cdef int k, team, part0, part1, master_cpu
+    cdef Py_ssize_t width = d.P if reverse_pass else d.H  # dh's columns, or hidden units
+    if s.kind == UNITS and s.n_parts > 1:
+        master_cpu = clstm_current_cpu()
+        with parallel(num_threads=s.n_parts):
+            # The team may be smaller than asked for: each thread then takes a run of
+            # parts, and the barriers still see every thread.
+            team = omp_get_num_threads()
+            part0 = omp_get_thread_num() * s.n_parts // team
+            part1 = (omp_get_thread_num() + 1) * s.n_parts // team
+            clstm_leave_master_cpu(master_cpu)
+            if reverse_pass:
+                backward_slice(gates, d, p, s, cell, t0, t1, gates_row0, 0, d.B,
+                               s.bounds[part0], s.bounds[part1], team > 1)
+            else:
+                forward_slice(gates, d, p, s, cell, t0, t1, gates_row0, 0, d.B,
+                              s.bounds[part0], s.bounds[part1], team > 1)
+    elif s.kind == BATCH and s.n_parts > 1:
+        master_cpu = clstm_current_cpu()
+        for k in prange(s.n_parts, num_threads=s.n_parts, schedule='static'):
+            clstm_leave_master_cpu(master_cpu)
+            if reverse_pass:
+                backward_slice(gates, d, p, s, cell, t0, t1, gates_row0, s.bounds[k],
+                               s.bounds[k + 1], 0, width, False)
+            else:
+                forward_slice(gates, d, p, s, cell, t0, t1, gates_row0, s.bounds[k],
+                              s.bounds[k + 1], 0, width, False)
+    elif reverse_pass:
+        backward_slice(gates, d, p, s, cell, t0, t1, gates_row0, 0, d.B, 0, width, False)
+    else:
+        forward_slice(gates, d, p, s, cell, t0, t1, gates_row0, 0, d.B, 0, width, False)
+
+
+cdef void final_states(floating* y, const Dims* d, const Ptrs* p, const Split* s) noexcept nogil:
+    """Each row's state after its own last step (its initial state if it has no steps).
+    Inference: c_n already holds the running cell state."""
+    cdef Py_ssize_t b, last, H = d.H, P = d.P
+    for b in range(d.B):
+        if s.lengths[b] == 0:
+            memcpy((<floating*>p.h_n) + b * P, (<floating*>p.h0) + b * P, P * sizeof(floating))
+            if d.train:
+                memcpy((<floating*>p.c_n) + b * H, (<floating*>p.c0) + b * H,
+                       H * sizeof(floating))
+        else:
+            last = step_row(s.offsets, d.B, s.lengths[b] - 1) + b
+            memcpy((<floating*>p.h_n) + b * P, y + last * P, P * sizeof(floating))
+            if d.train:
+                memcpy((<floating*>p.c_n) + b * H, (<floating*>p.cells) + last * H,
+                       H * sizeof(floating))
+
+
+cdef void forward_impl(floating* gates, const Dims* d, const Ptrs* p, const Split* s,
+                       const clstm_cell* cell) noexcept nogil:
+    cdef Py_ssize_t B = d.B, G = d.G, t0 = 0, t1, row0
+    cdef const Py_ssize_t* off = s.offsets
+    if not d.train:
+        memcpy(p.c_n, p.c0, B * d.H * sizeof(floating))
+    while t0 < d.T:
+        # hoist the input projection of steps [t0, t1): as many as fit in gates
+        t1 = t0 + 1
+        while t1 < d.T and step_row(off, B, t1 + 1) - step_row(off, B, t0) <= d.cap:
+            t1 = t1 + 1
+        row0 = 0 if d.train else step_row(off, B, t0)
+        par_pgemm(s.n_threads, step_row(off, B, t1) - step_row(off, B, t0), G, d.n_in,
+                  (<const floating*>p.x) + step_row(off, B, t0) * d.n_in, d.n_in,
+                  <const floating*>p.w_ih_p, gates + (step_row(off, B, t0) - row0) * G, G)
+        run_time_loop(gates, d, p, s, cell, False, t0, t1, row0)
+        t0 = t1
+    final_states(<floating*>p.y, d, p, s)
+
+
+cdef void backward_impl(floating* dG, const Dims* d, const Ptrs* p, const Split* s,
+                        const clstm_cell* cell) noexcept nogil:
+    cdef Py_ssize_t B = d.B, G = d.G, I = d.n_in, P = d.P, N = d.N, t
+    cdef const Py_ssize_t* off = s.offsets
+    cdef Py_ssize_t bs0 = step_row(off, B, 1)  # rows running at step 0
+    cdef const floating* h_prev = <const floating*>p.y
+    cdef floating* rows = <floating*>p.rows
+    cdef floating* dG_t = <floating*>p.dG_t
+    run_time_loop(dG, d, p, s, cell, True, 0, d.T, 0)
+    # Whole-sequence GEMMs over the N packed rows: dW += dG.T @ rows, with the rows' matrix
+    # packed as the right operand (a copy, its rows being K). The recurrent input of step
+    # t >= 1 is y's block t-1 cut to the bs[t] rows still running: contiguous only when no
+    # row ends early, otherwise gathered into h_prev first.
+    pack(<const floating*>p.x, I, N, True, rows)
+    par_pgemm(s.n_threads, G, I, N, dG, G, rows, <floating*>p.dw_ih, I, dG_t)
+    pack(<const floating*>p.h0, P, bs0, True, rows)
+    par_pgemm(s.n_threads, G, P, bs0, dG, G, rows, <floating*>p.dw_hh, P, dG_t)
+    if d.T > 1:
+        if off != NULL:
+            for t in range(1, d.T):
+                memcpy((<floating*>p.h_prev) + (step_row(off, B, t) - bs0) * P,
+                       (<const floating*>p.y) + step_row(off, B, t - 1) * P,
+                       (step_row(off, B, t + 1) - step_row(off, B, t)) * P * sizeof(floating))
+            h_prev = <const floating*>p.h_prev
+        pack(h_prev, P, N - bs0, True, rows)
+        par_pgemm(s.n_threads, G, P, N - bs0, dG + bs0 * G, G, rows, <floating*>p.dw_hh, P,
+                  dG_t)
+    if p.w_hr != NULL:
+        par_gemm(s.n_threads, True, False, P, d.H, N, <const floating*>p.dh_all, P,
+                 <const floating*>p.r, d.H, <floating>1, <floating*>p.dw_hr, d.H)
+    par_gemm(s.n_threads, True, False, G, 1, N, dG, G, <const floating*>p.ones, 1,
+             <floating>1, <floating*>p.dbias, 1)
+    par_pgemm(s.n_threads, N, I, G, dG, G, <const floating*>p.w_ih_t, <floating*>p.dx, I)
+
+
+cdef inline void fill_split(Split* split, Schedule sched) noexcept:
+    split.kind, split.n_parts, split.n_threads = sched.kind, sched.n_parts, sched.n_threads
+    split.bounds, split.offsets, split.lengths = sched.bnd, sched.off, sched.len_p
+
+
+cdef int check_units(Schedule sched, Layer layer) except -1:
+    """A hidden-unit split needs whole panels and no projection."""
+    cdef Py_ssize_t k, width = layer.w_hh_packed.panel_width
+    if sched.kind == UNITS:
+        check(layer.w_hr is None and sched.bnd[sched.n_parts] == layer.n_hidden
+              and (sched.n_parts == 1 or layer.n_hidden % width == 0), "unit bounds")
+        for k in range(sched.n_parts):
+            check(sched.bnd[k] % width == 0, "unit bounds")
+    return 0
+
+
+def forward(Layer layer not None, Schedule sched not None, LayerIO io not None):
+    """Run the layer over the packed input: fills io's outputs (and training cache)."""
+    cdef Dims d
+    cdef Ptrs p
+    cdef Split split
+    cdef int typenum = layer.typenum, blas_saved
+    cdef Py_ssize_t B = sched.n_batch, N = sched.n_rows
+    d.T, d.B, d.N = sched.n_steps, B, N
+    d.n_in, d.H, d.P = layer.n_input, layer.n_hidden, layer.n_out
+    d.G = layer.w_hh_packed.n_out
+    d.train = io.cells is not None
+    memset(&p, 0, sizeof(p))
+    check_units(sched, layer)
+    p.x = operand(io.x, typenum, N, d.n_in, "x", False, False)
+    p.h0 = operand(io.h0, typenum, B, d.P, "h0", False, False)
+    p.c0 = operand(io.c0, typenum, B, d.H, "c0", False, False)
+    p.y = operand(io.y, typenum, N, d.P, "y", False, True)
+    p.h_n = operand(io.h_n, typenum, B, d.P, "h_n", False, True)
+    p.c_n = operand(io.c_n, typenum, B, d.H, "c_n", False, True)
+    p.gates = operand(io.gates, typenum, N if d.train else -1, d.G, "gates", False, True)
+    d.cap = cnp.PyArray_DIMS(<cnp.ndarray>io.gates)[0]
+    check(d.cap >= sched.first_step_rows, "gates workspace")
+    p.cells = operand(io.cells, typenum, N, d.H, "cells", True, True)
+    p.r = operand(io.r, typenum, N if d.train else B, d.H, "r", layer.w_hr is None, True)
+    p.w_ih_p, p.w_hh_p = layer.w_ih_packed.ptr, layer.w_hh_packed.ptr
+    p.bias, p.w_hr = <void*>layer.p_bias, <void*>layer.p_w_hr
+    fill_split(&split, sched)
+    with nogil:
+        blas_saved = blas_threads_enter()
+        if layer.p_w_ih != NULL:
+            layer.w_ih_packed.pack_nogil(layer.p_w_ih, False)
+            layer.w_hh_packed.pack_nogil(layer.p_w_hh, False)
+        if typenum == cnp.NPY_FLOAT:
+            forward_impl(<float*>p.gates, &d, &p, &split, layer.spec)
+        else:
+            forward_impl(<double*>p.gates, &d, &p, &split, layer.spec)
+        blas_threads(blas_saved)
+
+
+def backward(Layer layer not None, Schedule sched not None, LayerIO io not None,
+             Grads grads not None, BackwardWork work not None):
+    """BPTT through a training forward (same layout and work split): io.gates becomes dG
+    (so backward runs once per forward); fills and accumulates into ``grads``."""
+    cdef Dims d
+    cdef Ptrs p
+    cdef Split split
+    cdef int typenum = layer.typenum, blas_saved
+    cdef Py_ssize_t B = sched.n_batch, N = sched.n_rows, I = layer.n_input, P = layer.n_out
+    cdef Py_ssize_t H = layer.n_hidden, G = layer.w_hh_packed.n_out
+    cdef bint proj = layer.w_hr is not None
+    d.T, d.B, d.N, d.n_in, d.H, d.P, d.G, d.cap, d.train = sched.n_steps, B, N, I, H, P, G, N, True
+    memset(&p, 0, sizeof(p))
+    check(layer.p_w_ih != NULL and io.cells is not None, "training forward")
+    check_units(sched, layer)
+    p.x = operand(io.x, typenum, N, I, "x", False, False)
+    p.h0 = operand(io.h0, typenum, B, P, "h0", False, False)
+    p.c0 = operand(io.c0, typenum, B, H, "c0", False, False)
+    p.y = operand(io.y, typenum, N, P, "y", False, False)
+    p.gates = operand(io.gates, typenum, N, G, "gates", False, True)
+    p.cells = operand(io.cells, typenum, N, H, "cells", False, False)
+    p.r = operand(io.r, typenum, N, H, "r", not proj, False)
+    p.w_hr = <void*>layer.p_w_hr
+    p.dy = operand(grads.dy, typenum, N, P, "dy", True, False)
+    p.dh = operand(grads.dh, typenum, B, P, "dh", False, True)
+    p.dc = operand(grads.dc, typenum, B, H, "dc", False, True)
+    p.dx = operand(grads.dx, typenum, N, I, "dx", False, True)
+    p.dw_ih = operand(grads.dw_ih, typenum, G, I, "dw_ih", False, True)
+    p.dw_hh = operand(grads.dw_hh, typenum, G, P, "dw_hh", False, True)
+    p.dbias = operand(grads.dbias, typenum, G, -1, "dbias", False, True)
+    p.dw_hr = operand(grads.dw_hr, typenum, P, H, "dw_hr", not proj, True)
+    check(work.w_ih_t.typenum == typenum and work.w_ih_t.n_out == I and work.w_ih_t.n_in == G
+          and work.w_hh_t.typenum == typenum and work.w_hh_t.n_out == P
+          and work.w_hh_t.n_in == G, "transposed weights")
+    p.w_ih_t, p.w_hh_t = work.w_ih_t.ptr, work.w_hh_t.ptr
+    p.rows = operand(work.rows, typenum, -1, -1, "rows", False, True)
+    check(cnp.PyArray_DIMS(<cnp.ndarray>work.rows)[0]
+          >= max(packed_rows(N, I, typenum), packed_rows(N, P, typenum)), "rows workspace")
+    p.dG_t = operand(work.dG_t, typenum, -1, -1, "dG_t", False, True)
+    check(cnp.PyArray_DIMS(<cnp.ndarray>work.dG_t)[0] >= dG_t_length(N, sched.n_threads),
+          "dG_t workspace")
+    p.ones = operand(work.ones, typenum, N, -1, "ones", False, False)
+    p.h_prev = operand(work.h_prev, typenum, N - sched.first_step_rows, P, "h_prev",
+                       sched.off == NULL, True)
+    p.dh_all = operand(work.dh_all, typenum, N, P, "dh_all", not proj, True)
+    p.dr = operand(work.dr, typenum, B, H, "dr", not proj, True)
+    fill_split(&split, sched)
+    with nogil:
+        blas_saved = blas_threads_enter()
+        work.w_hh_t.pack_nogil(layer.p_w_hh, True)
+        work.w_ih_t.pack_nogil(layer.p_w_ih, True)  # w_ih.T, for dx = dG @ w_ih
+        if typenum == cnp.NPY_FLOAT:
+            backward_impl(<float*>p.gates, &d, &p, &split, layer.spec)
+        else:
+            backward_impl(<double*>p.gates, &d, &p, &split, layer.spec)
+        blas_threads(blas_saved)
+
+
+cdef Py_ssize_t packed_rows(Py_ssize_t N, Py_ssize_t K, int typenum) noexcept:
+    """Elements of the rows workspace for K columns of N rows, packed as the right operand."""
+    return (packed_size(K, N, <float*>NULL) if typenum == cnp.NPY_FLOAT
+            else packed_size(K, N, <double*>NULL))

@@ -1,0 +1,85 @@
+# Work splits shared by the drivers: the big GEMMs outside the time loop, split by rows of
+# the result across the OpenMP threads, one BLAS thread each. A split needs at least
+# MIN_ROWS_PER_THREAD rows per thread and MIN_PARALLEL_MACS multiply-adds in all: below
+# that, waking an idle thread costs more than it saves (on a virtual machine: up to
+# milliseconds after an idle gap).
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memset
+
+from clstm._blas cimport blas_int, gemm
+from clstm._openmp cimport (CLSTM_OPENMP_ENABLED, clstm_current_cpu, clstm_leave_master_cpu,
+                            omp_get_thread_num)
+from clstm._pgemm cimport pgemm, transpose
+from clstm._runtime cimport blas_threads
+
+cdef enum:
+    MIN_ROWS_PER_THREAD = 16
+    MIN_PARALLEL_MACS = 1 << 22
+    # Rows per task of par_pgemm: 64 rows of A stay in cache while every weight panel
+    # streams past them once.
+    PGEMM_ROW_BLOCK = 64
+
+
+cdef inline int gemm_parts(int n_threads, Py_ssize_t n_units, Py_ssize_t macs) noexcept nogil:
+    if macs < MIN_PARALLEL_MACS:
+        return 1
+    return <int>min(<Py_ssize_t>n_threads, n_units)
+
+
+cdef inline void par_gemm(int n_threads, bint trans_a, bint trans_b, Py_ssize_t m,
+                          Py_ssize_t n, Py_ssize_t k, const floating* A, Py_ssize_t lda,
+                          const floating* B, Py_ssize_t ldb, floating beta, floating* C,
+                          Py_ssize_t ldc) noexcept nogil:
+    """C[m, n] = op(A) @ op(B) + beta * C (row-major, BLAS), rows of C shared among threads."""
+    cdef Py_ssize_t parts = gemm_parts(n_threads, m // MIN_ROWS_PER_THREAD, m * n * k)
+    cdef Py_ssize_t s, r0, r1
+    cdef int master_cpu
+    if m == 0 or n == 0:
+        return
+    if not CLSTM_OPENMP_ENABLED or parts < 2:
+        if not CLSTM_OPENMP_ENABLED:
+            blas_threads(n_threads)  # a serial build's only parallelism
+        gemm(trans_a, trans_b, <blas_int>m, <blas_int>n, <blas_int>k, <floating>1, A,
+             <blas_int>lda, B, <blas_int>ldb, beta, C, <blas_int>ldc)
+        if not CLSTM_OPENMP_ENABLED:
+            blas_threads(1)
+        return
+    master_cpu = clstm_current_cpu()
+    for s in prange(parts, num_threads=parts, schedule='static'):
+        clstm_leave_master_cpu(master_cpu)
+        r0 = s * m // parts
+        r1 = (s + 1) * m // parts
+        # Row r of op(A) starts at A + r*lda, or at column r of A when A is transposed.
+        gemm(trans_a, trans_b, <blas_int>(r1 - r0), <blas_int>n, <blas_int>k, <floating>1,
+             A + (r0 if trans_a else r0 * lda), <blas_int>lda, B, <blas_int>ldb, beta,
+             C + r0 * ldc, <blas_int>ldc)
+
+
+cdef inline void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t K,
+                           const floating* A, Py_ssize_t lda, const floating* Wp, floating* C,
+                           Py_ssize_t ldc, floating* a_t_ws=NULL) noexcept nogil:
+    """C[m, N] = A[m, K] @ W.T (W packed), row blocks shared among threads.
+
+    With a_t_ws: C[m, N] += A.T @ W.T for A stored (K, m); each thread copies its row
+    block of A.T into a_t_ws (PGEMM_ROW_BLOCK * K elements per thread) first, as the
+    kernel wants the rows of its left operand contiguous."""
+    cdef Py_ssize_t n_blocks = (m + PGEMM_ROW_BLOCK - 1) // PGEMM_ROW_BLOCK, blk, r0, r1, r
+    cdef int parts = gemm_parts(n_threads, n_blocks, m * N * K)
+    cdef floating* a_block
+    cdef int master_cpu
+    if n_blocks < 1:
+        return
+    master_cpu = clstm_current_cpu()
+    for blk in prange(n_blocks, num_threads=parts, schedule='static'):
+        clstm_leave_master_cpu(master_cpu)
+        r0 = blk * PGEMM_ROW_BLOCK
+        r1 = min(r0 + PGEMM_ROW_BLOCK, m)
+        if a_t_ws == NULL:
+            for r in range(r0, r1):
+                memset(C + r * ldc, 0, N * sizeof(floating))
+            pgemm(r1 - r0, N, K, A + r0 * lda, lda, Wp, C + r0 * ldc, ldc)
+        else:
+            a_block = a_t_ws + omp_get_thread_num() * PGEMM_ROW_BLOCK * K
+            transpose(A + r0, K, r1 - r0, lda, a_block, K)
+            pgemm(r1 - r0, N, K, a_block, K, Wp, C + r0 * ldc, ldc)

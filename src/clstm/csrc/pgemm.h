@@ -1,0 +1,257 @@
+/* The packed GEMM: C[n, N] += A[n, K] @ W.T with W packed once into column panels.
+
+   Why not BLAS: the per-step GEMM has only the few batch rows of one slice (n <= ~32), and
+   OpenBLAS re-packs all of W (4H x H) into its panel layout on every call, which costs as
+   much as the multiply itself; its dispatch also picks AVX2 kernels on CPUs it does not
+   know. Here W is packed once into column panels of NR = 128 bytes of contiguous output
+   columns (a blocked transpose done with vector shuffles), and a register tile of rows keeps
+   its accumulators in registers while it streams each panel once. GCC/Clang vector
+   extensions (portable C). On x86-64 Linux the multiply kernel exists once per instruction
+   set (AVX-512, AVX2+FMA, baseline), each shaped for its registers and picked at run time;
+   the packing is compiled for the same three (CLSTM_CLONES).
+
+   Packed layout of an (N, K) matrix W: panel jb holds columns [jb*NR, (jb+1)*NR) of W.T,
+   Wp[(jb*K + k)*NR + c] = W[jb*NR + c, k], zero past N; clstm_packed_size_* elements. A
+   column range that starts at a multiple of NR is multiplied alone from Wp + first*K. */
+#ifndef CLSTM_PGEMM_H
+#define CLSTM_PGEMM_H
+
+#include "config.h"
+
+#define CLSTM_DEFINE_PACK(T, SFX, IDX)                                                  \
+typedef T clstm_v_##SFX __attribute__((vector_size(64)));                               \
+typedef T clstm_vu_##SFX __attribute__((vector_size(64), aligned(sizeof(T))));          \
+typedef IDX clstm_idx_##SFX __attribute__((vector_size(64)));                           \
+enum { CLSTM_NR_##SFX = 2 * 64 / sizeof(T) };                                           \
+                                                                                        \
+/* dst[c, r] = src[r, c] for a V x V block (V = one vector). A scalar transpose runs at \
+   one element per cycle; this one swaps the off-diagonal b x b blocks of every 2b x 2b \
+   block for b = V/2, ..., 1, two-vector shuffles throughout (the masks are constants   \
+   once the loops unroll). */                                                           \
+static inline __attribute__((always_inline)) void clstm_transpose_##SFX(                \
+        const T* src, Py_ssize_t lds, T* dst, Py_ssize_t ldd) {                         \
+    enum { V = 64 / sizeof(T) };                                                        \
+    clstm_v_##SFX m[V], t[V];                                                           \
+    clstm_idx_##SFX keep_lo, keep_hi;                                                   \
+    int r, j, b;                                                                        \
+    _Pragma("GCC unroll 16")                                                            \
+    for (r = 0; r < V; r++)                                                             \
+        m[r] = *(const clstm_vu_##SFX*)(src + r * lds);                                 \
+    _Pragma("GCC unroll 16")                                                            \
+    for (b = V / 2; b >= 1; b /= 2) {                                                   \
+        _Pragma("GCC unroll 16")                                                        \
+        for (j = 0; j < V; j++) {                                                       \
+            keep_lo[j] = (j & b) ? V + (j ^ b) : j;                                     \
+            keep_hi[j] = (j & b) ? j : V + (j ^ b);                                     \
+        }                                                                               \
+        _Pragma("GCC unroll 16")                                                        \
+        for (r = 0; r < V; r++)                                                         \
+            t[r] = (r & b) ? CLSTM_SHUFFLE(m[r], m[r ^ b], keep_hi)                     \
+                           : CLSTM_SHUFFLE(m[r], m[r ^ b], keep_lo);                    \
+        memcpy(m, t, sizeof(m));                                                        \
+    }                                                                                   \
+    _Pragma("GCC unroll 16")                                                            \
+    for (r = 0; r < V; r++)                                                             \
+        *(clstm_vu_##SFX*)(dst + r * ldd) = m[r];                                       \
+}                                                                                       \
+                                                                                        \
+/* dst[c, r] = src[r, c] for a (rows, cols) matrix: vector blocks, scalar edges. */     \
+CLSTM_CLONES static void clstm_transpose_matrix_##SFX(const T* src, Py_ssize_t rows,    \
+                                                      Py_ssize_t cols, Py_ssize_t lds,  \
+                                                      T* dst, Py_ssize_t ldd) {         \
+    const Py_ssize_t V = 64 / sizeof(T);                                                \
+    Py_ssize_t r, c, r_vec = 0, c_vec = 0;                                              \
+    if (CLSTM_VECTOR_TRANSPOSE) {                                                       \
+        r_vec = rows / V * V;                                                           \
+        c_vec = cols / V * V;                                                           \
+        for (r = 0; r < r_vec; r += V)                                                  \
+            for (c = 0; c < c_vec; c += V)                                              \
+                clstm_transpose_##SFX(src + r * lds + c, lds, dst + c * ldd + r, ldd);  \
+    }                                                                                   \
+    for (r = 0; r < rows; r++)                                                          \
+        for (c = (r < r_vec ? c_vec : 0); c < cols; c++)                                \
+            dst[c * ldd + r] = src[r * lds + c];                                        \
+}                                                                                       \
+                                                                                        \
+/* Wp[(jb*K + k)*NR + c] = W[jb*NR + c, k], zero past N. With transposed, the source    \
+   is W.T stored (K, N) instead: then each panel row is a plain copy. */                \
+CLSTM_CLONES static void clstm_pack_##SFX(const T* W, Py_ssize_t N, Py_ssize_t K,       \
+                                          int transposed, T* Wp) {                      \
+    const Py_ssize_t NR = CLSTM_NR_##SFX, V = 64 / sizeof(T);                           \
+    Py_ssize_t jb, k, c, col, k_vec;                                                    \
+    for (jb = 0; jb * NR < N; jb++) {                                                   \
+        T* panel = Wp + jb * K * NR;                                                    \
+        k_vec = 0;                                                                      \
+        if (transposed && (jb + 1) * NR <= N) {                                         \
+            for (k = 0; k < K; k++)                                                     \
+                memcpy(panel + k * NR, W + k * N + jb * NR, NR * sizeof(T));            \
+            continue;                                                                   \
+        }                                                                               \
+        if (CLSTM_VECTOR_TRANSPOSE && !transposed && (jb + 1) * NR <= N) {              \
+            for (k_vec = 0; k_vec + V <= K; k_vec += V)                                 \
+                for (c = 0; c < NR; c += V)                                             \
+                    clstm_transpose_##SFX(W + (jb * NR + c) * K + k_vec, K,             \
+                                          panel + k_vec * NR + c, NR);                  \
+        }                                                                               \
+        for (k = k_vec; k < K; k++)                                                     \
+            for (c = 0; c < NR; c++) {                                                  \
+                col = jb * NR + c;                                                      \
+                panel[k * NR + c] = col >= N ? (T)0                                     \
+                    : transposed ? W[k * N + col] : W[col * K + k];                     \
+            }                                                                           \
+    }                                                                                   \
+}
+                                                                                        \
+/* The multiply kernel, defined once per instruction set (see the dispatch below) with its
+   own vector width VB (bytes), tile height MR (rows) and KS. A panel row (NR columns,
+   128 bytes) is NV = 128 / VB vectors. C[mr, :ncols] += A[mr, K] @ panel: a single row
+   would wait on the FMA latency (a chain of K dependent adds per accumulator), so KS sets
+   of accumulators take turns over k. KS is the same for every mr: a row's sum is then
+   added up in the same order whichever tile it lands in, and results do not depend on
+   the thread count. MR * NV * KS accumulators plus the panel row must fit the registers:
+   AVX-512 4 * 2 * 2 = 16 of 32; AVX2 2 * 4 * 1 = 8 of 16 (64-byte vectors there spilled
+   everything to the stack: 100x slower). */
+#define CLSTM_DEFINE_KERNEL(T, SFX, VB, MR, KS)                                         \
+typedef T clstm_kv_##SFX __attribute__((vector_size(VB)));                              \
+typedef T clstm_kvu_##SFX __attribute__((vector_size(VB), aligned(sizeof(T))));         \
+static inline __attribute__((always_inline)) void clstm_tile_##SFX(                     \
+        const int mr, Py_ssize_t K, const T* A, Py_ssize_t lda,                         \
+        const T* Wp, T* C, Py_ssize_t ldc, Py_ssize_t ncols) {                          \
+    enum { NR = 128 / sizeof(T), V = VB / sizeof(T), NV = 128 / VB };                   \
+    clstm_kv_##SFX acc[KS][4][NV], w[NV];                                               \
+    T out[NR];                                                                          \
+    Py_ssize_t k, c;                                                                    \
+    int i, s, q;                                                                        \
+    for (s = 0; s < KS; s++)                                                            \
+        for (i = 0; i < mr; i++)                                                        \
+            for (q = 0; q < NV; q++)                                                    \
+                acc[s][i][q] = (clstm_kv_##SFX){0};                                     \
+    for (k = 0; k + KS <= K; k += KS)                                                   \
+        for (s = 0; s < KS; s++) {                                                      \
+            for (q = 0; q < NV; q++)                                                    \
+                w[q] = *(const clstm_kvu_##SFX*)(Wp + (k + s) * NR + q * V);            \
+            for (i = 0; i < mr; i++) {                                                  \
+                T a = A[i * lda + k + s];                                               \
+                for (q = 0; q < NV; q++)                                                \
+                    acc[s][i][q] += a * w[q];                                           \
+            }                                                                           \
+        }                                                                               \
+    for (; k < K; k++) {                                                                \
+        for (q = 0; q < NV; q++)                                                        \
+            w[q] = *(const clstm_kvu_##SFX*)(Wp + k * NR + q * V);                      \
+        for (i = 0; i < mr; i++) {                                                      \
+            T a = A[i * lda + k];                                                       \
+            for (q = 0; q < NV; q++)                                                    \
+                acc[0][i][q] += a * w[q];                                               \
+        }                                                                               \
+    }                                                                                   \
+    for (s = 1; s < KS; s++)                                                            \
+        for (i = 0; i < mr; i++)                                                        \
+            for (q = 0; q < NV; q++)                                                    \
+                acc[0][i][q] += acc[s][i][q];                                           \
+    for (i = 0; i < mr; i++) {                                                          \
+        if (ncols == NR) {                                                              \
+            for (q = 0; q < NV; q++)                                                    \
+                *(clstm_kvu_##SFX*)(C + i * ldc + q * V) += acc[0][i][q];               \
+        } else {                                                                        \
+            memcpy(out, &acc[0][i][0], sizeof(out));                                    \
+            for (c = 0; c < ncols; c++)                                                 \
+                C[i * ldc + c] += out[c];                                               \
+        }                                                                               \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+/* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack. */                             \
+static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A,     \
+                             Py_ssize_t lda, const T* Wp, T* C, Py_ssize_t ldc) {       \
+    const Py_ssize_t NR = 128 / sizeof(T);                                              \
+    Py_ssize_t jb, i, ncols;                                                            \
+    for (jb = 0; jb * NR < N; jb++) {                                                   \
+        const T* panel = Wp + jb * K * NR;                                              \
+        T* Cj = C + jb * NR;                                                            \
+        ncols = N - jb * NR < NR ? N - jb * NR : NR;                                    \
+        for (i = 0; i + MR <= n; i += MR)                                               \
+            clstm_tile_##SFX(MR, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols); \
+        /* constant row counts, so each tile keeps its accumulators in registers */     \
+        if (MR > 3 && n - i == 3)                                                       \
+            clstm_tile_##SFX(3, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);  \
+        else if (MR > 2 && n - i == 2)                                                  \
+            clstm_tile_##SFX(2, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);  \
+        else if (MR > 1 && n - i == 1)                                                  \
+            clstm_tile_##SFX(1, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);  \
+    }                                                                                   \
+}
+
+CLSTM_DEFINE_PACK(float, f32, int)
+CLSTM_DEFINE_PACK(double, f64, long long)
+
+/* One kernel per instruction set, chosen once at run time (target_clones would compile
+   one source for all, and the register budget differs). Without multi-versioning
+   (another compiler or OS, or CLSTM_NO_TARGET_CLONES) only the base kernel exists,
+   shaped for what the build flags enable. */
+#if defined(__AVX512F__)
+CLSTM_DEFINE_KERNEL(float, base_f32, 64, 4, 2)
+CLSTM_DEFINE_KERNEL(double, base_f64, 64, 4, 2)
+#elif defined(__AVX2__) || defined(__aarch64__)
+CLSTM_DEFINE_KERNEL(float, base_f32, 32, 2, 1)
+CLSTM_DEFINE_KERNEL(double, base_f64, 32, 2, 1)
+#else
+CLSTM_DEFINE_KERNEL(float, base_f32, 16, 1, 1)
+CLSTM_DEFINE_KERNEL(double, base_f64, 16, 1, 1)
+#endif
+
+#if CLSTM_ISA_KERNELS && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+CLSTM_DEFINE_KERNEL(float, v4_f32, 64, 4, 2)
+CLSTM_DEFINE_KERNEL(double, v4_f64, 64, 4, 2)
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+CLSTM_DEFINE_KERNEL(float, v3_f32, 32, 2, 1)
+CLSTM_DEFINE_KERNEL(double, v3_f64, 32, 2, 1)
+#pragma GCC pop_options
+
+/* 2: x86-64-v4, 1: x86-64-v3, 0: older. CLSTM_ISA=v3 or =base picks a lower kernel
+   (the tests run every kernel this way on one machine). */
+static int clstm_isa_level(void) {
+    static int level = -1;  /* every thread computes the same value: a benign race */
+    const char* forced;
+    int cpu;
+    if (level < 0) {
+        __builtin_cpu_init();
+        cpu = __builtin_cpu_supports("x86-64-v4") ? 2
+              : __builtin_cpu_supports("x86-64-v3") ? 1 : 0;
+        forced = getenv("CLSTM_ISA");
+        level = forced == NULL ? cpu : strcmp(forced, "base") == 0 ? 0
+                : strcmp(forced, "v3") == 0 && cpu >= 1 ? 1 : cpu;
+    }
+    return level;
+}
+#define CLSTM_DISPATCH(SFX, ARGS) \
+    switch (clstm_isa_level()) { \
+    case 2: clstm_pgemm_v4_##SFX ARGS; break; \
+    case 1: clstm_pgemm_v3_##SFX ARGS; break; \
+    default: clstm_pgemm_base_##SFX ARGS; }
+#else
+static int clstm_isa_level(void) { return 0; }
+#define CLSTM_DISPATCH(SFX, ARGS) clstm_pgemm_base_##SFX ARGS;
+#endif
+
+static void clstm_pgemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float* A,
+                            Py_ssize_t lda, const float* Wp, float* C, Py_ssize_t ldc) {
+    CLSTM_DISPATCH(f32, (n, N, K, A, lda, Wp, C, ldc))
+}
+static void clstm_pgemm_f64(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const double* A,
+                            Py_ssize_t lda, const double* Wp, double* C, Py_ssize_t ldc) {
+    CLSTM_DISPATCH(f64, (n, N, K, A, lda, Wp, C, ldc))
+}
+
+static Py_ssize_t clstm_packed_size_f32(Py_ssize_t N, Py_ssize_t K) {
+    return (N + CLSTM_NR_f32 - 1) / CLSTM_NR_f32 * CLSTM_NR_f32 * K;
+}
+static Py_ssize_t clstm_packed_size_f64(Py_ssize_t N, Py_ssize_t K) {
+    return (N + CLSTM_NR_f64 - 1) / CLSTM_NR_f64 * CLSTM_NR_f64 * K;
+}
+
+#endif /* CLSTM_PGEMM_H */
