@@ -1,0 +1,113 @@
+"""The C pieces on their own, against NumPy: packing into panels, the packed GEMM, the
+transposes, PackedWeights, and each cell's fused step against the reference cell."""
+import pickle
+
+import numpy as np
+import pytest
+
+from clstm import _packed, _testing
+from clstm import reference as R
+from _helpers import assert_close
+
+DTYPES = (np.float32, np.float64)
+ODD = [(1, 1), (1, 7), (5, 1), (31, 17), (32, 16), (33, 65), (100, 3), (7, 130)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, K", ODD)
+@pytest.mark.parametrize("transposed", [False, True])
+def test_packed_gemm_matches_numpy(dtype, N, K, transposed):
+    rng = np.random.default_rng(N * 100 + K)
+    w = rng.standard_normal((N, K)).astype(dtype)
+    fmt = np.dtype(dtype).name
+    packed = np.full(_packed.packed_length(N, K, fmt), np.nan, dtype)
+    _testing.pack_matrix(np.ascontiguousarray(w.T) if transposed else w, transposed, packed)
+    assert not np.isnan(packed).any()  # every element written, padding zeroed
+    for n in (1, 2, 3, 4, 5, 9):
+        a = rng.standard_normal((n, K)).astype(dtype)
+        c = rng.standard_normal((n, N + 3)).astype(dtype)  # ldc > N: columns past N untouched
+        expected = c.copy()
+        expected[:, :N] += a @ w.T
+        _testing.packed_gemm(a, packed, N, c)
+        assert_close(c, expected, dtype, factor=max(1, K / 16))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows, cols", ODD + [(16, 16), (64, 48)])
+def test_transpose_matches_numpy(dtype, rows, cols):
+    src = np.arange(rows * cols, dtype=dtype).reshape(rows, cols)
+    dst = np.empty((cols, rows), dtype)
+    _testing.transpose_matrix(src, dst)
+    np.testing.assert_array_equal(dst, src.T)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_weights_object(dtype):
+    fmt = np.dtype(dtype).name
+    w = np.random.default_rng(0).standard_normal((70, 9)).astype(dtype)
+    pw = _packed.PackedWeights(70, 9, fmt).pack(w)
+    assert (pw.n_out, pw.n_in, pw.format) == (70, 9, fmt)
+    assert pw.panel_width == _packed.packed_panel_width(fmt)
+    reference = np.empty(_packed.packed_length(70, 9, fmt), dtype)
+    _testing.pack_matrix(w, False, reference)
+    np.testing.assert_array_equal(pw.data, reference)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(pw)).data, reference)
+    buffer = np.empty(reference.size + 5, dtype)
+    assert _packed.PackedWeights(70, 9, fmt, buffer).pack(w).data is buffer  # packs in place
+    np.testing.assert_array_equal(buffer[:reference.size], reference)
+    with pytest.raises(ValueError, match="packed source"):
+        pw.pack(w[:, :8].copy())
+    with pytest.raises(ValueError, match="packed source"):
+        pw.pack(w.astype(np.float64 if dtype == np.float32 else np.float32))
+    with pytest.raises(ValueError, match="buffer"):
+        _packed.PackedWeights(70, 9, fmt, np.empty(3, dtype))
+    with pytest.raises(ValueError, match="shape/format"):
+        _packed.PackedWeights(70, 9, "int8")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("units", [None, (2, 5)])
+def test_lstm_cell_step_matches_the_reference_cell(dtype, units):
+    B, H = 3, 7
+    rng = np.random.default_rng(1)
+    pre = rng.standard_normal((B, 4 * H)).astype(dtype)
+    bias = rng.standard_normal(4 * H).astype(dtype)
+    c_prev = rng.standard_normal((B, H)).astype(dtype)
+    gates, c_t, r_t = pre.copy(), np.zeros((B, H), dtype), np.zeros((B, H), dtype)
+    j0, j1 = units or (0, H)
+    _testing.cell_step_forward("lstm", gates, bias, c_prev, c_t, r_t, j0, j1)
+    z = (pre + bias).astype(np.float64)
+    sig = 1 / (1 + np.exp(-z))
+    i, f, g, o = sig[:, :H], sig[:, H:2 * H], np.tanh(z[:, 2 * H:3 * H]), sig[:, 3 * H:]
+    c = f * c_prev + i * g
+    cols = slice(j0, j1)
+    assert_close(c_t[:, cols], c[:, cols], dtype)
+    assert_close(r_t[:, cols], (o * np.tanh(c))[:, cols], dtype)
+    assert not c_t[:, :j0].any() and not c_t[:, j1:].any()  # other units untouched
+    if units is None:  # backward: the reference's cell gradients
+        dr, dc = rng.standard_normal((2, B, H)).astype(dtype)
+        dc_prev = dc.copy()
+        _testing.cell_step_backward("lstm", gates, c_prev, c_t, dr, dc_prev)
+        tc = np.tanh(c)
+        dc_t = dc + dr * o * (1 - tc ** 2)
+        dG = np.concatenate([dc_t * g * i * (1 - i), dc_t * c_prev * f * (1 - f),
+                             dc_t * i * (1 - g ** 2), dr * tc * o * (1 - o)], axis=1)
+        assert_close(gates, dG, dtype)
+        assert_close(dc_prev, dc_t * f, dtype)
+    with pytest.raises(ValueError, match="unknown cell"):
+        _testing.cell_step_forward("gru", gates, bias, c_prev, c_t, r_t)
+
+
+def test_reference_cell_is_what_the_c_cell_is_tested_against():
+    # the hand-written formulas above are the reference's: one step of R.lstm_forward
+    rng = np.random.default_rng(2)
+    B, I, H = 2, 3, 4
+    x = rng.standard_normal((1, B, I))
+    w_ih, w_hh = rng.standard_normal((4 * H, I)), rng.standard_normal((4 * H, H))
+    h0, c0 = rng.standard_normal((2, B, H))
+    y, _, c_n, _ = R.lstm_forward(x, w_ih, w_hh, None, None, h0, c0)
+    gates = (x[0] @ w_ih.T + h0 @ w_hh.T).copy()
+    c_t, r_t = np.zeros((B, H)), np.zeros((B, H))
+    _testing.cell_step_forward("lstm", gates, None, c0, c_t, r_t)
+    assert_close(c_t, c_n, np.float64)
+    assert_close(r_t, y[0], np.float64)
