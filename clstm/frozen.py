@@ -1,6 +1,8 @@
 """Frozen models: inference-only snapshots on prepacked weights (`LSTM.freeze()`)."""
 import copy
 
+from . import _packed
+
 
 class FrozenLSTM:
     """``lstm.freeze()``: an inference-only snapshot of a whole `clstm.LSTM`.
@@ -27,9 +29,21 @@ class FrozenLSTM:
         self._spec = copy.copy(model)  # its configuration, for validation and layouts
         self._weights = [[w.freeze() for w in layer]
                          for layer in model._layer_weights(copy=False)]
+        # One step of a few rows (streaming) runs the whole stack in one compiled call.
+        self._step_weights = None if model.proj_size else [
+            (w.packed.w_ih_packed.data, w.packed.w_hh_packed.data, w.bias, None)
+            for layer in self._weights for w in layer]
 
     def __call__(self, x, state=None, lengths=None):
         """Inference: ``y, (h_n, c_n)``, as `clstm.LSTM.__call__`."""
+        if self._step_weights is not None and lengths is None:
+            if state is None:
+                state = self._spec._zero_state(x)
+            if type(state) is tuple and len(state) == 2:
+                out = _packed.stack_step(self._step_weights, True, self._spec.num_directions,
+                                         self._spec.batch_first, x, state[0], state[1])
+                if out is not None:
+                    return out
         out, _ = self._spec._run(x, state, lengths, train=False, rng=None,
                                  weights=self._weights)
         return out

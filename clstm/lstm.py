@@ -188,6 +188,14 @@ class LSTM(Parameterised):
             lengths = check_lengths(lengths, T, B)
         return x, h0, c0, lengths, batched
 
+    def _zero_state(self, x):
+        """Zero (h0, c0) for a time-major or batch-first 3-D x, else None."""
+        if type(x) is not np.ndarray or x.ndim != 3:
+            return None
+        shape = (self.num_layers * self.num_directions, x.shape[0 if self.batch_first else 1])
+        return (np.zeros(shape + (self.output_size,), self.dtype),
+                np.zeros(shape + (self.hidden_size,), self.dtype))
+
     def _streaming_args(self, x, state):
         """(x, h0, c0) if they are already what _prepare would make of them (time-major
         x (T, B, I), and no state or a tuple of C-contiguous arrays of the layer's dtype: a
@@ -249,6 +257,21 @@ class LSTM(Parameterised):
     def __call__(self, x, state=None, lengths=None):
         """Inference: ``y, (h_n, c_n)``. Keeps no caches; memory does not grow with T beyond
         the outputs of two layers."""
+        if lengths is None and not self.proj_size and self.strategy in (None, "step"):
+            # One step of a few rows (streaming): every layer in one compiled call, on the
+            # weights as they are; anything it does not take goes the general way.
+            if state is None:
+                state = self._zero_state(x)
+            if type(state) is tuple and len(state) == 2:
+                p = self._params
+                weights = [(p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], p.get(f"bias_ih{sfx}"),
+                            p.get(f"bias_hh{sfx}"))
+                           for layer in range(self.num_layers) for sfx in self._suffixes(layer)]
+                with _threads.kernel_lock():
+                    out = _packed.stack_step(weights, False, self.num_directions,
+                                             self.batch_first, x, state[0], state[1])
+                if out is not None:
+                    return out
         out, _ = self._run(x, state, lengths, train=False, rng=None)
         return out
 

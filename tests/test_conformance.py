@@ -178,3 +178,32 @@ def test_lstm_strategy_attribute_forces_a_path_for_the_whole_stack():
     lstm.strategy = "step"
     with pytest.raises(ValueError, match="strategy='step' needs"):
         lstm(x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("model", ["one layer", "stacked bidirectional", "batch first"])
+def test_one_step_stack_calls(model, dtype):
+    """A T=1 call of a few rows runs the whole stack in one compiled call: the live model's
+    equals its own training forward (the same BLAS step), the frozen one's equals the driver
+    (lengths given take the driver) bit for bit."""
+    lstm = clstm.LSTM(4, 2 * width(dtype), dtype=dtype, seed=7, **MODELS[model])
+    frozen = lstm.freeze()
+    rng = np.random.default_rng(8)
+    L = lstm.num_layers * lstm.num_directions
+    for B in (1, 3, 8):
+        x = rng.standard_normal((B, 1, 4) if lstm.batch_first else (1, B, 4)).astype(dtype)
+        state = tuple(rng.standard_normal((2, L, B, lstm.hidden_size)).astype(dtype))
+        live = lstm(x, state)
+        (y_t, (h_t, c_t)), _ = lstm.forward_train(x, state)
+        for a, b in zip((live[0], *live[1]), (y_t, h_t, c_t)):
+            np.testing.assert_array_equal(a, b)
+        snap = frozen(x, state)
+        driver = frozen(x, state, lengths=np.ones(B, int))
+        for a, b in zip((snap[0], *snap[1]), (driver[0], *driver[1])):
+            np.testing.assert_array_equal(a, b)
+        ref = R.lstm_stack_forward(x.transpose(1, 0, 2) if lstm.batch_first else x,
+                                   lstm.state_dict(), *state, num_layers=lstm.num_layers,
+                                   bidirectional=lstm.bidirectional)
+        y_ref = ref[0].transpose(1, 0, 2) if lstm.batch_first else ref[0]
+        assert_close(live[0], y_ref, dtype)
+        assert_close(snap[0], y_ref, dtype)

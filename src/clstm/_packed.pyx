@@ -309,3 +309,124 @@ cdef class PackedCell:
             return None
         return run_step(&clstm_cell_lstm, True, self.typenum, B, I, H, x,
                         self.w_ih_packed.data, self.w_hh_packed.data, self.bias, None, h0, c0)
+
+
+cdef int check_step_weights(tuple w, bint packed, int typenum, Py_ssize_t n_in,
+                            Py_ssize_t H) except -1:
+    """w = (w_ih, w_hh, b_ih, b_hh) for one step: packed (PackedWeights data, summed bias,
+    None) or plain arrays (either bias may be None)."""
+    cdef Py_ssize_t G = 4 * H
+    check(len(w) == 4, "step weights")
+    if packed:
+        operand(w[0], typenum, packed_length(G, n_in, FORMAT_OF[typenum]), -1, "w_ih", False,
+                False)
+        operand(w[1], typenum, packed_length(G, H, FORMAT_OF[typenum]), -1, "w_hh", False,
+                False)
+    else:
+        operand(w[0], typenum, G, n_in, "w_ih", False, False)
+        operand(w[1], typenum, G, H, "w_hh", False, False)
+    operand(w[2], typenum, G, -1, "b_ih", True, False)
+    operand(w[3], typenum, G, -1, "b_hh", True, False)
+    return 0
+
+
+FORMAT_OF = {cnp.NPY_FLOAT: "float32", cnp.NPY_DOUBLE: "float64"}
+
+
+def stack_step(list weights not None, bint packed, int n_directions, bint batch_first, x, h0,
+               c0):
+    """One time step of a stack without projection, in one call: ``weights[layer * D + d]``
+    = (w_ih, w_hh, b_ih, b_hh) as `check_step_weights` describes (layer 0's input size I,
+    the others' D*H); x (1, B, I) ((B, 1, I) with batch_first), h0 and c0 (L*D, B, H).
+    Returns y (like x, D*H features), (h_n, c_n): each cell is `step` (packed: bit for bit
+    the driver's; plain: BLAS, hold the kernel lock), and a reverse direction of one step is
+    the forward one. None when x, h0, c0 do not conform or B > STEP_MAX_ROWS (the caller
+    takes the general path)."""
+    cdef Py_ssize_t n_cells = len(weights), D = n_directions, L, B, I, H, k, G, row
+    if n_cells < 1 or D < 1 or n_cells % D or not cnp.PyArray_CheckExact(h0):
+        return None
+    if cnp.PyArray_NDIM(<cnp.ndarray>h0) != 3:
+        return None
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>h0)
+    if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
+        return None
+    H, L = cnp.PyArray_DIMS(<cnp.ndarray>h0)[2], n_cells // D
+    if not (is_operand(x, typenum, 3) and is_operand(h0, typenum, 3)
+            and is_operand(c0, typenum, 3)):
+        return None
+    cdef cnp.npy_intp* xd = cnp.PyArray_DIMS(<cnp.ndarray>x)
+    B = xd[0] if batch_first else xd[1]
+    I = xd[2]
+    if not ((xd[1] if batch_first else xd[0]) == 1 and 1 <= B <= STEP_MAX_ROWS):
+        return None
+    for a in (h0, c0):
+        if not (cnp.PyArray_DIMS(<cnp.ndarray>a)[0] == n_cells
+                and cnp.PyArray_DIMS(<cnp.ndarray>a)[1] == B
+                and cnp.PyArray_DIMS(<cnp.ndarray>a)[2] == H):
+            return None
+    for k in range(n_cells):
+        if k < D:  # x's size against the weights': a mismatch is bad input, for the caller
+            try:
+                check_step_weights(weights[k], packed, typenum, I, H)
+            except ValueError:
+                return None
+        else:
+            check_step_weights(weights[k], packed, typenum, D * H, H)
+    cdef cnp.npy_intp dims[3]
+    dims[0], dims[1], dims[2] = 1, B, D * H
+    if batch_first:
+        dims[0], dims[1] = B, 1
+    y = cnp.PyArray_EMPTY(3, dims, typenum, 0)
+    dims[0], dims[1], dims[2] = n_cells, B, H
+    h_n = cnp.PyArray_EMPTY(3, dims, typenum, 0)
+    c_n = cnp.PyArray_EMPTY(3, dims, typenum, 0)
+    cdef size_t item = 4 if typenum == cnp.NPY_FLOAT else 8
+    G = 4 * H
+    cdef void** ptrs = <void**>malloc(4 * n_cells * sizeof(void*))
+    cdef char* scratch = <char*>malloc((B * G + G + 2 * B * D * H) * item)
+    if ptrs == NULL or scratch == NULL:
+        free(ptrs)
+        free(scratch)
+        raise MemoryError()
+    for k in range(n_cells):
+        for row in range(4):
+            ptrs[4 * k + row] = data(weights[k][row])
+    cdef char* gates = scratch
+    cdef char* bias = scratch + B * G * item
+    cdef char* layer_out = bias + G * item   # (B, D*H): the next layer's input
+    cdef char* spare = layer_out + B * D * H * item
+    cdef char* x_l = <char*>data(x)
+    cdef char* p_h0 = <char*>data(h0)
+    cdef char* p_c0 = <char*>data(c0)
+    cdef char* p_hn = <char*>data(h_n)
+    cdef char* p_cn = <char*>data(c_n)
+    cdef void* p_y = data(y)
+    cdef Py_ssize_t n_in = I, d, layer, state = B * H * item
+    with nogil:
+        for layer in range(L):
+            for d in range(D):
+                k = layer * D + d
+                if typenum == cnp.NPY_FLOAT:
+                    step(&clstm_cell_lstm, packed, B, n_in, H, <float*>x_l,
+                         <float*>ptrs[4 * k], <float*>ptrs[4 * k + 1], <float*>ptrs[4 * k + 2],
+                         <float*>ptrs[4 * k + 3], <float*>(p_h0 + k * state),
+                         <float*>(p_c0 + k * state), <float*>(p_hn + k * state),
+                         <float*>(p_cn + k * state), <float*>gates, <float*>bias)
+                else:
+                    step(&clstm_cell_lstm, packed, B, n_in, H, <double*>x_l,
+                         <double*>ptrs[4 * k], <double*>ptrs[4 * k + 1],
+                         <double*>ptrs[4 * k + 2], <double*>ptrs[4 * k + 3],
+                         <double*>(p_h0 + k * state), <double*>(p_c0 + k * state),
+                         <double*>(p_hn + k * state), <double*>(p_cn + k * state),
+                         <double*>gates, <double*>bias)
+                for row in range(B):  # [forward | reverse] per row
+                    memcpy(layer_out + (row * D + d) * H * item,
+                           p_hn + k * state + row * H * item, H * item)
+            # the next layer reads this layer's output; swap the two buffers
+            x_l = layer_out
+            layer_out, spare = spare, layer_out
+            n_in = D * H
+        memcpy(p_y, x_l, B * D * H * item)
+        free(ptrs)
+        free(scratch)
+    return y, (h_n, c_n)
