@@ -7,19 +7,21 @@
     ((5, 3, 16), (1, 3, 16))
 
 Modules: `clstm.functional` (compiled kernels, one layer), `clstm.reference` (the NumPy
-reference with the same signatures). Training toolkit: `Linear`, `Sequential`,
+reference with the same signatures). ``model.freeze()`` gives an inference-only snapshot on
+prepacked weights (`FrozenLSTM`, `FrozenLSTMCell`). Training toolkit: `Linear`, `Sequential`,
 `clstm.losses` (`mse_loss`, `cross_entropy`), `clstm.optim` (`SGD`, `Adam`,
 `clip_grad_norm`).
 """
 from . import functional, losses, optim, reference
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
+from ._version import __version__
+from .frozen import FrozenLSTM
 from .layers import Linear, Sequential
 from .losses import cross_entropy, mse_loss
-from .frozen import FrozenLSTM
 from .lstm import LSTM, FrozenLSTMCell, LSTMCell
 from .optim import clip_grad_norm
 
-__version__ = "0.1.0"
-__all__ = ["LSTM", "LSTMCell", "FrozenLSTM", "FrozenLSTMCell", "Linear", "Sequential", "functional",
-           "reference", "losses", "optim", "mse_loss", "cross_entropy", "clip_grad_norm",
-           "get_num_threads", "set_num_threads", "openmp_enabled"]
+__all__ = ["LSTM", "LSTMCell", "FrozenLSTM", "FrozenLSTMCell", "Linear", "Sequential",
+           "functional", "reference", "losses", "optim", "mse_loss", "cross_entropy",
+           "clip_grad_norm", "get_num_threads", "set_num_threads", "openmp_enabled",
+           "__version__"]

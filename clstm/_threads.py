@@ -14,6 +14,7 @@ import ctypes
 import operator
 import os
 import threading
+from typing import Optional
 
 from . import _runtime
 
@@ -35,14 +36,25 @@ def _available_cpus():
         return os.cpu_count() or 1
 
 
-def openmp_enabled():
+def openmp_enabled() -> bool:
     """True when the compiled kernels were built with OpenMP (else they run on one thread)."""
     return _runtime.openmp_enabled()
 
 
-def set_num_threads(n):
-    """Set how many threads clstm's kernels use (process-wide). ``None`` restores the default:
-    the CPUs this process may run on, capped by ``OMP_NUM_THREADS``."""
+def set_num_threads(n: Optional[int]) -> None:
+    """Set how many threads clstm's kernels use (process-wide).
+
+    Parameters
+    ----------
+    n : int >= 1 or None
+        None restores the default: the CPUs this process may run on, capped by
+        ``OMP_NUM_THREADS``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``n`` not a positive int or None.
+    """
     global _num_threads
     if n is not None:
         if isinstance(n, bool):
@@ -56,7 +68,7 @@ def set_num_threads(n):
     _num_threads = n
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """The number of threads clstm's kernels use (always 1 in a process forked from one
     that had already run clstm: OpenMP cannot be used again there)."""
     if _forked_child:

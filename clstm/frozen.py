@@ -1,7 +1,15 @@
 """Frozen models: inference-only snapshots on prepacked weights (`LSTM.freeze()`)."""
+from __future__ import annotations
+
 import copy
+from typing import TYPE_CHECKING, Optional, Tuple
+
+import numpy as np
 
 from . import _packed
+
+if TYPE_CHECKING:
+    from .lstm import LSTM
 
 
 class FrozenLSTM:
@@ -25,7 +33,7 @@ class FrozenLSTM:
         The model to snapshot.
     """
 
-    def __init__(self, model):
+    def __init__(self, model: "LSTM"):
         self._spec = copy.copy(model)  # its configuration, for validation and layouts
         self._weights = [[w.freeze() for w in layer]
                          for layer in model._layer_weights(copy=False)]
@@ -34,8 +42,11 @@ class FrozenLSTM:
             (w.packed.w_ih_packed.data, w.packed.w_hh_packed.data, w.bias, None)
             for layer in self._weights for w in layer]
 
-    def __call__(self, x, state=None, lengths=None):
-        """Inference: ``y, (h_n, c_n)``, as `clstm.LSTM.__call__`."""
+    def __call__(self, x: np.ndarray, state: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+                 lengths: Optional[np.ndarray] = None
+                 ) -> Tuple[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+        """Inference: ``y, (h_n, c_n)``, exactly as `clstm.LSTM.__call__` (same
+        parameters, returns and errors)."""
         if self._step_weights is not None and lengths is None:
             if state is None:
                 state = self._spec._zero_state(x)

@@ -1,6 +1,9 @@
 """`LSTM` and `LSTMCell`: torch.nn.LSTM's and nn.LSTMCell's arguments, semantics and
 parameter names, on NumPy arrays, running the compiled kernels."""
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING, Callable, Optional, Tuple, Union
 
 import numpy as np
 
@@ -8,6 +11,12 @@ from . import _packed, _stack, _threads, functional
 from ._checks import check_lengths, check_shape, float_array, float_dtype, positive_int
 from ._params import Parameterised
 from ._threads import get_num_threads
+
+Array = np.ndarray
+State = Tuple[Array, Array]
+
+if TYPE_CHECKING:
+    from .frozen import FrozenLSTM
 
 
 def _state_pair(state, name, shapes):
@@ -50,11 +59,45 @@ class LSTM(Parameterised):
     Parameters are float32 or float64 (``dtype``); float input of the other precision is
     cast to it. Initialisation is PyTorch's, U(-1/sqrt(H), 1/sqrt(H)), drawn from
     ``numpy.random.default_rng(seed)`` in ``state_dict()`` order.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        ``I`` and ``H``.
+    num_layers : int
+        Stacked layers ``L``.
+    bias : bool
+        Whether the layers have ``bias_ih``/``bias_hh``.
+    batch_first : bool
+        ``x`` and ``y`` are ``(B, T, .)`` instead of ``(T, B, .)``.
+    dropout : float in [0, 1)
+        Dropout on every layer's output but the last, in training only.
+    bidirectional : bool
+        A reverse direction per layer (``D = 2``).
+    proj_size : int
+        ``H_out < H``: each layer's output is projected by ``weight_hr (H_out, H)``.
+    dtype : float32 or float64
+        The parameters' (and every result's) dtype.
+    seed : int, optional
+        Seeds the initialisation and the dropout generator.
+
+    Attributes
+    ----------
+    strategy : {None, "step", "serial", "batch", "units"}
+        Forces how each layer call runs (`clstm._dispatch`); None chooses automatically.
+        The results do not depend on it beyond rounding ("step" uses BLAS; the others are
+        equal bit for bit).
+
+    Raises
+    ------
+    ValueError, TypeError
+        A size, dropout or dtype out of range (the message names the argument).
     """
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32,
-                 seed=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, *,
+                 dtype: Union[type, np.dtype, str] = np.float32, seed: Optional[int] = None):
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.num_layers = positive_int("num_layers", num_layers)
@@ -76,11 +119,11 @@ class LSTM(Parameterised):
         self._init_params(self._param_shapes(), self._rng, 1.0 / math.sqrt(self.hidden_size))
 
     @property
-    def num_directions(self):
+    def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
     @property
-    def output_size(self):
+    def output_size(self) -> int:
         """Features per direction in the output and in ``h``: proj_size or hidden_size."""
         return self.proj_size or self.hidden_size
 
@@ -254,9 +297,31 @@ class LSTM(Parameterised):
         h_n, c_n = packing.unsort_rows(h_n), packing.unsort_rows(c_n)
         return self._to_caller(y, h_n, c_n, batched), (tape, batched)
 
-    def __call__(self, x, state=None, lengths=None):
-        """Inference: ``y, (h_n, c_n)``. Keeps no caches; memory does not grow with T beyond
-        the outputs of two layers."""
+    def __call__(self, x: Array, state: Optional[State] = None,
+                 lengths: Optional[Array] = None) -> Tuple[Array, State]:
+        """Inference. Keeps no caches; memory does not grow with T beyond the outputs of two
+        layers.
+
+        Parameters
+        ----------
+        x : array_like
+            ``(T, B, I)``, ``(B, T, I)`` with ``batch_first``, or unbatched ``(T, I)``.
+        state : tuple (h0, c0), optional
+            ``(L*D, B, H_out)`` and ``(L*D, B, H)`` (no batch axis when unbatched); zeros
+            if omitted.
+        lengths : array_like of int (B,), optional
+            Each row's real length in ``[0, T]``.
+
+        Returns
+        -------
+        y, (h_n, c_n)
+            ``y (T, B, D*H_out)`` (in ``x``'s layout), the final states as ``state``.
+
+        Raises
+        ------
+        ValueError, TypeError
+            A wrong shape or dtype, naming the argument and the expected shape.
+        """
         if lengths is None and not self.proj_size and self.strategy in (None, "step"):
             # One step of a few rows (streaming): every layer in one compiled call, on the
             # weights as they are; anything it does not take goes the general way.
@@ -277,18 +342,40 @@ class LSTM(Parameterised):
 
     forward = __call__
 
-    def freeze(self):
-        """An inference-only snapshot on prepacked weights: `clstm.frozen.FrozenLSTM`.
+    def freeze(self) -> FrozenLSTM:
+        """An inference-only snapshot on prepacked weights.
 
-        Called exactly like the model; later changes to the model's parameters do not
-        reach it (freeze again after training)."""
-        from .frozen import FrozenLSTM
-        return FrozenLSTM(self)
+        Returns
+        -------
+        clstm.FrozenLSTM
+            Called exactly like the model, equal to its inference bit for bit (see
+            `clstm.FrozenLSTM` for the one exception); later changes to the model's
+            parameters do not reach it (freeze again after training).
+        """
+        from .frozen import FrozenLSTM as Frozen  # (frozen imports this module)
+        return Frozen(self)
 
-    def forward_train(self, x, state=None, lengths=None, rng=None):
-        """Forward that keeps what backward needs: ``(y, (h_n, c_n)), backward`` where
-        ``dx, (dh0, dc0) = backward(dy=None, dstate=None)`` accumulates into ``grads`` and
-        runs once. ``y`` is read-only (backward may read it); copy it to modify it."""
+    def forward_train(self, x: Array, state: Optional[State] = None,
+                      lengths: Optional[Array] = None,
+                      rng: Optional[np.random.Generator] = None
+                      ) -> Tuple[Tuple[Array, State], Callable[..., Tuple[Array, State]]]:
+        """Forward that keeps what backward needs.
+
+        Parameters
+        ----------
+        x, state, lengths
+            As `__call__`.
+        rng : numpy.random.Generator, optional
+            For the dropout masks (default: the model's generator, seeded by ``seed``).
+
+        Returns
+        -------
+        (y, (h_n, c_n)), backward
+            ``y`` is read-only (backward may read it); ``dx, (dh0, dc0) =
+            backward(dy=None, dstate=None)`` takes the gradients of ``y`` and of
+            ``(h_n, c_n)`` (either may be None), adds the parameter gradients into
+            ``grads`` and runs once.
+        """
         (y, (h_n, c_n)), (tape, batched) = self._run(x, state, lengths, train=True, rng=rng)
         y_shape, h_shape, c_shape = y.shape, h_n.shape, c_n.shape
 
@@ -346,9 +433,21 @@ class LSTMCell(Parameterised):
     (h, c)`` of shape ``(B, H)`` (``(H,)`` unbatched), zeros if omitted: the streaming API
     for one sample at a time. ``(h, c), backward = cell.forward_train(x, state)`` with
     ``dx, (dh0, dc0) = backward(dh=None, dc=None)`` accumulating into ``grads``.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        ``I`` and ``H``.
+    bias : bool
+        Whether the cell has ``bias_ih``/``bias_hh``.
+    dtype : float32 or float64
+        The parameters' dtype.
+    seed : int, optional
+        Seeds PyTorch's initialisation U(-1/sqrt(H), 1/sqrt(H)).
     """
 
-    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
+                 dtype: Union[type, np.dtype, str] = np.float32, seed: Optional[int] = None):
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.bias = bool(bias)
@@ -380,8 +479,20 @@ class LSTMCell(Parameterised):
                       .reshape(B, H) for name, s in zip(("h0", "c0"), state))
         return x.reshape(B, I), h0, c0, shape, batched
 
-    def __call__(self, x, state=None):
-        """One step: ``h, c``."""
+    def __call__(self, x: Array, state: Optional[State] = None) -> State:
+        """One step.
+
+        Parameters
+        ----------
+        x : array_like (B, I) or (I,)
+        state : tuple (h, c) of (B, H) (or (H,)), optional
+            Zeros if omitted.
+
+        Returns
+        -------
+        h, c
+            The new state, shaped as ``state``.
+        """
         p, double = self._params, self.dtype == np.float64
         if type(state) is tuple and len(state) == 2:
             # the streaming case (the state fed back in) is checked in C: it skips _prepare
@@ -408,7 +519,7 @@ class LSTMCell(Parameterised):
 
     forward = __call__
 
-    def freeze(self):
+    def freeze(self) -> FrozenLSTMCell:
         """An inference-only snapshot of this cell for streaming: `FrozenLSTMCell`."""
         return FrozenLSTMCell(self)
 
@@ -427,9 +538,16 @@ class LSTMCell(Parameterised):
             h, c = h[0], c[0]
         return (h, c), cache, shape, batched
 
-    def forward_train(self, x, state=None):
-        """One step keeping what backward needs: ``(h, c), backward`` with
-        ``dx, (dh0, dc0) = backward(dh=None, dc=None)`` (runs once)."""
+    def forward_train(self, x: Array, state: Optional[State] = None
+                      ) -> Tuple[State, Callable[..., Tuple[Array, State]]]:
+        """One step keeping what backward needs.
+
+        Returns
+        -------
+        (h, c), backward
+            ``dx, (dh0, dc0) = backward(dh=None, dc=None)`` adds the parameter gradients
+            into ``grads`` (runs once).
+        """
         out, cache, shape, batched = self._run_train(x, state)
         B = out[0].shape[0] if batched else 1
 
@@ -473,9 +591,14 @@ class FrozenLSTMCell(_packed.PackedCell):
     after training. Each Python thread may step it concurrently. Up to
     ``STEP_MAX_ROWS`` rows a step is one compiled call (`clstm._packed.PackedCell`); more
     rows run the threaded layer driver on the same packed weights.
+
+    Parameters
+    ----------
+    cell : LSTMCell
+        The cell to snapshot.
     """
 
-    def __init__(self, cell):
+    def __init__(self, cell: LSTMCell):
         self._spec = cell  # for the shapes, dtype and input checks only
         self.input_size, self.hidden_size, self.dtype = cell.input_size, cell.hidden_size, \
             cell.dtype

@@ -55,3 +55,38 @@ def numeric_gradient(f, a, eps=1e-6):
         flat[k] = old
         gflat[k] = (up - down) / (2 * eps)
     return grad
+
+
+# The small LSTM most API tests use.
+I, H = 3, 4
+
+
+def make_lstm(dtype=np.float64, **kw):
+    import clstm
+
+    return clstm.LSTM(I, H, dtype=dtype, seed=0, **kw)
+
+
+def reference_run(lstm, x, h0=None, c0=None):
+    """The one-layer reference run of ``lstm``'s weights (training cache included)."""
+    from clstm import reference as R
+
+    p = lstm.state_dict()
+    B = x.shape[1]
+    h0 = np.zeros((B, H)) if h0 is None else h0
+    c0 = np.zeros((B, H)) if c0 is None else c0
+    return R.lstm_forward(x, p["weight_ih_l0"], p["weight_hh_l0"], p.get("bias_ih_l0"),
+                          p.get("bias_hh_l0"), h0, c0, train=True)
+
+
+class ArraySubclass(np.ndarray):
+    pass
+
+
+def unaligned(a):
+    """A copy of a whose data starts one byte past an aligned address."""
+    buf = np.empty(a.nbytes + 1, np.uint8)
+    out = np.frombuffer(buf.data, a.dtype, a.size, offset=1).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out

@@ -8,6 +8,10 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_lstm.py"
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from clstm import _runtime
 
+pytestmark = pytest.mark.slow
+
 TESTS = pathlib.Path(__file__).resolve().parent
 
 

@@ -1,0 +1,72 @@
+"""Stubs of the compiled `clstm._recurrent` (the recurrent driver)."""
+from typing import Any, Literal, Optional
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ._packed import PackedWeights
+
+Array = NDArray[Any]
+STRATEGIES: tuple
+CELLS: tuple
+
+def n_gates(cell: str) -> int: ...
+def dG_t_length(N: int, n_threads: int) -> int: ...
+
+class Schedule:
+    n_steps: int
+    n_batch: int
+    n_rows: int
+    first_step_rows: int
+    offsets: Optional[NDArray[np.intp]]
+    lengths: NDArray[np.intp]
+    bounds: Optional[NDArray[np.intp]]
+    strategy: str
+    n_threads: int
+    n_parts: int
+    def __init__(self, n_steps: int, offsets: Optional[NDArray[np.intp]],
+                 lengths: NDArray[np.intp], strategy: Literal["serial", "batch", "units"],
+                 bounds: Optional[NDArray[np.intp]], n_threads: int) -> None: ...
+
+class Layer:
+    w_ih_packed: PackedWeights
+    w_hh_packed: PackedWeights
+    bias: Array
+    w_hr: Optional[Array]
+    w_ih: Optional[Array]
+    w_hh: Optional[Array]
+    cell: str
+    n_input: int
+    n_hidden: int
+    n_out: int
+    typenum: int
+    def __init__(self, cell: str, w_ih_packed: PackedWeights, w_hh_packed: PackedWeights,
+                 bias: Array, w_hr: Optional[Array] = ..., w_ih: Optional[Array] = ...,
+                 w_hh: Optional[Array] = ...) -> None: ...
+
+class LayerIO:
+    x: Array
+    h0: Array
+    c0: Array
+    y: Array
+    h_n: Array
+    c_n: Array
+    gates: Optional[Array]
+    cells: Optional[Array]
+    r: Optional[Array]
+    def __init__(self, x: Array, h0: Array, c0: Array, y: Array, h_n: Array, c_n: Array,
+                 gates: Optional[Array], cells: Optional[Array] = ...,
+                 r: Optional[Array] = ...) -> None: ...
+
+class Grads:
+    def __init__(self, dy: Optional[Array], dh: Array, dc: Array, dx: Array, dw_ih: Array,
+                 dw_hh: Array, dbias: Array, dw_hr: Optional[Array] = ...) -> None: ...
+
+class BackwardWork:
+    def __init__(self, w_ih_t: PackedWeights, w_hh_t: PackedWeights, rows: Array, dG_t: Array,
+                 ones: Array, h_prev: Optional[Array] = ..., dh_all: Optional[Array] = ...,
+                 dr: Optional[Array] = ...) -> None: ...
+
+def forward(layer: Layer, sched: Schedule, io: LayerIO) -> None: ...
+def backward(layer: Layer, sched: Schedule, io: LayerIO, grads: Grads,
+             work: BackwardWork) -> None: ...

@@ -1,0 +1,118 @@
+"""Bad input gets a clear exception naming the argument and the expected shape or dtype."""
+import numpy as np
+import pytest
+
+import clstm
+from _helpers import I, H, make_lstm
+
+
+def test_readonly_noncontiguous_and_empty_inputs():
+    lstm = make_lstm()
+    rng = np.random.default_rng(4)
+    big = rng.standard_normal((6, 4, 2 * I))
+    x = big[::2, :, ::2]  # non-contiguous view
+    assert not x.flags.c_contiguous
+    ro = np.ascontiguousarray(x)
+    ro.setflags(write=False)
+    np.testing.assert_array_equal(lstm(x)[0], lstm(ro)[0])
+    h0 = np.zeros((1, 4, H))
+    h0.setflags(write=False)
+    lstm(ro, (h0, h0))
+    y, (h, c) = lstm(np.zeros((5, 0, I)))
+    assert y.shape == (5, 0, H) and h.shape == (1, 0, H)
+    (y, (h, c)), back = lstm.forward_train(np.zeros((5, 0, I)))
+    dx, (dh, dc) = back(np.zeros((5, 0, H)))
+    assert dx.shape == (5, 0, I) and dh.shape == (1, 0, H)
+
+
+@pytest.mark.parametrize("x, exc, pattern", [
+    (np.zeros((5, 2, I + 1)), ValueError, r"x must have shape \(T, B, 3\)"),
+    (np.zeros((5, 2, 3, I)), ValueError, r"x must be 3-D"),
+    (np.zeros(5), ValueError, r"x must be 3-D"),
+    (np.zeros((5, 2, I), np.int64), TypeError, "x must be a float32 or float64 array"),
+    (np.zeros((5, 2, I), bool), TypeError, "x must be a float32 or float64 array"),
+    (np.zeros((5, 2, I), complex), TypeError, "x must be a float32 or float64 array"),
+    (np.array([[["a"] * I]]), TypeError, "x must be a float32 or float64 array"),
+    ([[[1.0, 2.0]]], ValueError, "x must have shape"),
+    (object(), TypeError, "x must be a float"),
+])
+def test_bad_input_is_named(x, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        make_lstm()(x)
+
+
+def test_bad_state_and_gradients_are_named():
+    lstm = make_lstm()
+    x = np.zeros((5, 2, I))
+    good = np.zeros((1, 2, H))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(1, 2, 4\)"):
+        lstm(x, (np.zeros((1, 3, H)), good))
+    with pytest.raises(ValueError, match=r"c0 must have shape \(1, 2, 4\)"):
+        lstm(x, (good, np.zeros((2, H))))
+    with pytest.raises(TypeError, match="state must be a tuple"):
+        lstm(x, good)
+    with pytest.raises(TypeError, match="h0 must be a float32"):
+        lstm(x, (good.astype(int), good))
+    _, back = lstm.forward_train(x)
+    with pytest.raises(ValueError, match=r"dy must have shape \(5, 2, 4\)"):
+        back(np.zeros((5, 2, H + 1)))
+    with pytest.raises(ValueError, match=r"dc_n must have shape \(1, 2, 4\)"):
+        back(None, (None, np.zeros((2, H))))
+    with pytest.raises(TypeError, match="dstate must be a tuple"):
+        back(None, np.zeros((1, 2, H)))
+
+
+@pytest.mark.parametrize("kwargs, exc, pattern", [
+    (dict(input_size=0, hidden_size=4), ValueError, "input_size must be >= 1"),
+    (dict(input_size=3, hidden_size=2.5), TypeError, "hidden_size must be an int"),
+    (dict(input_size=3, hidden_size=4, num_layers=0), ValueError, "num_layers"),
+    (dict(input_size=3, hidden_size=4, proj_size=4), ValueError, "proj_size must be smaller"),
+    (dict(input_size=3, hidden_size=4, dropout=1.0), ValueError, r"dropout must be .* \[0, 1\)"),
+    (dict(input_size=3, hidden_size=4, dropout=-0.1), ValueError, r"dropout must be .* \[0, 1\)"),
+    (dict(input_size=3, hidden_size=4, dropout="0.5"), ValueError, r"dropout must be a number"),
+    (dict(input_size=3, hidden_size=4, proj_size=5), ValueError, "proj_size must be smaller"),
+    (dict(input_size=3, hidden_size=4, proj_size=-1), ValueError, "proj_size must be >= 0"),
+    (dict(input_size=3, hidden_size=4, dtype=np.int32), TypeError, "dtype must be float32"),
+    (dict(input_size=3, hidden_size=4, dtype=np.float16), TypeError, "dtype must be float32"),
+])
+def test_bad_constructor_arguments(kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        clstm.LSTM(**kwargs)
+
+
+def test_attribute_assignment_validates_and_copies():
+    lstm = make_lstm()
+    w = np.full((4 * H, I), 0.5)
+    original = lstm.weight_ih_l0
+    lstm.weight_ih_l0 = w
+    assert lstm.weight_ih_l0 is original  # written in place: optimisers keep their reference
+    np.testing.assert_array_equal(lstm.weight_ih_l0, w)
+    w[...] = 0  # no aliasing of the caller's array
+    assert np.all(lstm.weight_ih_l0 == 0.5)
+    with pytest.raises(ValueError, match=r"weight_ih_l0 must have shape \(16, 3\)"):
+        lstm.weight_ih_l0 = np.zeros((16, I + 1))
+    lstm.something_else = 3  # ordinary attributes still work
+    assert lstm.something_else == 3
+
+
+def test_parameters_replaced_in_params_dict_are_checked():
+    lstm = make_lstm()
+    lstm.params["weight_hh_l0"] = np.zeros((4 * H, H + 1))
+    with pytest.raises(ValueError, match=r"parameter weight_hh_l0 must be .*\(16, 4\)"):
+        lstm(np.zeros((2, 1, I)))
+    lstm.params["weight_hh_l0"] = np.zeros((4 * H, H), np.float32)
+    with pytest.raises(ValueError, match="parameter weight_hh_l0 must be a C-contiguous float64"):
+        lstm(np.zeros((2, 1, I)))
+
+
+@pytest.mark.parametrize("lengths, exc, pattern", [
+    ([5, 5], ValueError, r"lengths must have shape \(3,\)"),
+    (np.array([5, 5, 5.0]), TypeError, "lengths must be an integer array"),
+    (np.array([True, True, True]), TypeError, "lengths must be an integer array"),
+    ([5, -1, 2], ValueError, r"lengths must be in \[0, 5\]"),
+    ([5, 6, 2], ValueError, r"lengths must be in \[0, 5\]"),
+    ("abc", TypeError, "lengths must be an integer array"),
+])
+def test_bad_lengths_are_named(lengths, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        make_lstm()(np.zeros((5, 3, I)), lengths=lengths)

@@ -1,0 +1,118 @@
+"""Threads: settings, BLAS's thread count, calls from several Python threads, forked children."""
+import numpy as np
+import pytest
+
+import clstm
+from _helpers import I, H, make_lstm
+
+
+def test_thread_settings():
+    default = clstm.get_num_threads()
+    assert default >= 1
+    try:
+        clstm.set_num_threads(1)
+        assert clstm.get_num_threads() == 1
+        clstm.set_num_threads(np.int64(3))
+        assert clstm.get_num_threads() == 3
+        for bad, exc in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+            with pytest.raises(exc, match="n must be a positive int"):
+                clstm.set_num_threads(bad)
+    finally:
+        clstm.set_num_threads(None)
+    assert clstm.get_num_threads() == default
+    assert isinstance(clstm.openmp_enabled(), bool)
+
+
+def test_kernels_restore_the_callers_blas_thread_count():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from clstm import _threads
+
+    lib = _threads._scipy_blas_controller()
+    if lib is None or not _threads._kernels_switch_blas:
+        pytest.skip("kernels do not switch this BLAS's threads")
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        make_lstm()(np.zeros((3, 4, I)))
+        assert lib.get_num_threads() == 1
+    before = lib.get_num_threads()
+    lstm = make_lstm()
+    _, back = lstm.forward_train(np.zeros((3, 4, I)))
+    back(np.ones((3, 4, H)))
+    assert lib.get_num_threads() == before
+
+
+def test_concurrent_calls_from_python_threads():
+    import threading
+
+    lstm = make_lstm()
+    rng = np.random.default_rng(6)
+    xs = [rng.standard_normal((20, 5, I)) for _ in range(4)]
+    expected = [lstm(x)[0] for x in xs]
+    results = [[] for _ in xs]
+
+    def work(k):
+        for _ in range(20):
+            results[k].append(lstm(xs[k])[0])
+
+    from clstm import _threads
+    lib = _threads._scipy_blas_controller() if _threads._kernels_switch_blas else None
+    before = lib.get_num_threads() if lib is not None else None
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, runs in enumerate(results):
+        assert len(runs) == 20
+        for y in runs:
+            np.testing.assert_array_equal(y, expected[k])
+    if lib is not None:
+        assert lib.get_num_threads() == before
+
+
+def _run_in_child(seed):
+    return make_lstm()(np.random.default_rng(seed).standard_normal((5, 4, I)))[0]
+
+
+def test_forked_child_can_run_after_parent_ran_multithreaded():
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    clstm.set_num_threads(2)
+    try:
+        make_lstm()(np.zeros((5, 4, I)))  # the parent starts its OpenMP pool
+        with mp.get_context("fork").Pool(1) as pool:
+            y = pool.apply_async(_run_in_child, (0,)).get(timeout=60)
+    finally:
+        clstm.set_num_threads(None)
+    np.testing.assert_array_equal(y, _run_in_child(0))
+
+
+def test_frozen_cell_steps_concurrently_from_python_threads():
+    """The frozen step releases the GIL and shares nothing: threads stepping one snapshot
+    at once get exactly what each gets alone."""
+    import threading
+    frozen = clstm.LSTMCell(16, 64, seed=3).freeze()
+    rng = np.random.default_rng(15)
+    xs = rng.standard_normal((4, 50, 1, 16)).astype(np.float32)
+
+    def run(seq):
+        h = c = np.zeros((1, 64), np.float32)
+        for x in seq:
+            h, c = frozen(x, (h, c))
+        return h, c
+
+    alone = [run(seq) for seq in xs]
+    together = [None] * len(xs)
+
+    def worker(k):
+        for _ in range(20):
+            together[k] = run(xs[k])
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
