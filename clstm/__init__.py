@@ -18,8 +18,9 @@ from ._version import __version__
 from .frozen import FrozenLSTM
 from .layers import Linear, Sequential
 from .losses import cross_entropy, mse_loss
-from .lstm import LSTM, FrozenLSTMCell, LSTMCell
+from .cells import FrozenLSTMCell, LSTMCell
 from .optim import clip_grad_norm
+from .rnn import LSTM
 
 __all__ = ["LSTM", "LSTMCell", "FrozenLSTM", "FrozenLSTMCell", "Linear", "Sequential",
            "functional", "reference", "losses", "optim", "mse_loss", "cross_entropy",

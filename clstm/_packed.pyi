@@ -6,6 +6,7 @@ from numpy.typing import NDArray
 
 Format = Literal["float32", "float64"]
 FORMATS: dict
+FORMAT_OF: dict
 STEP_MAX_ROWS: int
 
 class PackedWeights:

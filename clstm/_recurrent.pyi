@@ -59,10 +59,26 @@ class LayerIO:
                  r: Optional[Array] = ...) -> None: ...
 
 class Grads:
+    dy: Optional[Array]
+    dh: Array
+    dc: Array
+    dx: Array
+    dw_ih: Array
+    dw_hh: Array
+    dbias: Array
+    dw_hr: Optional[Array]
     def __init__(self, dy: Optional[Array], dh: Array, dc: Array, dx: Array, dw_ih: Array,
                  dw_hh: Array, dbias: Array, dw_hr: Optional[Array] = ...) -> None: ...
 
 class BackwardWork:
+    w_ih_t: PackedWeights
+    w_hh_t: PackedWeights
+    rows: Array
+    dG_t: Array
+    ones: Array
+    h_prev: Optional[Array]
+    dh_all: Optional[Array]
+    dr: Optional[Array]
     def __init__(self, w_ih_t: PackedWeights, w_hh_t: PackedWeights, rows: Array, dG_t: Array,
                  ones: Array, h_prev: Optional[Array] = ..., dh_all: Optional[Array] = ...,
                  dr: Optional[Array] = ...) -> None: ...

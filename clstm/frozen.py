@@ -9,7 +9,7 @@ import numpy as np
 from . import _packed
 
 if TYPE_CHECKING:
-    from .lstm import LSTM
+    from .rnn import LSTM
 
 
 class FrozenLSTM:
@@ -38,7 +38,7 @@ class FrozenLSTM:
         self._weights = [[w.freeze() for w in layer]
                          for layer in model._layer_weights(copy=False)]
         # One step of a few rows (streaming) runs the whole stack in one compiled call.
-        self._step_weights = None if model.proj_size else [
+        self._step_weights = None if model.proj_size or model._cell != "lstm" else [
             (w.packed.w_ih_packed.data, w.packed.w_hh_packed.data, w.bias, None)
             for layer in self._weights for w in layer]
 

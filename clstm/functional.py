@@ -60,16 +60,19 @@ class LayerWeights:
     weights, so a training cache does not see an optimiser step taken before backward.
     ``packed`` is a prepacked `clstm._recurrent.Layer` (a frozen model's), else the weights
     are packed into scratch on every call (they may change in place between calls).
+    ``cell`` names the compiled cell (`clstm._recurrent.CELLS`).
     """
-    __slots__ = ("w_ih", "w_hh", "bias", "w_hr", "packed")
+    __slots__ = ("w_ih", "w_hh", "bias", "w_hr", "packed", "cell")
 
-    def __init__(self, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, copy=False):
+    def __init__(self, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, copy=False,
+                 cell="lstm"):
         if copy:
             w_ih, w_hh = w_ih.copy(), w_hh.copy()
             w_hr = None if w_hr is None else w_hr.copy()
         self.w_ih, self.w_hh, self.w_hr = w_ih, w_hh, w_hr
         self.bias = bias_sum(b_ih, b_hh, w_hh.shape[0], w_hh.dtype)
         self.packed = None
+        self.cell = cell
 
     def driver_layer(self):
         """The `_recurrent.Layer` to run: the prepacked one, or one packing into scratch."""
@@ -77,7 +80,7 @@ class LayerWeights:
             return self.packed
         G, I = self.w_ih.shape
         dtype = self.w_hh.dtype
-        return _recurrent.Layer("lstm", _scratch_packed("w_ih", G, I, dtype),
+        return _recurrent.Layer(self.cell, _scratch_packed("w_ih", G, I, dtype),
                                 _scratch_packed("w_hh", G, self.w_hh.shape[1], dtype),
                                 self.bias, self.w_hr, self.w_ih, self.w_hh)
 
@@ -89,7 +92,7 @@ class LayerWeights:
         if self.w_hr is not None:
             self.w_hr = self.w_hr.copy()
         self.packed = _recurrent.Layer(
-            "lstm", _packed.PackedWeights(G, I, fmt).pack(self.w_ih),
+            self.cell, _packed.PackedWeights(G, I, fmt).pack(self.w_ih),
             _packed.PackedWeights(G, self.w_hh.shape[1], fmt).pack(self.w_hh), self.bias,
             self.w_hr)
         self.w_ih = self.w_hh = None

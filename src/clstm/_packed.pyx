@@ -7,9 +7,10 @@ new weight format (bfloat16, int8 with scales) is a new format of this object wi
 multiply, not a new code path in the drivers.
 
 The step (`step`, LSTMCell and frozen cells): a few rows, one step, one thread. At B=1 the
-multiply takes ~3 us, so the call itself must cost far less: the entry points take plain
-objects and check them through NumPy's C API (a fused-type memoryview signature cost
-~0.25 us per argument); anything they refuse goes back to the Python validation.
+multiply takes microseconds, so the call itself must cost far less: the entry points take
+plain objects and check them through NumPy's C API (a fused-type memoryview signature costs
+more than the multiply; docs/design.md); anything they refuse goes back to the Python
+validation.
 """
 from cython cimport floating
 from libc.stdlib cimport free, malloc

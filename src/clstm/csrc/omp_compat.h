@@ -30,7 +30,7 @@ static inline int clstm_current_cpu(void) { return sched_getcpu(); }
    has slept may be woken onto the CPU its master is running on: Linux prefers the
    waker's CPU when the other CPUs do not look idle, which on a virtual machine is what
    a halted idle vCPU looks like. The two then spin against each other for whole time
-   slices (measured: a 2 ms training step took 12 ms after a 50 ms idle gap). Such a
+   slices (measured in docs/design.md, "Threads and BLAS"). Such a
    worker moves itself to the other CPUs the process may use. */
 static inline void clstm_leave_master_cpu(int master_cpu) {
     cpu_set_t allowed;

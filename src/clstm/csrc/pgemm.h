@@ -110,7 +110,7 @@ CLSTM_CLONES static void clstm_pack_##SFX(const T* W, Py_ssize_t N, Py_ssize_t K
    added up in the same order whichever tile it lands in, and results do not depend on
    the thread count. MR * NV * KS accumulators plus the panel row must fit the registers:
    AVX-512 4 * 2 * 2 = 16 of 32; AVX2 2 * 4 * 1 = 8 of 16 (64-byte vectors there spilled
-   everything to the stack: 100x slower). */
+   everything to the stack; docs/design.md). */
 #define CLSTM_DEFINE_KERNEL(T, SFX, VB, MR, KS)                                         \
 typedef T clstm_kv_##SFX __attribute__((vector_size(VB)));                              \
 typedef T clstm_kvu_##SFX __attribute__((vector_size(VB), aligned(sizeof(T))));         \

@@ -1,0 +1,212 @@
+"""`LSTMCell` (torch.nn.LSTMCell's arguments and parameter names) and its frozen snapshot
+`FrozenLSTMCell`, on NumPy arrays."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Tuple, Union
+
+import numpy as np
+
+from . import _packed, _threads, functional
+from ._checks import check_shape, float_array, float_dtype, positive_int
+from ._params import Parameterised
+from ._threads import get_num_threads
+from .rnn import Array, State, _state_pair
+
+
+class LSTMCell(Parameterised):
+    """One LSTM step with ``torch.nn.LSTMCell``'s arguments and parameter names
+    (``weight_ih (4H, I)``, ``weight_hh (4H, H)``, ``bias_ih``, ``bias_hh``).
+
+    ``h, c = cell(x, state=None)`` for ``x`` of shape ``(B, I)`` or ``(I,)``, ``state =
+    (h, c)`` of shape ``(B, H)`` (``(H,)`` unbatched), zeros if omitted: the streaming API
+    for one sample at a time. ``(h, c), backward = cell.forward_train(x, state)`` with
+    ``dx, (dh0, dc0) = backward(dh=None, dc=None)`` accumulating into ``grads``.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        ``I`` and ``H``.
+    bias : bool
+        Whether the cell has ``bias_ih``/``bias_hh``.
+    dtype : float32 or float64
+        The parameters' dtype.
+    seed : int, optional
+        Seeds PyTorch's initialisation U(-1/sqrt(H), 1/sqrt(H)).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
+                 dtype: Union[type, np.dtype, str] = np.float32, seed: Optional[int] = None):
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.bias = bool(bias)
+        self.dtype = float_dtype(dtype)
+        self.seed = seed
+        H, I = self.hidden_size, self.input_size
+        shapes = {"weight_ih": (4 * H, I), "weight_hh": (4 * H, H)}
+        if self.bias:
+            shapes.update(bias_ih=(4 * H,), bias_hh=(4 * H,))
+        self._init_params(shapes, np.random.default_rng(seed), 1.0 / math.sqrt(H))
+
+    def _prepare(self, x, state):
+        """Validate; return x (B, I), h0, c0 (B, H), the caller's state shape, batched."""
+        x = float_array("x", x, self.dtype)
+        I, H = self.input_size, self.hidden_size
+        if x.ndim not in (1, 2):
+            raise ValueError(f"x must be 2-D (B, input_size) or unbatched 1-D (input_size,) "
+                             f"with input_size={I}, got shape {x.shape}")
+        batched = x.ndim == 2
+        check_shape("x", x, ("B", I) if batched else (I,))
+        B = x.shape[0] if batched else 1
+        shape = (B, H) if batched else (H,)
+        if state is None:
+            h0 = np.zeros((B, H), self.dtype)
+            c0 = np.zeros((B, H), self.dtype)
+        else:
+            _state_pair(state, "state", (shape, shape))
+            h0, c0 = (check_shape(name, float_array(name, s, self.dtype), shape)
+                      .reshape(B, H) for name, s in zip(("h0", "c0"), state))
+        return x.reshape(B, I), h0, c0, shape, batched
+
+    def __call__(self, x: Array, state: Optional[State] = None) -> State:
+        """One step.
+
+        Parameters
+        ----------
+        x : array_like (B, I) or (I,)
+        state : tuple (h, c) of (B, H) (or (H,)), optional
+            Zeros if omitted.
+
+        Returns
+        -------
+        h, c
+            The new state, shaped as ``state``.
+        """
+        p, double = self._params, self.dtype == np.float64
+        if type(state) is tuple and len(state) == 2:
+            # the streaming case (the state fed back in) is checked in C: it skips _prepare
+            with _threads.kernel_lock():
+                out = _packed.cell_step(x, state[0], state[1], p.get("weight_ih"),
+                                      p.get("weight_hh"), p.get("bias_ih"), p.get("bias_hh"),
+                                      double)
+            if out is not None:
+                return out
+        x, h0, c0, _, batched = self._prepare(x, state)
+        B, H = h0.shape
+        p = self._checked_params()
+        if B > _packed.STEP_MAX_ROWS:  # enough rows to be worth the threaded layer path
+            _, h, c, _ = functional.layer_forward(
+                x, functional.Packing(1, B), self._layer_weights(copy=False), h0, c0, False,
+                get_num_threads())
+        else:
+            weights = (np.require(p[k], self.dtype, "CA") if k in p else None
+                       for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            with _threads.kernel_lock():
+                h, c = _packed.cell_step(*(np.require(a, self.dtype, "CA") for a in (x, h0, c0)),
+                                       *weights, double, True)
+        return (h, c) if batched else (h[0], c[0])
+
+    forward = __call__
+
+    def freeze(self) -> FrozenLSTMCell:
+        """An inference-only snapshot of this cell for streaming: `FrozenLSTMCell`."""
+        return FrozenLSTMCell(self)
+
+    def _layer_weights(self, copy):
+        p = self._checked_params()
+        return functional.LayerWeights(p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
+                                       p.get("bias_hh"), copy=copy)
+
+    def _run_train(self, x, state):
+        x, h0, c0, shape, batched = self._prepare(x, state)
+        B = h0.shape[0]
+        _, h, c, cache = functional.layer_forward(x.copy(), functional.Packing(1, B),
+                                                  self._layer_weights(copy=True), h0.copy(),
+                                                  c0.copy(), True, get_num_threads())
+        if not batched:
+            h, c = h[0], c[0]
+        return (h, c), cache, shape, batched
+
+    def forward_train(self, x: Array, state: Optional[State] = None
+                      ) -> Tuple[State, Callable[..., Tuple[Array, State]]]:
+        """One step keeping what backward needs.
+
+        Returns
+        -------
+        (h, c), backward
+            ``dx, (dh0, dc0) = backward(dh=None, dc=None)`` adds the parameter gradients
+            into ``grads`` (runs once).
+        """
+        out, cache, shape, batched = self._run_train(x, state)
+        B = out[0].shape[0] if batched else 1
+
+        def backward(dh=None, dc=None):
+            H = self.hidden_size
+            grads = []
+            for name, d in (("dh", dh), ("dc", dc)):
+                buf = np.zeros((B, H), self.dtype)
+                if d is not None:
+                    buf[...] = check_shape(name, float_array(name, d, self.dtype),
+                                           shape).reshape(B, H)
+                grads.append(buf)
+            g = self.grads
+            into = (g.get("weight_ih"), g.get("weight_hh"), None)
+            dx, dh0, dc0, dw_ih, dw_hh, db, _ = functional.layer_backward(
+                cache, None, grads[0], grads[1], into)
+            for name, dw, target in zip(("weight_ih", "weight_hh"), (dw_ih, dw_hh), into):
+                if dw is not target:  # not added in place
+                    g[name] += dw
+            if self.bias:
+                g["bias_ih"] += db
+                g["bias_hh"] += db
+            if not batched:
+                return dx[0], (dh0[0], dc0[0])
+            return dx, (dh0, dc0)
+
+        return out, backward
+
+    def __repr__(self):
+        bias = "" if self.bias else ", bias=False"
+        return f"LSTMCell({self.input_size}, {self.hidden_size}{bias}, dtype={self.dtype.name})"
+
+
+class FrozenLSTMCell(_packed.PackedCell):
+    """``cell.freeze()``: an inference-only snapshot of an `LSTMCell`, for streaming.
+
+    Calls as the cell does (``h, c = frozen(x, state=None)``, same shapes, same checks),
+    on weights packed at freeze time into the layout the compiled step multiplies fastest
+    (the cell itself must read its weights afresh on every step, since they may change in
+    place). Later changes to the cell's parameters do not reach the snapshot: freeze again
+    after training. Each Python thread may step it concurrently. Up to
+    ``STEP_MAX_ROWS`` rows a step is one compiled call (`clstm._packed.PackedCell`); more
+    rows run the threaded layer driver on the same packed weights.
+
+    Parameters
+    ----------
+    cell : LSTMCell
+        The cell to snapshot.
+    """
+
+    def __init__(self, cell: LSTMCell):
+        self._spec = cell  # for the shapes, dtype and input checks only
+        self.input_size, self.hidden_size, self.dtype = cell.input_size, cell.hidden_size, \
+            cell.dtype
+        self._weights = cell._layer_weights(copy=False).freeze()
+        layer = self._weights.packed
+        self._set_weights(layer.w_ih_packed, layer.w_hh_packed, layer.bias)
+
+    def __repr__(self):
+        return f"{self._spec!r}.freeze()"
+
+    def _general_call(self, x, state):
+        x2, h0, c0, _, batched = self._spec._prepare(x, state)
+        x2, h0, c0 = (np.require(a, self.dtype, "CA") for a in (x2, h0, c0))
+        B = x2.shape[0]
+        if B <= _packed.STEP_MAX_ROWS:
+            h, c = self._step(x2, h0, c0, True)
+        else:
+            _, h, c, _ = functional.layer_forward(x2, functional.Packing(1, B), self._weights,
+                                                  h0, c0, False, get_num_threads())
+        return (h, c) if batched else (h[0], c[0])
+
+    forward = _packed.PackedCell.__call__

@@ -1,0 +1,456 @@
+"""Recurrent models: `RNNBase` (what every multi-layer model shares) and `LSTM`
+(torch.nn.LSTM's arguments, semantics and parameter names), on NumPy arrays, running the
+compiled driver."""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Callable, Optional, Tuple, Union
+
+import numpy as np
+
+from . import _packed, _stack, _threads, functional
+from ._checks import check_lengths, check_shape, float_array, float_dtype, positive_int
+from ._params import Parameterised
+from ._threads import get_num_threads
+
+Array = np.ndarray
+State = Tuple[Array, Array]
+
+if TYPE_CHECKING:
+    from .frozen import FrozenLSTM
+
+
+def _state_pair(state, name, shapes):
+    """Validate ``state = (h, c)`` against ``shapes = (h_shape, c_shape)``."""
+    if not isinstance(state, (tuple, list)) or len(state) != 2:
+        raise TypeError(f"{name} must be a tuple (h, c) of arrays of shapes {shapes[0]} and "
+                        f"{shapes[1]}, got {type(state).__name__}")
+    return state
+
+
+def _read_only(a):
+    a = a.view()
+    a.flags.writeable = False
+    return a
+
+
+class RNNBase(Parameterised):
+    """What every recurrent model shares: PyTorch's constructor arguments and layouts,
+    validation, the stack (`clstm._stack`) in inference and training, gradients into
+    ``grads``, ``strategy`` and ``freeze()``. A subclass gives its cell (``_cell``), its
+    parameter shapes and names, ``output_size`` and its interop. The state is ``(h, c)``
+    (a cell that carries only ``h`` generalises ``_prepare``/``_backward``'s pair).
+
+    See `LSTM` for the arguments and the calls.
+    """
+
+    _cell = None  # the compiled cell's name (clstm._recurrent.CELLS)
+    proj_size = 0  # no projection unless the subclass has one
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None):
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.num_layers = positive_int("num_layers", num_layers)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) \
+                or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        self.dtype = float_dtype(dtype)
+        self.seed = seed
+        self.strategy = None
+        self._rng = np.random.default_rng(seed)
+        self._init_params(self._param_shapes(), self._rng, 1.0 / math.sqrt(self.hidden_size))
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _suffixes(self, layer):
+        return [f"_l{layer}", f"_l{layer}_reverse"][:self.num_directions]
+
+    @property
+    def output_size(self) -> int:
+        """Features per direction in the output and in ``h``."""
+        return self.hidden_size
+
+    def _prepare(self, x, state, lengths):
+        """Validate; return time-major x (T, B, I), h0 (L*D, B, H_out), c0 (L*D, B, H),
+        lengths (or None) and whether the input was batched."""
+        fast = self._streaming_args(x, state) if lengths is None else None
+        if fast is not None:
+            return fast + (None, True)
+        x = float_array("x", x, self.dtype)
+        I, H, P = self.input_size, self.hidden_size, self.output_size
+        n_states = self.num_layers * self.num_directions
+        if x.ndim == 2:
+            check_shape("x", x, ("T", I))
+            x = x[:, None, :]
+            batched = False
+        elif x.ndim == 3:
+            check_shape("x", x, ("B", "T", I) if self.batch_first else ("T", "B", I))
+            if self.batch_first:
+                x = np.ascontiguousarray(x.transpose(1, 0, 2))
+            batched = True
+        else:
+            layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
+            raise ValueError(f"x must be 3-D {layout} or unbatched 2-D (T, input_size) with "
+                             f"input_size={I}, got shape {x.shape}")
+        T, B = x.shape[:2]
+        shapes = ((n_states, B, P), (n_states, B, H)) if batched else \
+            ((n_states, P), (n_states, H))
+        if state is None:
+            h0 = np.zeros((n_states, B, P), self.dtype)
+            c0 = np.zeros((n_states, B, H), self.dtype)
+        else:
+            state = _state_pair(state, "state", shapes)
+            h0, c0 = (check_shape(name, float_array(name, s, self.dtype), shape)
+                      .reshape(n_states, B, shape[-1])
+                      for name, s, shape in zip(("h0", "c0"), state, shapes))
+        if lengths is not None:
+            lengths = check_lengths(lengths, T, B)
+        return x, h0, c0, lengths, batched
+
+    def _zero_state(self, x):
+        """Zero (h0, c0) for a time-major or batch-first 3-D x, else None."""
+        if type(x) is not np.ndarray or x.ndim != 3:
+            return None
+        shape = (self.num_layers * self.num_directions, x.shape[0 if self.batch_first else 1])
+        return (np.zeros(shape + (self.output_size,), self.dtype),
+                np.zeros(shape + (self.hidden_size,), self.dtype))
+
+    def _streaming_args(self, x, state):
+        """(x, h0, c0) if they are already what _prepare would make of them (time-major
+        x (T, B, I), and no state or a tuple of C-contiguous arrays of the layer's dtype: a
+        loop feeding each call's state into the next), else None. Checking that costs a
+        third of the general validation, which is most of a short call's overhead."""
+        dtype = self.dtype
+        if not (type(x) is np.ndarray and x.ndim == 3 and not self.batch_first
+                and x.dtype == dtype and x.shape[2] == self.input_size
+                and x.flags.c_contiguous):
+            return None
+        B, n_states = x.shape[1], self.num_layers * self.num_directions
+        if state is None:
+            return (x, np.zeros((n_states, B, self.output_size), dtype),
+                    np.zeros((n_states, B, self.hidden_size), dtype))
+        if type(state) is not tuple or len(state) != 2:
+            return None
+        h0, c0 = state
+        for a, width in ((h0, self.output_size), (c0, self.hidden_size)):
+            if not (type(a) is np.ndarray and a.dtype == dtype and a.shape == (n_states, B, width)
+                    and a.flags.c_contiguous):
+                return None
+        return x, h0, c0
+
+    def _to_caller(self, y, h_n, c_n, batched):
+        """Time-major results to the caller's layout."""
+        if not batched:
+            return y[:, 0, :], (h_n[:, 0, :], c_n[:, 0, :])
+        if self.batch_first:
+            y = y.transpose(1, 0, 2)
+        return y, (h_n, c_n)
+
+    def _layer_weights(self, copy):
+        """`LayerWeights` per layer and direction (``copy``: snapshots for a training
+        cache)."""
+        p = self._checked_params()
+        return [[functional.LayerWeights(p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"],
+                                         p.get(f"bias_ih{sfx}"), p.get(f"bias_hh{sfx}"),
+                                         p.get(f"weight_hr{sfx}"), copy=copy, cell=self._cell)
+                 for sfx in self._suffixes(layer)] for layer in range(self.num_layers)]
+
+    def _run(self, x, state, lengths, train, rng, weights=None):
+        x_in = x
+        x, h0, c0, lengths, batched = self._prepare(x, state, lengths)
+        if weights is None:
+            weights = self._layer_weights(copy=train)
+        T, B = x.shape[:2]
+        packing = functional.Packing(T, B, lengths)
+        layer_in = packing.pack(x)
+        if train and np.may_share_memory(layer_in, x_in):
+            layer_in = layer_in.copy()  # the cache must not see later writes by the caller
+        y, h_n, c_n, tape = _stack.forward(
+            weights, packing, layer_in, packing.sort_rows(h0), packing.sort_rows(c0),
+            train=train, n_threads=get_num_threads(), dropout=self.dropout,
+            rng=rng or self._rng, strategy=self.strategy)
+        y = packing.unpack(y)
+        h_n, c_n = packing.unsort_rows(h_n), packing.unsort_rows(c_n)
+        return self._to_caller(y, h_n, c_n, batched), (tape, batched)
+
+    def __call__(self, x: Array, state: Optional[State] = None,
+                 lengths: Optional[Array] = None) -> Tuple[Array, State]:
+        """Inference. Keeps no caches; memory does not grow with T beyond the outputs of two
+        layers.
+
+        Parameters
+        ----------
+        x : array_like
+            ``(T, B, I)``, ``(B, T, I)`` with ``batch_first``, or unbatched ``(T, I)``.
+        state : tuple (h0, c0), optional
+            ``(L*D, B, H_out)`` and ``(L*D, B, H)`` (no batch axis when unbatched); zeros
+            if omitted.
+        lengths : array_like of int (B,), optional
+            Each row's real length in ``[0, T]``.
+
+        Returns
+        -------
+        y, (h_n, c_n)
+            ``y (T, B, D*H_out)`` (in ``x``'s layout), the final states as ``state``.
+
+        Raises
+        ------
+        ValueError, TypeError
+            A wrong shape or dtype, naming the argument and the expected shape.
+        """
+        if (lengths is None and self._cell == "lstm" and not self.proj_size
+                and self.strategy in (None, "step")):
+            # One step of a few rows (streaming): every layer in one compiled call, on the
+            # weights as they are; anything it does not take goes the general way.
+            if state is None:
+                state = self._zero_state(x)
+            if type(state) is tuple and len(state) == 2:
+                p = self._params
+                weights = [(p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], p.get(f"bias_ih{sfx}"),
+                            p.get(f"bias_hh{sfx}"))
+                           for layer in range(self.num_layers) for sfx in self._suffixes(layer)]
+                with _threads.kernel_lock():
+                    out = _packed.stack_step(weights, False, self.num_directions,
+                                             self.batch_first, x, state[0], state[1])
+                if out is not None:
+                    return out
+        out, _ = self._run(x, state, lengths, train=False, rng=None)
+        return out
+
+    forward = __call__
+
+    def freeze(self) -> FrozenLSTM:
+        """An inference-only snapshot on prepacked weights.
+
+        Returns
+        -------
+        clstm.FrozenLSTM
+            Called exactly like the model, equal to its inference bit for bit (see
+            `clstm.FrozenLSTM` for the one exception); later changes to the model's
+            parameters do not reach it (freeze again after training).
+        """
+        from .frozen import FrozenLSTM as Frozen  # (frozen imports this module)
+        return Frozen(self)
+
+    def forward_train(self, x: Array, state: Optional[State] = None,
+                      lengths: Optional[Array] = None,
+                      rng: Optional[np.random.Generator] = None
+                      ) -> Tuple[Tuple[Array, State], Callable[..., Tuple[Array, State]]]:
+        """Forward that keeps what backward needs.
+
+        Parameters
+        ----------
+        x, state, lengths
+            As `__call__`.
+        rng : numpy.random.Generator, optional
+            For the dropout masks (default: the model's generator, seeded by ``seed``).
+
+        Returns
+        -------
+        (y, (h_n, c_n)), backward
+            ``y`` is read-only (backward may read it); ``dx, (dh0, dc0) =
+            backward(dy=None, dstate=None)`` takes the gradients of ``y`` and of
+            ``(h_n, c_n)`` (either may be None), adds the parameter gradients into
+            ``grads`` and runs once.
+        """
+        (y, (h_n, c_n)), (tape, batched) = self._run(x, state, lengths, train=True, rng=rng)
+        y_shape, h_shape, c_shape = y.shape, h_n.shape, c_n.shape
+
+        def backward(dy=None, dstate=None):
+            return self._backward(tape, batched, y_shape, (h_shape, c_shape), dy, dstate)
+
+        return (_read_only(y), (h_n, c_n)), backward
+
+    def _backward(self, tape, batched, y_shape, state_shapes, dy, dstate):
+        dtype = self.dtype
+        packing = tape.packing
+        B = packing.B
+        L, D, P = self.num_layers, self.num_directions, self.output_size
+        n_states = L * D
+        if dy is not None:
+            dy = check_shape("dy", float_array("dy", dy, dtype), y_shape)
+            dy = dy[:, None, :] if not batched else \
+                dy.transpose(1, 0, 2) if self.batch_first else dy
+            dy = packing.pack(np.ascontiguousarray(dy))
+        dh = np.zeros((n_states, B, P), dtype)
+        dc = np.zeros((n_states, B, self.hidden_size), dtype)
+        if dstate is not None:
+            _state_pair(dstate, "dstate", state_shapes)
+            for name, d, buf, shape in zip(("dh_n", "dc_n"), dstate, (dh, dc), state_shapes):
+                if d is not None:
+                    buf[...] = check_shape(name, float_array(name, d, dtype), shape) \
+                        .reshape(buf.shape)
+        dh, dc = packing.sort_rows(dh), packing.sort_rows(dc)
+        names = [(f"weight_ih{sfx}", f"weight_hh{sfx}",
+                  f"weight_hr{sfx}" if self.proj_size else None,
+                  *((f"bias_ih{sfx}", f"bias_hh{sfx}") if self.bias else (None, None)))
+                 for layer in range(L) for sfx in self._suffixes(layer)]
+        into = [tuple(self.grads.get(name) for name in n[:3]) for n in names]
+        d_out, layer_grads = _stack.backward(tape, dy, dh, dc, into)
+        for n, g, i in zip(names, layer_grads, into):
+            _stack.add_grads(self.grads, n, g, i)
+        dx = packing.unpack(d_out)
+        return self._to_caller(dx, packing.unsort_rows(dh), packing.unsort_rows(dc), batched)
+
+    _repr_defaults = (("num_layers", 1), ("bias", True), ("batch_first", False),
+                      ("dropout", 0.0), ("bidirectional", False))
+
+    def __repr__(self):
+        args = [f"{self.input_size}", f"{self.hidden_size}"]
+        for name, default in self._repr_defaults:
+            if getattr(self, name) != default:
+                args.append(f"{name}={getattr(self, name)}")
+        args.append(f"dtype={self.dtype.name}")
+        return f"{type(self).__name__}({', '.join(args)})"
+
+
+class LSTM(RNNBase):
+    """A multi-layer LSTM with ``torch.nn.LSTM``'s arguments, semantics and parameter names.
+
+    ``y, (h_n, c_n) = lstm(x, state=None, lengths=None)`` runs inference on ``x`` of shape
+    ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``, or unbatched ``(T, I)``);
+    ``state = (h0, c0)`` with shapes ``(L*D, B, H_out)`` and ``(L*D, B, H)`` (no batch axis
+    when unbatched), zeros if omitted; ``D = 2`` if bidirectional, ``H_out = proj_size or H``.
+    ``y`` is ``(T, B, D*H_out)``: the last layer's forward and reverse outputs concatenated.
+    ``h_n``/``c_n`` are ordered layer-major, direction-minor, as PyTorch's.
+
+    ``lengths`` (ints, shape ``(B,)``, each in ``[0, T]``) gives each row's real length:
+    the result equals PyTorch's ``pack_padded_sequence(..., enforce_sorted=False)`` then
+    ``pad_packed_sequence``: outputs past a row's length are zero, its final state is the
+    state at its own last step (its initial state for length 0), and the reverse direction
+    runs each row from its own last step back to step 0.
+
+    ``(y, (h_n, c_n)), backward = lstm.forward_train(x, state, lengths=None, rng=None)``
+    also returns ``dx, (dh0, dc0) = backward(dy=None, dstate=None)``, which adds the
+    parameter gradients into ``lstm.grads`` (same keys and shapes as ``state_dict()``).
+    In training, ``dropout`` multiplies each layer's output but the last by a mask of
+    ``rng.random((T, B, D*H_out)) >= dropout`` scaled by ``1/(1-dropout)``, one draw per
+    layer in order; ``rng`` defaults to the layer's generator, seeded by ``seed``.
+
+    Parameters are float32 or float64 (``dtype``); float input of the other precision is
+    cast to it. Initialisation is PyTorch's, U(-1/sqrt(H), 1/sqrt(H)), drawn from
+    ``numpy.random.default_rng(seed)`` in ``state_dict()`` order.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        ``I`` and ``H``.
+    num_layers : int
+        Stacked layers ``L``.
+    bias : bool
+        Whether the layers have ``bias_ih``/``bias_hh``.
+    batch_first : bool
+        ``x`` and ``y`` are ``(B, T, .)`` instead of ``(T, B, .)``.
+    dropout : float in [0, 1)
+        Dropout on every layer's output but the last, in training only.
+    bidirectional : bool
+        A reverse direction per layer (``D = 2``).
+    proj_size : int
+        ``H_out < H``: each layer's output is projected by ``weight_hr (H_out, H)``.
+    dtype : float32 or float64
+        The parameters' (and every result's) dtype.
+    seed : int, optional
+        Seeds the initialisation and the dropout generator.
+
+    Attributes
+    ----------
+    strategy : {None, "step", "serial", "batch", "units"}
+        Forces how each layer call runs (`clstm._dispatch`); None chooses automatically.
+        The results do not depend on it beyond rounding ("step" uses BLAS; the others are
+        equal bit for bit).
+
+    Raises
+    ------
+    ValueError, TypeError
+        A size, dropout or dtype out of range (the message names the argument).
+    """
+
+    _cell = "lstm"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, *,
+                 dtype: Union[type, np.dtype, str] = np.float32, seed: Optional[int] = None):
+        self.proj_size = positive_int("proj_size", proj_size, minimum=0)
+        if self.proj_size >= positive_int("hidden_size", hidden_size):
+            raise ValueError(f"proj_size must be smaller than hidden_size ({hidden_size}), "
+                             f"got {proj_size}")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype=dtype, seed=seed)
+
+    @property
+    def output_size(self) -> int:
+        """Features per direction in the output and in ``h``: proj_size or hidden_size."""
+        return self.proj_size or self.hidden_size
+
+    def _param_shapes(self):
+        H, P, D = self.hidden_size, self.output_size, self.num_directions
+        shapes = {}
+        for layer in range(self.num_layers):
+            n_in = self.input_size if layer == 0 else D * P
+            for sfx in self._suffixes(layer):
+                shapes[f"weight_ih{sfx}"] = (4 * H, n_in)
+                shapes[f"weight_hh{sfx}"] = (4 * H, P)
+                if self.bias:
+                    shapes[f"bias_ih{sfx}"] = (4 * H,)
+                    shapes[f"bias_hh{sfx}"] = (4 * H,)
+                if self.proj_size:
+                    shapes[f"weight_hr{sfx}"] = (P, H)
+        return shapes
+
+    # ---------------------------------------------------------------- Keras interop
+    @classmethod
+    def from_keras_weights(cls, kernel, recurrent_kernel, bias=None, *, batch_first=True,
+                           dtype=None):
+        """A one-layer LSTM from Keras's ``LSTM.get_weights()``: ``kernel (I, 4H)``,
+        ``recurrent_kernel (H, 4H)``, ``bias (4H,)`` or None (``use_bias=False``), gates in
+        Keras's order i, f, c, o (PyTorch's i, f, g, o). Keras layers are batch-first, so
+        this one is too unless ``batch_first=False``. ``dtype`` defaults to the kernel's."""
+        kernel = float_array("kernel", kernel, None)
+        dtype = float_dtype(kernel.dtype if dtype is None else dtype)
+        check_shape("kernel", kernel, ("I", "4*H"))
+        H = kernel.shape[1] // 4
+        if kernel.shape[1] != 4 * H or H < 1 or kernel.shape[0] < 1:
+            raise ValueError(f"kernel must have shape (I, 4*H) with I, H >= 1, got "
+                             f"{kernel.shape}")
+        recurrent_kernel = check_shape("recurrent_kernel",
+                                       float_array("recurrent_kernel", recurrent_kernel, dtype),
+                                       (H, 4 * H))
+        lstm = cls(kernel.shape[0], H, bias=bias is not None, batch_first=batch_first,
+                   dtype=dtype)
+        weights = {"weight_ih_l0": kernel.T, "weight_hh_l0": recurrent_kernel.T}
+        if bias is not None:
+            weights["bias_ih_l0"] = check_shape("bias", float_array("bias", bias, dtype),
+                                                (4 * H,))
+            weights["bias_hh_l0"] = np.zeros(4 * H, dtype)
+        lstm.load_state_dict(weights)
+        return lstm
+
+    def to_keras_weights(self, layer=0, direction=0):
+        """``[kernel (I, 4H), recurrent_kernel (H, 4H), bias (4H,)]`` for Keras's
+        ``LSTM.set_weights`` (bias omitted without biases); the two PyTorch biases are
+        summed. ``direction=1`` is the reverse direction (Keras's ``Bidirectional``
+        backward layer). Keras has no projection, so ``proj_size`` must be 0."""
+        if self.proj_size:
+            raise ValueError("Keras's LSTM has no projection: to_keras_weights needs "
+                             "proj_size=0")
+        layer = positive_int("layer", layer, minimum=0)
+        direction = positive_int("direction", direction, minimum=0)
+        if layer >= self.num_layers or direction >= self.num_directions:
+            raise ValueError(f"layer must be < {self.num_layers} and direction < "
+                             f"{self.num_directions}, got layer={layer}, direction={direction}")
+        sfx = self._suffixes(layer)[direction]
+        p = self._params
+        out = [p[f"weight_ih{sfx}"].T.copy(), p[f"weight_hh{sfx}"].T.copy()]
+        if self.bias:
+            out.append(p[f"bias_ih{sfx}"] + p[f"bias_hh{sfx}"])
+        return out
+
+    _repr_defaults = RNNBase._repr_defaults + (("proj_size", 0),)
