@@ -31,8 +31,12 @@ def step_usable(packing, projection, cell="lstm"):
             and 1 <= packing.B <= _packed.STEP_MAX_ROWS and packing.n_rows == packing.B)
 
 
+_PANEL_WIDTH = {np.dtype(t): _packed.packed_panel_width(np.dtype(t).name)
+                for t in (np.float32, np.float64)}
+
+
 def _panel_width(dtype):
-    return _packed.packed_panel_width(np.dtype(dtype).name)
+    return _PANEL_WIDTH[np.dtype(dtype)]
 
 
 def units_usable(H, projection, dtype):

@@ -45,11 +45,23 @@ def scratch(slot, shape, dtype):
     return buffer[:n] if flat else buffer[:n].reshape(shape)
 
 
+# The packed weights' format per dtype (np.dtype.name is slow enough to matter per call).
+FORMATS = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
+_SCRATCH_PACKED_SHAPES = 4  # per slot and Python thread: a few layer shapes in turn
+
+
 def _scratch_packed(slot, n_out, n_in, dtype):
-    """PackedWeights of (n_out, n_in) on this thread's scratch buffer ``slot``."""
-    fmt = dtype.name
-    return _packed.PackedWeights(n_out, n_in, fmt,
-                                 scratch(slot, _packed.packed_length(n_out, n_in, fmt), dtype))
+    """PackedWeights of (n_out, n_in) to pack into, reused per Python thread: a layer call
+    repacks a live model's weights into them (a fresh buffer would cost page faults)."""
+    buffers = _scratch_buffers.__dict__
+    key = ("packed", slot, n_out, n_in, dtype)
+    packed = buffers.get(key)
+    if packed is None:
+        same_slot = [k for k in buffers if k[:2] == ("packed", slot)]
+        for k in same_slot[:max(0, len(same_slot) + 1 - _SCRATCH_PACKED_SHAPES)]:
+            del buffers[k]
+        packed = buffers[key] = _packed.PackedWeights(n_out, n_in, FORMATS[dtype])
+    return packed
 
 
 class LayerWeights:
@@ -88,7 +100,7 @@ class LayerWeights:
         """Pack once: later calls use the packed copies (and a copy of the projection), not
         the arrays given, which the caller may go on changing."""
         G, I = self.w_ih.shape
-        fmt = self.w_hh.dtype.name
+        fmt = FORMATS[self.w_hh.dtype]
         if self.w_hr is not None:
             self.w_hr = self.w_hr.copy()
         self.packed = _recurrent.Layer(
@@ -216,7 +228,7 @@ def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
     projection = layer.w_hr is not None
     work = _recurrent.BackwardWork(
         _scratch_packed("w_ih_t", I, G, dtype), _scratch_packed("w_hh_t", P, G, dtype),
-        scratch("rows", _packed.packed_length(max(I, P), N, dtype.name), dtype),
+        scratch("rows", _packed.packed_length(max(I, P), N, FORMATS[dtype]), dtype),
         scratch("dG_t", _recurrent.dG_t_length(N, schedule.n_threads), dtype),
         np.ones(N, dtype),
         None if schedule.offsets is None else scratch("h_prev", (N - schedule.first_step_rows,

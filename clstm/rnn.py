@@ -205,8 +205,9 @@ class RNNBase(Parameterised):
         ValueError, TypeError
             A wrong shape or dtype, naming the argument and the expected shape.
         """
-        if (lengths is None and self._cell == "lstm" and not self.proj_size
-                and self.strategy in (None, "step")):
+        if (lengths is None and type(x) is np.ndarray and x.ndim == 3
+                and x.shape[int(self.batch_first)] == 1 and self._cell == "lstm"
+                and not self.proj_size and self.strategy in (None, "step")):
             # One step of a few rows (streaming): every layer in one compiled call, on the
             # weights as they are; anything it does not take goes the general way.
             if state is None:
