@@ -14,12 +14,14 @@ reference with the same signatures). Training toolkit: `Linear`, `Sequential`,
 from . import functional, losses, optim, reference
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
 from .layers import AttentionPooling, Dropout, Embedding, LastStep, Linear, Sequential
-from .losses import cross_entropy, mse_loss
+from .losses import (binary_cross_entropy_with_logits, cross_entropy, huber_loss, l1_loss,
+                     mse_loss)
 from .lstm import LSTM, FrozenLSTMCell, LSTMCell
 from .optim import clip_grad_norm
 
 __version__ = "0.1.0"
 __all__ = ["LSTM", "LSTMCell", "FrozenLSTMCell", "Linear", "Sequential", "Embedding", "Dropout",
            "AttentionPooling", "LastStep", "functional",
-           "reference", "losses", "optim", "mse_loss", "cross_entropy", "clip_grad_norm",
+           "reference", "losses", "optim", "mse_loss", "cross_entropy", "l1_loss", "huber_loss",
+           "binary_cross_entropy_with_logits", "clip_grad_norm",
            "get_num_threads", "set_num_threads", "openmp_enabled"]

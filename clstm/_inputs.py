@@ -21,16 +21,16 @@ def float_input(name, value):
     return a
 
 
-def int_input(name, value):
+def int_input(name, value, what="an integer array"):
     """``value`` as an integer array (class indices, token ids); anything else, floats
     included, is a TypeError: a float index is almost always a bug upstream."""
     try:
         a = np.asarray(_from_torch(value))
     except Exception as exc:
-        raise TypeError(f"{name} must be an integer array, could not convert "
+        raise TypeError(f"{name} must be {what}, could not convert "
                         f"{type(value).__name__}: {exc}") from None
     if a.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
+        raise TypeError(f"{name} must be {what}, got dtype {a.dtype}")
     return a
 
 
