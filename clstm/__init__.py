@@ -7,21 +7,24 @@
     ((5, 3, 16), (1, 3, 16))
 
 Modules: `clstm.functional` (compiled kernels, one layer), `clstm.reference` (the NumPy
-reference with the same signatures). Training toolkit: `Linear`, `Sequential`,
-`clstm.losses` (`mse_loss`, `cross_entropy`), `clstm.optim` (`SGD`, `Adam`,
-`clip_grad_norm`).
+reference with the same signatures). Training toolkit: `Linear`, `Embedding`, `Dropout`,
+`AttentionPooling`, `LastStep`, `Sequential`, `clstm.losses` (`mse_loss`, `cross_entropy`...),
+`clstm.optim` (`SGD`, `Adam`, schedules, `clip_grad_norm`), `fit` / `predict` and their
+callbacks (`clstm.training`), `clstm.data` (`pad_sequences`, `windows`).
 """
-from . import functional, losses, optim, reference
+from . import data, functional, losses, optim, reference, training
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
 from .layers import AttentionPooling, Dropout, Embedding, LastStep, Linear, Sequential
 from .losses import (binary_cross_entropy_with_logits, cross_entropy, huber_loss, l1_loss,
                      mse_loss)
 from .lstm import LSTM, FrozenLSTMCell, LSTMCell
 from .optim import clip_grad_norm
+from .training import fit, predict
 
 __version__ = "0.1.0"
 __all__ = ["LSTM", "LSTMCell", "FrozenLSTMCell", "Linear", "Sequential", "Embedding", "Dropout",
            "AttentionPooling", "LastStep", "functional",
            "reference", "losses", "optim", "mse_loss", "cross_entropy", "l1_loss", "huber_loss",
-           "binary_cross_entropy_with_logits", "clip_grad_norm",
+           "binary_cross_entropy_with_logits", "clip_grad_norm", "data", "training", "fit",
+           "predict",
            "get_num_threads", "set_num_threads", "openmp_enabled"]

@@ -1,6 +1,8 @@
 """Input conversion shared by the toolkit (layers, losses, training): arrays that keep their
 own float dtype, integer index arrays, and the time/batch layout of sequence input. Errors
 name the argument and say what was expected, as ``clstm._checks``."""
+import inspect
+
 import numpy as np
 
 from ._checks import check_lengths, float_array, float_dtype
@@ -73,3 +75,16 @@ def sequence_lengths(lengths, T, B):
     if lengths is None:
         return np.full(B, T, np.intp)
     return check_lengths(lengths, T, B)
+
+
+def keywords_taken(fn, names):
+    """Which of ``names`` the callable takes as keyword arguments (all of them with a
+    ``**kwargs``): how `Sequential` and ``fit`` know whom to give ``lengths`` and ``state``."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # some builtins have no signature
+        return frozenset()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return frozenset(names)
+    return frozenset(k for k in names if k in params and params[k].kind is not
+                     inspect.Parameter.POSITIONAL_ONLY)

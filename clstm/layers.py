@@ -5,14 +5,14 @@ arguments, parameter names and initialisation where PyTorch has the module.
 Every module has ``__call__`` (inference) and ``forward_train`` (returns ``out, backward``;
 ``backward(dout)`` adds the parameter gradients into ``grads`` and returns the gradient of
 the input)."""
-import inspect
 import math
 from typing import Optional
 
 import numpy as np
 
 from ._checks import check_shape, float_array, float_dtype, positive_int
-from ._inputs import batch_major, float_input, int_input, sequence_lengths, to_caller
+from ._inputs import (batch_major, float_input, int_input, keywords_taken, sequence_lengths,
+                      to_caller)
 from ._params import Parameterised
 
 
@@ -411,17 +411,6 @@ def _first(out):
 _PASSED_ON = ("state", "lengths")
 
 
-def _keywords(fn):
-    """Which of ``state`` and ``lengths`` the callable takes by name."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # some builtins have no signature
-        return frozenset()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return frozenset(_PASSED_ON)
-    return frozenset(k for k in _PASSED_ON if k in params)
-
-
 class Sequential(Parameterised):
     """Modules run in order, as ``torch.nn.Sequential``: ``y = model(x, state=None,
     lengths=None)``, ``y, backward = model.forward_train(x, state=None, lengths=None)``
@@ -458,8 +447,8 @@ class Sequential(Parameterised):
         self._shapes = {name: p.shape for name, p in params.items()}
         self._params = params
         self.grads = grads
-        self._call_keywords = [_keywords(m.__call__) for m in modules]
-        self._train_keywords = [_keywords(m.forward_train) for m in modules]
+        self._call_keywords = [keywords_taken(m.__call__, _PASSED_ON) for m in modules]
+        self._train_keywords = [keywords_taken(m.forward_train, _PASSED_ON) for m in modules]
 
     def _param_dtype(self, name):
         return self._dtypes[name]
