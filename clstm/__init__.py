@@ -19,6 +19,7 @@ from .losses import (binary_cross_entropy_with_logits, cross_entropy, huber_loss
                      mse_loss)
 from .lstm import LSTM, FrozenLSTMCell, LSTMCell
 from .optim import clip_grad_norm
+from .serialization import load, save
 from .training import fit, predict
 
 __version__ = "0.1.0"
@@ -26,5 +27,5 @@ __all__ = ["LSTM", "LSTMCell", "FrozenLSTMCell", "Linear", "Sequential", "Embedd
            "AttentionPooling", "LastStep", "functional",
            "reference", "losses", "optim", "mse_loss", "cross_entropy", "l1_loss", "huber_loss",
            "binary_cross_entropy_with_logits", "clip_grad_norm", "data", "training", "fit",
-           "predict",
+           "predict", "save", "load",
            "get_num_threads", "set_num_threads", "openmp_enabled"]
