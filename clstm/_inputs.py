@@ -8,7 +8,7 @@ import numpy as np
 from ._checks import check_lengths, float_array, float_dtype
 
 
-def _from_torch(value):
+def from_torch(value):
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor, maybe with grad
         value = value.detach().cpu()
     return value
@@ -27,7 +27,7 @@ def int_input(name, value, what="an integer array"):
     """``value`` as an integer array (class indices, token ids); anything else, floats
     included, is a TypeError: a float index is almost always a bug upstream."""
     try:
-        a = np.asarray(_from_torch(value))
+        a = np.asarray(from_torch(value))
     except Exception as exc:
         raise TypeError(f"{name} must be {what}, could not convert "
                         f"{type(value).__name__}: {exc}") from None
@@ -37,7 +37,7 @@ def int_input(name, value, what="an integer array"):
 
 
 def bool_input(name, value):
-    a = np.asarray(_from_torch(value))
+    a = np.asarray(from_torch(value))
     if a.dtype != np.bool_:
         raise TypeError(f"{name} must be a boolean array, got dtype {a.dtype}")
     return a

@@ -16,10 +16,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from ._checks import positive_int
-from ._inputs import keywords_taken
+from ._inputs import from_torch, keywords_taken
 from .data import _axes, check_sample_lengths, iterate_batches, n_samples, pad_sequences
 from .layers import _first
-from .optim import clip_grad_norm
+from .optim import ReduceLROnPlateau, clip_grad_norm
 
 __all__ = ["fit", "predict", "History", "Callback", "EarlyStopping", "BestWeights",
            "GradientClipping", "LearningRateSchedule", "Metric", "accuracy"]
@@ -53,8 +53,9 @@ class Run:
     it (``val_pred``, None without validation), and ``stop_training`` (set it to stop
     after this epoch)."""
 
-    def __init__(self, model, optimizer, history, validation):
+    def __init__(self, model, optimizer, history, validation, batch_axis):
         self.model, self.optimizer, self.history = model, optimizer, history
+        self.batch_axis = batch_axis  # (x_axis, y_axis)
         self.val_x, self.val_y, self.val_lengths = validation or (None, None, None)
         self.val_pred = None
         self.epoch = 0
@@ -116,12 +117,13 @@ class BestWeights(Callback):
     """
 
     def __init__(self, monitor: str = "val_loss", mode: str = "min"):
+        self.monitor, self.mode = monitor, mode
         self._monitor = _Monitor(monitor, mode, 0.0)
         self.best_epoch: Optional[int] = None
         self._weights = None
 
     def on_train_begin(self, run):
-        self._monitor.best = _Monitor(self._monitor.monitor, self._monitor.mode, 0).best
+        self._monitor = _Monitor(self.monitor, self.mode, 0.0)
         self.best_epoch, self._weights = None, None
 
     def on_epoch_end(self, epoch, logs, run):
@@ -198,7 +200,7 @@ class LearningRateSchedule(Callback):
 
     def on_epoch_end(self, epoch, logs, run):
         logs["lr"] = run.optimizer.lr
-        if hasattr(self.schedule, "num_bad_epochs"):  # a plateau schedule needs a value
+        if isinstance(self.schedule, ReduceLROnPlateau):  # it needs the monitored value
             monitor = self.monitor or ("val_loss" if "val_loss" in logs else "loss")
             self.schedule.step(logs[monitor])
         else:
@@ -278,8 +280,7 @@ class _Progress:
 
 
 def _as_array(name, value):
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor
-        value = value.detach().cpu().numpy()
+    value = from_torch(value)
     if isinstance(value, np.ndarray):
         return value
     try:
@@ -438,8 +439,7 @@ def fit(model, loss: Callable, optimizer, x, y, *, epochs: int, batch_size: int,
                         "pass np.random.default_rng(seed))")
 
     history = History()
-    run = Run(model, optimizer, history, validation)
-    run.batch_axis = axes
+    run = Run(model, optimizer, history, validation, axes)
     bar = _Progress(bool(progress), epochs, -(-x.shape[axes[0]] // batch_size))
     for cb in callbacks:
         cb.on_train_begin(run)

@@ -114,6 +114,7 @@ def main(argv=None):
             import matplotlib
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
+            from matplotlib.ticker import MaxNLocator
         except ImportError:
             print("matplotlib is not installed: skipping the plot")
         else:
@@ -125,6 +126,7 @@ def main(argv=None):
             ax_loss.plot(epochs_run, history["val_loss"], "s-", label="validation")
             ax_loss.axhline(noise_var, color="0.6", ls=":", label="noise variance")
             ax_loss.set_xlabel("epoch")
+            ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax_loss.set_ylabel("MSE")
             ax_loss.set_yscale("log")
             ax_loss.legend(fontsize=8)
