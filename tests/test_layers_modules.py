@@ -102,6 +102,13 @@ def test_dropout_training_masks_and_inference_passes_through():
     assert drop.forward_train(x.astype(np.float32))[0].dtype == np.float32
     np.testing.assert_array_equal(clstm.Dropout(0.0).forward_train(x)[0], x)
     np.testing.assert_array_equal(clstm.Dropout(1.0).forward_train(x)[0], 0 * x)
+    # for a fixed mask (the same generator state) backward is the derivative
+    x64 = np.random.default_rng(2).standard_normal((3, 4))
+    _, backward = drop.forward_train(x64, rng=np.random.default_rng(9))
+    dout = np.random.default_rng(3).standard_normal((3, 4))
+    numeric = numeric_gradient(lambda: float(np.sum(
+        drop.forward_train(x64, rng=np.random.default_rng(9))[0] * dout)), x64)
+    close(backward(dout), numeric)
     for bad in (-0.1, 1.5, True, "0.5"):
         with pytest.raises(ValueError, match="p must be a probability"):
             clstm.Dropout(bad)
@@ -285,6 +292,8 @@ def test_sequential_passes_lengths_and_state():
     idx = rng.integers(0, 10, (5, 6))
     with_emb = clstm.Sequential(emb, lstm)
     close(with_emb(idx, state=state), lstm(emb(idx), state)[0], rtol=1e-12, atol=1e-14)
+    y, backward = with_emb.forward_train(idx, state=state)
+    close(y, lstm(emb(idx), state)[0], rtol=1e-12, atol=1e-14)
     with pytest.raises(TypeError, match="none of its modules takes lengths"):
         clstm.Sequential(head)(x[:, 0], lengths=lengths)
     with pytest.raises(TypeError, match="none of its modules takes state"):

@@ -124,6 +124,8 @@ def test_lists_of_sequences_are_padded_and_lengths_reach_model_and_loss():
 
     clstm.fit(a, loss_with_lengths, SGD(a, lr=0.1), padded, y, lengths=lengths, **kw)
     assert seen[:3] == [[3, 1], [4, 2], [4]]
+    with pytest.raises(TypeError, match="predict got lengths but Linear takes no lengths"):
+        clstm.predict(clstm.Linear(2, 1), padded, lengths=lengths)
     with pytest.raises(TypeError, match="takes no lengths"):
         clstm.fit(clstm.Linear(2, 1), clstm.mse_loss, SGD(clstm.Linear(2, 1), lr=0.1),
                   padded, y, lengths=lengths, **kw)
