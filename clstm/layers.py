@@ -372,10 +372,10 @@ class LastStep:
         if lengths is None and T == 0:
             raise ValueError("x has no time steps (T = 0): there is no last step")
         lengths = sequence_lengths(lengths, T, B)
-        rows = np.arange(B)
-        steps = np.maximum(lengths - 1, 0)
-        out = x[rows, steps] * (lengths > 0)[:, None].astype(x.dtype)
-        return x.shape, batched, rows, steps, lengths > 0, out
+        rows, steps, nonempty = np.arange(B), lengths - 1, lengths > 0
+        out = np.zeros((B,) + x.shape[2:], x.dtype)  # a length-0 row has no last step: 0
+        out[nonempty] = x[rows[nonempty], steps[nonempty]]
+        return x.shape, batched, rows, steps, nonempty, out
 
     def __call__(self, x, lengths=None) -> np.ndarray:
         """``(B, F)``: each row's output at its last valid step."""

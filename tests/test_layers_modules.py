@@ -168,6 +168,8 @@ def test_attention_large_scores_stay_finite_and_unbatched():
     assert s.shape == (2,) and w.shape == (7,)
     assert np.isfinite(s).all() and abs(w.sum() - 1) < 1e-12
     assert pool(h.astype(np.float32))[0].dtype == np.float64  # cast to the layer's dtype
+    s0, w0 = pool(np.zeros((0, 3, 2)))  # no steps at all: zeros, not nan
+    assert s0.shape == (3, 2) and np.all(s0 == 0) and w0.shape == (0, 3)
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
@@ -260,6 +262,9 @@ def test_last_step_picks_each_rows_last_valid_step_and_its_gradient(batch_first)
     close(dx, numeric_gradient(lambda: float(np.sum(last(x, lengths) * dout)), x))
     assert last(x.astype(np.float32)).dtype == np.float32
     assert last(x_bm[0]).shape == (3,)  # unbatched (T, F)
+    empty = last.forward_train(x[:0] if not batch_first else x[:, :0], lengths=[0] * 4)
+    assert np.all(empty[0] == 0) and empty[1](dout).shape[:2] == ((4, 0) if batch_first
+                                                                 else (0, 4))
 
 
 def test_last_step_bad_input():
