@@ -122,6 +122,15 @@ class Embedding(Parameterised):
     ``out, backward = emb.forward_train(indices)``; ``backward(dout)`` adds each position's
     gradient into its row of ``grads["weight"]`` (a row used twice gets both) and returns
     None: integer input has no gradient.
+   
+    Raises
+    ------
+    TypeError
+        Non-integer indices (a call).
+    IndexError
+        Indices outside ``[0, num_embeddings)`` (a call).
+    ValueError
+        ``padding_idx`` outside ``[-num_embeddings, num_embeddings)``.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int,
@@ -260,6 +269,14 @@ class AttentionPooling(Parameterised):
     ``(s, weights), backward = pool.forward_train(h, lengths)``;
     ``dh = backward(ds, dweights=None)`` adds into ``grads``. In a `Sequential` the next
     module gets ``s``.
+   
+    Raises
+    ------
+    ValueError
+        ``h`` not ``(T, B, hidden_size)`` (``(B, T, hidden_size)``, ``(T, hidden_size)``),
+        or ``lengths`` not ``(B,)`` in ``[0, T]`` (a call).
+    TypeError
+        Non-float ``h`` (a call).
     """
 
     def __init__(self, hidden_size: int, attention_size: int, *, batch_first: bool = False,
@@ -428,6 +445,17 @@ class Sequential(Parameterised):
     optimiser stepping ``model.params`` updates the children, and ``state_dict``,
     ``load_state_dict``, ``save``, ``load`` and ``zero_grad`` work on the whole model.
     Modules need ``__call__`` and ``forward_train``; ``params``/``grads`` are optional.
+
+    Parameters
+    ----------
+    *modules
+        Run in this order.
+
+    Raises
+    ------
+    TypeError
+        A module without ``__call__`` and ``forward_train``; at a call, ``lengths`` or
+        ``state`` that no module takes.
     """
 
     def __init__(self, *modules):

@@ -153,7 +153,21 @@ class SGD(Optimizer):
     gradient ``g``: ``g += weight_decay * p``; with momentum, ``buf = g`` on the first step,
     then ``buf = momentum * buf + (1 - dampening) * g``, and ``g = g + momentum * buf``
     (nesterov) or ``g = buf``; finally ``p -= lr * g``. State: ``momentum_buffer`` per
-    parameter (after the first step with momentum)."""
+    parameter (after the first step with momentum).
+
+    Parameters
+    ----------
+    params : a module, a list of modules, or ``(params_dict, grads_dict)`` pairs
+    lr : float
+        The learning rate (a schedule may change ``opt.lr``).
+    momentum, dampening, weight_decay : float
+    nesterov : bool
+
+    Raises
+    ------
+    ValueError
+        A negative or nan hyperparameter, nesterov without momentum, no parameters.
+    """
 
     _hyper = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
 
@@ -206,7 +220,24 @@ class Adam(Optimizer):
     ``v = beta2 * v + (1 - beta2) * g**2``; with amsgrad ``v_max = max(v_max, v)`` replaces
     ``v`` below; ``p -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)``.
     State per parameter (after the first step): ``step``, ``exp_avg``, ``exp_avg_sq``
-    (and ``max_exp_avg_sq`` with amsgrad)."""
+    (and ``max_exp_avg_sq`` with amsgrad).
+
+    Parameters
+    ----------
+    params : a module, a list of modules, or ``(params_dict, grads_dict)`` pairs
+    lr : float
+    betas : (float, float)
+        Each in ``[0, 1)``.
+    eps, weight_decay : float
+    amsgrad : bool
+
+    Raises
+    ------
+    ValueError
+        A hyperparameter out of range, no parameters.
+    TypeError
+        ``betas`` not a pair.
+    """
 
     _hyper = ("lr", "betas", "eps", "weight_decay", "amsgrad")
 
