@@ -1,8 +1,9 @@
 """Saving a model with its architecture: ``clstm.save(model, path)`` writes the weights
-(``model.state_dict()``, one array per name, as ``model.save``) and a JSON description of
-the modules to one ``.npz``; ``clstm.load(path)`` rebuilds the modules from the description
-and loads the weights. No pickle: the description is a string array, read with
-``allow_pickle=False``.
+(``model.state_dict()``, one array per name, exactly as ``model.save``) and a JSON
+description of the modules to one ``.npz``; ``clstm.load(path)`` rebuilds the modules from
+the description and loads the weights. The description is the zip archive's comment, so
+the file's arrays are the weights alone: ``model.load(path)`` and ``numpy.load`` read it as
+any weights file. No pickle anywhere.
 
 The description names each module's class and its constructor arguments, e.g.
 ``{"type": "Sequential", "modules": [{"type": "LSTM", "config": {"input_size": 1, ...}},
@@ -17,8 +18,8 @@ import numpy as np
 from .layers import AttentionPooling, Dropout, Embedding, LastStep, Linear, Sequential
 from .lstm import LSTM, LSTMCell
 
-ARCHITECTURE_KEY = "__clstm_architecture__"
 FORMAT, VERSION = "clstm.model", 1
+_MAX_COMMENT = 65535  # bytes: the zip format's limit
 
 
 def _attrs(*names):
@@ -99,11 +100,17 @@ def save(model, path) -> None:
     TypeError
         A module clstm cannot describe (nothing is written).
     """
-    text = json.dumps({"format": FORMAT, "version": VERSION, "module": describe(model)})
+    text = json.dumps({"format": FORMAT, "version": VERSION, "module": describe(model)},
+                      separators=(",", ":")).encode()
+    if len(text) > _MAX_COMMENT:
+        raise ValueError(f"the description of this model takes {len(text)} bytes, more than "
+                         f"a zip comment holds ({_MAX_COMMENT}); save its weights with "
+                         f"model.save(path)")
     arrays = model.state_dict() if hasattr(model, "state_dict") else {}  # Dropout: none
-    arrays[ARCHITECTURE_KEY] = np.array(text)
     with open(path, "wb") as f:
         np.savez(f, **arrays)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.comment = text
 
 
 def load(path):
@@ -118,6 +125,8 @@ def load(path):
         Weights missing or unexpected for the description (naming the file).
     """
     try:
+        with zipfile.ZipFile(path) as zf:
+            comment = zf.comment
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise ValueError("found a single .npy array")
@@ -125,11 +134,11 @@ def load(path):
             arrays = {name: archive[name] for name in archive.files}
     except (ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a .npz archive written by clstm.save ({exc})") from None
-    if ARCHITECTURE_KEY not in arrays:
+    if not comment:
         raise ValueError(f"{path} has weights but no architecture (written by model.save?): "
                          f"build the model in code and call model.load({str(path)!r})")
     try:
-        header = json.loads(str(arrays.pop(ARCHITECTURE_KEY)))
+        header = json.loads(comment.decode())
         if header.get("format") != FORMAT or header.get("version") != VERSION:
             raise ValueError(f"format {header.get('format')!r} version "
                              f"{header.get('version')!r}, expected {FORMAT!r} {VERSION}")
