@@ -1,11 +1,14 @@
 """Getting data into batches: padding variable-length sequences (`pad_sequences`), cutting a
-time series into training windows (`windows`), and the mini-batch iteration behind
-``clstm.fit`` and ``clstm.predict`` (`iterate_batches`)."""
+time series into training windows (`windows`), and the pieces of ``clstm.fit`` and
+``clstm.predict`` that any training loop over NumPy arrays can reuse: inputs made ready
+(`sample_inputs`), the validation split (`split_validation`) and the mini-batch iteration
+(`iterate_batches`)."""
 from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ._checks import check_lengths, positive_int
+from ._inputs import from_torch
 
 BatchAxis = Union[int, Sequence[int]]
 
@@ -188,3 +191,65 @@ def check_sample_lengths(lengths, x, batch_axis: int):
                          f"shape {x.shape}")
     time_axis = 1 if batch_axis == 0 else 0
     return check_lengths(lengths, x.shape[time_axis], x.shape[batch_axis])
+
+
+def as_array(name, value) -> np.ndarray:
+    """``value`` (an array, a list, a torch.Tensor) as an array, as it is (no cast)."""
+    value = from_torch(value)
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except ValueError:
+        raise ValueError(f"{name} is a ragged list: pass x as a list of sequences (they are "
+                         f"padded) or as one array") from None
+
+
+def sample_inputs(x, lengths=None, batch_axis: int = 0):
+    """``(x, lengths)`` ready for batching: ``x`` as an array (a list or tuple of
+    sequences is padded with `pad_sequences`, batch-first for ``batch_axis=0``, and its
+    lengths are used unless ``lengths`` is given) and ``lengths`` validated against it
+    (``(N,)``, each in ``[0, T]``) or None."""
+    if isinstance(x, (list, tuple)):
+        x, own = pad_sequences(x, batch_first=(batch_axis == 0))
+        lengths = own if lengths is None else lengths
+    x = as_array("x", x)
+    if lengths is not None:
+        lengths = check_sample_lengths(lengths, x, batch_axis)
+    return x, lengths
+
+
+def split_validation(x, y, lengths, validation, batch_axis: BatchAxis, n: int):
+    """``(train, held_out)``, each a triple ``(x, y, lengths)`` (``held_out`` None without
+    validation), for ``fit``'s ``validation``: None, a fraction in (0, 1) (the *last*
+    ``n * fraction`` samples, before any shuffling, as Keras's ``validation_split``), or
+    ``(x_val, y_val[, lengths_val])``. ``batch_axis`` as in `iterate_batches` (for x and
+    y); ``n`` is the number of samples."""
+    axes = _axes(batch_axis, 2)
+    if validation is None:
+        return (x, y, lengths), None
+    if isinstance(validation, (tuple, list)):
+        if len(validation) not in (2, 3):
+            raise ValueError("validation must be a fraction, (x_val, y_val) or (x_val, y_val, "
+                             f"lengths_val), got a sequence of {len(validation)}")
+        vx, vl = sample_inputs(validation[0], validation[2] if len(validation) == 3 else None,
+                               axes[0])
+        vy = as_array("y_val", validation[1])
+        n_samples([vx, vy], axes, ["x_val", "y_val"])
+        return (x, y, lengths), (vx, vy, vl)
+    fraction = float(validation)
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation must be a fraction in (0, 1), got {validation!r}")
+    cut = int(n * (1 - fraction))
+    if cut in (0, n):
+        raise ValueError(f"validation={validation} of {n} samples leaves an empty training "
+                         f"or validation set")
+
+    def part(a, axis, index):
+        return None if a is None else a[(slice(None),) * axis + (index,)]
+
+    train = (part(x, axes[0], slice(None, cut)), part(y, axes[1], slice(None, cut)),
+             part(lengths, 0, slice(None, cut)))
+    held = (part(x, axes[0], slice(cut, None)), part(y, axes[1], slice(cut, None)),
+            part(lengths, 0, slice(cut, None)))
+    return train, held

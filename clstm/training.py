@@ -16,8 +16,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from ._checks import positive_int
-from ._inputs import from_torch, keywords_taken
-from .data import _axes, check_sample_lengths, iterate_batches, n_samples, pad_sequences
+from ._inputs import keywords_taken
+from .data import _axes, as_array, iterate_batches, n_samples, sample_inputs, split_validation
 from .layers import _first
 from .optim import ReduceLROnPlateau, clip_grad_norm
 
@@ -279,29 +279,6 @@ class _Progress:
                   f"({time.perf_counter() - self.start:.1f} s)", flush=True)
 
 
-def _as_array(name, value):
-    value = from_torch(value)
-    if isinstance(value, np.ndarray):
-        return value
-    try:
-        return np.asarray(value)
-    except ValueError:
-        raise ValueError(f"{name} is a ragged list: pass x as a list of sequences (they are "
-                         f"padded) or as one array") from None
-
-
-def _inputs(x, lengths, x_axis):
-    """``x`` as an array, and its lengths: a list or tuple of sequences is padded with
-    `pad_sequences` (its lengths are used unless given)."""
-    if isinstance(x, (list, tuple)):
-        x, own = pad_sequences(x, batch_first=(x_axis == 0))
-        lengths = own if lengths is None else lengths
-    x = _as_array("x", x)
-    if lengths is not None:
-        lengths = check_sample_lengths(lengths, x, x_axis)
-    return x, lengths
-
-
 def _call(fn, takes_lengths, *args, lengths=None):
     return fn(*args, lengths=lengths) if lengths is not None and takes_lengths else fn(*args)
 
@@ -325,7 +302,7 @@ def predict(model, x, batch_size: int = 256, lengths=None,
     array : the outputs concatenated along the output's sample axis.
     """
     x_axis, out_axis = _axes(batch_axis, 2)
-    x, lengths = _inputs(x, lengths, x_axis)
+    x, lengths = sample_inputs(x, lengths, x_axis)
     takes = "lengths" in keywords_taken(model, ("lengths",))
     if lengths is not None and not takes:
         raise TypeError(f"predict got lengths but {type(model).__name__} takes no lengths")
@@ -333,38 +310,6 @@ def predict(model, x, batch_size: int = 256, lengths=None,
             for (xb,), lb in iterate_batches([x], batch_size, batch_axis=x_axis,
                                              lengths=lengths)]
     return np.concatenate(outs, axis=out_axis)
-
-
-def _split(x, y, lengths, validation, axes, n):
-    """(train, validation) triples ``(x, y, lengths)``; validation None, a fraction (the
-    last samples, before any shuffling, as Keras's ``validation_split``), or data."""
-    if validation is None:
-        return (x, y, lengths), None
-    if isinstance(validation, (tuple, list)):
-        if len(validation) not in (2, 3):
-            raise ValueError("validation must be a fraction, (x_val, y_val) or (x_val, y_val, "
-                             f"lengths_val), got a sequence of {len(validation)}")
-        vx, vl = _inputs(validation[0], validation[2] if len(validation) == 3 else None,
-                         axes[0])
-        vy = _as_array("y_val", validation[1])
-        n_samples([vx, vy], axes, ["x_val", "y_val"])
-        return (x, y, lengths), (vx, vy, vl)
-    fraction = float(validation)
-    if not 0 < fraction < 1:
-        raise ValueError(f"validation must be a fraction in (0, 1), got {validation!r}")
-    cut = int(n * (1 - fraction))
-    if cut in (0, n):
-        raise ValueError(f"validation={validation} of {n} samples leaves an empty training "
-                         f"or validation set")
-
-    def part(a, axis, index):
-        return None if a is None else a[(slice(None),) * axis + (index,)]
-
-    train = (part(x, axes[0], slice(None, cut)), part(y, axes[1], slice(None, cut)),
-             part(lengths, 0, slice(None, cut)))
-    held = (part(x, axes[0], slice(cut, None)), part(y, axes[1], slice(cut, None)),
-            part(lengths, 0, slice(cut, None)))
-    return train, held
 
 
 def fit(model, loss: Callable, optimizer, x, y, *, epochs: int, batch_size: int,
@@ -424,10 +369,10 @@ def fit(model, loss: Callable, optimizer, x, y, *, epochs: int, batch_size: int,
     epochs = positive_int("epochs", epochs, minimum=0)
     batch_size = positive_int("batch_size", batch_size)
     axes = _axes(batch_axis, 2)
-    x, lengths = _inputs(x, lengths, axes[0])
-    y = _as_array("y", y)
+    x, lengths = sample_inputs(x, lengths, axes[0])
+    y = as_array("y", y)
     n = n_samples([x, y], axes, ["x", "y"])
-    train, validation = _split(x, y, lengths, validation, axes, n)
+    train, validation = split_validation(x, y, lengths, validation, axes, n)
     x, y, lengths = train
     model_takes = "lengths" in keywords_taken(model.forward_train, ("lengths",))
     loss_takes = "lengths" in keywords_taken(loss, ("lengths",))

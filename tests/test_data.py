@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from clstm.data import iterate_batches, n_samples, pad_sequences, windows
+from clstm.data import (iterate_batches, n_samples, pad_sequences, sample_inputs,
+                        split_validation, windows)
 
 
 def test_pad_sequences_both_layouts_and_features():
@@ -100,3 +101,21 @@ def test_iterate_batches_bad_input():
         next(iterate_batches([x], 2, batch_axis=2))
     with pytest.raises(ValueError, match="one axis per array"):
         next(iterate_batches([x, x], 2, batch_axis=(0,)))
+
+
+def test_sample_inputs_and_split_validation_along_each_arrays_axis():
+    x, lengths = sample_inputs([np.ones((2, 3)), np.ones((4, 3))], batch_axis=1)
+    assert x.shape == (4, 2, 3) and list(lengths) == [2, 4]  # time-major padding
+    with pytest.raises(ValueError, match=r"lengths must be in \[0, 4\]"):
+        sample_inputs(x, [5, 1], batch_axis=1)
+    x = np.arange(3 * 10).reshape(3, 10)  # time-major: samples on axis 1
+    y = np.arange(10)
+    (tx, ty, tl), (vx, vy, vl) = split_validation(x, y, np.arange(10) % 4, 0.3, (1, 0), 10)
+    np.testing.assert_array_equal(vx, x[:, 7:])
+    np.testing.assert_array_equal(vy, [7, 8, 9])
+    np.testing.assert_array_equal(tl, (np.arange(10) % 4)[:7])
+    assert tx.shape == (3, 7) and len(ty) == 7 and len(vl) == 3
+    train, held = split_validation(x, y, None, None, (1, 0), 10)
+    assert held is None and train[0] is x
+    with pytest.raises(ValueError, match=r"x_val 2 \(axis 1\), y_val 3 \(axis 0\)"):
+        split_validation(x, y, None, (x[:, :2], y[:3]), (1, 0), 10)
