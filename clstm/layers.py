@@ -331,8 +331,8 @@ class AttentionPooling(Parameterised):
         if np.may_share_memory(h, h_in):
             h = h.copy()
         weight, context = self.params["weight"].copy(), self.params["context"].copy()
-        s_shape, a_shape = self._to_caller(s, a, batched)
-        s_shape, a_shape = s_shape.shape, a_shape.shape
+        out = self._to_caller(s, a, batched)
+        s_shape, a_shape = out[0].shape, out[1].shape
 
         def backward(ds, dweights=None):
             ds = check_shape("ds", float_array("ds", ds, self.dtype), s_shape)
@@ -354,7 +354,7 @@ class AttentionPooling(Parameterised):
             dh += dz @ weight
             return to_caller(dh, batched, self.batch_first)
 
-        return self._to_caller(s, a, batched), backward
+        return out, backward
 
     def __repr__(self):
         bf = ", batch_first=True" if self.batch_first else ""
