@@ -10,7 +10,8 @@ Modules: `clstm.functional` (compiled kernels, one layer), `clstm.reference` (th
 reference with the same signatures). Training toolkit: `Linear`, `Embedding`, `Dropout`,
 `AttentionPooling`, `LastStep`, `Sequential`, `clstm.losses` (`mse_loss`, `cross_entropy`...),
 `clstm.optim` (`SGD`, `Adam`, schedules, `clip_grad_norm`), `fit` / `predict` and their
-callbacks (`clstm.training`), `clstm.data` (`pad_sequences`, `windows`).
+callbacks (`clstm.training`), `clstm.data` (`pad_sequences`, `windows`), `save` / `load`
+(architecture and weights).
 """
 from . import data, functional, losses, optim, reference, training
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
@@ -23,9 +24,9 @@ from .serialization import load, save
 from .training import fit, predict
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "LSTMCell", "FrozenLSTMCell", "Linear", "Sequential", "Embedding", "Dropout",
-           "AttentionPooling", "LastStep", "functional",
-           "reference", "losses", "optim", "mse_loss", "cross_entropy", "l1_loss", "huber_loss",
-           "binary_cross_entropy_with_logits", "clip_grad_norm", "data", "training", "fit",
-           "predict", "save", "load",
-           "get_num_threads", "set_num_threads", "openmp_enabled"]
+__all__ = ["LSTM", "LSTMCell", "FrozenLSTMCell", "Linear", "Sequential", "functional",
+           "reference", "losses", "optim", "mse_loss", "cross_entropy", "clip_grad_norm",
+           "get_num_threads", "set_num_threads", "openmp_enabled",
+           "Embedding", "Dropout", "AttentionPooling", "LastStep", "l1_loss", "huber_loss",
+           "binary_cross_entropy_with_logits", "data", "training", "fit", "predict", "save",
+           "load"]

@@ -3,10 +3,10 @@
 The model reads text one character at a time and predicts the next one: each character's
 id looks up a learned vector in an ``Embedding`` (the table's rows train with the rest; no
 one-hot encoding), an ``LSTM`` turns the characters so far into a state, and a ``Linear``
-layer maps the output at every step to one score (logit) per character of the vocabulary. The loss is softmax
-cross-entropy against the actual next character, in nats per character, averaged; Adam
-trains it, with the gradient norm clipped (``clstm.clip_grad_norm``) so that a rare
-exploding gradient cannot wreck the weights.
+layer maps the output at every step to one score (logit) per character of the vocabulary.
+The loss is softmax cross-entropy against the actual next character, in nats per
+character, averaged; Adam trains it, with the gradient norm clipped
+(``clstm.clip_grad_norm``) so that a rare exploding gradient cannot wreck the weights.
 
 The text ships with Python: the help texts behind ``help("for")`` & co.
 (``pydoc_data.topics``, ~460 kB of the Language Reference in plain text), or, if a
