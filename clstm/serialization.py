@@ -10,13 +10,13 @@ The description names each module's class and its constructor arguments, e.g.
 ...]}``. Every module class of clstm is described; others raise TypeError (save their
 weights with ``model.save`` and rebuild them in code).
 """
+import functools
 import json
 import zipfile
 
 import numpy as np
 
 from .layers import AttentionPooling, Dropout, Embedding, LastStep, Linear, Sequential
-from .lstm import LSTM, LSTMCell
 
 FORMAT, VERSION = "clstm.model", 1
 _MAX_COMMENT = 65535  # bytes: the zip format's limit
@@ -30,20 +30,28 @@ def _with_dtype(config):
     return lambda m: {**config(m), "dtype": m.dtype.name}
 
 
-# class -> its constructor arguments, read from the public attributes
-_CONFIGS = {
-    LSTM: _with_dtype(_attrs("input_size", "hidden_size", "num_layers", "bias", "batch_first",
-                             "dropout", "bidirectional", "proj_size")),
-    LSTMCell: _with_dtype(_attrs("input_size", "hidden_size", "bias")),
-    Linear: _with_dtype(lambda m: {"in_features": m.in_features,
-                                   "out_features": m.out_features, "bias": m.has_bias}),
-    Embedding: _with_dtype(_attrs("num_embeddings", "embedding_dim", "padding_idx")),
-    AttentionPooling: _with_dtype(_attrs("hidden_size", "attention_size", "batch_first")),
-    LastStep: _attrs("batch_first"),
-    # the seed of the training masks, when it is one JSON can hold
-    Dropout: lambda m: {"p": m.p, "seed": m.seed if isinstance(m.seed, int) else None},
-}
-_CLASSES = {cls.__name__: cls for cls in _CONFIGS}
+@functools.lru_cache(maxsize=None)
+def _configs():
+    """class -> its constructor arguments, read from the public attributes. Built on first
+    use from the package's own names, so it does not depend on which module defines the
+    recurrent classes."""
+    from . import LSTM, LSTMCell
+    return {
+        LSTM: _with_dtype(_attrs("input_size", "hidden_size", "num_layers", "bias",
+                                 "batch_first", "dropout", "bidirectional", "proj_size")),
+        LSTMCell: _with_dtype(_attrs("input_size", "hidden_size", "bias")),
+        Linear: _with_dtype(lambda m: {"in_features": m.in_features,
+                                       "out_features": m.out_features, "bias": m.has_bias}),
+        Embedding: _with_dtype(_attrs("num_embeddings", "embedding_dim", "padding_idx")),
+        AttentionPooling: _with_dtype(_attrs("hidden_size", "attention_size", "batch_first")),
+        LastStep: _attrs("batch_first"),
+        # the seed of the training masks, when it is one JSON can hold
+        Dropout: lambda m: {"p": m.p, "seed": m.seed if isinstance(m.seed, int) else None},
+    }
+
+
+def _classes():
+    return {cls.__name__: cls for cls in _configs()}
 
 
 def describe(module) -> dict:
@@ -56,10 +64,10 @@ def describe(module) -> dict:
     """
     if type(module) is Sequential:
         return {"type": "Sequential", "modules": [describe(m) for m in module]}
-    config = _CONFIGS.get(type(module))
+    config = _configs().get(type(module))
     if config is None:
         raise TypeError(f"clstm.save cannot describe a {type(module).__name__} (it knows "
-                        f"{sorted(_CLASSES) + ['Sequential']}); save its weights with "
+                        f"{sorted(_classes()) + ['Sequential']}); save its weights with "
                         f"model.save(path) and rebuild it in code")
     return {"type": type(module).__name__, "config": config(module)}
 
@@ -76,7 +84,7 @@ def build(description: dict):
         kind = description["type"]
         if kind == "Sequential":
             return Sequential(*(build(d) for d in description["modules"]))
-        cls = _CLASSES[kind]
+        cls = _classes()[kind]
         return cls(**description["config"])
     except KeyError as exc:
         raise ValueError(f"not a clstm module description (unknown type or missing "
