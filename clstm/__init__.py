@@ -8,21 +8,28 @@
 
 Modules: `clstm.functional` (compiled kernels, one layer), `clstm.reference` (the NumPy
 reference with the same signatures). ``model.freeze()`` gives an inference-only snapshot on
-prepacked weights (`FrozenLSTM`, `FrozenLSTMCell`). Training toolkit: `Linear`, `Sequential`,
-`clstm.losses` (`mse_loss`, `cross_entropy`), `clstm.optim` (`SGD`, `Adam`,
-`clip_grad_norm`).
+prepacked weights (`FrozenLSTM`, `FrozenLSTMCell`). Training toolkit: `Linear`,
+`Embedding`, `Dropout`, `AttentionPooling`, `LastStep`, `Sequential`, `clstm.losses`
+(`mse_loss`, `cross_entropy`...), `clstm.optim` (`SGD`, `Adam`, schedules,
+`clip_grad_norm`), `fit` / `predict` and their callbacks (`clstm.training`), `clstm.data`
+(`pad_sequences`, `windows`), `save` / `load` (architecture and weights).
 """
-from . import functional, losses, optim, reference
+from . import data, functional, losses, optim, reference, training
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
 from ._version import __version__
-from .frozen import FrozenLSTM
-from .layers import Linear, Sequential
-from .losses import cross_entropy, mse_loss
 from .cells import FrozenLSTMCell, LSTMCell
+from .frozen import FrozenLSTM
+from .layers import AttentionPooling, Dropout, Embedding, LastStep, Linear, Sequential
+from .losses import (binary_cross_entropy_with_logits, cross_entropy, huber_loss, l1_loss,
+                     mse_loss)
 from .optim import clip_grad_norm
 from .rnn import LSTM
+from .serialization import load, save
+from .training import fit, predict
 
 __all__ = ["LSTM", "LSTMCell", "FrozenLSTM", "FrozenLSTMCell", "Linear", "Sequential",
            "functional", "reference", "losses", "optim", "mse_loss", "cross_entropy",
            "clip_grad_norm", "get_num_threads", "set_num_threads", "openmp_enabled",
-           "__version__"]
+           "Embedding", "Dropout", "AttentionPooling", "LastStep", "l1_loss", "huber_loss",
+           "binary_cross_entropy_with_logits", "data", "training", "fit", "predict", "save",
+           "load", "__version__"]

@@ -1,12 +1,12 @@
 """A character-level language model with truncated backpropagation through time.
 
-The model reads text one character at a time and predicts the next one: each character
-is a one-hot vector (so the LSTM's ``weight_ih`` doubles as the character embedding), an
-``LSTM`` turns the characters so far into a state, and a ``Linear`` layer maps the output at
-every step to one score (logit) per character of the vocabulary. The loss is softmax
-cross-entropy against the actual next character, in nats per character, averaged; Adam
-trains it, with the gradient norm clipped (``clstm.clip_grad_norm``) so that a rare
-exploding gradient cannot wreck the weights.
+The model reads text one character at a time and predicts the next one: each character's
+id looks up a learned vector in an ``Embedding`` (the table's rows train with the rest; no
+one-hot encoding), an ``LSTM`` turns the characters so far into a state, and a ``Linear``
+layer maps the output at every step to one score (logit) per character of the vocabulary.
+The loss is softmax cross-entropy against the actual next character, in nats per
+character, averaged; Adam trains it, with the gradient norm clipped
+(``clstm.clip_grad_norm``) so that a rare exploding gradient cannot wreck the weights.
 
 The text ships with Python: the help texts behind ``help("for")`` & co.
 (``pydoc_data.topics``, ~460 kB of the Language Reference in plain text), or, if a
@@ -19,11 +19,13 @@ characters. Backpropagating through the whole stream at once would need the acti
 every step in memory; instead each chunk is one training step:
 
     state = None                                           # zeros at the start of an epoch
-    for x, target in chunks:                               # x (T, B, V), target (T, B)
+    for ids, target in chunks:                             # ids, target (T, B) ints
+        x, emb_backward = embedding.forward_train(ids)         # x (T, B, E)
         (y, state), backward = lstm.forward_train(x, state)    # starts from the carried state
         loss, dlogits = clstm.cross_entropy(head(y), target)
-        backward(dy)                                       # dy: dloss/dy, through the head;
+        dx, _ = backward(dy)                               # dy: dloss/dy, through the head;
                                                            # no dstate: the gradient stops here
+        emb_backward(dx)                                   # into the rows of the chunk's ids
         ...optimiser step...
 
 The *values* of ``(h, c)`` flow on from one chunk to the next, so the model reads the
@@ -81,6 +83,7 @@ def main(argv=None):
     parser.add_argument("--chars", type=int, default=None,
                         help="characters of text to use (default: all; quick: 50000)")
     parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--embedding", type=int, default=32, help="character vector size")
     parser.add_argument("--batch", type=int, default=16, help="parallel streams B")
     parser.add_argument("--bptt", type=int, default=50, help="chunk length T")
     parser.add_argument("--lr", type=float, default=1e-2)
@@ -114,15 +117,16 @@ def main(argv=None):
     B, T = args.batch, args.bptt
     n_steps = len(train) // B
     streams = train[:n_steps * B].reshape(B, n_steps).T
-    one_hot = np.eye(V, dtype=np.float32)
     n_chunks = (n_steps - 1 + T - 1) // T
 
-    lstm = clstm.LSTM(V, args.hidden, seed=args.seed)
+    embedding = clstm.Embedding(V, args.embedding, seed=args.seed + 2)
+    lstm = clstm.LSTM(args.embedding, args.hidden, seed=args.seed)
     head = clstm.Linear(args.hidden, V, seed=args.seed + 1)
-    opt = clstm.optim.Adam([lstm, head], lr=args.lr)
+    model = [embedding, lstm, head]
+    opt = clstm.optim.Adam(model, lr=args.lr)
     print(f"text: {source}, {len(text)} characters, {V} distinct; {len(train)} train, "
           f"{len(val)} held out")
-    print(f"model: one-hot({V}) -> {lstm!r} -> {head!r}; {B} streams, chunks of {T} steps "
+    print(f"model: {embedding!r} -> {lstm!r} -> {head!r}; {B} streams, chunks of {T} steps "
           f"(truncated BPTT), Adam lr {args.lr:g}, clip {args.clip:g}")
     print(f"unigram entropy: {unigram:.3f} nats/char (the loss of predicting from character "
           f"frequencies alone)")
@@ -133,13 +137,15 @@ def main(argv=None):
         state = None                      # zeros at the start of each pass over the text
         for k, t0 in enumerate(range(0, n_steps - 1, T)):
             t1 = min(t0 + T, n_steps - 1)
-            x, target = one_hot[streams[t0:t1]], streams[t0 + 1:t1 + 1]
+            ids, target = streams[t0:t1], streams[t0 + 1:t1 + 1]
             opt.zero_grad()
+            x, emb_backward = embedding.forward_train(ids)
             (y, state), lstm_backward = lstm.forward_train(x, state)  # carry (h, c) in
             logits, head_backward = head.forward_train(y)
             loss, dlogits = clstm.cross_entropy(logits, target)
-            lstm_backward(head_backward(dlogits))   # dstate=None: gradients stop at t0
-            clstm.clip_grad_norm([lstm, head], args.clip)
+            dx, _ = lstm_backward(head_backward(dlogits))   # dstate=None: gradients stop at t0
+            emb_backward(dx)
+            clstm.clip_grad_norm(model, args.clip)
             opt.step()
             recent = (recent + [loss])[-50:]
             if k % 5 == 0 or k == n_chunks - 1:
@@ -149,19 +155,19 @@ def main(argv=None):
     train_loss = float(np.mean(recent))   # the last (up to) 50 chunks' mean
 
     # Held-out loss: the held-out text as one stream, from a zero state.
-    y, _ = lstm(one_hot[val[:-1]][:, None, :])
+    y, _ = lstm(embedding(val[:-1, None]))
     val_loss, _ = clstm.cross_entropy(head(y), val[1:, None])
 
     # Sampling: feed each sampled character back in, carrying the state.
     prompt = "".join(ch for ch in "The " if ch in code) or text[0]
-    y, state = lstm(one_hot[[code[ch] for ch in prompt]][:, None, :])
+    y, state = lstm(embedding([[code[ch]] for ch in prompt]))
     out = []
     for _ in range(args.sample):
         logits = head(y[-1, 0]) / args.temperature
         p = np.exp(logits - logits.max())
         nxt = rng.choice(V, p=p / p.sum())
         out.append(vocab[nxt])
-        y, state = lstm(one_hot[[nxt]][:, None, :], state)
+        y, state = lstm(embedding([[nxt]]), state)
     print(f"--- sample (temperature {args.temperature:g}) ---")
     print(prompt + "".join(out))
     print("---")

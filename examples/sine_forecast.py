@@ -2,10 +2,24 @@
 
 The series is ``s[t] = sin(2*pi*t / period) + noise[t]`` with Gaussian noise of standard
 deviation ``sigma``. Each training example is a window of ``window`` consecutive values
-and the value right after it; the model reads the window with an LSTM (1 -> 50 features,
-``batch_first``) and a ``Linear(50, 1)`` maps the LSTM's output at the window's *last*
-step to the forecast. Training is Adam on the mean squared error, in mini-batches, for a
-few epochs; the first 80% of the series trains, the last 20% tests.
+and the value right after it (``clstm.data.windows``); the model reads the window with an
+LSTM (1 -> 50 features, ``batch_first``), ``LastStep`` keeps its output at the window's
+last step (Keras's ``return_sequences=False``) and a ``Linear(50, 1)`` maps it to the
+forecast. ``clstm.fit`` trains it with Adam on the mean squared error in shuffled
+mini-batches, holding out the last 10% of the training windows for validation, as Keras's
+``model.fit(..., validation_split=0.1)``; the first 80% of the series trains, the last 20%
+tests. The model and its training are four statements, line for line the Keras version's:
+
+    model = clstm.Sequential(clstm.LSTM(1, 50, batch_first=True),   # Sequential([LSTM(50,
+                             clstm.LastStep(batch_first=True),       #   input_shape=(10, 1)),
+                             clstm.Linear(50, 1))                    #   Dense(1)])
+    optimizer = clstm.optim.Adam(model, lr=5e-3)                     # model.compile(Adam(5e-3),
+                                                                     #   loss="mse")
+    history = clstm.fit(model, clstm.mse_loss, optimizer, x_train, y_train, epochs=10,
+                        batch_size=32, validation=0.1)               # model.fit(x_train, y_train,
+                                                                     #   epochs=10, batch_size=32,
+                                                                     #   validation_split=0.1)
+    pred = clstm.predict(model, x_test)                              # model.predict(x_test)
 
 What "good" means here: the next value contains fresh noise that nothing can predict, so
 even a perfect model has a test MSE of ``sigma**2``, the noise variance (the irreducible
@@ -16,12 +30,13 @@ about ``2 * sigma**2 + (change)**2``. A model that has learnt the sine lands clo
 the sine's phase is known only approximately. For comparison the script also fits the
 best *linear* forecast from the window, by least squares on the training windows.)
 
-Only the last step's output feeds the loss, so the gradient sent back into the LSTM is
-zero at every step but the last: ``dy = zeros_like(y); dy[:, -1] = d(last output)``.
-Backpropagation through time then carries it back through the window.
+Only the last step's output feeds the loss, so ``LastStep``'s backward sends a gradient
+into the LSTM at the last step only; backpropagation through time carries it back through
+the window.
 
-Writes a plot of true vs predicted test values to ``--out`` if matplotlib is installed
-(otherwise says so and carries on); the numbers are printed either way.
+Writes a plot of the training and validation loss per epoch and of true vs predicted test
+values to ``--out`` if matplotlib is installed (otherwise says so and carries on); the
+numbers are printed either way.
 
     python examples/sine_forecast.py                 # 10 epochs
     python examples/sine_forecast.py --quick         # fewer points and epochs
@@ -34,13 +49,6 @@ import time
 import numpy as np
 
 import clstm
-
-
-def make_windows(series, window):
-    """All ``(series[i:i+window], series[i+window])`` pairs: x ``(N, window, 1)``, y ``(N, 1)``."""
-    n = len(series) - window
-    idx = np.arange(window)[None, :] + np.arange(n)[:, None]
-    return series[idx][..., None], series[window:][:, None]
 
 
 def main(argv=None):
@@ -66,42 +74,25 @@ def main(argv=None):
     t = np.arange(points)
     noise = args.sigma * rng.standard_normal(points)
     series = (np.sin(2 * np.pi * t / args.period) + noise).astype(np.float32)
-    x, y = make_windows(series, args.window)
+    x, y = clstm.data.windows(series, args.window)   # x (N, window, 1), y (N, 1)
     n_train = int(0.8 * len(x))
     x_train, y_train, x_test, y_test = x[:n_train], y[:n_train], x[n_train:], y[n_train:]
-
-    # The model: LSTM over the window, Linear on the last step's output.
-    lstm = clstm.LSTM(1, args.hidden, batch_first=True, seed=args.seed)
-    head = clstm.Linear(args.hidden, 1, seed=args.seed + 1)
-    opt = clstm.optim.Adam([lstm, head], lr=args.lr)
-
-    def predict(x):
-        out, _ = lstm(x)
-        return head(out[:, -1])
-
     print(f"{points} points, period {args.period:g}, noise sigma {args.sigma:g}; windows of "
-          f"{args.window} -> next value: {len(x_train)} train, {len(x_test)} test")
-    print(f"model: {lstm!r} -> last step -> {head!r}; Adam lr {args.lr:g}, batch {args.batch}")
-    start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        order = rng.permutation(n_train)
-        total = 0.0
-        for i in range(0, n_train, args.batch):
-            batch = order[i:i + args.batch]
-            opt.zero_grad()
-            (out, _), lstm_backward = lstm.forward_train(x_train[batch])
-            pred, head_backward = head.forward_train(out[:, -1])
-            loss, dpred = clstm.mse_loss(pred, y_train[batch])
-            dout = np.zeros_like(out)          # only the last step feeds the loss
-            dout[:, -1] = head_backward(dpred)
-            lstm_backward(dout)
-            opt.step()
-            total += loss * len(batch)
-        print(f"epoch {epoch:2d}/{epochs}: train MSE {total / n_train:.5f}  "
-              f"({time.perf_counter() - start:.1f} s)")
+          f"{args.window} -> next value: {n_train} train (10% of them validate), "
+          f"{len(x_test)} test")
 
-    train_mse = float(np.mean((predict(x_train) - y_train) ** 2))
-    pred_test = predict(x_test)
+    # The model and its training: the Keras version's four statements (see the docstring).
+    model = clstm.Sequential(clstm.LSTM(1, args.hidden, batch_first=True, seed=args.seed),
+                             clstm.LastStep(batch_first=True),
+                             clstm.Linear(args.hidden, 1, seed=args.seed + 1))
+    optimizer = clstm.optim.Adam(model, lr=args.lr)
+    start = time.perf_counter()
+    history = clstm.fit(model, clstm.mse_loss, optimizer, x_train, y_train, epochs=epochs,
+                        batch_size=args.batch, validation=0.1, shuffle=rng)
+    pred_test = clstm.predict(model, x_test)
+    print(f"model: {model!r}\ntrained in {time.perf_counter() - start:.1f} s")
+
+    train_mse = float(np.mean((clstm.predict(model, x_train) - y_train) ** 2))
     test_mse = float(np.mean((pred_test - y_test) ** 2))
     naive_mse = float(np.mean((x_test[:, -1] - y_test) ** 2))   # next = last value
     # Best linear forecast y ~ window @ w + b, fitted on the training windows.
@@ -123,11 +114,22 @@ def main(argv=None):
             import matplotlib
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
+            from matplotlib.ticker import MaxNLocator
         except ImportError:
             print("matplotlib is not installed: skipping the plot")
         else:
             n = min(200, len(y_test))
-            fig, ax = plt.subplots(figsize=(9, 3.5))
+            fig, (ax_loss, ax) = plt.subplots(1, 2, figsize=(12, 3.5),
+                                              gridspec_kw={"width_ratios": [1, 3]})
+            epochs_run = np.arange(1, len(history["loss"]) + 1)
+            ax_loss.plot(epochs_run, history["loss"], "o-", label="train")
+            ax_loss.plot(epochs_run, history["val_loss"], "s-", label="validation")
+            ax_loss.axhline(noise_var, color="0.6", ls=":", label="noise variance")
+            ax_loss.set_xlabel("epoch")
+            ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax_loss.set_ylabel("MSE")
+            ax_loss.set_yscale("log")
+            ax_loss.legend(fontsize=8)
             ax.plot(y_test[:n, 0], ".", color="0.6", label="true (noisy) next value")
             ax.plot(np.sin(2 * np.pi * t[args.window + n_train:][:n] / args.period), "k-",
                     lw=0.8, label="noise-free sine")
@@ -143,7 +145,8 @@ def main(argv=None):
     ok = test_mse < naive_mse
     print(f"RESULT sine_forecast={'PASS' if ok else 'FAIL'} train_mse={train_mse:.6f} "
           f"test_mse={test_mse:.6f} naive_mse={naive_mse:.6f} linear_mse={linear_mse:.6f} "
-          f"noise_var={noise_var:.6f}")
+          f"noise_var={noise_var:.6f} val_loss={history['val_loss'][-1]:.6f} "
+          f"epochs={len(history.epoch)}")
     return 0 if ok else 1
 
 

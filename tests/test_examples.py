@@ -40,7 +40,8 @@ def run(name, *args, cwd, block=(), expect_rc=0):
 
 def test_examples_exist():
     names = {p.stem for p in EXAMPLES.glob("*.py")}
-    assert {"gradient_check", "sine_forecast", "char_lm", "from_pytorch"} <= names
+    assert {"gradient_check", "sine_forecast", "char_lm", "from_pytorch",
+            "attention_classifier"} <= names
 
 
 def test_gradient_check_passes(tmp_path):
@@ -64,6 +65,7 @@ def test_sine_forecast_beats_naive_baseline(tmp_path):
     assert r["sine_forecast"] == "PASS"
     assert test_mse < 0.7 * naive_mse
     assert noise_var < test_mse < 2.5 * noise_var  # near the irreducible error
+    assert int(r["epochs"]) == 3 and float(r["val_loss"]) < 2.5 * noise_var  # fit's history
     png = tmp_path / "sine_forecast.png"
     if importlib.util.find_spec("matplotlib") is not None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -76,6 +78,19 @@ def test_sine_forecast_without_matplotlib(tmp_path):
     assert "matplotlib is not installed: skipping the plot" in out
     assert not (tmp_path / "plot.png").exists()
     assert float(r["test_mse"]) < float(r["naive_mse"])
+
+
+def test_attention_classifier_accuracy_and_attention_on_the_pattern(tmp_path):
+    out, r = run("attention_classifier", cwd=tmp_path)
+    assert r["attention_classifier"] == "PASS"
+    assert float(r["accuracy"]) > 0.9 > float(r["chance"])
+    assert float(r["peak_on_pattern"]) > 0.8
+    assert float(r["attention_mass"]) > 2 * float(r["uniform_mass"])
+    png = tmp_path / "attention_classifier.png"
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert "skipping the plot" in out and not png.exists()
 
 
 def test_char_lm_beats_unigram_entropy(tmp_path):
