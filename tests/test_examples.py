@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 TIMEOUT = 120  # seconds per run; --quick runs take a few
 
