@@ -73,6 +73,19 @@ n = 2000
 out["cell step B=1 H=128 (us)"] = timed(loop(lambda: cell(x1, state), n), 3) / n
 out["frozen cell step B=1 H=128 (us)"] = timed(loop(lambda: frozen(x1, state), n), 3) / n
 out["LSTM T=1 call B=1 H=128 (us)"] = timed(loop(lambda: layer(xs, s1), n), 3) / n
+two = clstm.LSTM(128, 128, num_layers=2, dtype=np.float32, seed=0)
+s2 = (np.zeros((2, 1, 128), np.float32), np.zeros((2, 1, 128), np.float32))
+out["2-layer LSTM T=1 call B=1 H=128 (us)"] = timed(loop(lambda: two(xs, s2), n), 3) / n
+if hasattr(two, "freeze"):
+    two_frozen = two.freeze()
+    out["2-layer frozen LSTM T=1 call B=1 H=128 (us)"] = timed(
+        loop(lambda: two_frozen(xs, s2), n), 3) / n
+big = clstm.LSTMCell(512, 512, dtype=np.float32, seed=0)
+xb = np.zeros((256, 512), np.float32)
+sb = (np.zeros((256, 512), np.float32), np.zeros((256, 512), np.float32))
+out["cell step B=256 H=512"] = timed(lambda: big(xb, sb), repeats)
+big_frozen = big.freeze()
+out["frozen cell step B=256 H=512"] = timed(lambda: big_frozen(xb, sb), repeats)
 print(json.dumps(out))
 """
 
@@ -98,7 +111,7 @@ def main():
             runs[py].append(json.loads(res.stdout))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     base = args.python[0]
-    keys = list(runs[base][0])
+    keys = [k for k in runs[base][0] if all(k in run for py in args.python for run in runs[py])]
     med = {py: {k: statistics.median(run[k] for run in runs[py]) for k in keys}
            for py in args.python}
     print(f"threads={args.threads}, rounds={args.rounds}; medians (ms; us for the steps), "

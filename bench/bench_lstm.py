@@ -14,7 +14,8 @@ Sections (``--sections``, comma-separated; default all):
   lengths   variable-length batches (PyTorch: pack_padded_sequence + pad_packed_sequence;
             ONNX Runtime: sequence_lens)
   bidirectional  float32, one bidirectional layer at streaming to medium batches
-  cell      one step at B=1, I=H=128 from Python: LSTMCell and a one-step layer call
+  cell      one step at B=1, I=H=128 from Python: LSTMCell and a one-step layer call, live
+            and frozen
   threads   1 vs 2 (or --threads) threads for every implementation that has threads
   memory    peak memory of inference vs sequence length, each run in a fresh process
   sgemm     a 2048^3 SGEMM's GFLOP/s (SciPy's BLAS and PyTorch) against clstm's training
@@ -245,8 +246,16 @@ def section_cell(bench):
             h, c = frozen(x, (h, c))
         return h
 
+    frozen_layer = lstm.freeze()
+
+    def clstm_frozen_layer():
+        h, c = h0[None], h0[None]
+        for _ in range(steps):
+            _, (h, c) = frozen_layer(x3, (h, c))
+        return h[0]
+
     fns = {"clstm.LSTMCell": clstm_cell, "clstm.LSTMCell.freeze()": clstm_frozen,
-           "clstm.LSTM": clstm_layer}
+           "clstm.LSTM": clstm_layer, "clstm.LSTM.freeze()": clstm_frozen_layer}
     torch = bench.torch
     if torch is not None:
         tcell = torch.nn.LSTMCell(I, H)
