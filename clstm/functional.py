@@ -343,9 +343,29 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, w_hr=None, lengths=None, 
 def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     """Backpropagation through time for one ``lstm_forward(..., train=True)`` call.
 
-    ``dy (T, B, P)``, ``dh_n (B, P)``, ``dc_n (B, H)``: gradients of the loss w.r.t. the
-    outputs; each may be None (zero); ``dy`` past a row's length is ignored. Returns
-    `clstm.reference.LSTMGrads`. Runs once per forward.
+    Parameters
+    ----------
+    cache : ForwardCache
+        From ``lstm_forward(..., train=True)``; consumed (backward runs once per forward).
+    dy : array_like (T, B, P), optional
+        Gradient of the loss w.r.t. ``y`` (past a row's length it is ignored).
+    dh_n, dc_n : array_like (B, P), (B, H), optional
+        Gradients w.r.t. the final states. A missing gradient counts as zeros.
+
+    Returns
+    -------
+    clstm.reference.LSTMGrads
+        ``dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr`` (None where the forward had no
+        such parameter).
+
+    Raises
+    ------
+    TypeError
+        ``cache`` is not a training forward's.
+    RuntimeError
+        Backward already ran for this forward.
+    ValueError
+        A gradient of the wrong shape (named).
     """
     if not isinstance(cache, ForwardCache):
         raise TypeError("cache must come from clstm.functional.lstm_forward(..., train=True), "
