@@ -11,12 +11,12 @@ thread instead, which costs the hoisted GEMMs their threads but never oversubscr
 """
 import contextlib
 import ctypes
-import operator
 import os
 import threading
 from typing import Optional
 
 from . import _runtime
+from ._checks import positive_int
 
 _num_threads = None
 _kernels_switch_blas = False
@@ -41,6 +41,36 @@ def openmp_enabled() -> bool:
     return _runtime.openmp_enabled()
 
 
+def _team_cap() -> int:
+    """The most threads that can help: the CPUs this process may run on. More threads than
+    that only time-share the cores (and each needs its own scratch)."""
+    return _available_cpus()
+
+
+def team_size(n_threads=None, name="n_threads") -> int:
+    """The one thread guard: how many threads a kernel call runs on when ``n_threads`` (an
+    int, or None for the process-wide setting) were asked for.
+
+    Validates ``n_threads`` (a `TypeError` or `ValueError` naming ``name``), then caps it at
+    the CPUs this process may run on, and at 1 in a child forked after clstm ran OpenMP
+    threads (GNU OpenMP hangs there). Every way of asking for threads goes through here.
+    """
+    if _forked_child:
+        if n_threads is not None:
+            positive_int(name, n_threads)
+        return 1
+    if n_threads is None:
+        n_threads = _num_threads
+        if n_threads is None:
+            n = _available_cpus()
+            if "OMP_NUM_THREADS" in os.environ and openmp_enabled():
+                n = min(n, _runtime.openmp_max_threads())
+            return max(1, n)
+    else:
+        n_threads = positive_int(name, n_threads)
+    return min(n_threads, _team_cap())
+
+
 def set_num_threads(n: Optional[int]) -> None:
     """Set how many threads clstm's kernels use (process-wide).
 
@@ -48,37 +78,24 @@ def set_num_threads(n: Optional[int]) -> None:
     ----------
     n : int >= 1 or None
         None restores the default: the CPUs this process may run on, capped by
-        ``OMP_NUM_THREADS``.
+        ``OMP_NUM_THREADS``. Larger values are accepted but capped at the CPUs this process
+        may run on (more threads than cores only slow the calls down), and a child forked
+        after clstm ran threads uses one (see `get_num_threads`).
 
     Raises
     ------
     TypeError, ValueError
-        ``n`` not a positive int or None.
+        ``n`` not an int >= 1 or None (the message names ``n``).
     """
     global _num_threads
-    if n is not None:
-        if isinstance(n, bool):
-            raise TypeError("n must be a positive int or None, got bool")
-        try:
-            n = operator.index(n)
-        except TypeError:
-            raise TypeError(f"n must be a positive int or None, got {type(n).__name__}") from None
-        if n < 1:
-            raise ValueError(f"n must be a positive int or None, got {n}")
-    _num_threads = n
+    _num_threads = None if n is None else positive_int("n", n)
 
 
 def get_num_threads() -> int:
-    """The number of threads clstm's kernels use (always 1 in a process forked from one
-    that had already run clstm: OpenMP cannot be used again there)."""
-    if _forked_child:
-        return 1
-    if _num_threads is not None:
-        return _num_threads
-    n = _available_cpus()
-    if "OMP_NUM_THREADS" in os.environ and openmp_enabled():
-        n = min(n, _runtime.openmp_max_threads())
-    return max(1, n)
+    """The number of threads clstm's kernels use: `set_num_threads`'s value capped at the
+    CPUs this process may run on, and always 1 in a process forked from one that had
+    already run clstm's threads (GNU OpenMP cannot be used again there)."""
+    return team_size(None)
 
 
 def _openblas_functions(dynlib):

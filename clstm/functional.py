@@ -15,10 +15,9 @@ import threading
 import numpy as np
 
 from . import _dispatch, _packed, _recurrent
-from ._checks import check_blas_sizes, check_lengths, check_shape, float_array, float_dtype, \
-    positive_int
+from ._checks import check_blas_sizes, check_lengths, check_shape, float_array, float_dtype
 from ._packing import Packing
-from ._threads import get_num_threads, kernel_call, kernel_lock
+from ._threads import kernel_call, kernel_lock, team_size
 from .reference import LSTMGrads
 
 __all__ = ["lstm_forward", "lstm_backward", "Packing", "LayerWeights"]
@@ -299,7 +298,8 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, w_hr=None, lengths=None, 
     train : bool
         Keep what `lstm_backward` needs.
     n_threads : int, optional
-        Default `clstm.get_num_threads()`.
+        Default `clstm.get_num_threads()`; capped as `clstm.set_num_threads` says (at the
+        CPUs available, at 1 in a forked child).
     strategy : {"step", "serial", "batch", "units"}, optional
         Force a path (`clstm._dispatch`); default automatic. Results do not depend on it
         except "step" (BLAS's summation order: equal to rounding).
@@ -319,7 +319,7 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, w_hr=None, lengths=None, 
     T, B, _ = x.shape
     if lengths is not None:
         lengths = check_lengths(lengths, T, B)
-    n_threads = get_num_threads() if n_threads is None else positive_int("n_threads", n_threads)
+    n_threads = team_size(n_threads)
     packing = Packing(T, B, lengths)
     xp = packing.pack(x)
     xp = packing.reverse(xp) if reverse else xp

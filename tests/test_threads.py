@@ -14,8 +14,9 @@ def test_thread_settings():
         assert clstm.get_num_threads() == 1
         clstm.set_num_threads(np.int64(3))
         assert clstm.get_num_threads() == 3
-        for bad, exc in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
-            with pytest.raises(exc, match="n must be a positive int"):
+        for bad, exc in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError),
+                         ("2", TypeError)):
+            with pytest.raises(exc, match="^n must be"):
                 clstm.set_num_threads(bad)
     finally:
         clstm.set_num_threads(None)
@@ -67,6 +68,77 @@ def test_concurrent_calls_from_python_threads():
             np.testing.assert_array_equal(y, expected[k])
     if lib is not None:
         assert lib.get_num_threads() == before
+
+
+def test_thread_requests_are_validated_and_capped_at_the_cpus(monkeypatch):
+    """set_num_threads and the per-call n_threads go through one guard: a clear error for
+    a bad value, and a team no larger than the CPUs (a huge request used to overflow, and
+    1000 threads on 2 CPUs made calls slower and sized scratch by 1000)."""
+    from clstm import _threads
+    from clstm import functional as F
+    from _helpers import make_problem
+
+    monkeypatch.setattr(_threads, "_team_cap", lambda: 2)
+    p = make_problem(3, 5, 2, 4, dtype=np.float64, seed=1)
+    args = [p[k] for k in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0")]
+    expected = F.lstm_forward(*args, n_threads=1)[0]
+    try:
+        for n in (1000, 2**31, 2**63):
+            clstm.set_num_threads(n)
+            assert clstm.get_num_threads() == 2
+            np.testing.assert_array_equal(make_lstm()(np.zeros((2, 3, I)))[0],
+                                          make_lstm()(np.zeros((2, 3, I)))[0])
+            np.testing.assert_array_equal(F.lstm_forward(*args, n_threads=n)[0], expected)
+    finally:
+        clstm.set_num_threads(None)
+    assert _threads.team_size(1) == 1
+    for bad, exc in ((0, ValueError), (1.5, TypeError), ("2", TypeError), (True, TypeError)):
+        with pytest.raises(exc, match="^n_threads must be"):
+            F.lstm_forward(*args, n_threads=bad)
+
+
+_FORK_EXPLICIT_THREADS = """
+import os, sys, time
+import numpy as np
+import clstm
+from clstm import functional as F
+
+clstm.set_num_threads(2)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((20, 8, 4))
+w_ih, w_hh = rng.standard_normal((64, 4)), rng.standard_normal((64, 16))
+b, h0 = np.zeros(64), np.zeros((8, 16))
+args = (x, w_ih, w_hh, b, b, h0, h0)
+expected = F.lstm_forward(*args, n_threads=2, strategy="batch")[0]  # the parent's OpenMP pool
+pid = os.fork()
+if pid == 0:
+    y = F.lstm_forward(*args, n_threads=2, strategy="batch")[0]
+    os._exit(0 if np.array_equal(y, expected) else 3)
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.02)
+os.kill(pid, 9)
+sys.exit("the forked child hung")
+"""
+
+
+def test_forked_child_with_explicit_n_threads_does_not_hang():
+    import os
+    import subprocess
+    import sys
+
+    from clstm import _threads
+
+    if not hasattr(os, "fork") or not clstm.openmp_enabled() or _threads._available_cpus() < 2:
+        pytest.skip("needs fork, an OpenMP build and 2 CPUs")
+    # A fresh interpreter (a fork of the test process could inherit its threads), outside
+    # the repository so that it imports the installed package.
+    proc = subprocess.run([sys.executable, "-c", _FORK_EXPLICIT_THREADS], cwd=os.sep,
+                          capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def _run_in_child(seed):
