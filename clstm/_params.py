@@ -1,5 +1,6 @@
 """Named parameters and their gradients, shared by every layer class."""
 import zipfile
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -50,6 +51,9 @@ class Parameterised:
         error (without it they are skipped). Nothing changes unless every entry is valid.
         Values are copied into the existing arrays, so references to ``params`` (held by an
         optimiser, say) stay valid and nothing aliases the caller's memory."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of parameter name -> array (as "
+                            f"state_dict() returns), got {type(state_dict).__name__}")
         expected = self._shapes
         missing = [k for k in expected if k not in state_dict]
         unexpected = [k for k in state_dict if k not in expected]

@@ -8,7 +8,7 @@ from typing import Callable, Optional, Tuple, Union
 import numpy as np
 
 from . import _packed, _threads, functional
-from ._checks import check_shape, float_array, float_dtype, positive_int
+from ._checks import check_shape, float_array, float_dtype, generator_from_seed, positive_int
 from ._params import Parameterised
 from ._threads import get_num_threads
 from .rnn import Array, State, _state_pair
@@ -46,7 +46,7 @@ class LSTMCell(Parameterised):
         shapes = {"weight_ih": (4 * H, I), "weight_hh": (4 * H, H)}
         if self.bias:
             shapes.update(bias_ih=(4 * H,), bias_hh=(4 * H,))
-        self._init_params(shapes, np.random.default_rng(seed), 1.0 / math.sqrt(H))
+        self._init_params(shapes, generator_from_seed(seed), 1.0 / math.sqrt(H))
 
     def _prepare(self, x, state):
         """Validate; return x (B, I), h0, c0 (B, H), the caller's state shape, batched."""
@@ -188,6 +188,9 @@ class FrozenLSTMCell(_packed.PackedCell):
     """
 
     def __init__(self, cell: LSTMCell):
+        if not isinstance(cell, LSTMCell):
+            raise TypeError(f"cell must be an LSTMCell (FrozenLSTMCell(cell) or cell.freeze()), "
+                            f"got {type(cell).__name__}")
         self._spec = cell  # for the shapes, dtype and input checks only
         self.input_size, self.hidden_size, self.dtype = cell.input_size, cell.hidden_size, \
             cell.dtype

@@ -15,7 +15,8 @@ import threading
 import numpy as np
 
 from . import _dispatch, _packed, _recurrent
-from ._checks import check_blas_sizes, check_lengths, check_shape, float_array, float_dtype
+from ._checks import check_blas_sizes, check_lengths, check_shape, float_array, float_dtype, \
+    private_copy
 from ._packing import Packing
 from ._threads import kernel_call, kernel_lock, team_size
 from .reference import LSTMGrads
@@ -324,7 +325,7 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, w_hr=None, lengths=None, 
     xp = packing.pack(x)
     xp = packing.reverse(xp) if reverse else xp
     if train:  # the cache must not see later writes to the caller's arrays
-        xp = xp.copy() if np.may_share_memory(xp, x) else xp
+        xp = private_copy(xp, x)
     weights = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr, copy=train)
     y, h_n, c_n, layer = layer_forward(xp, packing, weights, packing.sort_rows(h0),
                                        packing.sort_rows(c0), train, n_threads,

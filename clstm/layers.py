@@ -6,11 +6,13 @@ Every module has ``__call__`` (inference) and ``forward_train`` (returns ``out, 
 ``backward(dout)`` adds the parameter gradients into ``grads`` and returns the gradient of
 the input)."""
 import math
+import numbers
 from typing import Optional
 
 import numpy as np
 
-from ._checks import check_shape, float_array, float_dtype, positive_int
+from ._checks import check_shape, float_array, float_dtype, generator, generator_from_seed, \
+    positive_int, private_copy
 from ._inputs import (batch_major, float_input, int_input, keywords_taken, sequence_lengths,
                       to_caller)
 from ._params import Parameterised
@@ -38,7 +40,7 @@ class Linear(Parameterised):
             shapes["bias"] = (self.out_features,)
         else:
             self.bias = None  # as torch: ``lin.bias`` is the parameter, or None without one
-        self._init_params(shapes, np.random.default_rng(seed),
+        self._init_params(shapes, generator_from_seed(seed),
                           1.0 / math.sqrt(self.in_features))
 
     @property
@@ -68,10 +70,7 @@ class Linear(Parameterised):
         """``y, backward`` with ``dx = backward(dy)`` accumulating into ``grads``. Keeps its
         own copies of ``x`` and ``weight``, so changes to either (an optimiser step, say)
         before ``backward`` do not change the gradients."""
-        x_in = x
-        x = self._prepare(x)
-        if np.may_share_memory(x, x_in):
-            x = x.copy()
+        x = private_copy(self._prepare(x), x)
         p = self._checked_params()
         weight = p["weight"].copy()
         y = self._apply(x, p)
@@ -147,7 +146,7 @@ class Embedding(Parameterised):
         self.padding_idx = padding_idx
         self.dtype = float_dtype(dtype)
         self.seed = seed
-        weight = np.random.default_rng(seed).standard_normal(
+        weight = generator_from_seed(seed).standard_normal(
             (self.num_embeddings, self.embedding_dim)).astype(self.dtype)
         if padding_idx is not None:
             weight[padding_idx] = 0
@@ -206,12 +205,11 @@ class Dropout:
     """
 
     def __init__(self, p: float = 0.5, *, seed: Optional[int] = None):
-        if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) \
-                or not 0 <= p <= 1:
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
             raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
         self.p = float(p)
         self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self._rng = generator_from_seed(seed)
 
     def __call__(self, x) -> np.ndarray:
         """Inference: ``x`` unchanged."""
@@ -223,7 +221,7 @@ class Dropout:
         """``out, backward``: ``out = x * mask``, ``backward(dout) = dout * mask``, with
         ``mask = (rng.random(x.shape) >= p) / (1 - p)`` (all zeros when ``p == 1``)."""
         x = float_input("x", x)
-        rng = self._rng if rng is None else rng
+        rng = self._rng if rng is None else generator(rng)
         if self.p == 1:
             mask = np.zeros_like(x)
         else:
@@ -287,7 +285,7 @@ class AttentionPooling(Parameterised):
         self.dtype = float_dtype(dtype)
         self.seed = seed
         H, A = self.hidden_size, self.attention_size
-        rng = np.random.default_rng(seed)
+        rng = generator_from_seed(seed)
         b_h, b_a = 1.0 / math.sqrt(H), 1.0 / math.sqrt(A)
         _adopt(self, {name: rng.uniform(-bound, bound, shape).astype(self.dtype)
                       for name, shape, bound in (("weight", (A, H), b_h), ("bias", (A,), b_h),
@@ -328,8 +326,7 @@ class AttentionPooling(Parameterised):
         accumulating into ``grads``; keeps its own copies of what backward reads."""
         h_in = h
         h, u, a, s, batched = self._forward(h, lengths)
-        if np.may_share_memory(h, h_in):
-            h = h.copy()
+        h = private_copy(h, h_in)
         weight, context = self.params["weight"].copy(), self.params["context"].copy()
         out = self._to_caller(s, a, batched)
         s_shape, a_shape = out[0].shape, out[1].shape

@@ -116,3 +116,63 @@ def test_parameters_replaced_in_params_dict_are_checked():
 def test_bad_lengths_are_named(lengths, exc, pattern):
     with pytest.raises(exc, match=pattern):
         make_lstm()(np.zeros((5, 3, I)), lengths=lengths)
+
+
+def _torch_requires_grad(a):
+    torch = pytest.importorskip("torch")
+    return torch.tensor(a, requires_grad=True)
+
+
+@pytest.mark.parametrize("call, exc, pattern", [
+    (lambda m: clstm.optim.SGD(m, lr="0.1"), TypeError, "lr must be a number, got str"),
+    (lambda m: clstm.optim.SGD(m, lr=0.1, momentum="0.9"), TypeError, "momentum must be a number"),
+    (lambda m: clstm.optim.Adam(m, eps="1e-8"), TypeError, "eps must be a number"),
+    (lambda m: clstm.optim.Adam(m, betas=("0.9", 0.999)), TypeError, "beta1 must be a number"),
+    (lambda m: clstm.clip_grad_norm(m, "1"), TypeError, "max_norm must be a number"),
+    (lambda m: clstm.optim.SGD(None, lr=0.1), TypeError, "params must be a module .* NoneType"),
+    (lambda m: clstm.optim.Adam(5), TypeError, "params must be a module .* got int"),
+    (lambda m: clstm.clip_grad_norm(None, 1.0), TypeError, "params must be a module"),
+    (lambda m: m.load_state_dict(None), TypeError, "state_dict must be a mapping .* NoneType"),
+    (lambda m: clstm.optim.SGD(m, lr=0.1).load_state_dict(None), TypeError,
+     "state_dict must be a dict"),
+    (lambda m: clstm.FrozenLSTMCell(5), TypeError, r"cell must be an LSTMCell .* got int"),
+    (lambda m: clstm.FrozenLSTM(5), TypeError, "model must be a clstm.LSTM"),
+    (lambda m: m.forward_train(np.zeros((2, 1, I)), rng=5), TypeError,
+     "rng must be a numpy.random.Generator"),
+    (lambda m: clstm.Dropout(0.5).forward_train(np.zeros(3), rng=5), TypeError,
+     "rng must be a numpy.random.Generator"),
+    (lambda m: clstm.LSTM(4, 8, seed=-1), ValueError, "seed must be None or an int >= 0"),
+    (lambda m: clstm.LSTMCell(4, 8, seed="a"), TypeError, "seed must be None or an int >= 0"),
+    (lambda m: clstm.Linear(4, 8, seed=1.5), TypeError, "seed must be None or an int >= 0"),
+])
+def test_unclear_errors_now_name_the_argument(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call(make_lstm())
+
+
+def test_valid_numbers_and_empty_lengths_are_accepted():
+    lstm = make_lstm()
+    for lr in (np.float32(0.1), 1, np.array(0.5)):
+        assert clstm.optim.SGD(lstm, lr=lr).lr == float(lr)
+    assert clstm.LSTM(3, 4, dropout=np.int64(0)).dropout == 0.0
+    assert clstm.LSTM(3, 4, num_layers=2, dropout=np.float32(0.25)).dropout == 0.25
+    for empty in ((), []):
+        y, (h, c) = lstm(np.zeros((5, 0, I)), lengths=empty)
+        assert y.shape == (5, 0, H) and h.shape == (1, 0, H)
+    with pytest.raises(TypeError, match="lengths must be an integer array"):
+        lstm(np.zeros((5, 1, I)), lengths=[5.0])  # a non-empty float array stays an error
+
+
+def test_training_takes_torch_tensors_that_require_grad():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 2, I))
+    lstm = make_lstm()
+    expected = lstm.forward_train(x)[0][0]
+    (y, _), backward = lstm.forward_train(_torch_requires_grad(x))
+    np.testing.assert_array_equal(y, expected)
+    backward(np.ones_like(y))
+    lin = clstm.Linear(I, 2, dtype=np.float64, seed=0)
+    np.testing.assert_array_equal(lin.forward_train(_torch_requires_grad(x))[0], lin(x))
+    pool = clstm.AttentionPooling(I, 2, dtype=np.float64, seed=0)
+    np.testing.assert_array_equal(pool.forward_train(_torch_requires_grad(x))[0][0],
+                                  pool(x)[0])
