@@ -7,13 +7,36 @@ import numpy as np
 from ._checks import check_shape, float_array
 
 
+class Gradients(dict):
+    """A module's ``grads``: parameter name -> the array its backward adds into and its
+    optimisers read. Assigning an entry copies the value into that array (checked against
+    its shape, cast to its dtype), as assigning a parameter does, so an optimiser built
+    before sees the new values and a wrong shape is an error, not a silent broadcast. A
+    name that is not there yet is stored as given."""
+
+    def __setitem__(self, name, value):
+        target = self.get(name)
+        if target is None or value is target:  # (``grads[k] += d`` assigns target itself)
+            super().__setitem__(name, value)
+            return
+        what = f"grads[{name!r}]"
+        target[...] = check_shape(what, float_array(what, value, target.dtype), target.shape)
+
+    def update(self, *args, **kwargs):
+        for name, value in dict(*args, **kwargs).items():
+            self[name] = value
+
+
 class Parameterised:
     """Parameters in a dict of named float arrays (PyTorch names), gradients of the same
-    shapes in ``grads``, attribute access (``layer.weight_ih_l0``), and
+    shapes in ``grads`` (a `Gradients`), attribute access (``layer.weight_ih_l0``), and
     ``state_dict`` / ``load_state_dict``, and ``save`` / ``load`` to one ``.npz`` file.
 
-    Subclasses set ``dtype`` and call ``_init_params``.
+    Subclasses set ``dtype`` and call ``_init_params``; the hyper-parameters named in
+    ``_fixed`` cannot be assigned once set (the parameters' shapes and dtype follow them).
     """
+
+    _fixed = ()
 
     def _init_params(self, shapes, rng, bound):
         """``shapes``: ordered name -> shape. PyTorch's initialisation: every parameter
@@ -21,7 +44,7 @@ class Parameterised:
         self._shapes = dict(shapes)
         self._params = {name: rng.uniform(-bound, bound, shape).astype(self.dtype)
                         for name, shape in self._shapes.items()}
-        self.grads = {name: np.zeros_like(p) for name, p in self._params.items()}
+        self.grads = Gradients((name, np.zeros_like(p)) for name, p in self._params.items())
 
     @property
     def params(self):
@@ -38,6 +61,10 @@ class Parameterised:
         params = self.__dict__.get("_params")
         if params is not None and name in params:
             self.load_state_dict({name: value}, strict=False)
+        elif name in self._fixed and name in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}.{name} is fixed at construction (the "
+                                 f"parameters' shapes and dtype follow it): build a new "
+                                 f"{type(self).__name__} instead")
         else:
             super().__setattr__(name, value)
 

@@ -35,6 +35,8 @@ class LSTMCell(Parameterised):
         Seeds PyTorch's initialisation U(-1/sqrt(H), 1/sqrt(H)).
     """
 
+    _fixed = ("input_size", "hidden_size", "bias", "dtype", "seed")
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
                  dtype: Union[type, np.dtype, str] = np.float32, seed: Optional[int] = None):
         self.input_size = positive_int("input_size", input_size)

@@ -15,7 +15,7 @@ from ._checks import check_shape, float_array, float_dtype, generator, generator
     positive_int, private_copy
 from ._inputs import (batch_major, float_input, int_input, keywords_taken, sequence_lengths,
                       to_caller)
-from ._params import Parameterised
+from ._params import Gradients, Parameterised
 
 
 class Linear(Parameterised):
@@ -29,6 +29,8 @@ class Linear(Parameterised):
     bias, as in PyTorch). Initialisation is PyTorch's, U(-1/sqrt(in_features),
     1/sqrt(in_features)) for weight then bias, drawn from ``numpy.random.default_rng(seed)``.
     """
+
+    _fixed = ("in_features", "out_features", "dtype", "seed")
 
     def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None):
         self.in_features = positive_int("in_features", in_features)
@@ -95,7 +97,7 @@ def _adopt(module, params):
     """Give a module its parameters (name -> array, in state_dict order) and zero grads."""
     module._shapes = {name: p.shape for name, p in params.items()}
     module._params = dict(params)
-    module.grads = {name: np.zeros_like(p) for name, p in params.items()}
+    module.grads = Gradients((name, np.zeros_like(p)) for name, p in params.items())
 
 
 class Embedding(Parameterised):
@@ -131,6 +133,8 @@ class Embedding(Parameterised):
     ValueError
         ``padding_idx`` outside ``[-num_embeddings, num_embeddings)``.
     """
+
+    _fixed = ("num_embeddings", "embedding_dim", "padding_idx", "dtype", "seed")
 
     def __init__(self, num_embeddings: int, embedding_dim: int,
                  padding_idx: Optional[int] = None, *, dtype=np.float32,
@@ -276,6 +280,8 @@ class AttentionPooling(Parameterised):
     TypeError
         Non-float ``h`` (a call).
     """
+
+    _fixed = ("hidden_size", "attention_size", "batch_first", "dtype", "seed")
 
     def __init__(self, hidden_size: int, attention_size: int, *, batch_first: bool = False,
                  dtype=np.float32, seed: Optional[int] = None):
@@ -463,7 +469,7 @@ class Sequential(Parameterised):
         self._modules = list(modules)
         # Flat views over the children, built once: the children update their arrays in
         # place (load_state_dict, optimisers), so these stay the same objects.
-        params, grads, self._dtypes = {}, {}, {}
+        params, grads, self._dtypes = {}, Gradients(), {}
         for i, m in enumerate(modules):
             for name, p in getattr(m, "params", {}).items():
                 params[f"{i}.{name}"] = p

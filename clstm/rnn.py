@@ -47,6 +47,8 @@ class RNNBase(Parameterised):
     """
 
     _cell = None  # the compiled cell's name (clstm._recurrent.CELLS)
+    _fixed = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+              "bidirectional", "proj_size", "dtype", "seed")
     proj_size = 0  # no projection unless the subclass has one
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -368,6 +370,14 @@ class LSTM(RNNBase):
         Forces how each layer call runs (`clstm._dispatch`); None chooses automatically.
         The results do not depend on it beyond rounding ("step" uses BLAS; the others are
         equal bit for bit).
+    input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, \
+proj_size, dtype, seed
+        The constructor's arguments, read-only (assigning one is an AttributeError: the
+        parameters' shapes and dtype follow them; build a new LSTM instead).
+    grads : dict
+        The gradient of each parameter, by name, that backward adds into and optimisers
+        read; assigning an entry copies the value into that array (checked against its
+        shape), so an optimiser built before sees it.
 
     Raises
     ------

@@ -176,3 +176,48 @@ def test_training_takes_torch_tensors_that_require_grad():
     pool = clstm.AttentionPooling(I, 2, dtype=np.float64, seed=0)
     np.testing.assert_array_equal(pool.forward_train(_torch_requires_grad(x))[0][0],
                                   pool(x)[0])
+
+
+def test_replaced_grads_reach_an_earlier_optimiser_or_are_refused():
+    lstm = clstm.LSTM(1, 8, dtype=np.float64, seed=0)
+    opt = clstm.optim.SGD(lstm, lr=1.0)
+    before = lstm.weight_ih_l0.copy()
+    lstm.grads["weight_ih_l0"] = np.full((32, 1), 0.5, np.float32)  # cast, copied in
+    assert lstm.grads["weight_ih_l0"].dtype == np.float64
+    opt.step()
+    np.testing.assert_array_equal(lstm.weight_ih_l0, before - 0.5)
+    with pytest.raises(ValueError, match=r"grads\['weight_ih_l0'\] must have shape \(32, 1\)"):
+        lstm.grads["weight_ih_l0"] = np.zeros((32, 2))
+    with pytest.raises(TypeError, match=r"grads\['bias_ih_l0'\] must be a float"):
+        lstm.grads.update(bias_ih_l0=np.zeros(32, int))
+    _, backward = lstm.forward_train(np.ones((2, 1, 1)))
+    backward(np.ones((2, 1, 8)))  # adds into the same arrays
+    assert np.any(lstm.grads["weight_hh_l0"])
+    model = clstm.Sequential(clstm.Linear(2, 3, seed=0))
+    model.grads["0.weight"] = np.ones((3, 2))  # reaches the child's array
+    np.testing.assert_array_equal(model[0].grads["weight"], np.ones((3, 2)))
+
+
+def test_hyper_parameters_are_read_only_but_models_copy_and_pickle():
+    import copy
+    import pickle
+
+    lstm = clstm.LSTM(3, 4, num_layers=2, seed=1)
+    for name in ("hidden_size", "input_size", "num_layers", "bidirectional", "proj_size",
+                 "dtype", "dropout", "batch_first", "bias", "seed"):
+        with pytest.raises(AttributeError, match=f"LSTM.{name} is fixed at construction"):
+            setattr(lstm, name, 16)
+    for module, name in ((clstm.LSTMCell(3, 4), "hidden_size"), (clstm.Linear(3, 4), "dtype"),
+                         (clstm.Embedding(5, 2), "embedding_dim"),
+                         (clstm.AttentionPooling(4, 2), "attention_size")):
+        with pytest.raises(AttributeError, match="is fixed at construction"):
+            setattr(module, name, 7)
+    lstm.strategy = "serial"  # not a hyper-parameter: still settable
+    x = np.ones((2, 1, 3), np.float32)
+    for clone in (copy.copy(lstm), pickle.loads(pickle.dumps(lstm)), lstm.freeze()):
+        np.testing.assert_array_equal(clone(x)[0], lstm(x)[0])
+    clone = pickle.loads(pickle.dumps(lstm))
+    clone.grads["weight_hh_l0"] = np.ones((16, 4))
+    assert np.all(clone.grads["weight_hh_l0"] == 1) and not np.any(lstm.grads["weight_hh_l0"])
+    with pytest.raises(AttributeError, match="fixed"):
+        clone.hidden_size = 8
