@@ -7,6 +7,22 @@ import numpy as np
 from ._checks import check_shape, float_array
 
 
+# Random initial values are drawn this many at a time (in float64, as NumPy draws them).
+_DRAW_CHUNK = 1 << 20
+
+
+def random_array(draw, shape, dtype):
+    """A new array of ``shape`` and ``dtype`` filled with ``draw(n)`` (NumPy's float64
+    draws: ``rng.uniform(-b, b, n)``...) a chunk at a time: the numbers one draw of the
+    whole size gives, without its float64 temporary (which tripled the peak memory of a
+    float32 model's initialisation and made an impossible size report the wrong dtype)."""
+    out = np.empty(shape, dtype)
+    flat = out.reshape(-1)
+    for start in range(0, flat.size, _DRAW_CHUNK):
+        flat[start:start + _DRAW_CHUNK] = draw(min(_DRAW_CHUNK, flat.size - start))
+    return out
+
+
 class Gradients(dict):
     """A module's ``grads``: parameter name -> the array its backward adds into and its
     optimisers read. Assigning an entry copies the value into that array (checked against
@@ -42,7 +58,8 @@ class Parameterised:
         """``shapes``: ordered name -> shape. PyTorch's initialisation: every parameter
         U(-bound, bound), drawn in state_dict order."""
         self._shapes = dict(shapes)
-        self._params = {name: rng.uniform(-bound, bound, shape).astype(self.dtype)
+        self._params = {name: random_array(lambda n: rng.uniform(-bound, bound, n), shape,
+                                           self.dtype)
                         for name, shape in self._shapes.items()}
         self.grads = Gradients((name, np.zeros_like(p)) for name, p in self._params.items())
 

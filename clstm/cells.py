@@ -96,7 +96,7 @@ class LSTMCell(Parameterised):
         x, h0, c0, _, batched = self._prepare(x, state)
         B, H = h0.shape
         p = self._checked_params()
-        if B > _packed.STEP_MAX_ROWS:  # enough rows to be worth the threaded layer path
+        if not 1 <= B <= _packed.STEP_MAX_ROWS:  # the threaded layer path (or an empty batch)
             _, h, c, _ = functional.layer_forward(
                 x, functional.Packing(1, B), self._layer_weights(copy=False), h0, c0, False,
                 get_num_threads())
@@ -207,7 +207,7 @@ class FrozenLSTMCell(_packed.PackedCell):
         x2, h0, c0, _, batched = self._spec._prepare(x, state)
         x2, h0, c0 = (np.require(a, self.dtype, "CA") for a in (x2, h0, c0))
         B = x2.shape[0]
-        if B <= _packed.STEP_MAX_ROWS:
+        if 1 <= B <= _packed.STEP_MAX_ROWS:
             h, c = self._step(x2, h0, c0, True)
         else:
             _, h, c, _ = functional.layer_forward(x2, functional.Packing(1, B), self._weights,

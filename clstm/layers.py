@@ -15,7 +15,7 @@ from ._checks import check_shape, float_array, float_dtype, generator, generator
     positive_int, private_copy
 from ._inputs import (batch_major, float_input, int_input, keywords_taken, sequence_lengths,
                       to_caller)
-from ._params import Gradients, Parameterised
+from ._params import Gradients, Parameterised, random_array
 
 
 class Linear(Parameterised):
@@ -150,8 +150,8 @@ class Embedding(Parameterised):
         self.padding_idx = padding_idx
         self.dtype = float_dtype(dtype)
         self.seed = seed
-        weight = generator_from_seed(seed).standard_normal(
-            (self.num_embeddings, self.embedding_dim)).astype(self.dtype)
+        weight = random_array(generator_from_seed(seed).standard_normal,
+                              (self.num_embeddings, self.embedding_dim), self.dtype)
         if padding_idx is not None:
             weight[padding_idx] = 0
         _adopt(self, {"weight": weight})
@@ -293,7 +293,8 @@ class AttentionPooling(Parameterised):
         H, A = self.hidden_size, self.attention_size
         rng = generator_from_seed(seed)
         b_h, b_a = 1.0 / math.sqrt(H), 1.0 / math.sqrt(A)
-        _adopt(self, {name: rng.uniform(-bound, bound, shape).astype(self.dtype)
+        _adopt(self, {name: random_array(lambda n, b=bound: rng.uniform(-b, b, n), shape,
+                                         self.dtype)
                       for name, shape, bound in (("weight", (A, H), b_h), ("bias", (A,), b_h),
                                                  ("context", (A,), b_a))})
 

@@ -221,3 +221,81 @@ def test_hyper_parameters_are_read_only_but_models_copy_and_pickle():
     assert np.all(clone.grads["weight_hh_l0"] == 1) and not np.any(lstm.grads["weight_hh_l0"])
     with pytest.raises(AttributeError, match="fixed"):
         clone.hidden_size = 8
+
+
+@pytest.mark.parametrize("T, B", [(0, 2), (5, 0), (0, 0)])
+def test_empty_bidirectional_reverse_and_cell_batches_work(T, B):
+    """An empty sequence or batch passes the state through (and its gradient back)."""
+    from clstm import functional as F
+    from _helpers import make_problem
+
+    rng = np.random.default_rng(2)
+    lstm = clstm.LSTM(I, H, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
+    h0, c0 = rng.standard_normal((2, 4, B, H))
+    x = np.zeros((T, B, I))
+    for model in (lstm, lstm.freeze()):
+        y, (h, c) = model(x, (h0, c0))
+        assert y.shape == (T, B, 2 * H)
+        np.testing.assert_array_equal(h, h0 if T == 0 else h)
+    (y, (h, c)), backward = lstm.forward_train(x, (h0, c0), lengths=np.full(B, T))
+    dx, (dh0, dc0) = backward(np.zeros((T, B, 2 * H)), (h0, c0))
+    assert dx.shape == x.shape and dh0.shape == h0.shape
+    p = make_problem(T, B, I, H, dtype=np.float64)
+    args = [p[k] for k in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0")]
+    y, h, c, cache = F.lstm_forward(*args, reverse=True, train=True)
+    assert y.shape == (T, B, H)
+    g = F.lstm_backward(cache, p["dy"], p["dh_n"], p["dc_n"])
+    assert g.dx.shape == (T, B, I)
+    cell = clstm.LSTMCell(I, H, dtype=np.float64, seed=0)
+    state = (np.zeros((B, H)), np.zeros((B, H)))
+    for step in (cell, cell.freeze()):
+        for s in (None, state):
+            h, c = step(np.zeros((B, I)), s)
+            assert h.shape == c.shape == (B, H)
+
+
+def test_importing_the_source_folder_says_what_to_do():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "clstm" / "__init__.py").exists() or \
+            any((root / "clstm").glob("_runtime*.so")) or any((root / "clstm").glob("*.pyd")):
+        pytest.skip("not a source checkout without an in-place build")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", "import clstm"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "source folder" in last and "pip install ." in last and "other directory" in last
+
+
+def test_initialisation_draws_in_the_parameter_dtype_with_bounded_memory():
+    import tracemalloc
+
+    H_big = 1024  # weight_hh: 4M values, 16 MB in float32 (a float64 draw: 32 MB more)
+    tracemalloc.start()
+    try:
+        lstm = clstm.LSTM(4, H_big, dtype=np.float32, seed=7)
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - current < 9 * 2**20  # one 8 MB chunk of float64 draws at most
+    # the same numbers as one float64 draw of each parameter, in state_dict order
+    rng = np.random.default_rng(7)
+    for name, p in lstm.state_dict().items():
+        expected = rng.uniform(-1 / np.sqrt(H_big), 1 / np.sqrt(H_big), p.shape)
+        np.testing.assert_array_equal(p, expected.astype(np.float32), err_msg=name)
+
+
+def test_one_layer_dropout_warns_as_torch_does():
+    import warnings
+
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        clstm.LSTM(3, 4, dropout=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clstm.LSTM(3, 4, num_layers=2, dropout=0.5)
+        clstm.LSTM(3, 4, dropout=0.0)
