@@ -187,8 +187,11 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
                             gates, cells, r)
     layer = weights.driver_layer()
     schedule = _dispatch.schedule(packing, path, n_threads, H, dtype)
+    # A call of several chunks can take seconds: Ctrl-C may end it between chunks (Python
+    # runs signal handlers in the main thread only, so only a call from there).
+    interruptible = gates.shape[0] < N and threading.current_thread() is threading.main_thread()
     with kernel_call(n_threads):
-        _recurrent.forward(layer, schedule, io)
+        _recurrent.forward(layer, schedule, io, interruptible)
     return y, io.h_n, io.c_n, (LayerCache(io, layer, schedule) if train else None)
 
 

@@ -1,4 +1,5 @@
-"""Threads: settings, BLAS's thread count, calls from several Python threads, forked children."""
+"""Threads: settings, BLAS's thread count, calls from several Python threads, forked children,
+and Ctrl-C during a long call."""
 import numpy as np
 import pytest
 
@@ -188,3 +189,64 @@ def test_frozen_cell_steps_concurrently_from_python_threads():
     for a, b in zip(alone, together):
         for u, v in zip(a, b):
             np.testing.assert_array_equal(u, v)
+
+
+_INTERRUPT = """
+import os, signal, sys, threading, time
+import numpy as np
+import clstm
+
+lstm = clstm.LSTM(64, 256, seed=0)
+rng = np.random.default_rng(0)
+small = rng.standard_normal((30, 4, 64)).astype(np.float32)
+expected = lstm(small)[0]
+x = rng.standard_normal((100, 64, 64)).astype(np.float32)
+start = time.monotonic()
+lstm(x)
+per_step = (time.monotonic() - start) / 100
+sent = []
+
+def interrupt_after(delay):
+    def send():
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Timer(delay, send).start()
+
+# a call of about 4 s (many time chunks), interrupted after 0.3 s
+x = rng.standard_normal((int(min(20000, 4.0 / per_step)), 64, 64)).astype(np.float32)
+interrupt_after(0.3)
+try:
+    lstm(x)
+    sys.exit("the call was not interrupted")
+except KeyboardInterrupt:
+    latency = time.monotonic() - sent[0]
+if latency > 1.0:
+    sys.exit(f"KeyboardInterrupt {latency:.2f} s after SIGINT")
+assert np.array_equal(lstm(small)[0], expected), "not usable after the interrupt"
+
+# a handler that does not raise: the call goes on and gives the full result
+x = x[:int(min(20000, 0.6 / per_step))]
+whole = lstm(x)[0]
+seen = []
+signal.signal(signal.SIGINT, lambda *args: seen.append(1))
+interrupt_after(0.1)
+y = lstm(x)[0]
+time.sleep(0.05)
+assert seen and np.array_equal(y, whole), "a handler that does not raise broke the call"
+print(f"latency {latency * 1000:.1f} ms")
+"""
+
+
+def test_ctrl_c_ends_a_long_inference_call_quickly():
+    """SIGINT during a long call used to land only when the call returned (seconds later);
+    now KeyboardInterrupt comes between time chunks, and the library works afterwards."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    if not hasattr(signal, "SIGINT") or os.name != "posix":
+        pytest.skip("needs POSIX signals")
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPT], cwd=os.sep, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
