@@ -40,6 +40,7 @@ from ._threads import get_num_threads, openmp_enabled, set_num_threads
 from ._version import __version__
 from .cells import FrozenLSTMCell, LSTMCell
 from .frozen import FrozenLSTM
+from .functional import release_memory
 from .layers import AttentionPooling, Dropout, Embedding, LastStep, Linear, Sequential
 from .losses import (binary_cross_entropy_with_logits, cross_entropy, huber_loss, l1_loss,
                      mse_loss)
@@ -51,6 +52,7 @@ from .training import fit, predict
 __all__ = ["LSTM", "LSTMCell", "FrozenLSTM", "FrozenLSTMCell", "Linear", "Sequential",
            "functional", "reference", "losses", "optim", "mse_loss", "cross_entropy",
            "clip_grad_norm", "get_num_threads", "set_num_threads", "openmp_enabled",
-           "Embedding", "Dropout", "AttentionPooling", "LastStep", "l1_loss", "huber_loss",
+           "release_memory", "Embedding", "Dropout", "AttentionPooling", "LastStep", "l1_loss",
+           "huber_loss",
            "binary_cross_entropy_with_logits", "data", "training", "fit", "predict", "save",
            "load", "__version__"]

@@ -9,8 +9,10 @@ Internally sequences are packed (`clstm._packing.Packing`): rows sorted by lengt
 steps stored. `layer_forward` / `layer_backward` run one layer-direction in that layout on
 the path `clstm._dispatch` picks; `clstm._stack` runs whole stacks through them.
 """
+import itertools
 import math
 import threading
+import weakref
 
 import numpy as np
 
@@ -21,13 +23,56 @@ from ._packing import Packing
 from ._threads import kernel_call, kernel_lock, team_size
 from .reference import LSTMGrads
 
-__all__ = ["lstm_forward", "lstm_backward", "Packing", "LayerWeights"]
+__all__ = ["lstm_forward", "lstm_backward", "Packing", "LayerWeights", "release_memory"]
 
 # The inference forward hoists the input projection of as many steps as fit in this many
 # gate values (at least one step), so its scratch memory does not grow with the sequence.
 GATES_CHUNK_ELEMENTS = 1 << 21
 
-_scratch_buffers = threading.local()
+class _ThreadBuffers(dict):
+    """One Python thread's scratch buffers, (slot, dtype) -> array (a dict subclass, so
+    `release_memory` reaches every live thread's through a weak reference)."""
+
+
+_live_buffers = weakref.WeakValueDictionary()  # a number per thread -> its buffers
+_thread_numbers = itertools.count()
+
+
+class _Scratch(threading.local):
+    def __init__(self):  # (runs once in each thread that uses it)
+        self.buffers = _ThreadBuffers()
+        _live_buffers[next(_thread_numbers)] = self.buffers
+
+
+_scratch = _Scratch()
+
+
+def release_memory() -> int:
+    """Free the scratch buffers clstm keeps between calls, in every Python thread.
+
+    Each thread that ran clstm keeps, per kind of buffer, the largest one its calls have
+    needed (fresh memory on every call costs page faults worth more than the arithmetic of
+    a small call). They are bounded by that thread's largest calls: for inference the gate
+    chunk (``GATES_CHUNK_ELEMENTS`` values, 8 MB in float32) plus, for a bidirectional model,
+    a layer's outputs and reversed input (``T*B`` rows each); for training, ``T*B`` rows of
+    ``max(I, H_out)`` packed inputs, ``64 * n_threads * T*B`` transposed gradient values
+    and, with a projection or bidirectional, a few ``(T*B, H)`` arrays; and the packed
+    weights of the last few layer shapes (4 per kind). A thread's buffers also go when the
+    thread ends. A buffer in use by a call running in another thread lives on until that
+    call returns.
+
+    Returns
+    -------
+    int
+        The bytes released (the process returns them to the system as its allocator
+        does: large buffers at once).
+    """
+    released = 0
+    for buffers in list(_live_buffers.values()):
+        for value in list(buffers.values()):
+            released += value.nbytes if isinstance(value, np.ndarray) else value.data.nbytes
+        buffers.clear()
+    return released
 
 
 def scratch(slot, shape, dtype):
@@ -38,7 +83,7 @@ def scratch(slot, shape, dtype):
     (Kept lean: it runs several times per call, and small calls are mostly Python.)"""
     flat = type(shape) is int
     n = shape if flat else math.prod(shape)
-    buffers = _scratch_buffers.__dict__
+    buffers = _scratch.buffers
     buffer = buffers.get((slot, dtype))
     if buffer is None or buffer.size < n:
         buffer = buffers[(slot, dtype)] = np.empty(max(n, 1), dtype)
@@ -53,7 +98,7 @@ _SCRATCH_PACKED_SHAPES = 4  # per slot and Python thread: a few layer shapes in 
 def _scratch_packed(slot, n_out, n_in, dtype):
     """PackedWeights of (n_out, n_in) to pack into, reused per Python thread: a layer call
     repacks a live model's weights into them (a fresh buffer would cost page faults)."""
-    buffers = _scratch_buffers.__dict__
+    buffers = _scratch.buffers
     key = ("packed", slot, n_out, n_in, dtype)
     packed = buffers.get(key)
     if packed is None:

@@ -250,3 +250,33 @@ def test_ctrl_c_ends_a_long_inference_call_quickly():
     proc = subprocess.run([sys.executable, "-c", _INTERRUPT], cwd=os.sep, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+
+
+def test_release_memory_frees_every_threads_scratch():
+    import threading
+
+    lstm = clstm.LSTM(8, 64, bidirectional=True, dtype=np.float64, seed=0)
+    x = np.random.default_rng(1).standard_normal((50, 16, 8))
+    expected = lstm(x)[0]
+    done, leave = threading.Event(), threading.Event()
+
+    def other_thread():
+        (y, _), backward = lstm.forward_train(x)
+        backward(np.ones_like(y))
+        done.set()
+        leave.wait(30)  # alive, holding its buffers, until released
+
+    clstm.release_memory()
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    try:
+        assert done.wait(30)
+        # only the other thread has buffers now: its training call's T*B-row arrays
+        assert clstm.release_memory() > 50 * 16 * 64 * 8
+        assert clstm.release_memory() == 0
+        lstm(x)
+        assert clstm.release_memory() > 0
+    finally:
+        leave.set()
+        worker.join()
+    np.testing.assert_array_equal(lstm(x)[0], expected)  # buffers come back as needed
