@@ -350,8 +350,9 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, w_hr=None, lengths=None, 
         Default `clstm.get_num_threads()`; capped as `clstm.set_num_threads` says (at the
         CPUs available, at 1 in a forked child).
     strategy : {"step", "serial", "batch", "units"}, optional
-        Force a path (`clstm._dispatch`); default automatic. Results do not depend on it
-        except "step" (BLAS's summation order: equal to rounding).
+        Force a path (`clstm._dispatch`); default automatic. Results do not depend on it,
+        bit for bit, except for "step" and a projection's products (BLAS's summation
+        order: equal to rounding; docs/design.md, "Bit-for-bit guarantees").
 
     Returns
     -------
