@@ -467,7 +467,8 @@ cdef void run_time_loop(floating* gates, const Dims* d, const Ptrs* p, const Spl
                         const clstm_cell* cell, bint reverse_pass, Py_ssize_t t0,
                         Py_ssize_t t1, Py_ssize_t gates_row0) noexcept nogil:
     """Steps [t0, t1) (backward: walked in reverse) under the schedule's work split."""
-    cdef int k, team, part0, part1, master_cpu
+    cdef int k, team = 1, part0 = 0, part1 = 0, master_cpu  # (set: GCC cannot see that
+    # the parallel block assigns them before use, and warned)
     cdef Py_ssize_t width = d.P if reverse_pass else d.H  # dh's columns, or hidden units
     if s.kind == UNITS and s.n_parts > 1:
         master_cpu = clstm_current_cpu()
