@@ -280,3 +280,33 @@ def test_release_memory_frees_every_threads_scratch():
         leave.set()
         worker.join()
     np.testing.assert_array_equal(lstm(x)[0], expected)  # buffers come back as needed
+
+
+_ADDRESS_SPACE_LIMIT = """
+import os, resource
+import numpy as np
+import clstm
+
+lstm = clstm.LSTM(16, 64, seed=0)
+cell = clstm.LSTMCell(16, 64, dtype=np.float64)
+with open("/proc/self/statm") as f:
+    used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+resource.setrlimit(resource.RLIMIT_AS, (used + (4 << 20),) * 2)  # 4 MB to spare
+lstm(np.zeros((1, 2, 16), np.float32))  # OpenBLAS's step: hung in its allocator
+cell(np.zeros((3, 16)))
+clstm.set_num_threads(2)
+lstm(np.zeros((5, 4, 16), np.float32))  # GNU OpenMP exited the process: no room for a thread
+print("ok", clstm.get_num_threads())
+"""
+
+
+def test_calls_near_the_address_space_limit_neither_hang_nor_exit():
+    import os
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc")
+    proc = subprocess.run([sys.executable, "-c", _ADDRESS_SPACE_LIMIT], cwd=os.sep,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "ok 1" in proc.stdout, (proc.stdout + proc.stderr)[-2000:]
