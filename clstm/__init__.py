@@ -14,11 +14,33 @@ prepacked weights (`FrozenLSTM`, `FrozenLSTMCell`). Training toolkit: `Linear`,
 `clip_grad_norm`), `fit` / `predict` and their callbacks (`clstm.training`), `clstm.data`
 (`pad_sequences`, `windows`), `save` / `load` (architecture and weights).
 """
+
+
+def _import_the_compiled_core():
+    """Import the compiled core first: when Python finds clstm's source folder instead of
+    the installed build (running in the repository root), say so rather than fail deeper
+    with a confusing circular-import message."""
+    import importlib
+    import os
+    try:
+        importlib.import_module(f"{__name__}._runtime")
+    except ImportError as exc:
+        raise ImportError(
+            f"clstm's compiled modules are not in {os.path.dirname(__file__)}: this is "
+            "clstm's source folder, not an installed build (Python finds the source folder "
+            "first when it runs in the repository root). Install clstm with `pip install .` "
+            "in the repository root, then run Python from any other directory "
+            "(`cd ..`).") from exc
+
+
+_import_the_compiled_core()
+del _import_the_compiled_core
 from . import data, functional, losses, optim, reference, training
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
 from ._version import __version__
 from .cells import FrozenLSTMCell, LSTMCell
 from .frozen import FrozenLSTM
+from .functional import release_memory
 from .layers import AttentionPooling, Dropout, Embedding, LastStep, Linear, Sequential
 from .losses import (binary_cross_entropy_with_logits, cross_entropy, huber_loss, l1_loss,
                      mse_loss)
@@ -30,6 +52,7 @@ from .training import fit, predict
 __all__ = ["LSTM", "LSTMCell", "FrozenLSTM", "FrozenLSTMCell", "Linear", "Sequential",
            "functional", "reference", "losses", "optim", "mse_loss", "cross_entropy",
            "clip_grad_norm", "get_num_threads", "set_num_threads", "openmp_enabled",
-           "Embedding", "Dropout", "AttentionPooling", "LastStep", "l1_loss", "huber_loss",
+           "release_memory", "Embedding", "Dropout", "AttentionPooling", "LastStep", "l1_loss",
+           "huber_loss",
            "binary_cross_entropy_with_logits", "data", "training", "fit", "predict", "save",
            "load", "__version__"]

@@ -1,5 +1,6 @@
 """Input validation shared by the functional and class APIs: errors name the argument and
 say what shape or dtype was expected."""
+import numbers
 import operator
 
 import numpy as np
@@ -30,11 +31,61 @@ def positive_int(name, value, minimum=1):
     return value
 
 
+def from_torch(value):
+    """A torch.Tensor detached from autograd and on the CPU (NumPy can then view it, even
+    one that requires grad); anything else as it is."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu()
+    return value
+
+
+def private_copy(a, caller_value):
+    """``a``, copied if it may share memory with the caller's ``caller_value`` (an array or
+    a torch tensor): a training cache must not see the caller's later writes."""
+    return a.copy() if np.may_share_memory(a, from_torch(caller_value)) else a
+
+
+def number(name, value, low=0.0, high=None):
+    """``value`` as a float in ``[low, high)`` (``[low, inf)`` without ``high``), as
+    PyTorch checks its hyper-parameters: a real number (a 0-d array or tensor too), not a
+    bool or a string (a TypeError naming ``name``); nan is out of range (ValueError)."""
+    if isinstance(value, (bool, np.bool_)) or not (isinstance(value, numbers.Real)
+                                                   or hasattr(value, "__float__")):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} "
+                        f"({exc})") from None
+    if not (low <= value and (high is None or value < high)):
+        interval = f"[{low}, {high})" if high is not None else f">= {low}"
+        raise ValueError(f"Invalid {name} value: {value} (must be {interval})")
+    return value
+
+
+def generator_from_seed(seed, name="seed"):
+    """``numpy.random.default_rng(seed)``, with an error naming ``seed`` (None, an int >= 0,
+    a sequence of them, a SeedSequence or a Generator)."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name} must be None or an int >= 0 (or a numpy SeedSequence or "
+                        f"Generator), got {seed!r}: {exc}") from None
+
+
+def generator(rng, name="rng"):
+    """``rng`` if it is a numpy.random.Generator (or a legacy RandomState), else a TypeError
+    naming ``name``."""
+    if not isinstance(rng, (np.random.Generator, np.random.RandomState)):
+        raise TypeError(f"{name} must be a numpy.random.Generator (np.random.default_rng("
+                        f"seed)) or None, got {type(rng).__name__}")
+    return rng
+
+
 def float_array(name, value, dtype):
     """``value`` as a C-contiguous array of ``dtype``; any real float input is accepted and
     cast, anything else (ints, bools, complex, objects) is a TypeError."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor, maybe with grad
-        value = value.detach().cpu()
+    value = from_torch(value)
     try:
         a = np.asarray(value)
     except Exception as exc:
@@ -77,13 +128,13 @@ def check_blas_sizes(n_rows, n_input, n_hidden):
 
 def check_lengths(lengths, T, B):
     """``lengths`` as an intp array of shape (B,) with every value in [0, T]."""
-    if hasattr(lengths, "detach") and hasattr(lengths, "cpu"):
-        lengths = lengths.detach().cpu()
     try:
-        a = np.asarray(lengths)
+        a = np.asarray(from_torch(lengths))
     except Exception as exc:
         raise TypeError(f"lengths must be an integer array of shape ({B},), could not convert "
                         f"{type(lengths).__name__}: {exc}") from None
+    if a.size == 0 and a.dtype.kind == "f":  # () or [] for an empty batch: NumPy's float64
+        a = a.astype(np.intp)
     if a.dtype.kind not in "iu":
         raise TypeError(f"lengths must be an integer array of shape ({B},), got dtype {a.dtype}")
     if a.shape != (B,):

@@ -5,13 +5,7 @@ import inspect
 
 import numpy as np
 
-from ._checks import check_lengths, float_array, float_dtype
-
-
-def from_torch(value):
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor, maybe with grad
-        value = value.detach().cpu()
-    return value
+from ._checks import check_lengths, float_array, float_dtype, from_torch
 
 
 def float_input(name, value):

@@ -63,8 +63,10 @@ class Packing:
         direction's view."""
         if out is None:
             out = np.empty(p.shape, p.dtype)
-        if self.uniform:  # (splitting the row axis of a row-strided view is still a view)
-            np.copyto(out.reshape(self.T, self.B, -1), p.reshape(self.T, self.B, -1)[::-1])
+        if self.uniform:  # (splitting the row axis of a row-strided view is still a view;
+            # the feature count is spelled out, since -1 is ambiguous for an empty array)
+            shape = (self.T, self.B, p.shape[-1])
+            np.copyto(out.reshape(shape), p.reshape(shape)[::-1])
         else:
             np.take(p, self._rev, axis=0, out=out)
         return out

@@ -1,26 +1,67 @@
 """Named parameters and their gradients, shared by every layer class."""
 import zipfile
+from collections.abc import Mapping
 
 import numpy as np
 
 from ._checks import check_shape, float_array
 
 
+# Random initial values are drawn this many at a time (in float64, as NumPy draws them).
+_DRAW_CHUNK = 1 << 20
+
+
+def random_array(draw, shape, dtype):
+    """A new array of ``shape`` and ``dtype`` filled with ``draw(n)`` (NumPy's float64
+    draws: ``rng.uniform(-b, b, n)``...) a chunk at a time: the numbers one draw of the
+    whole size gives, without its float64 temporary (which tripled the peak memory of a
+    float32 model's initialisation and made an impossible size report the wrong dtype)."""
+    out = np.empty(shape, dtype)
+    flat = out.reshape(-1)
+    for start in range(0, flat.size, _DRAW_CHUNK):
+        flat[start:start + _DRAW_CHUNK] = draw(min(_DRAW_CHUNK, flat.size - start))
+    return out
+
+
+class Gradients(dict):
+    """A module's ``grads``: parameter name -> the array its backward adds into and its
+    optimisers read. Assigning an entry copies the value into that array (checked against
+    its shape, cast to its dtype), as assigning a parameter does, so an optimiser built
+    before sees the new values and a wrong shape is an error, not a silent broadcast. A
+    name that is not there yet is stored as given."""
+
+    def __setitem__(self, name, value):
+        target = self.get(name)
+        if target is None or value is target:  # (``grads[k] += d`` assigns target itself)
+            super().__setitem__(name, value)
+            return
+        what = f"grads[{name!r}]"
+        target[...] = check_shape(what, float_array(what, value, target.dtype), target.shape)
+
+    def update(self, *args, **kwargs):
+        for name, value in dict(*args, **kwargs).items():
+            self[name] = value
+
+
 class Parameterised:
     """Parameters in a dict of named float arrays (PyTorch names), gradients of the same
-    shapes in ``grads``, attribute access (``layer.weight_ih_l0``), and
+    shapes in ``grads`` (a `Gradients`), attribute access (``layer.weight_ih_l0``), and
     ``state_dict`` / ``load_state_dict``, and ``save`` / ``load`` to one ``.npz`` file.
 
-    Subclasses set ``dtype`` and call ``_init_params``.
+    Subclasses set ``dtype`` and call ``_init_params``; the hyper-parameters named in
+    ``_fixed`` cannot be assigned once set (the parameters' shapes and dtype follow them).
     """
+
+    _fixed = ()
 
     def _init_params(self, shapes, rng, bound):
         """``shapes``: ordered name -> shape. PyTorch's initialisation: every parameter
         U(-bound, bound), drawn in state_dict order."""
         self._shapes = dict(shapes)
-        self._params = {name: rng.uniform(-bound, bound, shape).astype(self.dtype)
+        self._params = {name: random_array(lambda n: rng.uniform(-bound, bound, n), shape,
+                                           self.dtype)
                         for name, shape in self._shapes.items()}
-        self.grads = {name: np.zeros_like(p) for name, p in self._params.items()}
+        self.grads = Gradients((name, np.zeros_like(p)) for name, p in self._params.items())
 
     @property
     def params(self):
@@ -37,6 +78,10 @@ class Parameterised:
         params = self.__dict__.get("_params")
         if params is not None and name in params:
             self.load_state_dict({name: value}, strict=False)
+        elif name in self._fixed and name in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}.{name} is fixed at construction (the "
+                                 f"parameters' shapes and dtype follow it): build a new "
+                                 f"{type(self).__name__} instead")
         else:
             super().__setattr__(name, value)
 
@@ -50,6 +95,9 @@ class Parameterised:
         error (without it they are skipped). Nothing changes unless every entry is valid.
         Values are copied into the existing arrays, so references to ``params`` (held by an
         optimiser, say) stay valid and nothing aliases the caller's memory."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of parameter name -> array (as "
+                            f"state_dict() returns), got {type(state_dict).__name__}")
         expected = self._shapes
         missing = [k for k in expected if k not in state_dict]
         unexpected = [k for k in state_dict if k not in expected]

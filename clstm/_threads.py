@@ -11,12 +11,12 @@ thread instead, which costs the hoisted GEMMs their threads but never oversubscr
 """
 import contextlib
 import ctypes
-import operator
 import os
 import threading
 from typing import Optional
 
 from . import _runtime
+from ._checks import positive_int
 
 _num_threads = None
 _kernels_switch_blas = False
@@ -41,6 +41,66 @@ def openmp_enabled() -> bool:
     return _runtime.openmp_enabled()
 
 
+def _team_cap() -> int:
+    """The most threads that can help: the CPUs this process may run on. More threads than
+    that only time-share the cores (and each needs its own scratch)."""
+    return _available_cpus()
+
+
+# The largest OpenMP team started so far: its threads stay in GNU OpenMP's pool, so a team
+# up to this size needs no new threads (and no address space for them).
+_team_started = 1
+# Address space a new OpenMP thread needs beyond its stack (its share of malloc and TLS).
+_THREAD_MARGIN = 8 << 20
+
+
+def _address_space_cap(n):
+    """At most ``n`` threads, fewer if an address-space limit (``RLIMIT_AS``) leaves no room
+    for the stacks of the threads to be started: GNU OpenMP exits the whole process
+    ("Thread creation failed") when it cannot create one. Without a limit: ``n``."""
+    try:
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return n
+        stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+        with open("/proc/self/statm") as f:
+            used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError):
+        return n
+    if stack == resource.RLIM_INFINITY or stack <= 0:
+        stack = 8 << 20  # (glibc's default thread stack then; OMP_STACKSIZE is not read)
+    room = (limit - used) // (stack + _THREAD_MARGIN)
+    return max(_team_started, min(n, _team_started + room))
+
+
+def team_size(n_threads=None, name="n_threads") -> int:
+    """The one thread guard: how many threads a kernel call runs on when ``n_threads`` (an
+    int, or None for the process-wide setting) were asked for.
+
+    Validates ``n_threads`` (a `TypeError` or `ValueError` naming ``name``), then caps it at
+    the CPUs this process may run on, at 1 in a child forked after clstm ran OpenMP
+    threads (GNU OpenMP hangs there), and, under an address-space limit, at the threads it
+    leaves room for (`_address_space_cap`). Every way of asking for threads goes through
+    here.
+    """
+    if _forked_child:
+        if n_threads is not None:
+            positive_int(name, n_threads)
+        return 1
+    if n_threads is None:
+        n_threads = _num_threads
+        if n_threads is None:
+            n = _available_cpus()
+            if "OMP_NUM_THREADS" in os.environ and openmp_enabled():
+                n = min(n, _runtime.openmp_max_threads())
+            n_threads = max(1, n)
+    else:
+        n_threads = positive_int(name, n_threads)
+    n = min(n_threads, _team_cap())
+    return n if n <= _team_started or not openmp_enabled() else _address_space_cap(n)
+
+
 def set_num_threads(n: Optional[int]) -> None:
     """Set how many threads clstm's kernels use (process-wide).
 
@@ -48,37 +108,24 @@ def set_num_threads(n: Optional[int]) -> None:
     ----------
     n : int >= 1 or None
         None restores the default: the CPUs this process may run on, capped by
-        ``OMP_NUM_THREADS``.
+        ``OMP_NUM_THREADS``. Larger values are accepted but capped at the CPUs this process
+        may run on (more threads than cores only slow the calls down), and a child forked
+        after clstm ran threads uses one (see `get_num_threads`).
 
     Raises
     ------
     TypeError, ValueError
-        ``n`` not a positive int or None.
+        ``n`` not an int >= 1 or None (the message names ``n``).
     """
     global _num_threads
-    if n is not None:
-        if isinstance(n, bool):
-            raise TypeError("n must be a positive int or None, got bool")
-        try:
-            n = operator.index(n)
-        except TypeError:
-            raise TypeError(f"n must be a positive int or None, got {type(n).__name__}") from None
-        if n < 1:
-            raise ValueError(f"n must be a positive int or None, got {n}")
-    _num_threads = n
+    _num_threads = None if n is None else positive_int("n", n)
 
 
 def get_num_threads() -> int:
-    """The number of threads clstm's kernels use (always 1 in a process forked from one
-    that had already run clstm: OpenMP cannot be used again there)."""
-    if _forked_child:
-        return 1
-    if _num_threads is not None:
-        return _num_threads
-    n = _available_cpus()
-    if "OMP_NUM_THREADS" in os.environ and openmp_enabled():
-        n = min(n, _runtime.openmp_max_threads())
-    return max(1, n)
+    """The number of threads clstm's kernels use: `set_num_threads`'s value capped at the
+    CPUs this process may run on, and always 1 in a process forked from one that had
+    already run clstm's threads (GNU OpenMP cannot be used again there)."""
+    return team_size(None)
 
 
 def _openblas_functions(dynlib):
@@ -127,9 +174,10 @@ def kernel_call(n_threads):
     """Context manager around every compiled kernel call: one at a time, and with a BLAS the
     kernels cannot switch themselves, held to one BLAS thread while OpenMP threads run.
     (Usually just the lock: a generator-based manager would cost a microsecond per call.)"""
-    global _openmp_used
+    global _openmp_used, _team_started
     if n_threads > 1 and openmp_enabled():
         _openmp_used = True
+        _team_started = max(_team_started, n_threads)
     if _kernels_switch_blas or n_threads < 2 or not openmp_enabled():
         return _kernel_lock
     return _one_blas_thread()
@@ -158,6 +206,22 @@ def _after_fork_in_child():
     _forked_child = _forked_child or _openmp_used
 
 
+def _allocate_blas_buffers():
+    """Let OpenBLAS allocate its work buffers now, with one small step per dtype: it does so
+    at its first call on a thread, and near an address-space limit (``RLIMIT_AS``) its
+    allocator retries forever instead of failing. Import time is the safe moment, before a
+    program lowers the limit (it covers the importing thread)."""
+    import numpy as np
+    from . import _packed
+
+    for dtype in (np.float32, np.float64):
+        x, h = np.zeros((4, 8), dtype), np.zeros((4, 32), dtype)
+        w_ih, w_hh = np.zeros((128, 8), dtype), np.zeros((128, 32), dtype)
+        with _kernel_lock:
+            _packed.cell_step(x, h, h, w_ih, w_hh, None, None, dtype == np.float64, True)
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 _install()
+_allocate_blas_buffers()

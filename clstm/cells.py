@@ -8,7 +8,7 @@ from typing import Callable, Optional, Tuple, Union
 import numpy as np
 
 from . import _packed, _threads, functional
-from ._checks import check_shape, float_array, float_dtype, positive_int
+from ._checks import check_shape, float_array, float_dtype, generator_from_seed, positive_int
 from ._params import Parameterised
 from ._threads import get_num_threads
 from .rnn import Array, State, _state_pair
@@ -35,6 +35,8 @@ class LSTMCell(Parameterised):
         Seeds PyTorch's initialisation U(-1/sqrt(H), 1/sqrt(H)).
     """
 
+    _fixed = ("input_size", "hidden_size", "bias", "dtype", "seed")
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
                  dtype: Union[type, np.dtype, str] = np.float32, seed: Optional[int] = None):
         self.input_size = positive_int("input_size", input_size)
@@ -46,7 +48,7 @@ class LSTMCell(Parameterised):
         shapes = {"weight_ih": (4 * H, I), "weight_hh": (4 * H, H)}
         if self.bias:
             shapes.update(bias_ih=(4 * H,), bias_hh=(4 * H,))
-        self._init_params(shapes, np.random.default_rng(seed), 1.0 / math.sqrt(H))
+        self._init_params(shapes, generator_from_seed(seed), 1.0 / math.sqrt(H))
 
     def _prepare(self, x, state):
         """Validate; return x (B, I), h0, c0 (B, H), the caller's state shape, batched."""
@@ -94,7 +96,7 @@ class LSTMCell(Parameterised):
         x, h0, c0, _, batched = self._prepare(x, state)
         B, H = h0.shape
         p = self._checked_params()
-        if B > _packed.STEP_MAX_ROWS:  # enough rows to be worth the threaded layer path
+        if not 1 <= B <= _packed.STEP_MAX_ROWS:  # the threaded layer path (or an empty batch)
             _, h, c, _ = functional.layer_forward(
                 x, functional.Packing(1, B), self._layer_weights(copy=False), h0, c0, False,
                 get_num_threads())
@@ -188,6 +190,9 @@ class FrozenLSTMCell(_packed.PackedCell):
     """
 
     def __init__(self, cell: LSTMCell):
+        if not isinstance(cell, LSTMCell):
+            raise TypeError(f"cell must be an LSTMCell (FrozenLSTMCell(cell) or cell.freeze()), "
+                            f"got {type(cell).__name__}")
         self._spec = cell  # for the shapes, dtype and input checks only
         self.input_size, self.hidden_size, self.dtype = cell.input_size, cell.hidden_size, \
             cell.dtype
@@ -202,7 +207,7 @@ class FrozenLSTMCell(_packed.PackedCell):
         x2, h0, c0, _, batched = self._spec._prepare(x, state)
         x2, h0, c0 = (np.require(a, self.dtype, "CA") for a in (x2, h0, c0))
         B = x2.shape[0]
-        if B <= _packed.STEP_MAX_ROWS:
+        if 1 <= B <= _packed.STEP_MAX_ROWS:
             h, c = self._step(x2, h0, c0, True)
         else:
             _, h, c, _ = functional.layer_forward(x2, functional.Packing(1, B), self._weights,

@@ -7,8 +7,7 @@ from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._checks import check_lengths, positive_int
-from ._inputs import from_torch
+from ._checks import check_lengths, from_torch, positive_int
 
 BatchAxis = Union[int, Sequence[int]]
 

@@ -34,6 +34,10 @@ class FrozenLSTM:
     """
 
     def __init__(self, model: "LSTM"):
+        from .rnn import RNNBase  # (rnn imports this module)
+        if not isinstance(model, RNNBase):
+            raise TypeError(f"model must be a clstm.LSTM (FrozenLSTM(model) or model.freeze()), "
+                            f"got {type(model).__name__}")
         self._spec = copy.copy(model)  # its configuration, for validation and layouts
         self._weights = [[w.freeze() for w in layer]
                          for layer in model._layer_weights(copy=False)]

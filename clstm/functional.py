@@ -9,25 +9,70 @@ Internally sequences are packed (`clstm._packing.Packing`): rows sorted by lengt
 steps stored. `layer_forward` / `layer_backward` run one layer-direction in that layout on
 the path `clstm._dispatch` picks; `clstm._stack` runs whole stacks through them.
 """
+import itertools
 import math
 import threading
+import weakref
 
 import numpy as np
 
 from . import _dispatch, _packed, _recurrent
 from ._checks import check_blas_sizes, check_lengths, check_shape, float_array, float_dtype, \
-    positive_int
+    private_copy
 from ._packing import Packing
-from ._threads import get_num_threads, kernel_call, kernel_lock
+from ._threads import kernel_call, kernel_lock, team_size
 from .reference import LSTMGrads
 
-__all__ = ["lstm_forward", "lstm_backward", "Packing", "LayerWeights"]
+__all__ = ["lstm_forward", "lstm_backward", "Packing", "LayerWeights", "release_memory"]
 
 # The inference forward hoists the input projection of as many steps as fit in this many
 # gate values (at least one step), so its scratch memory does not grow with the sequence.
 GATES_CHUNK_ELEMENTS = 1 << 21
 
-_scratch_buffers = threading.local()
+class _ThreadBuffers(dict):
+    """One Python thread's scratch buffers, (slot, dtype) -> array (a dict subclass, so
+    `release_memory` reaches every live thread's through a weak reference)."""
+
+
+_live_buffers = weakref.WeakValueDictionary()  # a number per thread -> its buffers
+_thread_numbers = itertools.count()
+
+
+class _Scratch(threading.local):
+    def __init__(self):  # (runs once in each thread that uses it)
+        self.buffers = _ThreadBuffers()
+        _live_buffers[next(_thread_numbers)] = self.buffers
+
+
+_scratch = _Scratch()
+
+
+def release_memory() -> int:
+    """Free the scratch buffers clstm keeps between calls, in every Python thread.
+
+    Each thread that ran clstm keeps, per kind of buffer, the largest one its calls have
+    needed (fresh memory on every call costs page faults worth more than the arithmetic of
+    a small call). They are bounded by that thread's largest calls: for inference the gate
+    chunk (``GATES_CHUNK_ELEMENTS`` values, 8 MB in float32) plus, for a bidirectional model,
+    a layer's outputs and reversed input (``T*B`` rows each); for training, ``T*B`` rows of
+    ``max(I, H_out)`` packed inputs, ``64 * n_threads * T*B`` transposed gradient values
+    and, with a projection or bidirectional, a few ``(T*B, H)`` arrays; and the packed
+    weights of the last few layer shapes (4 per kind). A thread's buffers also go when the
+    thread ends. A buffer in use by a call running in another thread lives on until that
+    call returns.
+
+    Returns
+    -------
+    int
+        The bytes released (the process returns them to the system as its allocator
+        does: large buffers at once).
+    """
+    released = 0
+    for buffers in list(_live_buffers.values()):
+        for value in list(buffers.values()):
+            released += value.nbytes if isinstance(value, np.ndarray) else value.data.nbytes
+        buffers.clear()
+    return released
 
 
 def scratch(slot, shape, dtype):
@@ -38,7 +83,7 @@ def scratch(slot, shape, dtype):
     (Kept lean: it runs several times per call, and small calls are mostly Python.)"""
     flat = type(shape) is int
     n = shape if flat else math.prod(shape)
-    buffers = _scratch_buffers.__dict__
+    buffers = _scratch.buffers
     buffer = buffers.get((slot, dtype))
     if buffer is None or buffer.size < n:
         buffer = buffers[(slot, dtype)] = np.empty(max(n, 1), dtype)
@@ -53,7 +98,7 @@ _SCRATCH_PACKED_SHAPES = 4  # per slot and Python thread: a few layer shapes in 
 def _scratch_packed(slot, n_out, n_in, dtype):
     """PackedWeights of (n_out, n_in) to pack into, reused per Python thread: a layer call
     repacks a live model's weights into them (a fresh buffer would cost page faults)."""
-    buffers = _scratch_buffers.__dict__
+    buffers = _scratch.buffers
     key = ("packed", slot, n_out, n_in, dtype)
     packed = buffers.get(key)
     if packed is None:
@@ -187,8 +232,11 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
                             gates, cells, r)
     layer = weights.driver_layer()
     schedule = _dispatch.schedule(packing, path, n_threads, H, dtype)
+    # A call of several chunks can take seconds: Ctrl-C may end it between chunks (Python
+    # runs signal handlers in the main thread only, so only a call from there).
+    interruptible = gates.shape[0] < N and threading.current_thread() is threading.main_thread()
     with kernel_call(n_threads):
-        _recurrent.forward(layer, schedule, io)
+        _recurrent.forward(layer, schedule, io, interruptible)
     return y, io.h_n, io.c_n, (LayerCache(io, layer, schedule) if train else None)
 
 
@@ -299,10 +347,12 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, w_hr=None, lengths=None, 
     train : bool
         Keep what `lstm_backward` needs.
     n_threads : int, optional
-        Default `clstm.get_num_threads()`.
+        Default `clstm.get_num_threads()`; capped as `clstm.set_num_threads` says (at the
+        CPUs available, at 1 in a forked child).
     strategy : {"step", "serial", "batch", "units"}, optional
-        Force a path (`clstm._dispatch`); default automatic. Results do not depend on it
-        except "step" (BLAS's summation order: equal to rounding).
+        Force a path (`clstm._dispatch`); default automatic. Results do not depend on it,
+        bit for bit, except for "step" and a projection's products (BLAS's summation
+        order: equal to rounding; docs/design.md, "Bit-for-bit guarantees").
 
     Returns
     -------
@@ -319,12 +369,12 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, w_hr=None, lengths=None, 
     T, B, _ = x.shape
     if lengths is not None:
         lengths = check_lengths(lengths, T, B)
-    n_threads = get_num_threads() if n_threads is None else positive_int("n_threads", n_threads)
+    n_threads = team_size(n_threads)
     packing = Packing(T, B, lengths)
     xp = packing.pack(x)
     xp = packing.reverse(xp) if reverse else xp
     if train:  # the cache must not see later writes to the caller's arrays
-        xp = xp.copy() if np.may_share_memory(xp, x) else xp
+        xp = private_copy(xp, x)
     weights = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr, copy=train)
     y, h_n, c_n, layer = layer_forward(xp, packing, weights, packing.sort_rows(h0),
                                        packing.sort_rows(c0), train, n_threads,

@@ -6,14 +6,16 @@ Every module has ``__call__`` (inference) and ``forward_train`` (returns ``out, 
 ``backward(dout)`` adds the parameter gradients into ``grads`` and returns the gradient of
 the input)."""
 import math
+import numbers
 from typing import Optional
 
 import numpy as np
 
-from ._checks import check_shape, float_array, float_dtype, positive_int
+from ._checks import check_shape, float_array, float_dtype, generator, generator_from_seed, \
+    positive_int, private_copy
 from ._inputs import (batch_major, float_input, int_input, keywords_taken, sequence_lengths,
                       to_caller)
-from ._params import Parameterised
+from ._params import Gradients, Parameterised, random_array
 
 
 class Linear(Parameterised):
@@ -28,6 +30,8 @@ class Linear(Parameterised):
     1/sqrt(in_features)) for weight then bias, drawn from ``numpy.random.default_rng(seed)``.
     """
 
+    _fixed = ("in_features", "out_features", "dtype", "seed")
+
     def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None):
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
@@ -38,7 +42,7 @@ class Linear(Parameterised):
             shapes["bias"] = (self.out_features,)
         else:
             self.bias = None  # as torch: ``lin.bias`` is the parameter, or None without one
-        self._init_params(shapes, np.random.default_rng(seed),
+        self._init_params(shapes, generator_from_seed(seed),
                           1.0 / math.sqrt(self.in_features))
 
     @property
@@ -68,10 +72,7 @@ class Linear(Parameterised):
         """``y, backward`` with ``dx = backward(dy)`` accumulating into ``grads``. Keeps its
         own copies of ``x`` and ``weight``, so changes to either (an optimiser step, say)
         before ``backward`` do not change the gradients."""
-        x_in = x
-        x = self._prepare(x)
-        if np.may_share_memory(x, x_in):
-            x = x.copy()
+        x = private_copy(self._prepare(x), x)
         p = self._checked_params()
         weight = p["weight"].copy()
         y = self._apply(x, p)
@@ -96,7 +97,7 @@ def _adopt(module, params):
     """Give a module its parameters (name -> array, in state_dict order) and zero grads."""
     module._shapes = {name: p.shape for name, p in params.items()}
     module._params = dict(params)
-    module.grads = {name: np.zeros_like(p) for name, p in params.items()}
+    module.grads = Gradients((name, np.zeros_like(p)) for name, p in params.items())
 
 
 class Embedding(Parameterised):
@@ -133,6 +134,8 @@ class Embedding(Parameterised):
         ``padding_idx`` outside ``[-num_embeddings, num_embeddings)``.
     """
 
+    _fixed = ("num_embeddings", "embedding_dim", "padding_idx", "dtype", "seed")
+
     def __init__(self, num_embeddings: int, embedding_dim: int,
                  padding_idx: Optional[int] = None, *, dtype=np.float32,
                  seed: Optional[int] = None):
@@ -147,8 +150,8 @@ class Embedding(Parameterised):
         self.padding_idx = padding_idx
         self.dtype = float_dtype(dtype)
         self.seed = seed
-        weight = np.random.default_rng(seed).standard_normal(
-            (self.num_embeddings, self.embedding_dim)).astype(self.dtype)
+        weight = random_array(generator_from_seed(seed).standard_normal,
+                              (self.num_embeddings, self.embedding_dim), self.dtype)
         if padding_idx is not None:
             weight[padding_idx] = 0
         _adopt(self, {"weight": weight})
@@ -206,12 +209,11 @@ class Dropout:
     """
 
     def __init__(self, p: float = 0.5, *, seed: Optional[int] = None):
-        if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) \
-                or not 0 <= p <= 1:
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
             raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
         self.p = float(p)
         self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self._rng = generator_from_seed(seed)
 
     def __call__(self, x) -> np.ndarray:
         """Inference: ``x`` unchanged."""
@@ -223,7 +225,7 @@ class Dropout:
         """``out, backward``: ``out = x * mask``, ``backward(dout) = dout * mask``, with
         ``mask = (rng.random(x.shape) >= p) / (1 - p)`` (all zeros when ``p == 1``)."""
         x = float_input("x", x)
-        rng = self._rng if rng is None else rng
+        rng = self._rng if rng is None else generator(rng)
         if self.p == 1:
             mask = np.zeros_like(x)
         else:
@@ -279,6 +281,8 @@ class AttentionPooling(Parameterised):
         Non-float ``h`` (a call).
     """
 
+    _fixed = ("hidden_size", "attention_size", "batch_first", "dtype", "seed")
+
     def __init__(self, hidden_size: int, attention_size: int, *, batch_first: bool = False,
                  dtype=np.float32, seed: Optional[int] = None):
         self.hidden_size = positive_int("hidden_size", hidden_size)
@@ -287,9 +291,10 @@ class AttentionPooling(Parameterised):
         self.dtype = float_dtype(dtype)
         self.seed = seed
         H, A = self.hidden_size, self.attention_size
-        rng = np.random.default_rng(seed)
+        rng = generator_from_seed(seed)
         b_h, b_a = 1.0 / math.sqrt(H), 1.0 / math.sqrt(A)
-        _adopt(self, {name: rng.uniform(-bound, bound, shape).astype(self.dtype)
+        _adopt(self, {name: random_array(lambda n, b=bound: rng.uniform(-b, b, n), shape,
+                                         self.dtype)
                       for name, shape, bound in (("weight", (A, H), b_h), ("bias", (A,), b_h),
                                                  ("context", (A,), b_a))})
 
@@ -328,8 +333,7 @@ class AttentionPooling(Parameterised):
         accumulating into ``grads``; keeps its own copies of what backward reads."""
         h_in = h
         h, u, a, s, batched = self._forward(h, lengths)
-        if np.may_share_memory(h, h_in):
-            h = h.copy()
+        h = private_copy(h, h_in)
         weight, context = self.params["weight"].copy(), self.params["context"].copy()
         out = self._to_caller(s, a, batched)
         s_shape, a_shape = out[0].shape, out[1].shape
@@ -466,7 +470,7 @@ class Sequential(Parameterised):
         self._modules = list(modules)
         # Flat views over the children, built once: the children update their arrays in
         # place (load_state_dict, optimisers), so these stay the same objects.
-        params, grads, self._dtypes = {}, {}, {}
+        params, grads, self._dtypes = {}, Gradients(), {}
         for i, m in enumerate(modules):
             for name, p in getattr(m, "params", {}).items():
                 params[f"{i}.{name}"] = p

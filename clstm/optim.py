@@ -8,11 +8,12 @@ the same names: ``LSTM``, ``Linear``, ``Sequential``...), a list of modules, or 
 an array reached twice (a module shared by two containers) is updated once.
 """
 import math
+from collections.abc import Mapping
 from typing import Any, Dict, List
 
 import numpy as np
 
-from ._checks import check_shape, float_array
+from ._checks import check_shape, float_array, number
 
 
 def _pairs(params):
@@ -20,7 +21,12 @@ def _pairs(params):
     def is_module(obj):
         return hasattr(obj, "params") and hasattr(obj, "grads")
 
-    sources = [params] if is_module(params) else list(params)
+    try:
+        sources = [params] if is_module(params) else list(params)
+    except TypeError:  # not iterable
+        raise TypeError("params must be a module (with .params and .grads), a list of modules "
+                        f"or a list of (params_dict, grads_dict) pairs, got "
+                        f"{type(params).__name__}") from None
     pairs, seen = [], set()
     for i, src in enumerate(sources):
         if is_module(src):
@@ -42,20 +48,6 @@ def _pairs(params):
                 seen.add(id(p))
                 pairs.append((p, g))
     return pairs
-
-
-def _number(name, value, low=0.0, high=None):
-    """A float in ``[low, high)`` (``[low, inf)`` without ``high``); nan is rejected."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got bool")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
-    if not (low <= value and (high is None or value < high)):
-        interval = f"[{low}, {high})" if high is not None else f">= {low}"
-        raise ValueError(f"Invalid {name} value: {value} (must be {interval})")
-    return value
 
 
 class Optimizer:
@@ -106,9 +98,12 @@ class Optimizer:
         KeyError
             A missing hyperparameter or state entry.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a dict with 'state' and 'param_groups' (from "
+                            f"state_dict()), got {type(state_dict).__name__}")
         try:
             groups, state = state_dict["param_groups"], state_dict["state"]
-        except (TypeError, KeyError):
+        except KeyError:
             raise KeyError("state_dict must have 'state' and 'param_groups' entries") from None
         if len(groups) != 1:
             raise ValueError(f"state_dict has {len(groups)} parameter groups; clstm's "
@@ -179,9 +174,9 @@ class SGD(Optimizer):
 
     @staticmethod
     def _check_hyper(lr, momentum, dampening, weight_decay, nesterov):
-        hyper = dict(lr=_number("lr", lr), momentum=_number("momentum", momentum),
-                     dampening=_number("dampening", dampening, low=-math.inf),
-                     weight_decay=_number("weight_decay", weight_decay),
+        hyper = dict(lr=number("lr", lr), momentum=number("momentum", momentum),
+                     dampening=number("dampening", dampening, low=-math.inf),
+                     weight_decay=number("weight_decay", weight_decay),
                      nesterov=bool(nesterov))
         if hyper["nesterov"] and (hyper["momentum"] <= 0 or hyper["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
@@ -253,9 +248,9 @@ class Adam(Optimizer):
             beta1, beta2 = betas
         except (TypeError, ValueError):
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-        return dict(lr=_number("lr", lr), eps=_number("eps", eps),
-                    betas=(_number("beta1", beta1, high=1.0), _number("beta2", beta2, high=1.0)),
-                    weight_decay=_number("weight_decay", weight_decay), amsgrad=bool(amsgrad))
+        return dict(lr=number("lr", lr), eps=number("eps", eps),
+                    betas=(number("beta1", beta1, high=1.0), number("beta2", beta2, high=1.0)),
+                    weight_decay=number("weight_decay", weight_decay), amsgrad=bool(amsgrad))
 
     def _get_state(self):
         if self.t == 0:
@@ -328,8 +323,8 @@ def clip_grad_norm(params, max_norm, norm_type=2.0):
     float (0.0 without parameters). ``norm_type`` is a number > 0 or ``inf``. A non-finite
     total norm is not an error: the gradients become 0 (inf) or nan (nan), as PyTorch's
     default."""
-    max_norm = _number("max_norm", max_norm)
-    norm_type = _number("norm_type", norm_type)
+    max_norm = number("max_norm", max_norm)
+    norm_type = number("norm_type", norm_type)
     if norm_type == 0:
         raise ValueError("norm_type must be > 0 or inf, got 0")
     grads = [g for _, g in _pairs(params)]
@@ -399,7 +394,7 @@ class StepLR(_Schedule):
         if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
             raise ValueError(f"step_size must be an int >= 1, got {step_size!r}")
         self.step_size = step_size
-        self.gamma = _number("gamma", gamma)
+        self.gamma = number("gamma", gamma)
 
     def step(self) -> None:
         """End of an epoch: decay if this is a multiple of ``step_size``."""
@@ -430,7 +425,7 @@ class CosineAnnealingLR(_Schedule):
         if isinstance(T_max, bool) or not isinstance(T_max, int) or T_max < 1:
             raise ValueError(f"T_max must be an int >= 1, got {T_max!r}")
         self.T_max = T_max
-        self.eta_min = _number("eta_min", eta_min)
+        self.eta_min = number("eta_min", eta_min)
 
     def step(self) -> None:
         """End of an epoch: the next point on the cosine."""
@@ -481,12 +476,12 @@ class ReduceLROnPlateau(_Schedule):
         if threshold_mode not in ("rel", "abs"):
             raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
         self.mode, self.threshold_mode = mode, threshold_mode
-        self.factor = _number("factor", factor, high=1.0)
-        self.patience = int(_number("patience", patience))
-        self.threshold = _number("threshold", threshold)
-        self.cooldown = int(_number("cooldown", cooldown))
-        self.min_lrs = [_number("min_lr", min_lr)]
-        self.eps = _number("eps", eps)
+        self.factor = number("factor", factor, high=1.0)
+        self.patience = int(number("patience", patience))
+        self.threshold = number("threshold", threshold)
+        self.cooldown = int(number("cooldown", cooldown))
+        self.min_lrs = [number("min_lr", min_lr)]
+        self.eps = number("eps", eps)
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad_epochs = 0
         self.cooldown_counter = 0

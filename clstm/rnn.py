@@ -4,12 +4,15 @@ compiled driver."""
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from typing import TYPE_CHECKING, Callable, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _packed, _stack, _threads, functional
-from ._checks import check_lengths, check_shape, float_array, float_dtype, positive_int
+from ._checks import check_lengths, check_shape, float_array, float_dtype, generator, \
+    generator_from_seed, positive_int, private_copy
 from ._params import Parameterised
 from ._threads import get_num_threads
 
@@ -45,6 +48,8 @@ class RNNBase(Parameterised):
     """
 
     _cell = None  # the compiled cell's name (clstm._recurrent.CELLS)
+    _fixed = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+              "bidirectional", "proj_size", "dtype", "seed")
     proj_size = 0  # no projection unless the subclass has one
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -52,17 +57,21 @@ class RNNBase(Parameterised):
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.num_layers = positive_int("num_layers", num_layers)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) \
+        if isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, numbers.Real) \
                 or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                          "non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers=1", UserWarning, stacklevel=3)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         self.dtype = float_dtype(dtype)
         self.seed = seed
         self.strategy = None
-        self._rng = np.random.default_rng(seed)
+        self._rng = generator_from_seed(seed)
         self._init_params(self._param_shapes(), self._rng, 1.0 / math.sqrt(self.hidden_size))
 
     @property
@@ -170,12 +179,12 @@ class RNNBase(Parameterised):
         T, B = x.shape[:2]
         packing = functional.Packing(T, B, lengths)
         layer_in = packing.pack(x)
-        if train and np.may_share_memory(layer_in, x_in):
-            layer_in = layer_in.copy()  # the cache must not see later writes by the caller
+        if train:
+            layer_in = private_copy(layer_in, x_in)
         y, h_n, c_n, tape = _stack.forward(
             weights, packing, layer_in, packing.sort_rows(h0), packing.sort_rows(c0),
             train=train, n_threads=get_num_threads(), dropout=self.dropout,
-            rng=rng or self._rng, strategy=self.strategy)
+            rng=self._rng if rng is None else generator(rng), strategy=self.strategy)
         y = packing.unpack(y)
         h_n, c_n = packing.unsort_rows(h_n), packing.unsort_rows(c_n)
         return self._to_caller(y, h_n, c_n, batched), (tape, batched)
@@ -366,6 +375,14 @@ class LSTM(RNNBase):
         Forces how each layer call runs (`clstm._dispatch`); None chooses automatically.
         The results do not depend on it beyond rounding ("step" uses BLAS; the others are
         equal bit for bit).
+    input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, \
+proj_size, dtype, seed
+        The constructor's arguments, read-only (assigning one is an AttributeError: the
+        parameters' shapes and dtype follow them; build a new LSTM instead).
+    grads : dict
+        The gradient of each parameter, by name, that backward adds into and optimisers
+        read; assigning an entry copies the value into that array (checked against its
+        shape), so an optimiser built before sees it.
 
     Raises
     ------

@@ -207,3 +207,31 @@ def test_one_step_stack_calls(model, dtype):
         y_ref = ref[0].transpose(1, 0, 2) if lstm.batch_first else ref[0]
         assert_close(live[0], y_ref, dtype)
         assert_close(snap[0], y_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_row_gives_the_same_bits_alone_or_in_any_batch(dtype):
+    """The packed paths do not depend on the rows sharing a call (docs/design.md, "Bit-for-
+    bit guarantees"): a live model over T >= 2 steps, a frozen model and a frozen cell."""
+    rng = np.random.default_rng(8)
+    lstm = clstm.LSTM(4, 2 * width(dtype), num_layers=2, bidirectional=True, dtype=dtype,
+                      seed=2)
+    frozen = lstm.freeze()
+    x = rng.standard_normal((6, 11, 4)).astype(dtype)
+    for model in (lstm, frozen):
+        for n_threads in (1, 3):
+            clstm.set_num_threads(n_threads)
+            try:
+                batch = model(x)[0]
+                for b in (0, 5, 10):
+                    np.testing.assert_array_equal(model(x[:, b:b + 1])[0][:, 0], batch[:, b])
+                if model is frozen:  # (a live one-step call of <= 8 rows is BLAS's)
+                    np.testing.assert_array_equal(model(x[:1])[0][0, 3],
+                                                  model(x[:1, 3:4])[0][0, 0])
+            finally:
+                clstm.set_num_threads(None)
+    cell = clstm.LSTMCell(4, 2 * width(dtype), dtype=dtype, seed=2).freeze()
+    xs = x[0]
+    batch = cell(xs)[0]  # 11 rows: the threaded driver; 1 and 3 rows: the packed step
+    for rows in (slice(0, 1), slice(4, 7)):
+        np.testing.assert_array_equal(cell(xs[rows])[0], batch[rows])

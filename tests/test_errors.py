@@ -116,3 +116,186 @@ def test_parameters_replaced_in_params_dict_are_checked():
 def test_bad_lengths_are_named(lengths, exc, pattern):
     with pytest.raises(exc, match=pattern):
         make_lstm()(np.zeros((5, 3, I)), lengths=lengths)
+
+
+def _torch_requires_grad(a):
+    torch = pytest.importorskip("torch")
+    return torch.tensor(a, requires_grad=True)
+
+
+@pytest.mark.parametrize("call, exc, pattern", [
+    (lambda m: clstm.optim.SGD(m, lr="0.1"), TypeError, "lr must be a number, got str"),
+    (lambda m: clstm.optim.SGD(m, lr=0.1, momentum="0.9"), TypeError, "momentum must be a number"),
+    (lambda m: clstm.optim.Adam(m, eps="1e-8"), TypeError, "eps must be a number"),
+    (lambda m: clstm.optim.Adam(m, betas=("0.9", 0.999)), TypeError, "beta1 must be a number"),
+    (lambda m: clstm.clip_grad_norm(m, "1"), TypeError, "max_norm must be a number"),
+    (lambda m: clstm.optim.SGD(None, lr=0.1), TypeError, "params must be a module .* NoneType"),
+    (lambda m: clstm.optim.Adam(5), TypeError, "params must be a module .* got int"),
+    (lambda m: clstm.clip_grad_norm(None, 1.0), TypeError, "params must be a module"),
+    (lambda m: m.load_state_dict(None), TypeError, "state_dict must be a mapping .* NoneType"),
+    (lambda m: clstm.optim.SGD(m, lr=0.1).load_state_dict(None), TypeError,
+     "state_dict must be a dict"),
+    (lambda m: clstm.FrozenLSTMCell(5), TypeError, r"cell must be an LSTMCell .* got int"),
+    (lambda m: clstm.FrozenLSTM(5), TypeError, "model must be a clstm.LSTM"),
+    (lambda m: m.forward_train(np.zeros((2, 1, I)), rng=5), TypeError,
+     "rng must be a numpy.random.Generator"),
+    (lambda m: clstm.Dropout(0.5).forward_train(np.zeros(3), rng=5), TypeError,
+     "rng must be a numpy.random.Generator"),
+    (lambda m: clstm.LSTM(4, 8, seed=-1), ValueError, "seed must be None or an int >= 0"),
+    (lambda m: clstm.LSTMCell(4, 8, seed="a"), TypeError, "seed must be None or an int >= 0"),
+    (lambda m: clstm.Linear(4, 8, seed=1.5), TypeError, "seed must be None or an int >= 0"),
+])
+def test_unclear_errors_now_name_the_argument(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call(make_lstm())
+
+
+def test_valid_numbers_and_empty_lengths_are_accepted():
+    lstm = make_lstm()
+    for lr in (np.float32(0.1), 1, np.array(0.5)):
+        assert clstm.optim.SGD(lstm, lr=lr).lr == float(lr)
+    assert clstm.LSTM(3, 4, dropout=np.int64(0)).dropout == 0.0
+    assert clstm.LSTM(3, 4, num_layers=2, dropout=np.float32(0.25)).dropout == 0.25
+    for empty in ((), []):
+        y, (h, c) = lstm(np.zeros((5, 0, I)), lengths=empty)
+        assert y.shape == (5, 0, H) and h.shape == (1, 0, H)
+    with pytest.raises(TypeError, match="lengths must be an integer array"):
+        lstm(np.zeros((5, 1, I)), lengths=[5.0])  # a non-empty float array stays an error
+
+
+def test_training_takes_torch_tensors_that_require_grad():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 2, I))
+    lstm = make_lstm()
+    expected = lstm.forward_train(x)[0][0]
+    (y, _), backward = lstm.forward_train(_torch_requires_grad(x))
+    np.testing.assert_array_equal(y, expected)
+    backward(np.ones_like(y))
+    lin = clstm.Linear(I, 2, dtype=np.float64, seed=0)
+    np.testing.assert_array_equal(lin.forward_train(_torch_requires_grad(x))[0], lin(x))
+    pool = clstm.AttentionPooling(I, 2, dtype=np.float64, seed=0)
+    np.testing.assert_array_equal(pool.forward_train(_torch_requires_grad(x))[0][0],
+                                  pool(x)[0])
+
+
+def test_replaced_grads_reach_an_earlier_optimiser_or_are_refused():
+    lstm = clstm.LSTM(1, 8, dtype=np.float64, seed=0)
+    opt = clstm.optim.SGD(lstm, lr=1.0)
+    before = lstm.weight_ih_l0.copy()
+    lstm.grads["weight_ih_l0"] = np.full((32, 1), 0.5, np.float32)  # cast, copied in
+    assert lstm.grads["weight_ih_l0"].dtype == np.float64
+    opt.step()
+    np.testing.assert_array_equal(lstm.weight_ih_l0, before - 0.5)
+    with pytest.raises(ValueError, match=r"grads\['weight_ih_l0'\] must have shape \(32, 1\)"):
+        lstm.grads["weight_ih_l0"] = np.zeros((32, 2))
+    with pytest.raises(TypeError, match=r"grads\['bias_ih_l0'\] must be a float"):
+        lstm.grads.update(bias_ih_l0=np.zeros(32, int))
+    _, backward = lstm.forward_train(np.ones((2, 1, 1)))
+    backward(np.ones((2, 1, 8)))  # adds into the same arrays
+    assert np.any(lstm.grads["weight_hh_l0"])
+    model = clstm.Sequential(clstm.Linear(2, 3, seed=0))
+    model.grads["0.weight"] = np.ones((3, 2))  # reaches the child's array
+    np.testing.assert_array_equal(model[0].grads["weight"], np.ones((3, 2)))
+
+
+def test_hyper_parameters_are_read_only_but_models_copy_and_pickle():
+    import copy
+    import pickle
+
+    lstm = clstm.LSTM(3, 4, num_layers=2, seed=1)
+    for name in ("hidden_size", "input_size", "num_layers", "bidirectional", "proj_size",
+                 "dtype", "dropout", "batch_first", "bias", "seed"):
+        with pytest.raises(AttributeError, match=f"LSTM.{name} is fixed at construction"):
+            setattr(lstm, name, 16)
+    for module, name in ((clstm.LSTMCell(3, 4), "hidden_size"), (clstm.Linear(3, 4), "dtype"),
+                         (clstm.Embedding(5, 2), "embedding_dim"),
+                         (clstm.AttentionPooling(4, 2), "attention_size")):
+        with pytest.raises(AttributeError, match="is fixed at construction"):
+            setattr(module, name, 7)
+    lstm.strategy = "serial"  # not a hyper-parameter: still settable
+    x = np.ones((2, 1, 3), np.float32)
+    for clone in (copy.copy(lstm), pickle.loads(pickle.dumps(lstm)), lstm.freeze()):
+        np.testing.assert_array_equal(clone(x)[0], lstm(x)[0])
+    clone = pickle.loads(pickle.dumps(lstm))
+    clone.grads["weight_hh_l0"] = np.ones((16, 4))
+    assert np.all(clone.grads["weight_hh_l0"] == 1) and not np.any(lstm.grads["weight_hh_l0"])
+    with pytest.raises(AttributeError, match="fixed"):
+        clone.hidden_size = 8
+
+
+@pytest.mark.parametrize("T, B", [(0, 2), (5, 0), (0, 0)])
+def test_empty_bidirectional_reverse_and_cell_batches_work(T, B):
+    """An empty sequence or batch passes the state through (and its gradient back)."""
+    from clstm import functional as F
+    from _helpers import make_problem
+
+    rng = np.random.default_rng(2)
+    lstm = clstm.LSTM(I, H, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
+    h0, c0 = rng.standard_normal((2, 4, B, H))
+    x = np.zeros((T, B, I))
+    for model in (lstm, lstm.freeze()):
+        y, (h, c) = model(x, (h0, c0))
+        assert y.shape == (T, B, 2 * H)
+        np.testing.assert_array_equal(h, h0 if T == 0 else h)
+    (y, (h, c)), backward = lstm.forward_train(x, (h0, c0), lengths=np.full(B, T))
+    dx, (dh0, dc0) = backward(np.zeros((T, B, 2 * H)), (h0, c0))
+    assert dx.shape == x.shape and dh0.shape == h0.shape
+    p = make_problem(T, B, I, H, dtype=np.float64)
+    args = [p[k] for k in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0")]
+    y, h, c, cache = F.lstm_forward(*args, reverse=True, train=True)
+    assert y.shape == (T, B, H)
+    g = F.lstm_backward(cache, p["dy"], p["dh_n"], p["dc_n"])
+    assert g.dx.shape == (T, B, I)
+    cell = clstm.LSTMCell(I, H, dtype=np.float64, seed=0)
+    state = (np.zeros((B, H)), np.zeros((B, H)))
+    for step in (cell, cell.freeze()):
+        for s in (None, state):
+            h, c = step(np.zeros((B, I)), s)
+            assert h.shape == c.shape == (B, H)
+
+
+def test_importing_the_source_folder_says_what_to_do():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "clstm" / "__init__.py").exists() or \
+            any((root / "clstm").glob("_runtime*.so")) or any((root / "clstm").glob("*.pyd")):
+        pytest.skip("not a source checkout without an in-place build")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", "import clstm"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "source folder" in last and "pip install ." in last and "other directory" in last
+
+
+def test_initialisation_draws_in_the_parameter_dtype_with_bounded_memory():
+    import tracemalloc
+
+    H_big = 1024  # weight_hh: 4M values, 16 MB in float32 (a float64 draw: 32 MB more)
+    tracemalloc.start()
+    try:
+        lstm = clstm.LSTM(4, H_big, dtype=np.float32, seed=7)
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - current < 9 * 2**20  # one 8 MB chunk of float64 draws at most
+    # the same numbers as one float64 draw of each parameter, in state_dict order
+    rng = np.random.default_rng(7)
+    for name, p in lstm.state_dict().items():
+        expected = rng.uniform(-1 / np.sqrt(H_big), 1 / np.sqrt(H_big), p.shape)
+        np.testing.assert_array_equal(p, expected.astype(np.float32), err_msg=name)
+
+
+def test_one_layer_dropout_warns_as_torch_does():
+    import warnings
+
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        clstm.LSTM(3, 4, dropout=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clstm.LSTM(3, 4, num_layers=2, dropout=0.5)
+        clstm.LSTM(3, 4, dropout=0.0)

@@ -73,14 +73,14 @@ def test_training_gradients_accumulate_and_zero():
 
 @pytest.mark.parametrize("replacement", ["fortran", "float32", "subclass", "read-only view"])
 def test_gradients_accumulate_into_any_array_left_in_grads(replacement):
-    """The kernels add weight gradients straight into ``grads`` when an array there can take
-    it; any other array (replaced by the user) still gets them added, or a clear error."""
+    """An array assigned into ``grads`` is copied into the array there (the one the kernels
+    add into and optimisers hold), whatever its layout, dtype or writability."""
     lstm = make_lstm()
     x = np.random.default_rng(19).standard_normal((5, 3, I))
     (y, _), backward = lstm.forward_train(x)
     backward(np.ones_like(y))
     expected = {k: 3 * v for k, v in lstm.grads.items()}
-    kept = lstm.grads["weight_hh_l0"]
+    kept = dict(lstm.grads)
     g = lstm.grads
     if replacement == "fortran":
         g["weight_ih_l0"] = np.asfortranarray(2 * g["weight_ih_l0"])
@@ -94,14 +94,11 @@ def test_gradients_accumulate_into_any_array_left_in_grads(replacement):
         if name != "weight_ih_l0":
             g[name] *= 2
     (y, _), backward = lstm.forward_train(x)
-    if replacement == "read-only view":
-        with pytest.raises(ValueError, match="read-only"):
-            backward(np.ones_like(y))
-        return
     backward(np.ones_like(y))
-    assert lstm.grads["weight_hh_l0"] is kept  # accumulated in place
     for name, want in expected.items():
-        assert_close(lstm.grads[name], want, lstm.grads[name].dtype, 10, name)
+        assert lstm.grads[name] is kept[name]  # accumulated in place
+        tol_dtype = np.float32 if replacement == "float32" else np.float64
+        assert_close(lstm.grads[name], want, tol_dtype, 10, name)
 
 
 def test_batch_first_and_unbatched_layouts_agree_with_time_major():

@@ -1,4 +1,5 @@
-"""Threads: settings, BLAS's thread count, calls from several Python threads, forked children."""
+"""Threads: settings, BLAS's thread count, calls from several Python threads, forked children,
+and Ctrl-C during a long call."""
 import numpy as np
 import pytest
 
@@ -14,8 +15,9 @@ def test_thread_settings():
         assert clstm.get_num_threads() == 1
         clstm.set_num_threads(np.int64(3))
         assert clstm.get_num_threads() == 3
-        for bad, exc in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
-            with pytest.raises(exc, match="n must be a positive int"):
+        for bad, exc in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError),
+                         ("2", TypeError)):
+            with pytest.raises(exc, match="^n must be"):
                 clstm.set_num_threads(bad)
     finally:
         clstm.set_num_threads(None)
@@ -69,6 +71,77 @@ def test_concurrent_calls_from_python_threads():
         assert lib.get_num_threads() == before
 
 
+def test_thread_requests_are_validated_and_capped_at_the_cpus(monkeypatch):
+    """set_num_threads and the per-call n_threads go through one guard: a clear error for
+    a bad value, and a team no larger than the CPUs (a huge request used to overflow, and
+    1000 threads on 2 CPUs made calls slower and sized scratch by 1000)."""
+    from clstm import _threads
+    from clstm import functional as F
+    from _helpers import make_problem
+
+    monkeypatch.setattr(_threads, "_team_cap", lambda: 2)
+    p = make_problem(3, 5, 2, 4, dtype=np.float64, seed=1)
+    args = [p[k] for k in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0")]
+    expected = F.lstm_forward(*args, n_threads=1)[0]
+    try:
+        for n in (1000, 2**31, 2**63):
+            clstm.set_num_threads(n)
+            assert clstm.get_num_threads() == 2
+            np.testing.assert_array_equal(make_lstm()(np.zeros((2, 3, I)))[0],
+                                          make_lstm()(np.zeros((2, 3, I)))[0])
+            np.testing.assert_array_equal(F.lstm_forward(*args, n_threads=n)[0], expected)
+    finally:
+        clstm.set_num_threads(None)
+    assert _threads.team_size(1) == 1
+    for bad, exc in ((0, ValueError), (1.5, TypeError), ("2", TypeError), (True, TypeError)):
+        with pytest.raises(exc, match="^n_threads must be"):
+            F.lstm_forward(*args, n_threads=bad)
+
+
+_FORK_EXPLICIT_THREADS = """
+import os, sys, time
+import numpy as np
+import clstm
+from clstm import functional as F
+
+clstm.set_num_threads(2)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((20, 8, 4))
+w_ih, w_hh = rng.standard_normal((64, 4)), rng.standard_normal((64, 16))
+b, h0 = np.zeros(64), np.zeros((8, 16))
+args = (x, w_ih, w_hh, b, b, h0, h0)
+expected = F.lstm_forward(*args, n_threads=2, strategy="batch")[0]  # the parent's OpenMP pool
+pid = os.fork()
+if pid == 0:
+    y = F.lstm_forward(*args, n_threads=2, strategy="batch")[0]
+    os._exit(0 if np.array_equal(y, expected) else 3)
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.02)
+os.kill(pid, 9)
+sys.exit("the forked child hung")
+"""
+
+
+def test_forked_child_with_explicit_n_threads_does_not_hang():
+    import os
+    import subprocess
+    import sys
+
+    from clstm import _threads
+
+    if not hasattr(os, "fork") or not clstm.openmp_enabled() or _threads._available_cpus() < 2:
+        pytest.skip("needs fork, an OpenMP build and 2 CPUs")
+    # A fresh interpreter (a fork of the test process could inherit its threads), outside
+    # the repository so that it imports the installed package.
+    proc = subprocess.run([sys.executable, "-c", _FORK_EXPLICIT_THREADS], cwd=os.sep,
+                          capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def _run_in_child(seed):
     return make_lstm()(np.random.default_rng(seed).standard_normal((5, 4, I)))[0]
 
@@ -116,3 +189,124 @@ def test_frozen_cell_steps_concurrently_from_python_threads():
     for a, b in zip(alone, together):
         for u, v in zip(a, b):
             np.testing.assert_array_equal(u, v)
+
+
+_INTERRUPT = """
+import os, signal, sys, threading, time
+import numpy as np
+import clstm
+
+lstm = clstm.LSTM(64, 256, seed=0)
+rng = np.random.default_rng(0)
+small = rng.standard_normal((30, 4, 64)).astype(np.float32)
+expected = lstm(small)[0]
+x = rng.standard_normal((100, 64, 64)).astype(np.float32)
+start = time.monotonic()
+lstm(x)
+per_step = (time.monotonic() - start) / 100
+sent = []
+
+def interrupt_after(delay):
+    def send():
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Timer(delay, send).start()
+
+# a call of about 4 s (many time chunks), interrupted after 0.3 s
+x = rng.standard_normal((int(min(20000, 4.0 / per_step)), 64, 64)).astype(np.float32)
+interrupt_after(0.3)
+try:
+    lstm(x)
+    sys.exit("the call was not interrupted")
+except KeyboardInterrupt:
+    latency = time.monotonic() - sent[0]
+if latency > 1.0:
+    sys.exit(f"KeyboardInterrupt {latency:.2f} s after SIGINT")
+assert np.array_equal(lstm(small)[0], expected), "not usable after the interrupt"
+
+# a handler that does not raise: the call goes on and gives the full result
+x = x[:int(min(20000, 0.6 / per_step))]
+whole = lstm(x)[0]
+seen = []
+signal.signal(signal.SIGINT, lambda *args: seen.append(1))
+interrupt_after(0.1)
+y = lstm(x)[0]
+time.sleep(0.05)
+assert seen and np.array_equal(y, whole), "a handler that does not raise broke the call"
+print(f"latency {latency * 1000:.1f} ms")
+"""
+
+
+def test_ctrl_c_ends_a_long_inference_call_quickly():
+    """SIGINT during a long call used to land only when the call returned (seconds later);
+    now KeyboardInterrupt comes between time chunks, and the library works afterwards."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    if not hasattr(signal, "SIGINT") or os.name != "posix":
+        pytest.skip("needs POSIX signals")
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPT], cwd=os.sep, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+
+
+def test_release_memory_frees_every_threads_scratch():
+    import threading
+
+    lstm = clstm.LSTM(8, 64, bidirectional=True, dtype=np.float64, seed=0)
+    x = np.random.default_rng(1).standard_normal((50, 16, 8))
+    expected = lstm(x)[0]
+    done, leave = threading.Event(), threading.Event()
+
+    def other_thread():
+        (y, _), backward = lstm.forward_train(x)
+        backward(np.ones_like(y))
+        done.set()
+        leave.wait(30)  # alive, holding its buffers, until released
+
+    clstm.release_memory()
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    try:
+        assert done.wait(30)
+        # only the other thread has buffers now: its training call's T*B-row arrays
+        assert clstm.release_memory() > 50 * 16 * 64 * 8
+        assert clstm.release_memory() == 0
+        lstm(x)
+        assert clstm.release_memory() > 0
+    finally:
+        leave.set()
+        worker.join()
+    np.testing.assert_array_equal(lstm(x)[0], expected)  # buffers come back as needed
+
+
+_ADDRESS_SPACE_LIMIT = """
+import os, resource
+import numpy as np
+import clstm
+
+lstm = clstm.LSTM(16, 64, seed=0)
+cell = clstm.LSTMCell(16, 64, dtype=np.float64)
+with open("/proc/self/statm") as f:
+    used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+resource.setrlimit(resource.RLIMIT_AS, (used + (4 << 20),) * 2)  # 4 MB to spare
+lstm(np.zeros((1, 2, 16), np.float32))  # OpenBLAS's step: hung in its allocator
+cell(np.zeros((3, 16)))
+clstm.set_num_threads(2)
+lstm(np.zeros((5, 4, 16), np.float32))  # GNU OpenMP exited the process: no room for a thread
+print("ok", clstm.get_num_threads())
+"""
+
+
+def test_calls_near_the_address_space_limit_neither_hang_nor_exit():
+    import os
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc")
+    proc = subprocess.run([sys.executable, "-c", _ADDRESS_SPACE_LIMIT], cwd=os.sep,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "ok 1" in proc.stdout, (proc.stdout + proc.stderr)[-2000:]

@@ -62,6 +62,31 @@ from clstm._schedule cimport PGEMM_ROW_BLOCK, par_gemm, par_pgemm
 
 cnp.import_array()
 
+# Ctrl-C during a long inference call: csrc/interrupt.h watches for SIGINT during the call,
+# and the driver asks Python to run its handler between time chunks only after one came.
+cdef extern from "csrc/interrupt.h":
+    int clstm_sigint_watch_begin() noexcept
+    void clstm_sigint_watch_end() noexcept
+    int clstm_sigint_take() noexcept nogil
+
+cdef extern from "Python.h":
+    int PyErr_CheckSignals()  # (declared without `except`: a raised error stays set)
+
+
+cdef bint interrupted() noexcept nogil:
+    """Between chunks: True when a SIGINT came and Python's handler raised (the exception
+    is then set, for `forward` to raise once the call has tidied up); a handler that does
+    not raise lets the call go on."""
+    if not clstm_sigint_take():
+        return False
+    with gil:
+        return PyErr_CheckSignals() != 0
+
+
+cdef int raise_error_set() except -1:
+    """Propagate the exception an `interrupted` handler left set."""
+    return -1
+
 STRATEGIES = ("serial", "batch", "units")
 CELLS = ("lstm",)
 
@@ -442,7 +467,8 @@ cdef void run_time_loop(floating* gates, const Dims* d, const Ptrs* p, const Spl
                         const clstm_cell* cell, bint reverse_pass, Py_ssize_t t0,
                         Py_ssize_t t1, Py_ssize_t gates_row0) noexcept nogil:
     """Steps [t0, t1) (backward: walked in reverse) under the schedule's work split."""
-    cdef int k, team, part0, part1, master_cpu
+    cdef int k, team = 1, part0 = 0, part1 = 0, master_cpu  # (set: GCC cannot see that
+    # the parallel block assigns them before use, and warned)
     cdef Py_ssize_t width = d.P if reverse_pass else d.H  # dh's columns, or hidden units
     if s.kind == UNITS and s.n_parts > 1:
         master_cpu = clstm_current_cpu()
@@ -493,8 +519,10 @@ cdef void final_states(floating* y, const Dims* d, const Ptrs* p, const Split* s
                        H * sizeof(floating))
 
 
-cdef void forward_impl(floating* gates, const Dims* d, const Ptrs* p, const Split* s,
+cdef bint forward_impl(floating* gates, const Dims* d, const Ptrs* p, const Split* s,
                        const clstm_cell* cell) noexcept nogil:
+    """The forward pass, hoisting the input projection in chunks of steps; True if it
+    stopped early for an interrupt (`interrupted`)."""
     cdef Py_ssize_t B = d.B, G = d.G, t0 = 0, t1, row0
     cdef const Py_ssize_t* off = s.offsets
     if not d.train:
@@ -510,7 +538,10 @@ cdef void forward_impl(floating* gates, const Dims* d, const Ptrs* p, const Spli
                   <const floating*>p.w_ih_p, gates + (step_row(off, B, t0) - row0) * G, G)
         run_time_loop(gates, d, p, s, cell, False, t0, t1, row0)
         t0 = t1
+        if t0 < d.T and interrupted():
+            return True
     final_states(<floating*>p.y, d, p, s)
+    return False
 
 
 cdef void backward_impl(floating* dG, const Dims* d, const Ptrs* p, const Split* s,
@@ -564,12 +595,18 @@ cdef int check_units(Schedule sched, Layer layer) except -1:
     return 0
 
 
-def forward(Layer layer not None, Schedule sched not None, LayerIO io not None):
-    """Run the layer over the packed input: fills io's outputs (and training cache)."""
+def forward(Layer layer not None, Schedule sched not None, LayerIO io not None,
+            bint interruptible=False):
+    """Run the layer over the packed input: fills io's outputs (and training cache).
+
+    ``interruptible`` (for a call from the main thread): a SIGINT during the call runs
+    Python's handler between time chunks, and the KeyboardInterrupt it raises ends the
+    call there (the outputs are then incomplete)."""
     cdef Dims d
     cdef Ptrs p
     cdef Split split
     cdef int typenum = layer.typenum, blas_saved
+    cdef bint watching, stopped
     cdef Py_ssize_t B = sched.n_batch, N = sched.n_rows
     d.T, d.B, d.N = sched.n_steps, B, N
     d.n_in, d.H, d.P = layer.n_input, layer.n_hidden, layer.n_out
@@ -591,16 +628,21 @@ def forward(Layer layer not None, Schedule sched not None, LayerIO io not None):
     p.w_ih_p, p.w_hh_p = layer.w_ih_packed.ptr, layer.w_hh_packed.ptr
     p.bias, p.w_hr = <void*>layer.p_bias, <void*>layer.p_w_hr
     fill_split(&split, sched)
+    watching = interruptible and clstm_sigint_watch_begin()
     with nogil:
         blas_saved = blas_threads_enter()
         if layer.p_w_ih != NULL:
             layer.w_ih_packed.pack_nogil(layer.p_w_ih, False)
             layer.w_hh_packed.pack_nogil(layer.p_w_hh, False)
         if typenum == cnp.NPY_FLOAT:
-            forward_impl(<float*>p.gates, &d, &p, &split, layer.spec)
+            stopped = forward_impl(<float*>p.gates, &d, &p, &split, layer.spec)
         else:
-            forward_impl(<double*>p.gates, &d, &p, &split, layer.spec)
+            stopped = forward_impl(<double*>p.gates, &d, &p, &split, layer.spec)
         blas_threads(blas_saved)
+    if watching:
+        clstm_sigint_watch_end()
+    if stopped:
+        raise_error_set()
 
 
 def backward(Layer layer not None, Schedule sched not None, LayerIO io not None,

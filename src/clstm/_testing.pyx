@@ -72,14 +72,16 @@ def cell_step_forward(str cell, floating[:, ::1] gates not None, const floating[
     """The cell's fused forward on rows of one step (units [j0, j1))."""
     cdef const clstm_cell* spec = cell_named(cell)
     cdef Py_ssize_t n = gates.shape[0], H = c_t.shape[1]
+    cdef const floating* b = NULL  # (typed: a conditional expression would drop the const)
     j1 = H if j1 < 0 else j1
     check(gates.shape[1] == spec.n_gates * H and c_prev.shape[0] == n and c_t.shape[0] == n
           and r_t.shape[0] == n and c_prev.shape[1] == H and r_t.shape[1] == H
           and (bias is None or bias.shape[0] == spec.n_gates * H) and 0 <= j0 <= j1 <= H
           and n >= 1, "cell forward")
+    if bias is not None:
+        b = &bias[0]
     with nogil:
-        cell_forward(spec, n, H, j0, j1, &gates[0, 0], NULL if bias is None else &bias[0],
-                     &c_prev[0, 0], &c_t[0, 0], &r_t[0, 0])
+        cell_forward(spec, n, H, j0, j1, &gates[0, 0], b, &c_prev[0, 0], &c_t[0, 0], &r_t[0, 0])
 
 
 def cell_step_backward(str cell, floating[:, ::1] gates not None,
