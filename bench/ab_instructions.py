@@ -54,9 +54,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--python", action="append", required=True)
     ap.add_argument("--quick", action="store_true", help="the two smallest sizes only")
+    ap.add_argument("--sizes", help="indices into SIZES, comma-separated (default: all)")
     ap.add_argument("--calls", type=int, default=2)
     args = ap.parse_args()
     sizes = SIZES[:2] if args.quick else SIZES
+    if args.sizes:
+        sizes = [SIZES[int(i)] for i in args.sizes.split(",")]
     print("| size | mode | " + " | ".join(f"env {i} (M instr/call)" for i in
                                              range(len(args.python)))
           + " | " + " | ".join(f"ratio {i}/0" for i in range(1, len(args.python))) + " |")
