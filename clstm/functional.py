@@ -86,8 +86,21 @@ def scratch(slot, shape, dtype):
     buffers = _scratch.buffers
     buffer = buffers.get((slot, dtype))
     if buffer is None or buffer.size < n:
-        buffer = buffers[(slot, dtype)] = np.empty(max(n, 1), dtype)
+        buffer = buffers[(slot, dtype)] = aligned_empty(max(n, 1), dtype)
     return buffer[:n] if flat else buffer[:n].reshape(shape)
+
+
+CACHE_LINE = 64
+
+
+def aligned_empty(n, dtype):
+    """An uninitialised 1-D array of n elements starting on a cache line: the kernels load
+    whole 64-byte vectors, and one that straddles two lines costs two (malloc's large
+    blocks start 16 bytes past a page)."""
+    dtype = np.dtype(dtype)
+    raw = np.empty(n + CACHE_LINE // dtype.itemsize, dtype)
+    start = (-raw.ctypes.data % CACHE_LINE) // dtype.itemsize
+    return raw[start:start + n]
 
 
 # The packed weights' format per dtype (np.dtype.name is slow enough to matter per call).

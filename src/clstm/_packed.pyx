@@ -82,8 +82,11 @@ cdef class PackedWeights:
         self.n_out, self.n_in, self.format = n_out, n_in, format
         self.typenum = FORMATS[format]
         cdef Py_ssize_t n = packed_length(n_out, n_in, format)
-        if buffer is None:
-            buffer = new_array(1, 0, n, self.typenum)
+        cdef Py_ssize_t item = 4 if self.typenum == cnp.NPY_FLOAT else 8, start
+        if buffer is None:  # on a cache line: the kernel loads whole 64-byte vectors
+            buffer = new_array(1, 0, n + 64 // item, self.typenum)
+            start = (64 - <size_t>cnp.PyArray_DATA(<cnp.ndarray>buffer) % 64) % 64 // item
+            buffer = buffer[start:start + n]
         check(is_operand(buffer, self.typenum, 1, False)
               and cnp.PyArray_DIMS(<cnp.ndarray>buffer)[0] >= n
               and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>buffer), "packed weights buffer")
