@@ -83,8 +83,8 @@ def generator(rng, name="rng"):
 
 
 def float_array(name, value, dtype):
-    """``value`` as a C-contiguous array of ``dtype``; any real float input is accepted and
-    cast, anything else (ints, bools, complex, objects) is a TypeError."""
+    """``value`` as a C-contiguous, aligned array of ``dtype``; any real float input is
+    accepted and cast, anything else (ints, bools, complex, objects) is a TypeError."""
     value = from_torch(value)
     try:
         a = np.asarray(value)
@@ -93,7 +93,10 @@ def float_array(name, value, dtype):
                         f"{type(value).__name__}: {exc}") from None
     if a.dtype.kind != "f":
         raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
-    return np.asarray(a, dtype=dtype, order="C")
+    a = np.asarray(a, dtype=dtype, order="C")
+    # the kernels read whole elements at their natural alignment (a pickled or
+    # frombuffer array may sit anywhere)
+    return a if a.flags.aligned else a.copy()
 
 
 def _fmt(expected):

@@ -155,8 +155,8 @@ class Parameterised:
         for name, shape in self._shapes.items():
             p = self._params.get(name)
             if not (isinstance(p, np.ndarray) and p.shape == shape and p.dtype == self.dtype
-                    and p.flags.c_contiguous):
+                    and p.flags.c_contiguous and p.flags.aligned):
                 raise ValueError(f"parameter {name} must be a C-contiguous {self.dtype} array "
-                                 f"of shape {shape}; assign through load_state_dict or "
-                                 "attribute access to convert")
+                                 f"of shape {shape} (aligned in memory); assign through "
+                                 "load_state_dict or attribute access to convert")
         return self._params

@@ -203,6 +203,9 @@ class FrozenLSTMCell(_packed.PackedCell):
     def __repr__(self):
         return f"{self._spec!r}.freeze()"
 
+    def __reduce__(self):
+        return (_restore_frozen_cell, (self._spec, self._weights))
+
     def _general_call(self, x, state):
         x2, h0, c0, _, batched = self._spec._prepare(x, state)
         x2, h0, c0 = (np.require(a, self.dtype, "CA") for a in (x2, h0, c0))
@@ -215,3 +218,17 @@ class FrozenLSTMCell(_packed.PackedCell):
         return (h, c) if batched else (h[0], c[0])
 
     forward = _packed.PackedCell.__call__
+
+
+def _restore_frozen_cell(spec, weights):
+    """Unpickle a FrozenLSTMCell: through _set_weights, which checks (and aligns) what
+    arrives, as every compiled object's restore does."""
+    frozen = FrozenLSTMCell.__new__(FrozenLSTMCell)
+    frozen._spec = spec
+    frozen.input_size, frozen.hidden_size, frozen.dtype = spec.input_size, spec.hidden_size, \
+        spec.dtype
+    frozen._weights = weights
+    layer = weights.packed
+    frozen._set_weights(layer.w_ih_packed, layer.w_hh_packed, layer.bias)
+    return frozen
+

@@ -139,7 +139,7 @@ class RNNBase(Parameterised):
         dtype = self.dtype
         if not (type(x) is np.ndarray and x.ndim == 3 and not self.batch_first
                 and x.dtype == dtype and x.shape[2] == self.input_size
-                and x.flags.c_contiguous):
+                and x.flags.c_contiguous and x.flags.aligned):
             return None
         B, n_states = x.shape[1], self.num_layers * self.num_directions
         if state is None:
@@ -150,7 +150,7 @@ class RNNBase(Parameterised):
         h0, c0 = state
         for a, width in ((h0, self.output_size), (c0, self.hidden_size)):
             if not (type(a) is np.ndarray and a.dtype == dtype and a.shape == (n_states, B, width)
-                    and a.flags.c_contiguous):
+                    and a.flags.c_contiguous and a.flags.aligned):
                 return None
         return x, h0, c0
 

@@ -235,3 +235,34 @@ def test_a_row_gives_the_same_bits_alone_or_in_any_batch(dtype):
     batch = cell(xs)[0]  # 11 rows: the threaded driver; 1 and 3 rows: the packed step
     for rows in (slice(0, 1), slice(4, 7)):
         np.testing.assert_array_equal(cell(xs[rows])[0], batch[rows])
+
+
+def test_unaligned_input_and_unpickled_unaligned_weights_are_accepted():
+    """Arrays that sit anywhere (frombuffer, pickle protocol 5 buffers between processes)
+    are copied where the kernels need alignment, not refused."""
+    import pickle
+
+    from _helpers import unaligned
+
+    lstm = clstm.LSTM(3, 5, num_layers=2, bidirectional=True, seed=0)
+    x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
+    expected = lstm(x)
+    got = lstm(unaligned(x))
+    for a, b in zip((expected[0], *expected[1]), (got[0], *got[1])):
+        np.testing.assert_array_equal(a, b)
+    (y, _), backward = lstm.forward_train(unaligned(x))
+    np.testing.assert_array_equal(y, expected[0])
+    for model in (lstm.freeze(), clstm.LSTMCell(3, 5, seed=1).freeze()):
+        buffers = []
+        data = pickle.dumps(model, protocol=5, buffer_callback=buffers.append)
+        assert buffers  # the arrays travel out of band, as between Dask workers
+        moved = []
+        for b in buffers:  # each buffer copied to an odd address
+            raw = np.frombuffer(b.raw(), np.uint8)
+            odd = np.empty(raw.size + 1, np.uint8)[1:]
+            odd[...] = raw
+            moved.append(odd)
+        restored = pickle.loads(data, buffers=moved)
+        inp = x if isinstance(model, clstm.FrozenLSTM) else x[0]
+        for a, b in zip(np.atleast_1d(model(inp)[0]), np.atleast_1d(restored(inp)[0])):
+            np.testing.assert_array_equal(a, b)

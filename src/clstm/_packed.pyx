@@ -12,6 +12,7 @@ plain objects and check them through NumPy's C API (a fused-type memoryview sign
 more than the multiply; docs/design.md); anything they refuse goes back to the Python
 validation.
 """
+cimport cython
 from cython cimport floating
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -100,6 +101,16 @@ cdef class PackedWeights:
             pack(<const double*>w, self.n_out, self.n_in, transposed, <double*>self.ptr)
         return 0
 
+    def copy_from(self, data):
+        """Take already packed data (this object's layout and length); returns self."""
+        import numpy as np
+        cdef Py_ssize_t n = packed_length(self.n_out, self.n_in, self.format)
+        src = np.asarray(data)
+        check(src.ndim == 1 and src.shape[0] == n and src.dtype == self.data.dtype,
+              "packed data")
+        self.data[:n] = src
+        return self
+
     def pack(self, w, bint transposed=False):
         """Pack W (n_out, n_in), or W.T given as (n_in, n_out) when ``transposed``; returns
         self."""
@@ -125,7 +136,14 @@ cdef class PackedWeights:
 
 
 def _restore(n_out, n_in, format, data):
-    return PackedWeights(n_out, n_in, format, data)
+    return PackedWeights(n_out, n_in, format, None).copy_from(data)
+
+
+def kernel_ready(a):
+    """``a`` (or None) as an array the kernels take as it is: C-contiguous, aligned, native
+    byte order (unpickled arrays may be none of these: they are copied)."""
+    import numpy as np
+    return None if a is None else np.require(a, a.dtype.newbyteorder("="), ["C", "A"])
 
 
 def packed_length(Py_ssize_t n_out, Py_ssize_t n_in, format):
@@ -271,6 +289,7 @@ def cell_step(x, h0, c0, w_ih, w_hh, b_ih, b_hh, bint double, bint strict=False,
                     h0, c0, gates)
 
 
+@cython.auto_pickle(False)
 cdef class PackedCell:
     """The compiled part of a frozen cell: one inference step on packed weights (no BLAS,
     no lock, nothing shared: Python threads may step it concurrently, and the GIL is
@@ -289,6 +308,7 @@ cdef class PackedCell:
         """Use packed w_ih (4H, I), w_hh (4H, H) and the summed bias (4H,)."""
         H, I = w_hh.n_in, w_ih.n_in
         check(w_ih.format == w_hh.format and w_ih.n_out == w_hh.n_out == 4 * H, "cell weights")
+        bias = kernel_ready(bias)
         operand(bias, w_ih.typenum, 4 * H, -1, "cell bias", False, False)
         self.w_ih_packed, self.w_hh_packed, self.bias = w_ih, w_hh, bias
         self.n_in, self.n_hidden, self.typenum = I, H, w_ih.typenum

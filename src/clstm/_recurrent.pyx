@@ -56,6 +56,8 @@ from clstm._cells cimport cell_backward, cell_forward, clstm_cell, clstm_cell_ls
 from clstm._openmp cimport (CLSTM_OPENMP_ENABLED, clstm_barrier, clstm_current_cpu,
                             clstm_leave_master_cpu, omp_get_num_threads, omp_get_thread_num)
 from clstm._packed cimport PackedWeights, operand
+
+from clstm._packed import kernel_ready
 from clstm._pgemm cimport pack, packed_size, pgemm
 from clstm._runtime cimport blas_threads, blas_threads_enter, check
 from clstm._schedule cimport PGEMM_ROW_BLOCK, par_gemm, par_pgemm
@@ -244,8 +246,13 @@ cdef class Layer:
         self.n_input, self.n_hidden, self.n_out = I, H, P
 
     def __reduce__(self):
-        return (Layer, (self.cell, self.w_ih_packed, self.w_hh_packed, self.bias, self.w_hr,
-                        self.w_ih, self.w_hh))
+        return (_restore_layer, (self.cell, self.w_ih_packed, self.w_hh_packed, self.bias,
+                                 self.w_hr, self.w_ih, self.w_hh))
+
+
+def _restore_layer(cell, w_ih_packed, w_hh_packed, *arrays):
+    """Unpickle a Layer: its arrays may arrive unaligned (pickle protocol 5 buffers)."""
+    return Layer(cell, w_ih_packed, w_hh_packed, *(kernel_ready(a) for a in arrays))
 
 
 cdef class LayerIO:
