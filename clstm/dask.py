@@ -143,25 +143,24 @@ def _default_batch_axis(model, ndim):
     return 0 if getattr(_modules(model)[0], "batch_first", False) else 1
 
 
-def _axis(name, axis, ndim):
-    if isinstance(axis, bool):
+def _int(name, value):
+    if isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got bool")
     try:
-        axis = operator.index(axis)
+        return operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(axis).__name__}") from None
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+
+
+def _axis(name, axis, ndim):
+    axis = _int(name, axis)
     if not -ndim <= axis < ndim:
         raise ValueError(f"{name}={axis} is out of range for {ndim}-D input")
     return axis % ndim
 
 
 def _positive(name, value):
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    value = _int(name, value)
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
@@ -451,22 +450,64 @@ def fit(model: Any, loss: Callable, optimizer: Any, x: Any, y: Any, *,
         ``{"loss": [mean loss per epoch], "batch_loss": [loss per step]}``; ``model``'s
         parameters are trained in place and ``model.grads`` holds the last step's gradient.
     """
-    for name, obj in (("model", model),):
-        missing = [a for a in ("forward_train", "params", "grads", "zero_grad")
-                   if not hasattr(obj, a)]
-        if missing:
-            raise TypeError(f"{name} needs {', '.join(missing)} (a clstm module), got "
-                            f"{type(obj).__name__}")
+    x, y, lengths, batch_axis, n_rows = _check_fit_args(model, loss, optimizer, x, y, client,
+                                                        lengths, batch_axis)
+    epochs = _positive("epochs", epochs)
+    batch_size = _positive("batch_size", batch_size)
+    seed = int(np.random.SeedSequence().entropy) if seed is None else _int("seed", seed)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    n_workers = len(client.nthreads())
+    if n_workers == 0:
+        raise ValueError("client has no workers")
+    if any(isinstance(a, da.Array) for a in (x, y, lengths)):
+        # one layout for all: partitions are x's chunks along the batch axis, at least one
+        # per worker (a single-chunk array would otherwise run on one worker)
+        if not isinstance(x, da.Array) or len(x.chunks[batch_axis]) < n_workers:
+            x = _batch_chunked("x", x, batch_axis, -(-n_rows // n_workers))
+    bounds, data = _partitions(client, [x, y, lengths], batch_axis, n_workers)
+    # The model goes to every worker once; each step ships only the parameters.
+    run = dict(worker_model=client.scatter(copy.deepcopy(model), broadcast=True, hash=False),
+               names=list(model.params), dtype=np.result_type(*model.params.values()),
+               bounds=bounds, data=data, loss=loss, batch_axis=batch_axis,
+               token=uuid.uuid4().hex)
+    shuffle_rng = np.random.default_rng(seed)
+    history = {"loss": [], "batch_loss": []}
+    step = 0
+    for epoch in range(epochs):
+        epoch_sum = 0.0
+        for rows in _batches(n_rows, batch_size, shuffle, shuffle_rng):
+            grad, value, n = _batch_gradient(client, model, rows, seed=[seed, step], **run)
+            _unflat(grad / n, model.grads, run["names"])
+            optimizer.step()
+            history["batch_loss"].append(value / n)
+            epoch_sum += value
+            step += 1
+        history["loss"].append(epoch_sum / n_rows)
+        if progress:
+            print(f"epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.6g}", flush=True)
+    return history
+
+
+def _check_fit_args(model, loss, optimizer, x, y, client, lengths, batch_axis):
+    missing = [a for a in ("forward_train", "params", "grads", "zero_grad")
+               if not hasattr(model, a)]
+    if missing:
+        raise TypeError(f"model needs {', '.join(missing)} (a clstm module), got "
+                        f"{type(model).__name__}")
     if not callable(loss):
         raise TypeError(f"loss must be callable as loss(pred, target) -> (value, dpred), got "
                         f"{type(loss).__name__}")
     if not hasattr(optimizer, "step"):
         raise TypeError(f"optimizer must have step() (a clstm.optim optimizer), got "
                         f"{type(optimizer).__name__}")
+    # an optimiser built on another model would step nothing of ours, silently
+    own = {id(p) for p in model.params.values()}
+    if hasattr(optimizer, "pairs") and not any(id(p) in own for p, _ in optimizer.pairs):
+        raise ValueError("optimizer must be built on model's parameters, e.g. "
+                         "clstm.optim.Adam(model)")
     if not isinstance(client, distributed.Client):
         raise TypeError(f"client must be a distributed.Client, got {type(client).__name__}")
-    epochs = _positive("epochs", epochs)
-    batch_size = _positive("batch_size", batch_size)
     arrays = []
     for name, a in (("x", x), ("y", y)):
         if not isinstance(a, da.Array):
@@ -477,58 +518,33 @@ def fit(model: Any, loss: Callable, optimizer: Any, x: Any, y: Any, *,
     x, y = arrays
     batch_axis = _axis("batch_axis", batch_axis, min(x.ndim, y.ndim))
     n_rows = x.shape[batch_axis]
-    if y.shape[batch_axis] != n_rows:
-        raise ValueError(f"y must have x's {n_rows} samples on batch_axis={batch_axis}, got "
-                         f"shape {y.shape}")
     if math.isnan(n_rows) or n_rows == 0:
         raise ValueError(f"x must have a known, non-zero number of samples on "
                          f"batch_axis={batch_axis}, got shape {x.shape}")
+    if y.shape[batch_axis] != n_rows:
+        raise ValueError(f"y must have x's {n_rows} samples on batch_axis={batch_axis}, got "
+                         f"shape {y.shape}")
     if lengths is not None:
         _check_takes_lengths(model, "forward_train")
         lengths = _check_lengths(lengths, n_rows)
-    n_workers = len(client.nthreads())
-    if n_workers == 0:
-        raise ValueError("client has no workers")
-    if any(isinstance(a, da.Array) for a in (x, y, lengths)):
-        # one layout for all: partitions are x's chunks along the batch axis, at least one
-        # per worker (a single-chunk array would otherwise run on one worker)
-        if not isinstance(x, da.Array) or len(x.chunks[batch_axis]) < n_workers:
-            x = _batch_chunked("x", x, batch_axis, -(-n_rows // n_workers))
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy)
+    return x, y, lengths, batch_axis, n_rows
 
-    names = list(model.params)
-    dtype = np.result_type(*model.params.values())
-    bounds, (xf, yf, lf) = _partitions(client, [x, y, lengths], batch_axis, n_workers)
-    token = uuid.uuid4().hex
-    # The model itself goes to every worker once; each step only ships the parameters.
-    model_f = client.scatter(copy.deepcopy(model), broadcast=True, hash=False)
-    shuffle_rng = np.random.default_rng(seed)
-    history = {"loss": [], "batch_loss": []}
-    step = 0
-    for epoch in range(epochs):
-        epoch_sum = 0.0
-        for rows in _batches(n_rows, batch_size, shuffle, shuffle_rng):
-            params_f = client.scatter(_flat(model.params, names, dtype), broadcast=True,
-                                      hash=False)
-            part = np.searchsorted(bounds, rows, side="right") - 1
-            shards = []
-            for p in np.unique(part):  # partitions in order: a fixed order of the sums
-                local = rows[part == p] - bounds[p]
-                shards.append(client.submit(
-                    _shard_step, model_f, params_f, xf[p], yf[p],
-                    None if lf is None else lf[p], local, loss=loss, batch_axis=batch_axis,
-                    names=names, seed=[seed, step, int(p)], token=token, pure=False))
-            grad, value, n = client.gather(_tree_sum(client, shards))
-            _unflat(grad / n, model.grads, names)
-            optimizer.step()
-            history["batch_loss"].append(value / n)
-            epoch_sum += value
-            step += 1
-        history["loss"].append(epoch_sum / n_rows)
-        if progress:
-            print(f"epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.6g}", flush=True)
-    return history
+
+def _batch_gradient(client, model, rows, *, seed, worker_model, names, dtype, bounds, data,
+                    loss, batch_axis, token):
+    """One step's communication and compute: broadcast the parameters, one task per
+    partition holding rows of the batch, a tree sum; returns ``(n * grad, n * loss, n)``."""
+    params = client.scatter(_flat(model.params, names, dtype), broadcast=True, hash=False)
+    part = np.searchsorted(bounds, rows, side="right") - 1
+    x, y, lengths = data
+    shards = []
+    for p in np.unique(part):  # partitions in order: a fixed order of the sums
+        shards.append(client.submit(
+            _shard_step, worker_model, params, x[p], y[p],
+            None if lengths is None else lengths[p], rows[part == p] - bounds[p],
+            loss=loss, batch_axis=batch_axis, names=names, seed=seed + [int(p)],
+            token=token, pure=False))
+    return client.gather(_tree_sum(client, shards))
 
 
 def _tree_sum(client, futures: Sequence, fan_in: int = 4):

@@ -243,6 +243,10 @@ def test_fit_bad_input(client):
         cd.fit(object(), clstm.mse_loss, opt, x, y, **kw)
     with pytest.raises(ValueError, match="batch_axis=5 is out of range"):
         cd.fit(model, clstm.mse_loss, opt, x, y, **{**kw, "batch_axis": 5})
+    with pytest.raises(ValueError, match="optimizer must be built on model's parameters"):
+        cd.fit(model, clstm.mse_loss, clstm.optim.SGD(_model(), lr=0.1), x, y, **kw)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        cd.fit(model, clstm.mse_loss, opt, x, y, seed=-1, **kw)
 
 
 # ------------------------------------------------------------------------ packaging, example
