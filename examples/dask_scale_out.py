@@ -140,6 +140,8 @@ def communication(args):
             bcast.append(time.perf_counter() - t0)
             del f
         t_bcast = statistics.median(bcast)
+        # the scheduler's latency: one task that does nothing, submitted and gathered
+        t_noop = timed(lambda: client.gather(client.submit(int, pure=False)), steps)[0]
     t0 = time.perf_counter()
     for i in range(steps):  # the same work in one process: two 1-row shards, one step
         for r in (2 * i, 2 * i + 1):
@@ -165,6 +167,7 @@ def communication(args):
     print(f"  the same step in one process:    {1e3 * t_local:7.1f} ms")
     print(f"  communication + scheduling:      {1e3 * (t_step - t_local):7.1f} ms")
     print(f"  of which the broadcast alone:    {1e3 * t_bcast:7.1f} ms")
+    print(f"a no-op task's round trip:         {1e3 * t_noop:7.1f} ms")
     print(f"training compute, 1 thread, T=50:  {1e3 * t_seq:7.2f} ms per sequence")
     return t_step - t_local, t_bcast, t_seq
 
