@@ -177,8 +177,13 @@ def test_fit_equals_single_process(client):
     x, _ = _data(N=40)
     y = np.random.default_rng(1).standard_normal((7, 40, 2))
     dist, local = _model(), _model()
-    hist = cd.fit(dist, clstm.mse_loss, clstm.optim.SGD(dist, lr=0.1, momentum=0.9), x, y,
-                  client=client, epochs=2, batch_size=16, batch_axis=1, seed=3, progress=False)
+    with distributed.get_task_stream(client) as stream:
+        hist = cd.fit(dist, clstm.mse_loss, clstm.optim.SGD(dist, lr=0.1, momentum=0.9), x,
+                      y, client=client, epochs=2, batch_size=16, batch_axis=1, seed=3,
+                      progress=False)
+    # data-parallel indeed: both workers computed shards
+    shard_workers = {t["worker"] for t in stream.data if "_shard_step" in str(t["key"])}
+    assert len(shard_workers) == 2
     ref = _reference(local, clstm.optim.SGD(local, lr=0.1, momentum=0.9), x, y, epochs=2,
                      batch_size=16, seed=3, bounds=None)
     assert len(hist["batch_loss"]) == 6 and len(hist["loss"]) == 2  # 16 + 16 + 8 rows
