@@ -70,7 +70,7 @@ def inference(args):
     for (n_workers, threads), (_, client) in zip(configs, clusters):
         client.wait_for_workers(n_workers)
         xc = client.persist(x) if args.persist else x
-        scores(xc).compute(scheduler=client)  # warm-up: the workers import clstm
+        scores(xc)[:args.chunk].compute(scheduler=client)  # warm-up: workers import clstm
         runs[f"LocalCluster {n_workers} worker(s) x {threads} thread(s)"] = \
             lambda client=client, xc=xc: scores(xc).compute(scheduler=client)
     # the configurations take turns, so a burst of foreign load hits them alike
