@@ -25,7 +25,7 @@ import math
 import operator
 import threading
 import uuid
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -152,10 +152,10 @@ def _int(name, value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
 
 
-def _axis(name, axis, ndim):
+def _axis(name, axis, ndim, what="input"):
     axis = _int(name, axis)
     if not -ndim <= axis < ndim:
-        raise ValueError(f"{name}={axis} is out of range for {ndim}-D input")
+        raise ValueError(f"{name}={axis} is out of range for {ndim}-D {what}")
     return axis % ndim
 
 
@@ -206,22 +206,34 @@ def _check_lengths(lengths, n_rows):
     return lengths
 
 
-def _predict_block(x, *rest, model, batch_axis, batch_size):
+def _axis_pair(batch_axis, ndims, names):
+    """``batch_axis`` as one axis per array (an int: the same for all), each checked
+    against its array's number of axes. A pair as in ``clstm.fit``/``clstm.predict``."""
+    axes = tuple(batch_axis) if isinstance(batch_axis, (tuple, list)) else \
+        (batch_axis,) * len(ndims)
+    if len(axes) != len(ndims):
+        raise ValueError(f"batch_axis must be an int or a pair ({', '.join(names)}), got "
+                         f"{batch_axis!r}")
+    return tuple(_axis("batch_axis", a, n, name) for a, n, name in zip(axes, ndims, names))
+
+
+def _take(a, axis, rows):
+    return a[(slice(None),) * axis + (rows,)]
+
+
+def _predict_block(x, lengths, model, x_axis, out_axis, batch_size):
     """One block: the model over ``batch_size`` rows at a time, outputs concatenated."""
     match_worker_threads()
-    lengths = rest[0].ravel() if rest else None
-    n = x.shape[batch_axis]
+    n = x.shape[x_axis]
     step = batch_size or max(n, 1)
-    outs = []
-    for start in range(0, max(n, 1), step):
-        rows = slice(start, start + step)
-        xs = x[(slice(None),) * batch_axis + (rows,)]
-        outs.append(_forward(model, xs, None if lengths is None else lengths[rows]))
-    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=batch_axis)
+    outs = [_forward(model, _take(x, x_axis, slice(i, i + step)),
+                     None if lengths is None else lengths[i:i + step])
+            for i in range(0, max(n, 1), step)]
+    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=out_axis)
 
 
 def predict(model: Any, x: Any, *, lengths: Any = None, batch_size: Optional[int] = None,
-            batch_axis: Optional[int] = None) -> "da.Array":
+            batch_axis: Union[int, Sequence[int], None] = None) -> "da.Array":
     """Run ``model`` over a dask array, lazily, one task per batch chunk.
 
     Parameters
@@ -241,15 +253,16 @@ def predict(model: Any, x: Any, *, lengths: Any = None, batch_size: Optional[int
     batch_size : int, optional
         Rows per model call inside a block (bounds a worker's memory; results do not
         depend on it). Default: the whole block in one call.
-    batch_axis : int, optional
-        The batch axis of ``x`` (and of the output). Default: 0 for 2-D input and for a
-        batch-first model, else 1.
+    batch_axis : int or (x_axis, out_axis), optional
+        The batch axis of ``x`` and of the output; a pair when they differ (``(1, 0)``:
+        time-major input, one output row per sequence), as in ``clstm.predict``. Default:
+        0 for 2-D input and for a batch-first model, else 1, for both.
 
     Returns
     -------
     dask.array.Array
         The model's output (element 0 of a tuple result, as ``Sequential`` passes on),
-        chunked as ``x`` along the batch axis; equal to ``model(x)`` run locally.
+        chunked as ``x`` along the batch axis; equal to the model run locally.
 
     Raises
     ------
@@ -257,7 +270,7 @@ def predict(model: Any, x: Any, *, lengths: Any = None, batch_size: Optional[int
         ``x`` or ``lengths`` of the wrong kind, or ``lengths`` for a model that takes none.
     ValueError
         ``lengths`` of the wrong shape, ``batch_axis`` out of range, a ``batch_size`` < 1,
-        or a model whose output does not keep the batch axis.
+        or a model whose output has no batch on ``out_axis``.
     """
     if not callable(model):
         raise TypeError(f"model must be a callable clstm module, got {type(model).__name__}")
@@ -267,35 +280,46 @@ def predict(model: Any, x: Any, *, lengths: Any = None, batch_size: Optional[int
         ndim = x.ndim
     if ndim == 0:
         raise ValueError("x must have a batch axis, got a 0-D array")
-    batch_axis = _default_batch_axis(model, ndim) if batch_axis is None else \
-        _axis("batch_axis", batch_axis, ndim)
+    if batch_axis is None:
+        batch_axis = _default_batch_axis(model, ndim)
+    if isinstance(batch_axis, (tuple, list)):
+        if len(batch_axis) != 2:
+            raise ValueError(f"batch_axis must be an int or a pair (x_axis, out_axis), got "
+                             f"{batch_axis!r}")
+        x_axis, out_axis = batch_axis
+    else:
+        x_axis = out_axis = batch_axis
+    x_axis = _axis("batch_axis", x_axis, ndim)
+    out_axis = _int("batch_axis", out_axis)
     if batch_size is not None:
         batch_size = _positive("batch_size", batch_size)
-    x = _batch_chunked("x", x, batch_axis)
-    args = [x]
+    x = _batch_chunked("x", x, x_axis)
+    blocks = x.to_delayed().ravel()  # one per batch chunk, in order (the rest is 1 chunk)
+    len_blocks = [None] * len(blocks)
     if lengths is not None:
         _check_takes_lengths(model, "__call__")
-        lens = _batch_chunked("lengths", _check_lengths(lengths, x.shape[batch_axis]), 0,
-                              x.chunks[batch_axis])
-        # lengths shaped to broadcast against x's blocks: block i of both arrive together
-        args.append(lens.reshape(tuple(-1 if ax == batch_axis else 1 for ax in range(ndim))))
+        lens = _batch_chunked("lengths", _check_lengths(lengths, x.shape[x_axis]), 0,
+                              x.chunks[x_axis])
+        len_blocks = lens.to_delayed().ravel()
 
     # The output's shape and dtype from one row run locally: shapes other than the batch
-    # may change (features I -> H), and the batch must stay on its axis.
+    # may change (features I -> H, or the time axis pooled away).
     snapshot = copy.deepcopy(model)
-    probe_shape = tuple(1 if ax == batch_axis else n for ax, n in enumerate(x.shape))
-    probe = _forward(snapshot, np.zeros(probe_shape, x.dtype), None)
-    if probe.ndim != ndim or probe.shape[batch_axis] != 1:
-        raise ValueError(f"the model's output must keep the batch on axis {batch_axis} with "
-                         f"x's number of axes ({ndim}); a {probe_shape} input gave "
-                         f"{probe.shape}")
-    chunks = tuple(x.chunks[batch_axis] if ax == batch_axis else (n,)
-                   for ax, n in enumerate(probe.shape))
+    probe = _forward(snapshot, np.zeros(_take(x, x_axis, slice(0, 1)).shape, x.dtype), None)
+    if not (-probe.ndim <= out_axis < probe.ndim and probe.shape[out_axis] == 1):
+        raise ValueError(f"the model's output must have the batch on axis {out_axis} "
+                         f"(batch_axis=(x_axis, out_axis) when they differ); one row of x "
+                         f"gave an output of shape {probe.shape}")
+    out_axis %= probe.ndim
     # pure=False: a random key, so the model is not hashed (pickled) to name it
     model_key = dask.delayed(snapshot, pure=False)
-    return da.map_blocks(_predict_block, *args, model=model_key, batch_axis=batch_axis,
-                         batch_size=batch_size, chunks=chunks, dtype=probe.dtype,
-                         meta=np.empty((0,) * ndim, probe.dtype))
+    run = dask.delayed(_predict_block, pure=True)
+    parts = []
+    for xb, lb, n in zip(blocks, len_blocks, x.chunks[x_axis]):
+        shape = tuple(n if ax == out_axis else k for ax, k in enumerate(probe.shape))
+        parts.append(da.from_delayed(run(xb, lb, model_key, x_axis, out_axis, batch_size),
+                                     shape, dtype=probe.dtype))
+    return da.concatenate(parts, axis=out_axis)
 
 
 # ------------------------------------------------------------------------ training
@@ -332,8 +356,7 @@ def _thread_model(model, token):
     return _local.model
 
 
-def _shard_step(model, flat_params, x, y, lengths, rows, *, loss, batch_axis, names, seed,
-                token):
+def _shard_step(model, flat_params, x, y, lengths, rows, *, loss, axes, names, seed, token):
     """One shard of one step, on the worker holding the data: load the parameters, run
     forward/backward on ``rows`` of this partition, and return ``(n * grad, n * loss, n)``
     so that a plain sum over shards divided by the summed ``n`` is the batch mean."""
@@ -341,10 +364,12 @@ def _shard_step(model, flat_params, x, y, lengths, rows, *, loss, batch_axis, na
     m = _thread_model(model, token)
     _unflat(flat_params, m.params, names)
     m.zero_grad()
-    take = (slice(None),) * batch_axis + (rows,)
-    pred, backward = _forward_train(m, x[take], None if lengths is None else lengths[rows],
+    lens = None if lengths is None else lengths[rows]
+    pred, backward = _forward_train(m, _take(x, axes[0], rows), lens,
                                     np.random.default_rng(seed))
-    value, dpred = loss(pred, y[take])
+    # a loss taking lengths (a masked sequence loss) gets them, as in clstm.fit
+    kw = {"lengths": lens} if lens is not None and _takes(loss, "lengths") else {}
+    value, dpred = loss(pred, _take(y, axes[1], rows), **kw)
     backward(dpred)
     n = len(rows)
     return _flat(m.grads, names, flat_params.dtype) * n, float(value) * n, n
@@ -362,28 +387,26 @@ def _sum_shards(*results):
     return grad, value, n
 
 
-def _partitions(client, arrays, batch_axis, n_workers):
+def _partitions(client, arrays, axes, n_workers):
     """Put the data on the workers once: contiguous row ranges ("partitions"), one task
     result each, spread round-robin. Returns the partition start rows (plus the end) and,
     per array, one future per partition (None for an absent array)."""
     workers = sorted(client.nthreads())
     x = arrays[0]
-    n_rows = x.shape[batch_axis]
+    n_rows = x.shape[axes[0]]
     if isinstance(x, da.Array):
-        bounds = np.concatenate([[0], np.cumsum(x.chunks[batch_axis])])
-        batch_chunks = x.chunks[batch_axis]
+        bounds = np.concatenate([[0], np.cumsum(x.chunks[axes[0]])])
+        batch_chunks = x.chunks[axes[0]]
     else:
         bounds = np.linspace(0, n_rows, min(n_workers, n_rows) + 1).astype(np.intp)
         batch_chunks = tuple(np.diff(bounds))
     futures = []
-    for i, a in enumerate(arrays):
+    for i, (a, axis) in enumerate(zip(arrays, axes)):
         if a is None:
             futures.append(None)
             continue
-        axis = 0 if i == 2 else batch_axis  # lengths are 1-D
         if not isinstance(x, da.Array):
-            parts = [a[(slice(None),) * axis + (slice(lo, hi),)]
-                     for lo, hi in zip(bounds[:-1], bounds[1:])]
+            parts = [_take(a, axis, slice(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
             futures.append([client.scatter(p, workers=[workers[j % len(workers)]], hash=False)
                             for j, p in enumerate(parts)])
         else:
@@ -395,7 +418,8 @@ def _partitions(client, arrays, batch_axis, n_workers):
 
 def fit(model: Any, loss: Callable, optimizer: Any, x: Any, y: Any, *,
         client: "distributed.Client", epochs: int, batch_size: int, lengths: Any = None,
-        batch_axis: int = 0, shuffle: bool = True, seed: Optional[int] = None,
+        batch_axis: Union[int, Sequence[int]] = 0,
+        shuffle: Union[bool, np.random.Generator] = True, seed: Optional[int] = None,
         progress: bool = True) -> dict:
     """Synchronous data-parallel training on a ``dask.distributed`` cluster.
 
@@ -423,22 +447,26 @@ def fit(model: Any, loss: Callable, optimizer: Any, x: Any, y: Any, *,
         ``params``, ``grads`` and ``zero_grad``. Sent to each worker once.
     loss : callable
         ``loss(pred, target) -> (value, dpred)``, mean-reduced (``clstm.mse_loss``,
-        ``clstm.cross_entropy``). Must pickle (a module-level function).
+        ``clstm.cross_entropy``); given ``lengths=`` too when it takes them. Must pickle
+        (a module-level function).
     optimizer : clstm.optim optimizer
         Built on ``model``; ``step()`` runs here after each reduction.
     x, y : numpy.ndarray or dask.array.Array
-        Inputs and targets; ``batch_axis`` indexes samples in both (1 for a time-major
-        ``(T, B, I)`` LSTM).
+        Inputs and targets, samples on ``batch_axis``.
     client : distributed.Client
         The cluster to run on.
     epochs, batch_size : int
-        Passes over the data; rows per step (the last batch of an epoch may be smaller).
+        Passes over the data (0: none); rows per step (the last batch of an epoch may be
+        smaller).
     lengths : numpy.ndarray or dask.array.Array, optional
         Integer sequence lengths, shape ``(N,)``, for every module taking them.
-    batch_axis : int
-        The sample axis of ``x`` and ``y``.
-    shuffle : bool
-        A new permutation of the rows each epoch, from ``numpy.random.default_rng(seed)``.
+    batch_axis : int or (x_axis, y_axis)
+        The sample axis of ``x`` and ``y``: 0 for batch-first data, 1 for time-major
+        ``(T, N, ...)``; a pair when they differ, e.g. ``(1, 0)`` for time-major ``x`` and
+        one target per sequence (as in ``clstm.fit``).
+    shuffle : bool or numpy.random.Generator
+        A new permutation of the rows each epoch, from that generator or
+        ``numpy.random.default_rng(seed)``.
     seed : int, optional
         Seeds the shuffling and the dropout generators; default: fresh entropy.
     progress : bool
@@ -450,9 +478,11 @@ def fit(model: Any, loss: Callable, optimizer: Any, x: Any, y: Any, *,
         ``{"loss": [mean loss per epoch], "batch_loss": [loss per step]}``; ``model``'s
         parameters are trained in place and ``model.grads`` holds the last step's gradient.
     """
-    x, y, lengths, batch_axis, n_rows = _check_fit_args(model, loss, optimizer, x, y, client,
-                                                        lengths, batch_axis)
-    epochs = _positive("epochs", epochs)
+    x, y, lengths, axes, n_rows = _check_fit_args(model, loss, optimizer, x, y, client,
+                                                  lengths, batch_axis)
+    epochs = _int("epochs", epochs)
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
     batch_size = _positive("batch_size", batch_size)
     seed = int(np.random.SeedSequence().entropy) if seed is None else _int("seed", seed)
     if seed < 0:
@@ -463,20 +493,21 @@ def fit(model: Any, loss: Callable, optimizer: Any, x: Any, y: Any, *,
     if any(isinstance(a, da.Array) for a in (x, y, lengths)):
         # one layout for all: partitions are x's chunks along the batch axis, at least one
         # per worker (a single-chunk array would otherwise run on one worker)
-        if not isinstance(x, da.Array) or len(x.chunks[batch_axis]) < n_workers:
-            x = _batch_chunked("x", x, batch_axis, -(-n_rows // n_workers))
-    bounds, data = _partitions(client, [x, y, lengths], batch_axis, n_workers)
+        if not isinstance(x, da.Array) or len(x.chunks[axes[0]]) < n_workers:
+            x = _batch_chunked("x", x, axes[0], -(-n_rows // n_workers))
+    bounds, data = _partitions(client, [x, y, lengths], axes + (0,), n_workers)
     # The model goes to every worker once; each step ships only the parameters.
     run = dict(worker_model=client.scatter(copy.deepcopy(model), broadcast=True, hash=False),
                names=list(model.params), dtype=np.result_type(*model.params.values()),
-               bounds=bounds, data=data, loss=loss, batch_axis=batch_axis,
+               bounds=bounds, data=data, loss=loss, axes=axes,
                token=uuid.uuid4().hex)
-    shuffle_rng = np.random.default_rng(seed)
+    shuffle_rng = shuffle if isinstance(shuffle, np.random.Generator) else \
+        np.random.default_rng(seed)
     history = {"loss": [], "batch_loss": []}
     step = 0
     for epoch in range(epochs):
         epoch_sum = 0.0
-        for rows in _batches(n_rows, batch_size, shuffle, shuffle_rng):
+        for rows in _batches(n_rows, batch_size, shuffle is not False, shuffle_rng):
             grad, value, n = _batch_gradient(client, model, rows, seed=[seed, step], **run)
             _unflat(grad / n, model.grads, run["names"])
             optimizer.step()
@@ -516,22 +547,22 @@ def _check_fit_args(model, loss, optimizer, x, y, client, lengths, batch_axis):
             raise ValueError(f"{name} must have a batch axis, got a 0-D array")
         arrays.append(a)
     x, y = arrays
-    batch_axis = _axis("batch_axis", batch_axis, min(x.ndim, y.ndim))
-    n_rows = x.shape[batch_axis]
+    axes = _axis_pair(batch_axis, (x.ndim, y.ndim), ("x", "y"))
+    n_rows = x.shape[axes[0]]
     if math.isnan(n_rows) or n_rows == 0:
-        raise ValueError(f"x must have a known, non-zero number of samples on "
-                         f"batch_axis={batch_axis}, got shape {x.shape}")
-    if y.shape[batch_axis] != n_rows:
-        raise ValueError(f"y must have x's {n_rows} samples on batch_axis={batch_axis}, got "
-                         f"shape {y.shape}")
+        raise ValueError(f"x must have a known, non-zero number of samples on its batch "
+                         f"axis {axes[0]}, got shape {x.shape}")
+    if y.shape[axes[1]] != n_rows:
+        raise ValueError(f"y must have x's {n_rows} samples on its batch axis {axes[1]}, "
+                         f"got shape {y.shape}")
     if lengths is not None:
         _check_takes_lengths(model, "forward_train")
         lengths = _check_lengths(lengths, n_rows)
-    return x, y, lengths, batch_axis, n_rows
+    return x, y, lengths, axes, n_rows
 
 
 def _batch_gradient(client, model, rows, *, seed, worker_model, names, dtype, bounds, data,
-                    loss, batch_axis, token):
+                    loss, axes, token):
     """One step's communication and compute: broadcast the parameters, one task per
     partition holding rows of the batch, a tree sum; returns ``(n * grad, n * loss, n)``."""
     params = client.scatter(_flat(model.params, names, dtype), broadcast=True, hash=False)
@@ -542,7 +573,7 @@ def _batch_gradient(client, model, rows, *, seed, worker_model, names, dtype, bo
         shards.append(client.submit(
             _shard_step, worker_model, params, x[p], y[p],
             None if lengths is None else lengths[p], rows[part == p] - bounds[p],
-            loss=loss, batch_axis=batch_axis, names=names, seed=seed + [int(p)],
+            loss=loss, axes=axes, names=names, seed=seed + [int(p)],
             token=token, pure=False))
     return client.gather(_tree_sum(client, shards))
 

@@ -1,6 +1,7 @@
 """clstm.dask on real local clusters of worker processes: predict equals the local model,
 data-parallel fit equals single-process training on the same batches (float64, 1e-10), the
 thread policy, bad input, the lazy import and the example. Skipped without dask."""
+import functools
 import os
 import pathlib
 import pickle
@@ -93,6 +94,17 @@ def test_predict_snapshots_the_model_and_ships_it_once(client):
     # about one model.
     graph = dict(y.__dask_graph__())
     assert len(pickle.dumps(graph)) < 1.5 * len(pickle.dumps(lstm))
+
+
+def test_predict_batch_axis_pair(client):
+    # an output whose batch moved: (T, B, I) -> (B, I), as a pooling head gives
+    x = _data()[0]
+    pool = functools.partial(np.sum, axis=0)
+    got = cd.predict(pool, da.from_array(x, chunks=(7, 9, 3)), batch_axis=(1, 0))
+    assert got.chunks[0] == (9, 9, 9, 9, 4)
+    np.testing.assert_allclose(got.compute(scheduler=client), x.sum(axis=0), rtol=1e-14)
+    with pytest.raises(ValueError, match="output must have the batch on axis 1"):
+        cd.predict(pool, x, batch_axis=1)
 
 
 def test_predict_bad_input():
@@ -230,13 +242,45 @@ def test_fit_with_dropout_equals_shard_by_shard_run(client, client_1x2):
     _assert_same(one, dist, hist_one["batch_loss"], hist["batch_loss"])
 
 
+def test_fit_batch_axis_pair_and_loss_with_lengths(client):
+    def last_step_mse(pred, target, lengths=None):
+        """MSE of each sequence's output at its last step against one target per sequence;
+        takes lengths, so fit must pass them. (Local: the workers cannot import this test
+        module, so the function must travel by value, which cloudpickle does for these.)"""
+        steps = np.maximum((pred.shape[0] if lengths is None else lengths) - 1, 0)
+        rows = np.arange(pred.shape[1])
+        value, dlast = clstm.mse_loss(pred[steps, rows], target)
+        dpred = np.zeros_like(pred)
+        dpred[steps, rows] = dlast
+        return value, dpred
+
+    x, lengths = _data(N=24)
+    lengths = np.maximum(lengths, 1)
+    y = np.random.default_rng(4).standard_normal((24, 2))  # one target per sequence
+    dist, local = _model(), _model()
+    hist = cd.fit(dist, last_step_mse, clstm.optim.SGD(dist, lr=0.1), x, y, client=client,
+                  epochs=2, batch_size=8, lengths=lengths, batch_axis=(1, 0),
+                  shuffle=np.random.default_rng(6), seed=6, progress=False)
+    opt, rng, losses = clstm.optim.SGD(local, lr=0.1), np.random.default_rng(6), []
+    for _ in range(2):
+        for rows in cd._batches(24, 8, True, rng):
+            local.zero_grad()
+            (h, _), back = local[0].forward_train(x[:, rows], lengths=lengths[rows])
+            out, head_back = local[1].forward_train(h)
+            value, dout = last_step_mse(out, y[rows], lengths[rows])
+            back(head_back(dout))
+            opt.step()
+            losses.append(value)
+    _assert_same(dist, local, hist["batch_loss"], losses)
+
+
 def test_fit_bad_input(client):
     x, lengths = _data(N=20)
     y = np.zeros((7, 20, 2))
     model = _model()
     opt = clstm.optim.SGD(model, lr=0.1)
     kw = dict(client=client, epochs=1, batch_size=4, batch_axis=1, progress=False)
-    with pytest.raises(ValueError, match="y must have x's 20 samples"):
+    with pytest.raises(ValueError, match="y must have x's 20 samples on its batch axis 1"):
         cd.fit(model, clstm.mse_loss, opt, x, y[:, :19], **kw)
     with pytest.raises(ValueError, match=r"lengths must have shape \(20,\)"):
         cd.fit(model, clstm.mse_loss, opt, x, y, lengths=lengths[:3], **kw)
@@ -246,8 +290,10 @@ def test_fit_bad_input(client):
         cd.fit(model, clstm.mse_loss, opt, x, y, **{**kw, "client": "tcp://nowhere"})
     with pytest.raises(TypeError, match="model needs"):
         cd.fit(object(), clstm.mse_loss, opt, x, y, **kw)
-    with pytest.raises(ValueError, match="batch_axis=5 is out of range"):
+    with pytest.raises(ValueError, match="batch_axis=5 is out of range for 3-D x"):
         cd.fit(model, clstm.mse_loss, opt, x, y, **{**kw, "batch_axis": 5})
+    with pytest.raises(ValueError, match="batch_axis=2 is out of range for 2-D y"):
+        cd.fit(model, clstm.mse_loss, opt, x, y[0], **{**kw, "batch_axis": (1, 2)})
     with pytest.raises(ValueError, match="optimizer must be built on model's parameters"):
         cd.fit(model, clstm.mse_loss, clstm.optim.SGD(_model(), lr=0.1), x, y, **kw)
     with pytest.raises(ValueError, match="seed must be >= 0"):
