@@ -19,10 +19,10 @@ process, each on the worker's threads.
 """
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 import operator
+import pickle
 import threading
 import uuid
 from typing import Any, Callable, Optional, Sequence, Union
@@ -221,9 +221,18 @@ def _take(a, axis, rows):
     return a[(slice(None),) * axis + (rows,)]
 
 
-def _predict_block(x, lengths, model, x_axis, out_axis, batch_size):
+def _aligned(a):
+    """``a``, copied if its memory is unaligned: arrays that arrive over distributed's
+    comms (and the parameters of a model unpickled from them) may start at any byte, and
+    compiled kernels may refuse such memory."""
+    return a if a is None or a.flags.aligned else a.copy()
+
+
+def _predict_block(x, lengths, model, x_axis, out_axis, batch_size, token):
     """One block: the model over ``batch_size`` rows at a time, outputs concatenated."""
     match_worker_threads()
+    model = _thread_model(model, token)
+    x = _aligned(x)
     n = x.shape[x_axis]
     step = batch_size or max(n, 1)
     outs = [_forward(model, _take(x, x_axis, slice(i, i + step)),
@@ -304,21 +313,24 @@ def predict(model: Any, x: Any, *, lengths: Any = None, batch_size: Optional[int
 
     # The output's shape and dtype from one row run locally: shapes other than the batch
     # may change (features I -> H, or the time axis pooled away).
-    snapshot = copy.deepcopy(model)
-    probe = _forward(snapshot, np.zeros(_take(x, x_axis, slice(0, 1)).shape, x.dtype), None)
+    payload = pickle.dumps(model, protocol=4)  # the snapshot
+    probe = _forward(pickle.loads(payload), np.zeros(_take(x, x_axis, slice(0, 1)).shape,
+                                                     x.dtype), None)
     if not (-probe.ndim <= out_axis < probe.ndim and probe.shape[out_axis] == 1):
         raise ValueError(f"the model's output must have the batch on axis {out_axis} "
                          f"(batch_axis=(x_axis, out_axis) when they differ); one row of x "
                          f"gave an output of shape {probe.shape}")
     out_axis %= probe.ndim
-    # pure=False: a random key, so the model is not hashed (pickled) to name it
-    model_key = dask.delayed(snapshot, pure=False)
+    # The pickled model is one key of the graph (pure=False: a random name, not a hash of
+    # its bytes); each worker fetches it once and each worker thread unpickles it once.
+    model_key = dask.delayed(payload, pure=False)
+    token = uuid.uuid4().hex
     run = dask.delayed(_predict_block, pure=True)
     parts = []
     for xb, lb, n in zip(blocks, len_blocks, x.chunks[x_axis]):
         shape = tuple(n if ax == out_axis else k for ax, k in enumerate(probe.shape))
-        parts.append(da.from_delayed(run(xb, lb, model_key, x_axis, out_axis, batch_size),
-                                     shape, dtype=probe.dtype))
+        parts.append(da.from_delayed(run(xb, lb, model_key, x_axis, out_axis, batch_size,
+                                         token), shape, dtype=probe.dtype))
     return da.concatenate(parts, axis=out_axis)
 
 
@@ -348,11 +360,15 @@ def _batches(n_rows, batch_size, shuffle, rng):
 _local = threading.local()
 
 
-def _thread_model(model, token):
-    """This thread's private copy of the worker's model for fit ``token``: a worker with
-    several threads may run two shards at once, and each loads its own parameters."""
+def _thread_model(payload, token):
+    """This thread's own model for the `fit` or `predict` call ``token``, unpickled once
+    from ``payload``. The model travels as pickled bytes, not as an object: distributed
+    would send its arrays as separate frames that may arrive unaligned, which compiled
+    objects may refuse while they unpickle (outside any code of ours); ``pickle.loads`` of
+    protocol-4 bytes allocates fresh, aligned, writable arrays. Per thread, because a
+    worker with several threads may run two shards at once, each with its parameters."""
     if getattr(_local, "token", None) != token:
-        _local.token, _local.model = token, copy.deepcopy(model)
+        _local.token, _local.model = token, pickle.loads(payload)
     return _local.model
 
 
@@ -362,6 +378,7 @@ def _shard_step(model, flat_params, x, y, lengths, rows, *, loss, axes, names, s
     so that a plain sum over shards divided by the summed ``n`` is the batch mean."""
     match_worker_threads()
     m = _thread_model(model, token)
+    x = _aligned(x)
     _unflat(flat_params, m.params, names)
     m.zero_grad()
     lens = None if lengths is None else lengths[rows]
@@ -497,7 +514,8 @@ def fit(model: Any, loss: Callable, optimizer: Any, x: Any, y: Any, *,
             x = _batch_chunked("x", x, axes[0], -(-n_rows // n_workers))
     bounds, data = _partitions(client, [x, y, lengths], axes + (0,), n_workers)
     # The model goes to every worker once; each step ships only the parameters.
-    run = dict(worker_model=client.scatter(copy.deepcopy(model), broadcast=True, hash=False),
+    payload = pickle.dumps(model, protocol=4)  # see _thread_model
+    run = dict(worker_model=client.scatter(payload, broadcast=True, hash=False),
                names=list(model.params), dtype=np.result_type(*model.params.values()),
                bounds=bounds, data=data, loss=loss, axes=axes,
                token=uuid.uuid4().hex)
