@@ -99,6 +99,15 @@ class BuildExt(build_ext):
                 raise RuntimeError(msg + " (CLSTM_FAIL_NO_OPENMP is set)")
             warnings.warn(msg)
             print("WARNING: " + msg, file=sys.stderr)
+        # setuptools reuses built objects that look newer than their sources; a build in
+        # the other OpenMP mode (the serial fallback after an OpenMP build) must not.
+        mode = "openmp" if use_openmp else "serial"
+        marker = os.path.join(self.build_temp, "clstm-build-mode")
+        if not os.path.exists(marker) or open(marker).read() != mode:
+            self.force = True
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(marker, "w") as f:
+            f.write(mode)
         optimisation = ([] if self.compiler.compiler_type == "msvc"
                         else _accepted_flags(self.compiler, OPTIMISATION_FLAGS))
         for ext in self.extensions:
@@ -120,8 +129,13 @@ directives = {
     "embedsignature": True,
 }
 
+# A change to any declaration or C header rebuilds every module (they are few and small).
+DEPENDS = sorted(glob(os.path.join("src", "clstm", "*.pxd"))
+                 + glob(os.path.join("src", "clstm", "csrc", "*.h")))
+
 extensions = [
     Extension("clstm." + os.path.splitext(os.path.basename(path))[0], [path],
+              depends=DEPENDS,
               include_dirs=[numpy.get_include(), os.path.join("src", "clstm")],
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
     for path in sorted(glob(os.path.join("src", "clstm", "*.pyx")))
