@@ -326,7 +326,10 @@ def _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr):
             raise ValueError(f"w_hh must have shape (4*H, H) = ({4 * H}, {H}) without w_hr, "
                              f"got {w_hh.shape}")
     else:
-        w_hr = check_shape("w_hr", float_array("w_hr", w_hr, dtype), (P, H))
+        w_hr = float_array("w_hr", w_hr, dtype)
+        if w_hr.shape != (P, H):  # (either may be the wrong one: name both)
+            raise ValueError(f"w_hr must have shape (P, H) = ({P}, {H}) for w_hh of shape "
+                             f"(4*H, P) = {w_hh.shape}, got {w_hr.shape}")
     check_shape("w_ih", w_ih, (4 * H, "I"))
     if w_ih.shape[1] < 1:
         raise ValueError(f"w_ih must have shape (4*H, I) with I >= 1, got {w_ih.shape}")

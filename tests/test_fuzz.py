@@ -4,6 +4,8 @@ Every generated call either matches the NumPy reference (`clstm.reference`, tole
 `_helpers.assert_close`) or raises TypeError/ValueError whose message names the argument
 that was spoiled. Examples are derandomized, so a failure reproduces in CI and locally.
 """
+import re
+
 import numpy as np
 import pytest
 
@@ -20,10 +22,10 @@ DTYPES = st.sampled_from([np.float32, np.float64])
 
 
 def expect_error(name, call):
-    """``call()`` raises TypeError or ValueError naming ``name``."""
+    """``call()`` raises TypeError or ValueError naming ``name`` (checked as a word)."""
     with pytest.raises((TypeError, ValueError)) as info:
         call()
-    assert name in str(info.value), (name, str(info.value))
+    assert re.search(rf"\b{name}\b", str(info.value)), (name, str(info.value))
 
 
 def randn(rng, shape, dtype):
@@ -52,6 +54,8 @@ SPOILERS = {
     "last axis": _wrong_last_axis,
     "extra axis": lambda a: a[None, None],
     "complex": lambda a: a.astype(np.complex64),
+    "integers": lambda a: a.astype(np.int64),
+    "bools": lambda a: a > 0,
     "strings": lambda a: a.astype(str),
     "objects": lambda a: np.array(a.tolist() + [None], dtype=object)
     if a.ndim == 1 else np.full(a.shape, None, object),
@@ -349,7 +353,8 @@ def test_functional_refuses_spoiled_arguments_naming_them(call, name, how, how_l
     if name == "lengths":
         kw["lengths"] = spoiled_lengths(how_lengths, T, B)
     elif name == "n_threads":
-        kw["n_threads"] = {"complex": 0, "strings": "2", "objects": 1.5}.get(how, -1)
+        kw["n_threads"] = {"complex": 0, "strings": "2", "objects": 1.5, "bools": True,
+                           "integers": -3}.get(how, -1)
     else:
         if kw.get(name) is None:
             name = "x"
