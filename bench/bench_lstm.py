@@ -25,7 +25,10 @@ All implementations run the same layer (weights copied from a clstm layer) on th
 input, in one process, interleaved: every repetition round times each implementation once
 (in a rotating order), so machine noise hits all of them alike. Each reports the median over
 its repetitions after one untimed warm-up call, whose output is also checked against
-clstm's. Every timed call starts after a short pause (SETTLE_SECONDS), so idle threads of
+clstm's; before the first section every implementation runs untimed for a second (the
+first run after a build is otherwise noisy). The first lines say what is measured, against
+which peers and how to add the missing ones; the ratio column of each section says what
+it divides, and the last lines whether clstm was faster. Every timed call starts after a short pause (SETTLE_SECONDS), so idle threads of
 the previous implementation, which spin for a while after each call, do not steal the cores
 of the next one. Two timings (--timing): "warm" (the default) calls the implementation once
 more, untimed, right before the timed call, which then measures its steady state, as a loop
@@ -185,7 +188,24 @@ class Bench:
 
 
 HEADER = (f"{'T,B,I,H':<22} {'mode':<9} {'impl':<13} {'reps':>4} {'median ms':>10} "
-          f"{'min ms':>9} {'GFLOP/s':>8} {'clstm x':>8}")
+          f"{'min ms':>9} {'GFLOP/s':>8} {'t/clstm':>8}")
+_COMPARE_HEAD = ("# t/clstm = this row's median time / clstm's at the same size and mode: "
+                 "above 1, clstm is faster by that factor\n" + HEADER)
+# Each section's column heads, with what its ratio column means.
+SECTION_HEADS = {
+    "grid": _COMPARE_HEAD, "float64": _COMPARE_HEAD, "lengths": _COMPARE_HEAD,
+    "bidirectional": _COMPARE_HEAD,
+    "cell": "# t/LSTMCell = this row's time per step / clstm.LSTMCell's: above 1, "
+            "clstm.LSTMCell is faster by that factor (below 1, this row is faster)\n"
+            f"{'B, I, H':<22} {'mode':<9} {'impl':<23} {'reps':>4} {'median/step':>11} "
+            f"{'min/step':>11}   t/LSTMCell",
+    "threads": "# speed-up = this implementation's time at 1 thread / its time at n\n"
+               f"{'T,B,I,H':<22} {'mode':<9} {'impl@threads':<16} {'reps':>4} "
+               f"{'median ms':>10} {'min ms':>9}",
+    "memory": "# peak extra resident memory of one inference call, in a fresh process",
+    "sgemm": HEADER.rsplit(" ", 1)[0].rstrip(),
+}
+PEERS_INSTALL = "pip install torch==2.13.0 onnxruntime onnx"
 
 
 # ------------------------------------------------------------------ sections
@@ -297,8 +317,7 @@ def section_cell(bench):
                            median_ms=us[name] / 1e3, min_ms=min(ts) / steps * 1e3,
                            speedup=us[name] / us["clstm.LSTMCell"], max_rel_diff=diff)
         print(f"{'B=1, I=H=' + str(H):<22} {'step':<9} {name:<23} {len(ts):>4} "
-              f"{us[name]:>8.2f} us {row['min_us']:>8.2f} us   LSTMCell x "
-              f"{row['speedup']:.2f}" + (f"  MISMATCH {diff:.2e}" if diff > 1e-4 else ""),
+              f"{us[name]:>8.2f} us {row['min_us']:>8.2f} us   {row['speedup']:>10.2f}" + (f"  MISMATCH {diff:.2e}" if diff > 1e-4 else ""),
               flush=True)
         bench.mismatches += diff > 1e-4
 
@@ -461,7 +480,73 @@ def summarise(bench):
             summary.update({f"sgemm/train_{k}": v for k, v in r.items() if k.startswith("of_")})
     print("\n# geometric mean of clstm speed-up (time_other / time_clstm)")
     print("\n".join(lines))
+    print("\n".join(verdict(bench)))
     return summary
+
+
+def verdict(bench):
+    """Plain lines: against each peer, at how many (size, mode) measurements clstm was
+    faster, and where it was not."""
+    rows = [r for r in bench.rows
+            if r["section"] in ("grid", "float64", "lengths", "bidirectional")]
+    lines = []
+    for impl in dict.fromkeys(r["impl"] for r in rows if r["impl"] != "clstm"):
+        mine = [r for r in rows if r["impl"] == impl]
+        lost = [f"{r['section']} {r['size']} {r['mode']} ({r['speedup']:.2f}x)" for r in mine
+                if r["speedup"] < 1]
+        lines.append(f"# verdict: clstm was faster than {impl} in {len(mine) - len(lost)} of "
+                     f"{len(mine)} measurements" + (f"; slower in {', '.join(lost)}" if lost
+                                                    else ""))
+    if bench.torch is None or bench.ort is None:
+        lines.append(f"# (not compared with {' and '.join(missing_peers(bench))}; to add "
+                     f"the peers: {PEERS_INSTALL})")
+    return lines
+
+
+def missing_peers(bench):
+    return [name for name, found in (("PyTorch", bench.torch), ("ONNX Runtime", bench.ort))
+            if found is None]
+
+
+def preamble(bench, args):
+    """The first lines: what is measured, against what, and how to add missing peers."""
+    peers_found = ["clstm's NumPy reference (clstm.reference)"]
+    if bench.torch is not None:
+        peers_found.append(f"PyTorch {bench.torch.__version__} (torch.nn.LSTM)")
+    if bench.ort is not None:
+        peers_found.append(f"ONNX Runtime {bench.ort[1].__version__} (its LSTM operator)")
+    lines = [
+        "# Measures: clstm's LSTM layer, inference and a training step (forward + backward), "
+        f"on {args.threads} thread(s), median of {bench.repeats} timed calls per size "
+        f"({'--quick: small sizes' if bench.quick else 'full sizes'}); the same weights and "
+        "input for every implementation, each output checked against clstm's.",
+        "# Against: " + ", ".join(peers_found) + ".",
+    ]
+    missing = missing_peers(bench)
+    if missing:
+        disabled = [var for var in ("CLSTM_BENCH_NO_TORCH", "CLSTM_BENCH_NO_ORT")
+                    if os.environ.get(var, "") not in ("", "0")]
+        lines.append(f"# Not compared: {' and '.join(missing)} "
+                     + (f"({', '.join(disabled)} set, or not installed)" if disabled
+                        else "(not installed)")
+                     + f". To add the peers: {PEERS_INSTALL}")
+    lines.append("# Ratios: t/clstm above 1 means clstm is faster; whether clstm won is "
+                 "summed up in the verdict lines at the end.")
+    return lines
+
+
+def warm_up(bench, seconds=1.0):
+    """Untimed calls of every implementation before the first section: the first run after
+    a build otherwise pays for page faults, lazy imports, thread-pool start-up and a CPU
+    still clocking up within its first timings."""
+    lstm = clstm.LSTM(32, 32, seed=0)
+    x = np.random.default_rng(0).standard_normal((20, 4, 32)).astype(np.float32)
+    fns = [fn for make in bench.factories.values() for mode in MODES
+           if (fn := make(lstm, x, mode)) is not None]
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for fn in fns:
+            fn()
 
 
 def write_markdown(bench, path):
@@ -615,14 +700,11 @@ def main():
     if bench.torch is not None:
         bench.torch.set_num_threads(args.threads)
     info = machine_info(bench)
-    print("# " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    if bench.torch is None:
-        print("# torch not found (or CLSTM_BENCH_NO_TORCH set): no PyTorch comparison")
-    if bench.ort is None:
-        print("# onnxruntime not found (or CLSTM_BENCH_NO_ORT set): no ONNX Runtime "
-              "comparison")
+    print("\n".join(preamble(bench, args)))
+    print("# machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    warm_up(bench)
     for name in args.sections:
-        print(f"\n## {name}\n{HEADER}", flush=True)
+        print(f"\n## {name}\n{SECTION_HEADS[name]}", flush=True)
         globals()[f"section_{name}"](bench)
         gc.collect()
     summary = summarise(bench)

@@ -22,7 +22,8 @@ _num_threads = None
 _kernels_switch_blas = False
 # BLAS thread counts are process-global and the kernels save and restore them, so two kernel
 # calls overlapping in time (from two Python threads) could leave BLAS on the wrong count.
-# Kernel calls therefore run one at a time; each already uses every thread it is given.
+# Kernel calls therefore run one at a time (each already uses every thread it is given),
+# except a forward on one thread without a projection, which calls no BLAS (`forward_call`).
 _kernel_lock = threading.Lock()
 # GNU OpenMP cannot start a parallel region in a child forked after the parent used one
 # (the child hangs), so in such a child clstm runs single-threaded.
@@ -181,6 +182,22 @@ def kernel_call(n_threads):
     if _kernels_switch_blas or n_threads < 2 or not openmp_enabled():
         return _kernel_lock
     return _one_blas_thread()
+
+
+_UNLOCKED = contextlib.nullcontext()
+
+
+def forward_call(n_threads, projection):
+    """Context manager around a layer forward (`clstm._recurrent.forward`) on ``n_threads``
+    OpenMP threads: `kernel_call`'s, except for a call on one thread without a projection,
+    which runs unlocked. Such a call multiplies with clstm's packed GEMM only, so it calls
+    no BLAS and leaves BLAS's thread count alone (the kernel skips its switch), and it
+    shares nothing with other calls: scratch is per Python thread, a frozen model's packed
+    weights are read-only, and only the main thread's call reads the Ctrl-C flag. Several
+    Python threads running such calls (``set_num_threads(1)``) then use a core each."""
+    if n_threads == 1 and not projection:
+        return _UNLOCKED
+    return kernel_call(n_threads)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from . import _dispatch, _packed, _recurrent
 from ._checks import check_blas_sizes, check_lengths, check_shape, float_array, float_dtype, \
     private_copy
 from ._packing import Packing
-from ._threads import kernel_call, kernel_lock, team_size
+from ._threads import forward_call, kernel_call, kernel_lock, team_size
 from .reference import LSTMGrads
 
 __all__ = ["lstm_forward", "lstm_backward", "Packing", "LayerWeights", "release_memory"]
@@ -248,7 +248,7 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
     # A call of several chunks can take seconds: Ctrl-C may end it between chunks (Python
     # runs signal handlers in the main thread only, so only a call from there).
     interruptible = gates.shape[0] < N and threading.current_thread() is threading.main_thread()
-    with kernel_call(n_threads):
+    with forward_call(schedule.n_threads, projection):
         _recurrent.forward(layer, schedule, io, interruptible)
     return y, io.h_n, io.c_n, (LayerCache(io, layer, schedule) if train else None)
 
@@ -326,7 +326,10 @@ def _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr):
             raise ValueError(f"w_hh must have shape (4*H, H) = ({4 * H}, {H}) without w_hr, "
                              f"got {w_hh.shape}")
     else:
-        w_hr = check_shape("w_hr", float_array("w_hr", w_hr, dtype), (P, H))
+        w_hr = float_array("w_hr", w_hr, dtype)
+        if w_hr.shape != (P, H):  # (either may be the wrong one: name both)
+            raise ValueError(f"w_hr must have shape (P, H) = ({P}, {H}) for w_hh of shape "
+                             f"(4*H, P) = {w_hh.shape}, got {w_hr.shape}")
     check_shape("w_ih", w_ih, (4 * H, "I"))
     if w_ih.shape[1] < 1:
         raise ValueError(f"w_ih must have shape (4*H, I) with I >= 1, got {w_ih.shape}")

@@ -22,6 +22,18 @@ def test_quick_benchmark_runs_every_section(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "MISMATCH" not in out.stdout
+    # the first lines: what is measured, against what, how to add the missing peers
+    first = out.stdout.splitlines()[:4]
+    assert first[0].startswith("# Measures: clstm's LSTM layer, inference and a training step")
+    assert first[1] == "# Against: clstm's NumPy reference (clstm.reference)."
+    assert first[2].startswith("# Not compared: PyTorch and ONNX Runtime")
+    assert first[2].endswith("To add the peers: pip install torch==2.13.0 onnxruntime onnx")
+    assert first[3].startswith("# Ratios: t/clstm above 1 means clstm is faster")
+    # the ratio column says what it is, in the cell section too
+    assert "# t/clstm = this row's median time / clstm's" in out.stdout
+    assert "# t/LSTMCell = this row's time per step / clstm.LSTMCell's" in out.stdout
+    # and whether clstm won
+    assert "# verdict: clstm was faster than reference in " in out.stdout
     for line in ("grid     inference vs reference", "grid     train     vs reference",
                  "float64  train     vs reference", "lengths  inference vs reference",
                  "bidirectional train     vs reference"):

@@ -299,3 +299,18 @@ def test_one_layer_dropout_warns_as_torch_does():
         warnings.simplefilter("error")
         clstm.LSTM(3, 4, num_layers=2, dropout=0.5)
         clstm.LSTM(3, 4, dropout=0.0)
+
+
+def test_projection_shape_mismatch_names_w_hh_and_w_hr():
+    """Found by tests/test_fuzz.py: a w_hh with the wrong P (its last axis) next to a
+    projection was reported as a wrong w_hr alone."""
+    from clstm import functional as F
+
+    H, P, I = 4, 2, 3
+    f32 = np.float32
+    w_hh_wrong_p = np.zeros((4 * H, P + 1), f32)
+    with pytest.raises(ValueError, match=r"w_hr must have shape \(P, H\) = \(3, 4\) for "
+                                         r"w_hh of shape \(4\*H, P\) = \(16, 3\)"):
+        F.lstm_forward(np.zeros((2, 1, I), f32), np.zeros((4 * H, I), f32), w_hh_wrong_p,
+                       None, None, np.zeros((1, P + 1), f32), np.zeros((1, H), f32),
+                       w_hr=np.zeros((P, H), f32))

@@ -313,3 +313,88 @@ def test_calls_near_the_address_space_limit_neither_hang_nor_exit():
     expected = "ok 1" if clstm.openmp_enabled() else "ok "
     assert proc.returncode == 0 and expected in proc.stdout, \
         (proc.stdout + proc.stderr)[-2000:]
+
+
+
+def _runs_while_the_kernel_lock_is_held(call, wait):
+    """Whether ``call()`` finishes in another thread within ``wait`` seconds while this
+    thread holds the kernel lock (it finishes anyway once the lock is released)."""
+    import threading
+    from clstm import _threads
+
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (call(), done.set()))
+    with _threads.kernel_lock():
+        thread.start()
+        finished = done.wait(wait)
+    thread.join(60)
+    return finished
+
+
+def test_one_thread_forwards_without_projection_take_no_lock():
+    """Item 17: a forward on one thread without a projection calls no BLAS (the kernel
+    leaves BLAS's thread count alone), so it runs unlocked; the others take the lock."""
+    x = np.random.default_rng(17).standard_normal((30, 4, 8)).astype(np.float32)
+    lstm = clstm.LSTM(8, 32, num_layers=2, seed=0)
+    projected = clstm.LSTM(8, 32, proj_size=16, seed=0)
+    clstm.set_num_threads(1)
+    try:
+        for call in (lambda: lstm(x), lambda: lstm.freeze()(x),
+                     lambda: lstm.forward_train(x)):
+            assert _runs_while_the_kernel_lock_is_held(call, 30)
+        assert not _runs_while_the_kernel_lock_is_held(lambda: projected(x), 0.2)
+    finally:
+        clstm.set_num_threads(None)
+    assert not _runs_while_the_kernel_lock_is_held(lambda: lstm(x), 0.2)  # (two threads)
+
+
+def test_unlocked_and_locked_calls_from_python_threads_give_the_serial_bits():
+    """Threads each running their own model at once (live, frozen, training, a projection)
+    next to a thread making two-thread calls: every result is the serial one bit for bit,
+    and BLAS's thread count is as before."""
+    import threading
+    from clstm import _threads
+
+    rng = np.random.default_rng(18)
+    models = [clstm.LSTM(8, 32, num_layers=2, seed=k) for k in range(3)]
+    models.append(clstm.LSTM(8, 32, proj_size=16, seed=3))
+    frozen = models[1].freeze()
+    xs = [rng.standard_normal((30, 4, 8)).astype(np.float32) for _ in range(5)]
+    p = models[0].state_dict()
+    weights = [p[n] for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+    zeros = np.zeros((4, 32), np.float32)
+
+    def train(x):
+        (y, _), backward = models[2].forward_train(x)
+        return y.copy(), backward(np.ones_like(y))[0]
+
+    calls = [lambda x: models[0](x)[0], lambda x: frozen(x)[0], train,
+             lambda x: models[3](x)[0],
+             lambda x: clstm.functional.lstm_forward(x, *weights, zeros, zeros,
+                                                     n_threads=2)[0]]
+    lib = _threads._scipy_blas_controller() if _threads._kernels_switch_blas else None
+    before = lib.get_num_threads() if lib is not None else None
+    results = [[] for _ in calls]
+
+    def worker(k):
+        for _ in range(15):
+            results[k].append(calls[k](xs[k]))
+
+    clstm.set_num_threads(1)
+    try:
+        alone = [call(x) for call, x in zip(calls, xs)]
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(calls))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads)
+    finally:
+        clstm.set_num_threads(None)
+    for k, got in enumerate(results):
+        assert len(got) == 15
+        for out in got:
+            for a, b in zip(out, alone[k]) if k == 2 else [(out, alone[k])]:  # (y, dx)
+                np.testing.assert_array_equal(a, b)
+    if lib is not None:
+        assert lib.get_num_threads() == before

@@ -527,9 +527,10 @@ cdef void final_states(floating* y, const Dims* d, const Ptrs* p, const Split* s
 
 
 cdef bint forward_impl(floating* gates, const Dims* d, const Ptrs* p, const Split* s,
-                       const clstm_cell* cell) noexcept nogil:
+                       const clstm_cell* cell, bint watching) noexcept nogil:
     """The forward pass, hoisting the input projection in chunks of steps; True if it
-    stopped early for an interrupt (`interrupted`)."""
+    stopped early for an interrupt (`interrupted`, read only by the ``watching`` call: the
+    flag is process-wide, and a call from another thread must not take it)."""
     cdef Py_ssize_t B = d.B, G = d.G, t0 = 0, t1, row0
     cdef const Py_ssize_t* off = s.offsets
     if not d.train:
@@ -545,7 +546,7 @@ cdef bint forward_impl(floating* gates, const Dims* d, const Ptrs* p, const Spli
                   <const floating*>p.w_ih_p, gates + (step_row(off, B, t0) - row0) * G, G)
         run_time_loop(gates, d, p, s, cell, False, t0, t1, row0)
         t0 = t1
-        if t0 < d.T and interrupted():
+        if t0 < d.T and watching and interrupted():
             return True
     final_states(<floating*>p.y, d, p, s)
     return False
@@ -608,12 +609,17 @@ def forward(Layer layer not None, Schedule sched not None, LayerIO io not None,
 
     ``interruptible`` (for a call from the main thread): a SIGINT during the call runs
     Python's handler between time chunks, and the KeyboardInterrupt it raises ends the
-    call there (the outputs are then incomplete)."""
+    call there (the outputs are then incomplete).
+
+    A call on one thread without a projection calls no BLAS (only the packed GEMM), so it
+    leaves BLAS's process-wide thread count alone: such calls may overlap any other call
+    (`clstm._threads.forward_call`)."""
     cdef Dims d
     cdef Ptrs p
     cdef Split split
     cdef int typenum = layer.typenum, blas_saved
     cdef bint watching, stopped
+    cdef bint uses_blas = layer.w_hr is not None or sched.n_threads > 1
     cdef Py_ssize_t B = sched.n_batch, N = sched.n_rows
     d.T, d.B, d.N = sched.n_steps, B, N
     d.n_in, d.H, d.P = layer.n_input, layer.n_hidden, layer.n_out
@@ -637,14 +643,14 @@ def forward(Layer layer not None, Schedule sched not None, LayerIO io not None,
     fill_split(&split, sched)
     watching = interruptible and clstm_sigint_watch_begin()
     with nogil:
-        blas_saved = blas_threads_enter()
+        blas_saved = blas_threads_enter() if uses_blas else 0
         if layer.p_w_ih != NULL:
             layer.w_ih_packed.pack_nogil(layer.p_w_ih, False)
             layer.w_hh_packed.pack_nogil(layer.p_w_hh, False)
         if typenum == cnp.NPY_FLOAT:
-            stopped = forward_impl(<float*>p.gates, &d, &p, &split, layer.spec)
+            stopped = forward_impl(<float*>p.gates, &d, &p, &split, layer.spec, watching)
         else:
-            stopped = forward_impl(<double*>p.gates, &d, &p, &split, layer.spec)
+            stopped = forward_impl(<double*>p.gates, &d, &p, &split, layer.spec, watching)
         blas_threads(blas_saved)
     if watching:
         clstm_sigint_watch_end()
