@@ -113,26 +113,12 @@ def _forward(model, x, lengths):
 
 
 def _forward_train(model, x, lengths, rng):
-    """``pred, backward`` as ``model.forward_train``, with ``lengths`` and the dropout
-    generator ``rng`` given to every module that takes them (`Sequential.forward_train`
-    passes neither on)."""
-    backwards = []
-    for m in _modules(model):
-        kw = {}
-        if lengths is not None and _takes(m.forward_train, "lengths"):
-            kw["lengths"] = lengths
-        if _takes(m.forward_train, "rng"):
-            kw["rng"] = rng
-        out, back = m.forward_train(x, **kw)
-        x = _first(out)
-        backwards.append(back)
-
-    def backward(dy):
-        for back in reversed(backwards):
-            dy = _first(back(dy))
-        return dy
-
-    return x, backward
+    """``pred, backward`` of ``model.forward_train`` with ``lengths`` and the dropout
+    generator ``rng`` (a `Sequential` hands both on to the modules that take them)."""
+    kw = {} if lengths is None else {"lengths": lengths}
+    if _takes(model.forward_train, "rng"):
+        kw["rng"] = rng
+    return model.forward_train(x, **kw)
 
 
 def _default_batch_axis(model, ndim):

@@ -429,7 +429,7 @@ def _first(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-_PASSED_ON = ("state", "lengths")
+_PASSED_ON = ("state", "lengths", "rng")
 
 
 class Sequential(Parameterised):
@@ -485,15 +485,16 @@ class Sequential(Parameterised):
     def _param_dtype(self, name):
         return self._dtypes[name]
 
-    def _plan(self, keywords, state, lengths):
-        """The keyword arguments for each module's call."""
-        given = {"state": state, "lengths": lengths}
+    def _plan(self, keywords, state, lengths, rng=None):
+        """The keyword arguments for each module's call (``rng``, the dropout generator,
+        goes to every module that takes one; a model without dropout may have none)."""
+        given = {"state": state, "lengths": lengths, "rng": rng}
         plans = [{} for _ in keywords]
         for name, value in given.items():
             if value is None:
                 continue
             takers = [i for i, kw in enumerate(keywords) if name in kw]
-            if not takers:
+            if not takers and name != "rng":
                 raise TypeError(f"Sequential got {name}= but none of its modules takes "
                                 f"{name}: {[type(m).__name__ for m in self._modules]}")
             for i in takers[:1] if name == "state" else takers:
@@ -508,11 +509,13 @@ class Sequential(Parameterised):
 
     forward = __call__
 
-    def forward_train(self, x, state=None, lengths=None):
+    def forward_train(self, x, state=None, lengths=None, rng=None):
         """``y, backward`` with ``dx = backward(dy)``: each module's backward in reverse
-        order, accumulating into every child's ``grads``."""
+        order, accumulating into every child's ``grads``. ``rng`` (a
+        ``numpy.random.Generator``) draws every dropout mask, module by module in order;
+        by default each module uses its own."""
         backwards = []
-        plans = self._plan(self._train_keywords, state, lengths)
+        plans = self._plan(self._train_keywords, state, lengths, rng)
         for m, kw in zip(self._modules, plans):
             out, back = m.forward_train(x, **kw)
             x = _first(out)

@@ -330,3 +330,22 @@ def test_sequential_attention_model_gradients_match_finite_differences():
         close(model.grads[name], numeric_gradient(loss, model.params[name]), rtol=1e-6,
               atol=1e-8)
     assert np.all(model.grads["0.weight"][0] == 0)  # the padding row
+
+
+def test_sequential_hands_the_dropout_generator_on():
+    import clstm as c
+
+    x = np.random.default_rng(0).standard_normal((5, 3, 4))
+    model = c.Sequential(c.LSTM(4, 6, num_layers=2, dropout=0.5, dtype=np.float64, seed=1),
+                         c.Dropout(0.3), c.Linear(6, 2, dtype=np.float64, seed=2))
+    y1, _ = model.forward_train(x, rng=np.random.default_rng(7))
+    y2, _ = model.forward_train(x, rng=np.random.default_rng(7))
+    y3, _ = model.forward_train(x, rng=np.random.default_rng(8))
+    np.testing.assert_array_equal(y1, y2)  # every mask from the generator given
+    assert not np.allclose(y1, y3)
+    lstm, drop, lin = model
+    rng = np.random.default_rng(7)  # the same draws, module by module, in order
+    (h, _), _ = lstm.forward_train(x, rng=rng)
+    h, _ = drop.forward_train(h, rng=rng)
+    y4, _ = lin.forward_train(h)
+    np.testing.assert_array_equal(y1, y4)
