@@ -109,7 +109,7 @@ CLSTM_CLONES static void clstm_pack_##SFX(const T* W, Py_ssize_t N, Py_ssize_t K
    of accumulators take turns over k. KS is the same for every mr: a row's sum is then
    added up in the same order whichever tile it lands in, and results do not depend on
    the thread count. MR * NV * KS accumulators plus the panel row must fit the registers:
-   AVX-512 4 * 2 * 2 = 16 of 32; AVX2 2 * 4 * 1 = 8 of 16 (64-byte vectors there spilled
+   AVX-512 6 * 2 * 2 = 24 of 32; AVX2 2 * 4 * 1 = 8 of 16 (64-byte vectors there spilled
    everything to the stack; docs/design.md). */
 #define CLSTM_DEFINE_KERNEL(T, SFX, VB, MR, KS)                                         \
 typedef T clstm_kv_##SFX __attribute__((vector_size(VB)));                              \
@@ -118,7 +118,7 @@ static inline __attribute__((always_inline)) void clstm_tile_##SFX(             
         const int mr, Py_ssize_t K, const T* A, Py_ssize_t lda,                         \
         const T* Wp, T* C, Py_ssize_t ldc, Py_ssize_t ncols) {                          \
     enum { NR = 128 / sizeof(T), V = VB / sizeof(T), NV = 128 / VB };                   \
-    clstm_kv_##SFX acc[KS][4][NV], w[NV];                                               \
+    clstm_kv_##SFX acc[KS][8][NV], w[NV];                                               \
     T out[NR];                                                                          \
     Py_ssize_t k, c;                                                                    \
     int i, s, q;                                                                        \
@@ -173,7 +173,11 @@ static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T*
         for (i = 0; i + MR <= n; i += MR)                                               \
             clstm_tile_##SFX(MR, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols); \
         /* constant row counts, so each tile keeps its accumulators in registers */     \
-        if (MR > 3 && n - i == 3)                                                       \
+        if (MR > 5 && n - i == 5)                                                       \
+            clstm_tile_##SFX(5, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);  \
+        else if (MR > 4 && n - i == 4)                                                  \
+            clstm_tile_##SFX(4, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);  \
+        else if (MR > 3 && n - i == 3)                                                  \
             clstm_tile_##SFX(3, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);  \
         else if (MR > 2 && n - i == 2)                                                  \
             clstm_tile_##SFX(2, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);  \
@@ -203,8 +207,8 @@ CLSTM_DEFINE_KERNEL(double, base_f64, 16, 1, 1)
 #if CLSTM_ISA_KERNELS && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4")
-CLSTM_DEFINE_KERNEL(float, v4_f32, 64, 4, 2)
-CLSTM_DEFINE_KERNEL(double, v4_f64, 64, 4, 2)
+CLSTM_DEFINE_KERNEL(float, v4_f32, 64, 6, 2)
+CLSTM_DEFINE_KERNEL(double, v4_f64, 64, 6, 2)
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v3")
