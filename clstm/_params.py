@@ -43,6 +43,19 @@ class Gradients(dict):
             self[name] = value
 
 
+def read_npz(path, what):
+    """Every array of the ``.npz`` archive at ``path`` (no pickles), by name; anything else
+    is a ValueError saying the file is not ``what``."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("found a single .npy array")
+        with archive:
+            return {name: archive[name] for name in archive.files}
+    except (ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not {what} ({exc})") from None
+
+
 class Parameterised:
     """Parameters in a dict of named float arrays (PyTorch names), gradients of the same
     shapes in ``grads`` (a `Gradients`), attribute access (``layer.weight_ih_l0``), and
@@ -131,14 +144,7 @@ class Parameterised:
         strictly: missing or unexpected names raise KeyError, wrong shapes ValueError, a
         non-float array TypeError, each naming the file. Nothing changes unless every entry
         is valid."""
-        try:
-            archive = np.load(path, allow_pickle=False)
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError("found a single .npy array")
-            with archive:
-                state = {name: archive[name] for name in archive.files}
-        except (ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"{path}: not a .npz archive of parameters ({exc})") from None
+        state = read_npz(path, "a .npz archive of parameters")
         try:
             self.load_state_dict(state, strict=True)
         except (KeyError, ValueError, TypeError) as exc:

@@ -207,18 +207,10 @@ def _take(a, axis, rows):
     return a[(slice(None),) * axis + (rows,)]
 
 
-def _aligned(a):
-    """``a``, copied if its memory is unaligned: arrays that arrive over distributed's
-    comms (and the parameters of a model unpickled from them) may start at any byte, and
-    compiled kernels may refuse such memory."""
-    return a if a is None or a.flags.aligned else a.copy()
-
-
 def _predict_block(x, lengths, model, x_axis, out_axis, batch_size, token):
     """One block: the model over ``batch_size`` rows at a time, outputs concatenated."""
     match_worker_threads()
     model = _thread_model(model, token)
-    x = _aligned(x)
     n = x.shape[x_axis]
     step = batch_size or max(n, 1)
     outs = [_forward(model, _take(x, x_axis, slice(i, i + step)),
@@ -364,7 +356,6 @@ def _shard_step(model, flat_params, x, y, lengths, rows, *, loss, axes, names, s
     so that a plain sum over shards divided by the summed ``n`` is the batch mean."""
     match_worker_threads()
     m = _thread_model(model, token)
-    x = _aligned(x)
     _unflat(flat_params, m.params, names)
     m.zero_grad()
     lens = None if lengths is None else lengths[rows]

@@ -16,6 +16,7 @@ import zipfile
 
 import numpy as np
 
+from ._params import read_npz
 from .layers import AttentionPooling, Dropout, Embedding, LastStep, Linear, Sequential
 
 FORMAT, VERSION = "clstm.model", 1
@@ -132,16 +133,9 @@ def load(path):
     KeyError
         Weights missing or unexpected for the description (naming the file).
     """
-    try:
-        with zipfile.ZipFile(path) as zf:
-            comment = zf.comment
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError("found a single .npy array")
-        with archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: not a .npz archive written by clstm.save ({exc})") from None
+    arrays = read_npz(path, "a .npz archive written by clstm.save")
+    with zipfile.ZipFile(path) as zf:  # (a readable .npz is a readable zip)
+        comment = zf.comment
     if not comment:
         raise ValueError(f"{path} has weights but no architecture (written by model.save?): "
                          f"build the model in code and call model.load({str(path)!r})")
