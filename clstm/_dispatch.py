@@ -52,9 +52,12 @@ def _units_pay_off(packing, n_threads, H, dtype):
             and packing.B <= UNIT_SPLIT_MAX_ROWS_PER_THREAD * n)
 
 
-def choose(packing, n_threads, H, projection, dtype, strategy=None, allow_step=True):
+def choose(packing, n_threads, H, projection, dtype, strategy=None, allow_step=True,
+           allow_units=True):
     """The path for one layer call: ``strategy`` if given (checked usable), else the
-    automatic choice (among the driver's work splits only, without ``allow_step``)."""
+    automatic choice (among the driver's work splits only, without ``allow_step``; not the
+    unit split without ``allow_units``: recurrent dropout, whose masked h_{t-1} each thread
+    makes for its own rows)."""
     if strategy is not None:
         if strategy not in PATHS:
             raise ValueError(f"strategy must be one of {PATHS} or None, got {strategy!r}")
@@ -62,13 +65,17 @@ def choose(packing, n_threads, H, projection, dtype, strategy=None, allow_step=T
             raise ValueError("strategy='step' needs live weights and one step (T=1, no row "
                              f"ending early) of at most {_packed.STEP_MAX_ROWS} rows and no "
                              "projection")
+        if strategy == "units" and not allow_units:
+            raise ValueError("strategy='units' cannot run recurrent dropout (each thread "
+                             "masks h_{t-1} for its own rows); use 'batch' or 'serial'")
         if strategy == "units" and not units_usable(H, projection, dtype):
             raise ValueError("strategy='units' needs no projection and a hidden size that "
                              f"is a multiple of the packed panel width ({_panel_width(dtype)})")
         return strategy
     if allow_step and step_usable(packing, projection):
         return "step"
-    if units_usable(H, projection, dtype) and _units_pay_off(packing, n_threads, H, dtype):
+    if allow_units and units_usable(H, projection, dtype) and \
+            _units_pay_off(packing, n_threads, H, dtype):
         return "units"
     return "batch" if _threads(n_threads) > 1 and packing.B > 1 else "serial"
 

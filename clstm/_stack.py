@@ -21,13 +21,17 @@ class Tape:
 
 
 def forward(weights, packing, x, h0, c0, *, train, n_threads, dropout=0.0, rng=None,
-            strategy=None):
+            strategy=None, recurrent_dropout=0.0):
     """Run the stack on packed ``x (N, I)`` from sorted states ``h0 (L*D, B, P)``,
     ``c0 (L*D, B, H)``.
 
     ``weights[layer][direction]`` are `clstm.functional.LayerWeights` (with ``train``, ones
     nobody changes until backward). Dropout (training only, on every layer's output but
     the last) draws ``rng.random((T, B, D*P)) >= dropout`` once per layer, in order.
+    Recurrent dropout (training only) draws ``rng.random((B, P)) >= recurrent_dropout``
+    for each layer-direction just before it runs (before that layer's output mask): one
+    mask per sequence on h_{t-1} at every step, shared by the four gates, scaled by
+    ``1/(1-recurrent_dropout)``.
     Returns packed ``y (N, D*P)``, sorted ``h_n``, ``c_n`` and a `Tape` (None without
     ``train``).
     """
@@ -43,9 +47,13 @@ def forward(weights, packing, x, h0, c0, *, train, n_threads, dropout=0.0, rng=N
             # (training caches keep their input: a reversed copy of their own)
             xin = layer_in if d == 0 else packing.reverse(
                 layer_in, None if train else scratch("reversed_input", layer_in.shape, dtype))
+            mask = None
+            if train and recurrent_dropout > 0:
+                keep = rng.random((packing.B, P)) >= recurrent_dropout
+                mask = packing.sort_rows(keep.astype(dtype) / dtype.type(1 - recurrent_dropout))
             y, h_n[k], c_n[k], cache = layer_forward(
                 xin, packing, weights[layer][d], h0[k], c0[k], train, n_threads,
-                None if D == 1 else scratch(f"y{d}", (N, P), dtype), strategy)
+                None if D == 1 else scratch(f"y{d}", (N, P), dtype), strategy, mask)
             outputs.append(y)
             caches.append(cache)
         if D == 1:
@@ -68,7 +76,8 @@ def backward(tape, dy, dh, dc, grads_into):
 
     ``grads_into[k]`` (k = layer*D + direction) is ``(dw_ih, dw_hh, dw_hr)``: arrays the
     kernels add the weight gradients into where they can. Returns packed ``dx`` and, per k,
-    ``(dw_ih, dw_hh, dbias, dw_hr)`` as `layer_backward` returns them (see `add_grads`).
+    ``(dw_ih, dw_hh, dbias, dw_hr, dextra)`` as `layer_backward` returns them (see
+    `add_grads`).
     """
     packing, caches, masks, D = tape.packing, tape.caches, tape.masks, tape.n_directions
     L = len(caches) // D
@@ -100,13 +109,16 @@ def backward(tape, dy, dh, dc, grads_into):
 
 def add_grads(grads, names, layer_grads, into):
     """Add one layer-direction's gradients into the module's ``grads``: ``names`` are
-    (w_ih, w_hh, w_hr, b_ih, b_hh) parameter names (None where absent), ``layer_grads``
-    ``(dw_ih, dw_hh, dbias, dw_hr)``; a weight gradient the kernels already added into its
-    target (``into``) is not added again. Both biases get dbias (only their sum enters)."""
-    dw_ih, dw_hh, dbias, dw_hr = layer_grads
+    (w_ih, w_hh, w_hr, b_ih, b_hh[, extra]) parameter names (None where absent),
+    ``layer_grads`` ``(dw_ih, dw_hh, dbias, dw_hr, dextra)``; a weight gradient the kernels
+    already added into its target (``into``) is not added again. Both biases get dbias
+    (only their sum enters)."""
+    dw_ih, dw_hh, dbias, dw_hr, dextra = layer_grads
     for name, dw, target in zip(names[:3], (dw_ih, dw_hh, dw_hr), into):
         if name is not None and dw is not None and dw is not target:
             grads[name] += dw
-    for name in names[3:]:
+    for name in names[3:5]:
         if name is not None:
             grads[name] += dbias
+    if len(names) > 5 and names[5] is not None:
+        grads[names[5]] += dextra

@@ -153,7 +153,7 @@ class LSTMCell(Parameterised):
                 grads.append(buf)
             g = self.grads
             into = (g.get("weight_ih"), g.get("weight_hh"), None)
-            dx, dh0, dc0, dw_ih, dw_hh, db, _ = functional.layer_backward(
+            dx, dh0, dc0, dw_ih, dw_hh, db, _, dp = functional.layer_backward(
                 cache, None, grads[0], grads[1], into)
             for name, dw, target in zip(("weight_ih", "weight_hh"), (dw_ih, dw_hh), into):
                 if dw is not target:  # not added in place

@@ -122,6 +122,21 @@ def _scratch_packed(slot, n_out, n_in, dtype):
     return packed
 
 
+# The LSTM variants' activations, by Keras's names, as the cells know them (the CLSTM_ACT_*
+# ids of csrc/cells.h; clstm/_reference_variants.py has their NumPy definitions).
+ACTIVATION_IDS = {"tanh": 0, "sigmoid": 1, "hard_sigmoid": 2, "relu": 3, "linear": 4}
+
+
+def lstm_cell_variant(peephole=False, activation="tanh", recurrent_activation="sigmoid"):
+    """``(cell, options)``: the compiled cell running an LSTM with these options. The plain
+    LSTM keeps its own cell (the default path's speed); peepholes or other activations run
+    "lstm_peephole" / "lstm_act" with the activations' ids as the cell's options."""
+    if not peephole and (activation, recurrent_activation) == ("tanh", "sigmoid"):
+        return "lstm", (0, 0)
+    return ("lstm_peephole" if peephole else "lstm_act",
+            (ACTIVATION_IDS[activation], ACTIVATION_IDS[recurrent_activation]))
+
+
 class LayerWeights:
     """One layer-direction's weights as the kernels take them: ``w_ih (G, I)``,
     ``w_hh (G, P)``, ``bias (G,)`` = b_ih + b_hh, ``w_hr (P, H)`` or None.
@@ -130,16 +145,20 @@ class LayerWeights:
     weights, so a training cache does not see an optimiser step taken before backward.
     ``packed`` is a prepacked `clstm._recurrent.Layer` (a frozen model's), else the weights
     are packed into scratch on every call (they may change in place between calls).
-    ``cell`` names the compiled cell (`clstm._recurrent.CELLS`).
+    ``cell`` names the compiled cell (`clstm._recurrent.CELLS`), ``extra`` its extra
+    per-unit weights (the peepholes ``(3, H)``) or None, ``options`` its option ids
+    (`lstm_cell_variant`).
     """
-    __slots__ = ("w_ih", "w_hh", "bias", "w_hr", "packed", "cell")
+    __slots__ = ("w_ih", "w_hh", "bias", "w_hr", "packed", "cell", "extra", "options")
 
     def __init__(self, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, copy=False,
-                 cell="lstm"):
+                 cell="lstm", extra=None, options=(0, 0)):
         if copy:
             w_ih, w_hh = w_ih.copy(), w_hh.copy()
             w_hr = None if w_hr is None else w_hr.copy()
+            extra = None if extra is None else extra.copy()
         self.w_ih, self.w_hh, self.w_hr = w_ih, w_hh, w_hr
+        self.extra, self.options = extra, tuple(options)
         self.bias = bias_sum(b_ih, b_hh, w_hh.shape[0], w_hh.dtype)
         self.packed = None
         self.cell = cell
@@ -152,7 +171,8 @@ class LayerWeights:
         dtype = self.w_hh.dtype
         return _recurrent.Layer(self.cell, _scratch_packed("w_ih", G, I, dtype),
                                 _scratch_packed("w_hh", G, self.w_hh.shape[1], dtype),
-                                self.bias, self.w_hr, self.w_ih, self.w_hh)
+                                self.bias, self.w_hr, self.w_ih, self.w_hh, self.extra,
+                                self.options)
 
     def freeze(self):
         """Pack once: later calls use the packed copies (and a copy of the projection), not
@@ -161,10 +181,12 @@ class LayerWeights:
         fmt = FORMATS[self.w_hh.dtype]
         if self.w_hr is not None:
             self.w_hr = self.w_hr.copy()
+        if self.extra is not None:
+            self.extra = self.extra.copy()
         self.packed = _recurrent.Layer(
             self.cell, _packed.PackedWeights(G, I, fmt).pack(self.w_ih),
             _packed.PackedWeights(G, self.w_hh.shape[1], fmt).pack(self.w_hh), self.bias,
-            self.w_hr)
+            self.w_hr, extra=self.extra, options=self.options)
         self.w_ih = self.w_hh = None
         return self
 
@@ -196,12 +218,15 @@ class LayerCache:
         return self.layer.w_hh
 
 
-def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strategy=None):
+def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strategy=None,
+                  mask=None):
     """One layer, one direction, on packed x (N, I) and sorted states h0 (B, P), c0 (B, H).
 
     Arrays must be validated, C-contiguous and of one dtype; ``weights`` a `LayerWeights`
     (with ``train``, one nobody writes to until backward has run: the cache keeps it, x
     and h0/c0). ``strategy`` forces a path of `clstm._dispatch` (default: its choice).
+    ``mask`` (B, P), sorted rows, training only: recurrent dropout's mask on h_{t-1}
+    (`clstm._reference_variants`), run on the batch or serial split.
     Returns ``y (N, P), h_n, c_n, cache`` (cache None without train); inference writes y
     into the given C-contiguous array if there is one.
     """
@@ -211,7 +236,8 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
     projection = weights.w_hr is not None
     # (a frozen layer has only its packed weights: the step on plain ones is not for it)
     path = _dispatch.choose(packing, n_threads, H, projection, dtype, strategy,
-                            allow_step=weights.packed is None)
+                            allow_step=weights.packed is None and weights.cell == "lstm"
+                            and mask is None, allow_units=mask is None)
     if path == "step":
         # One step of a few rows (a layer stepped token by token): the step on the weights
         # as they are, since packing them would cost more than the step. Training takes
@@ -223,7 +249,8 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
         if not train:
             return h_n, h_n.copy(), c_n, None
         io = _recurrent.LayerIO(x, h0, c0, h_n, h_n.copy(), c_n, gates, c_n.copy())
-        path = _dispatch.choose(packing, n_threads, H, projection, dtype, allow_step=False)
+        path = _dispatch.choose(packing, n_threads, H, projection, dtype, allow_step=False,
+                                allow_units=False)
         return io.y, io.h_n, io.c_n, LayerCache(
             io, weights.driver_layer(), _dispatch.schedule(packing, path, n_threads, H, dtype))
     if y is None or train:
@@ -242,7 +269,8 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
         cells = None
         r = scratch("r", (B, H), dtype) if projection else None
     io = _recurrent.LayerIO(x, h0, c0, y, np.empty((B, P), dtype), np.empty((B, H), dtype),
-                            gates, cells, r)
+                            gates, cells, r, mask=mask,
+                            hm=None if mask is None else np.empty((B, P), dtype))
     layer = weights.driver_layer()
     schedule = _dispatch.schedule(packing, path, n_threads, H, dtype)
     # A call of several chunks can take seconds: Ctrl-C may end it between chunks (Python
@@ -266,7 +294,8 @@ def _accumulator(into, like):
 def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
     """BPTT for one `layer_forward(train=True)`: ``dy`` (N, P) or None; ``dh`` (B, P) and
     ``dc`` (B, H) hold dh_n, dc_n and are overwritten with dh0, dc0.
-    Returns ``dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr`` (dw_hr None without projection). The
+    Returns ``dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr, dextra`` (dw_hr None without
+    projection, dextra None without extra cell weights: the peepholes' gradient). The
     weight gradients are added into the arrays of ``dw_into`` (for w_ih, w_hh, w_hr) that can
     take them, which are then the ones returned; the others are new arrays."""
     if cache.consumed:
@@ -282,9 +311,10 @@ def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
     dw_hh = _accumulator(dw_into[1], layer.w_hh)
     dbias = np.zeros(G, dtype)
     dw_hr = None if layer.w_hr is None else _accumulator(dw_into[2], layer.w_hr)
+    dextra = None if layer.extra is None else np.zeros_like(layer.extra)
     if schedule is None:  # a forward that ran no steps
         cache.io = cache.layer = None
-        return dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr
+        return dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr, dextra
     N, B = schedule.n_rows, schedule.n_batch
     projection = layer.w_hr is not None
     work = _recurrent.BackwardWork(
@@ -295,12 +325,34 @@ def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
         None if schedule.offsets is None else scratch("h_prev", (N - schedule.first_step_rows,
                                                                  P), dtype),
         scratch("dh_all", (N, P), dtype) if projection else None,
-        scratch("r", (B, H), dtype) if projection else None)
+        scratch("r", (B, H), dtype) if projection else None,
+        None if io.mask is None else scratch("h_masked", (N, P), dtype))
     grads = _recurrent.Grads(dy, dh, dc, dx, dw_ih, dw_hh, dbias, dw_hr)
     with kernel_call(schedule.n_threads):
         _recurrent.backward(layer, schedule, io, grads, work)
+    if dextra is not None:
+        dextra = _peephole_gradient(io.gates, io.cells, io.c0, schedule)
     cache.io = cache.layer = None  # the caches are consumed: let them go
-    return dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr
+    return dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr, dextra
+
+
+def _peephole_gradient(dG, cells, c0, schedule):
+    """The peepholes' gradient (3, H) after backward: sum over every packed row of dG_i and
+    dG_f times c_{t-1}, of dG_o times c_t. One NumPy reduction after the time loop (not a
+    per-thread sum inside it), so it does not depend on the threads or the split."""
+    H = cells.shape[1]
+    c_prev = np.empty_like(cells)
+    off, bs0 = schedule.offsets, schedule.first_step_rows
+    c_prev[:bs0] = c0[:bs0]
+    if off is None:  # every row runs every step: c_{t-1} is the block before
+        c_prev[bs0:] = cells[:cells.shape[0] - bs0]
+    else:  # step t's rows are the first bs[t] of step t-1's
+        for t in range(1, schedule.n_steps):
+            n = off[t + 1] - off[t]
+            c_prev[off[t]:off[t] + n] = cells[off[t - 1]:off[t - 1] + n]
+    return np.stack([np.einsum("nh,nh->h", dG[:, :H], c_prev),
+                     np.einsum("nh,nh->h", dG[:, H:2 * H], c_prev),
+                     np.einsum("nh,nh->h", dG[:, 3 * H:], cells)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,7 +500,7 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
         dh[...] = check_shape("dh_n", float_array("dh_n", dh_n, dtype), (B, P))
     if dc_n is not None:
         dc[...] = check_shape("dc_n", float_array("dc_n", dc_n, dtype), (B, H))
-    dx, dh, dc, dw_ih, dw_hh, db, dw_hr = layer_backward(
+    dx, dh, dc, dw_ih, dw_hh, db, dw_hr, _ = layer_backward(
         cache.layer, dy, packing.sort_rows(dh), packing.sort_rows(dc))
     dx = packing.unpack(packing.reverse(dx) if cache.reverse else dx)
     db_ih = db if cache.has_bias else None

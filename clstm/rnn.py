@@ -13,6 +13,7 @@ import numpy as np
 from . import _packed, _stack, _threads, functional
 from ._checks import check_lengths, check_shape, float_array, float_dtype, generator, \
     generator_from_seed, positive_int, private_copy
+from ._reference_variants import check_activation
 from ._params import Parameterised
 from ._threads import get_num_threads
 
@@ -29,6 +30,20 @@ def _state_pair(state, name, shapes):
         raise TypeError(f"{name} must be a tuple (h, c) of arrays of shapes {shapes[0]} and "
                         f"{shapes[1]}, got {type(state).__name__}")
     return state
+
+
+def _flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _probability(name, value):
+    """A number in [0, 1) (a dropout rate), else a ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
 
 
 def _read_only(a):
@@ -48,6 +63,8 @@ class RNNBase(Parameterised):
     """
 
     _cell = None  # the compiled cell's name (clstm._recurrent.CELLS)
+    _cell_options = (0, 0)  # its option ids (clstm.functional.lstm_cell_variant)
+    recurrent_dropout = 0.0  # no recurrent dropout unless the subclass has it
     _fixed = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
               "bidirectional", "proj_size", "dtype", "seed")
     proj_size = 0  # no projection unless the subclass has one
@@ -168,7 +185,9 @@ class RNNBase(Parameterised):
         p = self._checked_params()
         return [[functional.LayerWeights(p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"],
                                          p.get(f"bias_ih{sfx}"), p.get(f"bias_hh{sfx}"),
-                                         p.get(f"weight_hr{sfx}"), copy=copy, cell=self._cell)
+                                         p.get(f"weight_hr{sfx}"), copy=copy, cell=self._cell,
+                                         extra=p.get(f"weight_peephole{sfx}"),
+                                         options=self._cell_options)
                  for sfx in self._suffixes(layer)] for layer in range(self.num_layers)]
 
     def _run(self, x, state, lengths, train, rng, weights=None):
@@ -184,7 +203,8 @@ class RNNBase(Parameterised):
         y, h_n, c_n, tape = _stack.forward(
             weights, packing, layer_in, packing.sort_rows(h0), packing.sort_rows(c0),
             train=train, n_threads=get_num_threads(), dropout=self.dropout,
-            rng=self._rng if rng is None else generator(rng), strategy=self.strategy)
+            rng=self._rng if rng is None else generator(rng), strategy=self.strategy,
+            recurrent_dropout=self.recurrent_dropout)
         y = packing.unpack(y)
         h_n, c_n = packing.unsort_rows(h_n), packing.unsort_rows(c_n)
         return self._to_caller(y, h_n, c_n, batched), (tape, batched)
@@ -300,7 +320,8 @@ class RNNBase(Parameterised):
         dh, dc = packing.sort_rows(dh), packing.sort_rows(dc)
         names = [(f"weight_ih{sfx}", f"weight_hh{sfx}",
                   f"weight_hr{sfx}" if self.proj_size else None,
-                  *((f"bias_ih{sfx}", f"bias_hh{sfx}") if self.bias else (None, None)))
+                  *((f"bias_ih{sfx}", f"bias_hh{sfx}") if self.bias else (None, None)),
+                  f"weight_peephole{sfx}" if f"weight_peephole{sfx}" in self._shapes else None)
                  for layer in range(L) for sfx in self._suffixes(layer)]
         into = [tuple(self.grads.get(name) for name in n[:3]) for n in names]
         d_out, layer_grads = _stack.backward(tape, dy, dh, dc, into)
@@ -316,7 +337,7 @@ class RNNBase(Parameterised):
         args = [f"{self.input_size}", f"{self.hidden_size}"]
         for name, default in self._repr_defaults:
             if getattr(self, name) != default:
-                args.append(f"{name}={getattr(self, name)}")
+                args.append(f"{name}={getattr(self, name)!r}")
         args.append(f"dtype={self.dtype.name}")
         return f"{type(self).__name__}({', '.join(args)})"
 
@@ -368,6 +389,24 @@ class LSTM(RNNBase):
         The parameters' (and every result's) dtype.
     seed : int, optional
         Seeds the initialisation and the dropout generator.
+    peephole : bool
+        Peephole connections (ONNX's equations, Gers & Schmidhuber): the input and forget
+        gates also see ``p ⊙ c_{t-1}``, the output gate ``p ⊙ c_t``, through per-unit
+        weights ``weight_peephole_l{k}`` (+ ``_reverse``) of shape ``(3, H)``, rows i, f,
+        o, initialised as the other weights.
+    recurrent_dropout : float in [0, 1)
+        Training only: Gal & Ghahramani's variational dropout on ``h_{t-1}`` before the
+        recurrent product, one mask ``rng.random((B, H_out)) >= recurrent_dropout`` scaled
+        by ``1/(1-recurrent_dropout)`` per call and layer-direction (drawn before that
+        layer's output dropout mask), the same at every step and shared by the four gates
+        (so the recurrent product stays one GEMM; Keras 3 draws one per gate).
+    activation, recurrent_activation : str
+        Keras's names and defaults: ``activation`` (the cell input g and the cell output,
+        ``"tanh"``) and ``recurrent_activation`` (the gates i, f, o, ``"sigmoid"``), each
+        one of ``"tanh"``, ``"sigmoid"``, ``"hard_sigmoid"`` (Keras 2's ``clip(0.2 x +
+        0.5, 0, 1)``, ONNX's default HardSigmoid), ``"relu"``, ``"linear"``. Other pairs
+        and peepholes run a variant cell (exact, a little slower); the defaults keep the
+        plain cell.
 
     Attributes
     ----------
@@ -391,15 +430,26 @@ proj_size, dtype, seed
     """
 
     _cell = "lstm"
+    _fixed = RNNBase._fixed + ("peephole", "recurrent_dropout", "activation",
+                               "recurrent_activation")
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0, *,
-                 dtype: Union[type, np.dtype, str] = np.float32, seed: Optional[int] = None):
+                 dtype: Union[type, np.dtype, str] = np.float32, seed: Optional[int] = None,
+                 peephole: bool = False, recurrent_dropout: float = 0.0,
+                 activation: str = "tanh", recurrent_activation: str = "sigmoid"):
         self.proj_size = positive_int("proj_size", proj_size, minimum=0)
         if self.proj_size >= positive_int("hidden_size", hidden_size):
             raise ValueError(f"proj_size must be smaller than hidden_size ({hidden_size}), "
                              f"got {proj_size}")
+        self.peephole = _flag("peephole", peephole)
+        self.recurrent_dropout = _probability("recurrent_dropout", recurrent_dropout)
+        self.activation = check_activation("activation", activation)
+        self.recurrent_activation = check_activation("recurrent_activation",
+                                                     recurrent_activation)
+        self._cell, self._cell_options = functional.lstm_cell_variant(
+            self.peephole, self.activation, self.recurrent_activation)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype=dtype, seed=seed)
 
@@ -421,6 +471,8 @@ proj_size, dtype, seed
                     shapes[f"bias_hh{sfx}"] = (4 * H,)
                 if self.proj_size:
                     shapes[f"weight_hr{sfx}"] = (P, H)
+                if self.peephole:
+                    shapes[f"weight_peephole{sfx}"] = (3, H)
         return shapes
 
     # ---------------------------------------------------------------- Keras interop
@@ -471,4 +523,6 @@ proj_size, dtype, seed
             out.append(p[f"bias_ih{sfx}"] + p[f"bias_hh{sfx}"])
         return out
 
-    _repr_defaults = RNNBase._repr_defaults + (("proj_size", 0),)
+    _repr_defaults = RNNBase._repr_defaults + (
+        ("proj_size", 0), ("peephole", False), ("recurrent_dropout", 0.0),
+        ("activation", "tanh"), ("recurrent_activation", "sigmoid"))

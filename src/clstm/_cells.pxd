@@ -46,6 +46,8 @@ cdef extern from "csrc/cells.h":
 
     const clstm_cell clstm_cell_lstm
     const clstm_cell clstm_cell_gru
+    const clstm_cell clstm_cell_lstm_act
+    const clstm_cell clstm_cell_lstm_peephole
 
 
 from cython cimport floating

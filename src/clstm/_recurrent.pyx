@@ -56,7 +56,8 @@ cimport numpy as cnp
 
 from clstm._blas cimport blas_int, matmul
 from clstm._cells cimport (cell_backward, cell_forward, clstm_cell, clstm_cell_config,
-                           clstm_cell_gru, clstm_cell_lstm)
+                           clstm_cell_gru, clstm_cell_lstm, clstm_cell_lstm_act,
+                           clstm_cell_lstm_peephole)
 from clstm._openmp cimport (CLSTM_OPENMP_ENABLED, clstm_barrier, clstm_current_cpu,
                             clstm_leave_master_cpu, omp_get_num_threads, omp_get_thread_num)
 from clstm._packed cimport PackedWeights, operand
@@ -94,7 +95,7 @@ cdef int raise_error_set() except -1:
     return -1
 
 STRATEGIES = ("serial", "batch", "units")
-CELLS = ("lstm", "gru")
+CELLS = ("lstm", "gru", "lstm_act", "lstm_peephole")
 
 cdef enum:
     SERIAL = 0
@@ -107,6 +108,10 @@ cdef const clstm_cell* cell_named(str name) except NULL:
         return &clstm_cell_lstm
     if name == "gru":
         return &clstm_cell_gru
+    if name == "lstm_act":
+        return &clstm_cell_lstm_act
+    if name == "lstm_peephole":
+        return &clstm_cell_lstm_peephole
     raise ValueError(f"unknown cell {name!r}; known: {CELLS}")
 
 
@@ -290,14 +295,17 @@ cdef class LayerIO:
     projection r (N, H) are filled for backward. Inference: gates is a (rows, R) workspace
     with rows >= the rows of one step, and the input projection is hoisted as many steps
     at a time as fit; r is a (B, H) workspace with projection. hg (B, G): the recurrent
-    product's workspace of a cell that keeps it separate (else None)."""
-    cdef readonly object x, h0, c0, y, h_n, c_n, gates, cells, r, hg
+    product's workspace of a cell that keeps it separate (else None). Recurrent dropout
+    (training, the batch or serial split): mask (B, P) multiplies h_{t-1} before the
+    recurrent product at every step (backward uses the same), hm (B, P) is its workspace."""
+    cdef readonly object x, h0, c0, y, h_n, c_n, gates, cells, r, hg, mask, hm
     cdef readonly bint train
 
     def __init__(self, x, h0, c0, y, h_n, c_n, gates, cells=None, r=None, hg=None,
-                 train=None):
+                 train=None, mask=None, hm=None):
         self.x, self.h0, self.c0, self.y, self.h_n, self.c_n = x, h0, c0, y, h_n, c_n
         self.gates, self.cells, self.r, self.hg = gates, cells, r, hg
+        self.mask, self.hm = mask, hm
         self.train = cells is not None if train is None else train
 
 
@@ -318,14 +326,16 @@ cdef class BackwardWork:
     inputs packed; dG_t (at least dG_t_length(N, n_threads)) for row blocks of dG.T;
     h_prev (N - bs[0], P), the recurrent inputs of steps >= 1 when rows end early (else
     None: they are y's rows as they stand); with projection dh_all (N, P) and dr (B, H);
-    ones (N,) of ones."""
+    ones (N,) of ones; with recurrent dropout h_masked (N, P), every step's masked
+    recurrent input (for dw_hh)."""
     cdef readonly PackedWeights w_ih_t, w_hh_t
-    cdef readonly object rows, dG_t, h_prev, dh_all, dr, ones
+    cdef readonly object rows, dG_t, h_prev, dh_all, dr, ones, h_masked
 
     def __init__(self, PackedWeights w_ih_t not None, PackedWeights w_hh_t not None, rows,
-                 dG_t, ones, h_prev=None, dh_all=None, dr=None):
+                 dG_t, ones, h_prev=None, dh_all=None, dr=None, h_masked=None):
         self.w_ih_t, self.w_hh_t, self.rows, self.dG_t = w_ih_t, w_hh_t, rows, dG_t
         self.ones, self.h_prev, self.dh_all, self.dr = ones, h_prev, dh_all, dr
+        self.h_masked = h_masked
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,6 +363,8 @@ cdef struct Ptrs:
     void* bias
     void* w_hr
     void* hg
+    void* mask
+    void* hm
     const clstm_cell_config* cfg
     # backward
     void* dy
@@ -368,6 +380,7 @@ cdef struct Ptrs:
     void* rows
     void* dG_t
     void* h_prev
+    void* h_masked
     void* dh_all
     void* dr
     void* ones
@@ -423,6 +436,9 @@ cdef void forward_slice(floating* gates, const Dims* d, const Ptrs* p, const Spl
     cdef floating* g_t
     cdef floating* hg_t = (<floating*>p.hg) + b0 * G if separate else NULL
     cdef floating* product
+    # (rows [b0, b1) of the mask and its workspace: the unit split never runs with a mask)
+    cdef const floating* mask = (<const floating*>p.mask) + b0 * P if p.mask != NULL else NULL
+    cdef floating* hm = (<floating*>p.hm) + b0 * P if p.mask != NULL else NULL
     for t in range(t_begin, t_end):
         n = min(b1, step_row(off, B, t + 1) - step_row(off, B, t)) - b0
         if n <= 0:
@@ -430,6 +446,10 @@ cdef void forward_slice(floating* gates, const Dims* d, const Ptrs* p, const Spl
         row = step_row(off, B, t) + b0
         h_prev = ((<const floating*>p.h0) + b0 * P if t == 0
                   else y + (step_row(off, B, t - 1) + b0) * P)
+        if mask != NULL:  # recurrent dropout: the product sees mask * h_{t-1}
+            for i in range(n * P):
+                hm[i] = h_prev[i] * mask[i]
+            h_prev = hm
         if stateless:
             c_prev, c_out = h_prev, NULL
         elif d.train:
@@ -491,6 +511,7 @@ cdef void backward_slice(floating* gates, const Dims* d, const Ptrs* p, const Sp
     cdef floating* dG_t
     cdef floating* dh_t
     cdef const floating* c_t = NULL
+    cdef const floating* mask = <const floating*>p.mask
     for t in range(t_end - 1, t_begin - 1, -1):
         n = min(b1, step_row(off, B, t + 1) - step_row(off, B, t)) - b0
         if n <= 0:
@@ -528,6 +549,10 @@ cdef void backward_slice(floating* gates, const Dims* d, const Ptrs* p, const Sp
             memset(dh + (b0 + i) * P + j0, 0, (j1 - j0) * sizeof(floating))
         # dh_{t-1}[:, j0:j1] = dG_t @ w_hh[:, j0:j1]
         pgemm(n, j1 - j0, G, dG_t, R, (<const floating*>p.w_hh_t) + j0 * G, dh + b0 * P + j0, P)
+        if mask != NULL:  # recurrent dropout: h_{t-1} entered the product masked
+            for i in range(n):
+                for k in range(j0, j1):
+                    dh[(b0 + i) * P + k] *= mask[(b0 + i) * P + k]
 
 
 cdef void run_time_loop(floating* gates, const Dims* d, const Ptrs* p, const Split* s,
@@ -633,6 +658,9 @@ cdef void backward_impl(floating* dG, const Dims* d, const Ptrs* p, const Split*
     cdef floating* dh = <floating*>p.dh
     cdef int q0, q1
     cdef bint x_contiguous = input_side_contiguous(cell)
+    cdef floating* hm
+    cdef floating* dst
+    cdef const floating* src
     run_time_loop(dG, d, p, s, cell, True, 0, d.T, 0)
     if cell.state_is_output:  # dh0: through the recurrent product and through the cell
         for k in range(B * P):
@@ -655,9 +683,22 @@ cdef void backward_impl(floating* dG, const Dims* d, const Ptrs* p, const Split*
                      R, (<const floating*>p.w_ih) + q0 * H * I, I,
                      <floating>(0 if q0 == 0 else 1), <floating*>p.dx, I)
         q0 = q1
-    pack(<const floating*>p.h0, P, bs0, True, rows)
-    par_pgemm(s.n_threads, G, P, bs0, dG, R, rows, <floating*>p.dw_hh, P, dG_t)
-    if d.T > 1:
+    if p.mask != NULL:
+        # recurrent dropout: dw_hh = dG.T @ (mask * h_{t-1}) over all rows; step t's rows
+        # are the first bs[t] sorted rows, so its mask is the mask's first bs[t] rows
+        hm = <floating*>p.h_masked
+        for t in range(d.T):
+            src = ((<const floating*>p.h0) if t == 0
+                   else (<const floating*>p.y) + step_row(off, B, t - 1) * P)
+            dst = hm + step_row(off, B, t) * P
+            for k in range((step_row(off, B, t + 1) - step_row(off, B, t)) * P):
+                dst[k] = src[k] * (<const floating*>p.mask)[k]
+        pack(hm, P, N, True, rows)
+        par_pgemm(s.n_threads, G, P, N, dG, R, rows, <floating*>p.dw_hh, P, dG_t)
+    else:
+        pack(<const floating*>p.h0, P, bs0, True, rows)
+        par_pgemm(s.n_threads, G, P, bs0, dG, R, rows, <floating*>p.dw_hh, P, dG_t)
+    if d.T > 1 and p.mask == NULL:
         if off != NULL:
             for t in range(1, d.T):
                 memcpy((<floating*>p.h_prev) + (step_row(off, B, t) - bs0) * P,
@@ -733,6 +774,10 @@ def forward(Layer layer not None, Schedule sched not None, LayerIO io not None,
     check(d.train or io.cells is None, "cells")
     p.r = operand(io.r, typenum, N if d.train else B, d.H, "r", layer.w_hr is None, True)
     p.hg = operand(io.hg, typenum, B, d.G, "hg", not layer.spec.separate_recurrent, True)
+    p.mask = operand(io.mask, typenum, B, d.P, "mask", True, False)
+    p.hm = operand(io.hm, typenum, B, d.P, "hm", io.mask is None, True)
+    check(io.mask is None or (d.train and sched.kind != UNITS), "recurrent mask "
+          "(training, batch or serial split)")
     p.w_ih_p, p.w_hh_p = layer.w_ih_packed.ptr, layer.w_hh_packed.ptr
     p.bias, p.w_hr = <void*>layer.p_bias, <void*>layer.p_w_hr
     p.cfg = &layer.cfg
@@ -804,6 +849,9 @@ def backward(Layer layer not None, Schedule sched not None, LayerIO io not None,
                        sched.off == NULL, True)
     p.dh_all = operand(work.dh_all, typenum, N, P, "dh_all", not proj, True)
     p.dr = operand(work.dr, typenum, B, H, "dr", not proj, True)
+    p.mask = operand(io.mask, typenum, B, P, "mask", True, False)
+    p.h_masked = operand(work.h_masked, typenum, N, P, "h_masked", io.mask is None, True)
+    check(io.mask is None or sched.kind != UNITS, "recurrent mask (batch or serial split)")
     fill_split(&split, sched)
     with nogil:
         blas_saved = blas_threads_enter()

@@ -159,6 +159,168 @@ static const clstm_cell clstm_cell_lstm = {
     "lstm", 4, 4, {0, 1, 2, 3}, 0, 0, 0, clstm_lstm_forward_f32, clstm_lstm_forward_f64,
     clstm_lstm_backward_f32, clstm_lstm_backward_f64};
 
+/* The LSTM's variants (one cell, two descriptions: "lstm_act" without extra weights,
+   "lstm_peephole" with them): a choice of activations and peephole connections (ONNX's
+   equations; clstm/_reference_variants.py is the NumPy reference):
+     i = rec(z_i + p_i * c_{t-1}), f = rec(z_f + p_f * c_{t-1}), g = act(z_g),
+     c_t = f * c_{t-1} + i * g,  o = rec(z_o + p_o * c_t),  r_t = o * act(c_t)
+   cfg->extra: the peepholes p (3 blocks of H: i, f, o) or NULL; cfg->options: the ids of
+   act and rec (CLSTM_ACT_*). The plain LSTM stays its own cell (its speed is the default
+   path's); the common variant here, tanh/sigmoid with peepholes, gets its own inlined
+   loop (3 multiply-adds more per unit), the other activations one loop that switches per
+   element (slower, exact). Every derivative is taken from the activation's output, which
+   is what the gates row keeps. */
+enum { CLSTM_ACT_TANH = 0, CLSTM_ACT_SIGMOID = 1, CLSTM_ACT_HARD_SIGMOID = 2,
+       CLSTM_ACT_RELU = 3, CLSTM_ACT_LINEAR = 4 };
+
+#define CLSTM_DEFINE_LSTM_VARIANT_CELL(T, SFX, SIGMOID, TANH)                               \
+static inline __attribute__((always_inline)) T clstm_act_##SFX(int id, T z) {           \
+    switch (id) {                                                                       \
+    case CLSTM_ACT_TANH: return TANH(z);                                                \
+    case CLSTM_ACT_SIGMOID: return SIGMOID(z);                                          \
+    case CLSTM_ACT_HARD_SIGMOID: /* Keras 2's (and ONNX's default HardSigmoid) */       \
+        z = (T)0.2 * z + (T)0.5;                                                        \
+        return z < 0 ? (T)0 : (z > 1 ? (T)1 : z);                                       \
+    case CLSTM_ACT_RELU: return z > 0 ? z : (T)0;                                       \
+    default: return z;                                                                  \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+/* d act / dz from y = act(z) (one-sided 0 at the kinks, as the reference) */           \
+static inline __attribute__((always_inline)) T clstm_dact_##SFX(int id, T y) {          \
+    switch (id) {                                                                       \
+    case CLSTM_ACT_TANH: return 1 - y * y;                                              \
+    case CLSTM_ACT_SIGMOID: return y * (1 - y);                                         \
+    case CLSTM_ACT_HARD_SIGMOID: return (y > 0 && y < 1) ? (T)0.2 : (T)0;               \
+    case CLSTM_ACT_RELU: return y > 0 ? (T)1 : (T)0;                                    \
+    default: return 1;                                                                  \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+/* One row, n units; act, rec and has_peep are constants where it is inlined with them, \
+   so the tanh/sigmoid loop has no switch left in it. */                                \
+static inline __attribute__((always_inline)) void clstm_lstmv_row_##SFX(                \
+        T* a, Py_ssize_t H, const T* bias, const int has_bias, const T* p,              \
+        const int has_peep, const T* c_prev, T* c_t, T* r_t, Py_ssize_t n, const int act, \
+        const int rec) {                                                                \
+    Py_ssize_t j;                                                                       \
+    CLSTM_IVDEP                                                                         \
+    for (j = 0; j < n; j++) {                                                           \
+        T i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j], c, cp = c_prev[j];\
+        if (has_bias) {                                                                 \
+            i += bias[j];                                                               \
+            f += bias[H + j];                                                           \
+            g += bias[2 * H + j];                                                       \
+            o += bias[3 * H + j];                                                       \
+        }                                                                               \
+        if (has_peep) {                                                                 \
+            i += p[j] * cp;                                                             \
+            f += p[H + j] * cp;                                                         \
+        }                                                                               \
+        i = clstm_act_##SFX(rec, i);                                                    \
+        f = clstm_act_##SFX(rec, f);                                                    \
+        g = clstm_act_##SFX(act, g);                                                    \
+        c = f * cp + i * g;                                                             \
+        if (has_peep)                                                                   \
+            o += p[2 * H + j] * c;  /* o sees the new cell state */                     \
+        o = clstm_act_##SFX(rec, o);                                                    \
+        a[j] = i;                                                                       \
+        a[H + j] = f;                                                                   \
+        a[2 * H + j] = g;                                                               \
+        a[3 * H + j] = o;                                                               \
+        c_t[j] = c;                                                                     \
+        r_t[j] = o * clstm_act_##SFX(act, c);                                           \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+CLSTM_CLONES static void clstm_lstmv_cell_##SFX(T* a, Py_ssize_t H, const T* bias,      \
+                                               const T* p, const T* c_prev, T* c_t,     \
+                                               T* r_t, Py_ssize_t n, int act, int rec) {\
+    if (act == CLSTM_ACT_TANH && rec == CLSTM_ACT_SIGMOID && p != NULL) {               \
+        if (bias != NULL)                                                               \
+            clstm_lstmv_row_##SFX(a, H, bias, 1, p, 1, c_prev, c_t, r_t, n,             \
+                                  CLSTM_ACT_TANH, CLSTM_ACT_SIGMOID);                   \
+        else                                                                            \
+            clstm_lstmv_row_##SFX(a, H, bias, 0, p, 1, c_prev, c_t, r_t, n,             \
+                                  CLSTM_ACT_TANH, CLSTM_ACT_SIGMOID);                   \
+    } else {                                                                            \
+        clstm_lstmv_row_##SFX(a, H, bias, bias != NULL, p, p != NULL, c_prev, c_t, r_t, \
+                              n, act, rec);                                             \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+static inline __attribute__((always_inline)) void clstm_lstmv_back_row_##SFX(           \
+        T* a, Py_ssize_t H, const T* p, const int has_peep, const T* c_prev,            \
+        const T* c_t, const T* dr, T* dc, Py_ssize_t n, const int act, const int rec) { \
+    Py_ssize_t j;                                                                       \
+    CLSTM_IVDEP                                                                         \
+    for (j = 0; j < n; j++) {                                                           \
+        T i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];                   \
+        T hc = clstm_act_##SFX(act, c_t[j]);                                            \
+        T dzo = dr[j] * hc * clstm_dact_##SFX(rec, o);                                  \
+        /* c_t reaches the loss through the next step, r_t and o's peephole */          \
+        T dct = dc[j] + dr[j] * o * clstm_dact_##SFX(act, hc);                          \
+        T dzi, dzf;                                                                     \
+        if (has_peep)                                                                   \
+            dct += dzo * p[2 * H + j];                                                  \
+        dzi = dct * g * clstm_dact_##SFX(rec, i);                                       \
+        dzf = dct * c_prev[j] * clstm_dact_##SFX(rec, f);                               \
+        a[j] = dzi;                                                                     \
+        a[H + j] = dzf;                                                                 \
+        a[2 * H + j] = dct * i * clstm_dact_##SFX(act, g);                              \
+        a[3 * H + j] = dzo;                                                             \
+        dc[j] = has_peep ? dct * f + dzi * p[j] + dzf * p[H + j] : dct * f;             \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+CLSTM_CLONES static void clstm_lstmv_cell_backward_##SFX(                               \
+        T* a, Py_ssize_t H, const T* p, const T* c_prev, const T* c_t, const T* dr,     \
+        T* dc, Py_ssize_t n, int act, int rec) {                                        \
+    if (act == CLSTM_ACT_TANH && rec == CLSTM_ACT_SIGMOID && p != NULL)                 \
+        clstm_lstmv_back_row_##SFX(a, H, p, 1, c_prev, c_t, dr, dc, n, CLSTM_ACT_TANH,  \
+                                   CLSTM_ACT_SIGMOID);                                  \
+    else                                                                                \
+        clstm_lstmv_back_row_##SFX(a, H, p, p != NULL, c_prev, c_t, dr, dc, n, act, rec);\
+}                                                                                       \
+                                                                                        \
+static void clstm_lstmv_forward_##SFX(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0,   \
+                                      Py_ssize_t j1, T* gates, const T* hg,             \
+                                      const T* bias, const clstm_cell_config* cfg,      \
+                                      const T* c_prev, T* c_t, T* r_t) {                \
+    Py_ssize_t row, k;                                                                  \
+    const T* b = bias == NULL ? NULL : bias + j0;                                       \
+    const T* p = cfg->extra == NULL ? NULL : (const T*)cfg->extra + j0;                 \
+    for (row = 0; row < n_rows; row++) {                                                \
+        k = row * H + j0;                                                               \
+        clstm_lstmv_cell_##SFX(gates + row * 4 * H + j0, H, b, p, c_prev + k, c_t + k,  \
+                               r_t + k, j1 - j0, cfg->options[0], cfg->options[1]);     \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+static void clstm_lstmv_backward_##SFX(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0,  \
+                                       Py_ssize_t j1, T* gates,                         \
+                                       const clstm_cell_config* cfg, const T* c_prev,   \
+                                       const T* c_t, const T* dr, T* dc) {              \
+    Py_ssize_t row, k;                                                                  \
+    const T* p = cfg->extra == NULL ? NULL : (const T*)cfg->extra + j0;                 \
+    for (row = 0; row < n_rows; row++) {                                                \
+        k = row * H + j0;                                                               \
+        clstm_lstmv_cell_backward_##SFX(gates + row * 4 * H + j0, H, p, c_prev + k,     \
+                                        c_t + k, dr + k, dc + k, j1 - j0,               \
+                                        cfg->options[0], cfg->options[1]);              \
+    }                                                                                   \
+}
+
+CLSTM_DEFINE_LSTM_VARIANT_CELL(float, f32, clstm_sigmoidf, clstm_tanhf)
+CLSTM_DEFINE_LSTM_VARIANT_CELL(double, f64, clstm_sigmoid, clstm_tanh)
+
+static const clstm_cell clstm_cell_lstm_act = {
+    "lstm_act", 4, 4, {0, 1, 2, 3}, 0, 0, 0, clstm_lstmv_forward_f32, clstm_lstmv_forward_f64,
+    clstm_lstmv_backward_f32, clstm_lstmv_backward_f64};
+static const clstm_cell clstm_cell_lstm_peephole = {
+    "lstm_peephole", 4, 4, {0, 1, 2, 3}, 0, 0, 3, clstm_lstmv_forward_f32,
+    clstm_lstmv_forward_f64, clstm_lstmv_backward_f32, clstm_lstmv_backward_f64};
+
 /* GRU (PyTorch's, "reset after": weight blocks r, z, n):
      r, z = sigmoid(x W_i. + h W_h. + b), hn = h_{t-1} W_hn + b_hn,
      n = tanh(x W_in + b_in + r * hn),  h_t = (1 - z) * n + z * h_{t-1}
