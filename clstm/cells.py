@@ -8,10 +8,12 @@ from typing import Callable, Optional, Tuple, Union
 import numpy as np
 
 from . import _packed, _threads, functional
-from ._checks import check_shape, float_array, float_dtype, generator_from_seed, positive_int
+from ._checks import check_shape, float_array, float_dtype, generator, generator_from_seed, \
+    positive_int
 from ._params import Parameterised
+from ._reference_variants import check_activation
 from ._threads import get_num_threads
-from .rnn import Array, State, _state_pair
+from .rnn import Array, State, _flag, _probability, _state_pair
 
 
 class LSTMCell(Parameterised):
@@ -32,23 +34,45 @@ class LSTMCell(Parameterised):
     dtype : float32 or float64
         The parameters' dtype.
     seed : int, optional
-        Seeds PyTorch's initialisation U(-1/sqrt(H), 1/sqrt(H)).
+        Seeds PyTorch's initialisation U(-1/sqrt(H), 1/sqrt(H)) and the recurrent dropout
+        generator.
+    peephole, activation, recurrent_activation
+        As `clstm.LSTM`'s (parameter ``weight_peephole (3, H)``, rows i, f, o).
+    recurrent_dropout : float in [0, 1)
+        As `clstm.LSTM`'s, in ``forward_train``: a cell does not know where a sequence
+        starts, so it multiplies ``h`` by the ``recurrent_mask`` given (draw one per
+        sequence with `recurrent_mask` and pass it at every step: Gal & Ghahramani's
+        variant), or by a fresh mask per call if none is given.
     """
 
-    _fixed = ("input_size", "hidden_size", "bias", "dtype", "seed")
+    _fixed = ("input_size", "hidden_size", "bias", "dtype", "seed", "peephole",
+              "recurrent_dropout", "activation", "recurrent_activation")
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
-                 dtype: Union[type, np.dtype, str] = np.float32, seed: Optional[int] = None):
+                 dtype: Union[type, np.dtype, str] = np.float32, seed: Optional[int] = None,
+                 peephole: bool = False, recurrent_dropout: float = 0.0,
+                 activation: str = "tanh", recurrent_activation: str = "sigmoid"):
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.bias = bool(bias)
         self.dtype = float_dtype(dtype)
         self.seed = seed
+        self.peephole = _flag("peephole", peephole)
+        self.recurrent_dropout = _probability("recurrent_dropout", recurrent_dropout)
+        self.activation = check_activation("activation", activation)
+        self.recurrent_activation = check_activation("recurrent_activation",
+                                                     recurrent_activation)
+        self._cell, self._cell_options = functional.lstm_cell_variant(
+            self.peephole, self.activation, self.recurrent_activation)
         H, I = self.hidden_size, self.input_size
         shapes = {"weight_ih": (4 * H, I), "weight_hh": (4 * H, H)}
         if self.bias:
             shapes.update(bias_ih=(4 * H,), bias_hh=(4 * H,))
-        self._init_params(shapes, generator_from_seed(seed), 1.0 / math.sqrt(H))
+        if self.peephole:
+            shapes["weight_peephole"] = (3, H)
+        rng = generator_from_seed(seed)
+        self._init_params(shapes, rng, 1.0 / math.sqrt(H))
+        self._rng = rng
 
     def _prepare(self, x, state):
         """Validate; return x (B, I), h0, c0 (B, H), the caller's state shape, batched."""
@@ -85,6 +109,12 @@ class LSTMCell(Parameterised):
             The new state, shaped as ``state``.
         """
         p, double = self._params, self.dtype == np.float64
+        if self._cell != "lstm":  # a variant cell: the driver (the C step has the plain cell)
+            x, h0, c0, _, batched = self._prepare(x, state)
+            _, h, c, _ = functional.layer_forward(
+                x, functional.Packing(1, h0.shape[0]), self._layer_weights(copy=False), h0,
+                c0, False, get_num_threads())
+            return (h, c) if batched else (h[0], c[0])
         if type(state) is tuple and len(state) == 2:
             # the streaming case (the state fed back in) is checked in C: it skips _prepare
             with _threads.kernel_lock():
@@ -112,26 +142,58 @@ class LSTMCell(Parameterised):
 
     def freeze(self) -> FrozenLSTMCell:
         """An inference-only snapshot of this cell for streaming: `FrozenLSTMCell`."""
-        return FrozenLSTMCell(self)
+        return FrozenLSTMCell(self) if self._cell == "lstm" else _FrozenVariantCell(self)
 
     def _layer_weights(self, copy):
         p = self._checked_params()
         return functional.LayerWeights(p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
-                                       p.get("bias_hh"), copy=copy)
+                                       p.get("bias_hh"), copy=copy, cell=self._cell,
+                                       extra=p.get("weight_peephole"),
+                                       options=self._cell_options)
 
-    def _run_train(self, x, state):
+    def recurrent_mask(self, batch_size: int, rng: Optional[np.random.Generator] = None
+                       ) -> Array:
+        """A recurrent dropout mask ``(batch_size, H)``: ``(rng.random(...) >= p) / (1 - p)``
+        with ``p = recurrent_dropout`` (``rng`` defaults to the cell's, seeded by ``seed``).
+        Pass it to ``forward_train`` at every step of one sequence."""
+        B = positive_int("batch_size", batch_size)
+        rng = self._rng if rng is None else generator(rng)
+        p = self.recurrent_dropout
+        return ((rng.random((B, self.hidden_size)) >= p) / (1 - p)).astype(self.dtype)
+
+    def _run_train(self, x, state, recurrent_mask, rng):
         x, h0, c0, shape, batched = self._prepare(x, state)
         B = h0.shape[0]
+        mask = None
+        if recurrent_mask is not None:
+            mask = check_shape("recurrent_mask",
+                               float_array("recurrent_mask", recurrent_mask, self.dtype),
+                               (B, self.hidden_size)).copy()
+        elif self.recurrent_dropout > 0:
+            mask = self.recurrent_mask(B, rng)
         _, h, c, cache = functional.layer_forward(x.copy(), functional.Packing(1, B),
                                                   self._layer_weights(copy=True), h0.copy(),
-                                                  c0.copy(), True, get_num_threads())
+                                                  c0.copy(), True, get_num_threads(),
+                                                  mask=mask)
         if not batched:
             h, c = h[0], c[0]
         return (h, c), cache, shape, batched
 
-    def forward_train(self, x: Array, state: Optional[State] = None
+    def forward_train(self, x: Array, state: Optional[State] = None,
+                      recurrent_mask: Optional[Array] = None,
+                      rng: Optional[np.random.Generator] = None
                       ) -> Tuple[State, Callable[..., Tuple[Array, State]]]:
         """One step keeping what backward needs.
+
+        Parameters
+        ----------
+        x, state
+            As `__call__`.
+        recurrent_mask : array_like (B, H), optional
+            Multiplies ``h`` before the recurrent product (recurrent dropout; see
+            `recurrent_mask`). Default: a fresh mask if ``recurrent_dropout > 0``.
+        rng : numpy.random.Generator, optional
+            For that fresh mask (default: the cell's generator).
 
         Returns
         -------
@@ -139,7 +201,7 @@ class LSTMCell(Parameterised):
             ``dx, (dh0, dc0) = backward(dh=None, dc=None)`` adds the parameter gradients
             into ``grads`` (runs once).
         """
-        out, cache, shape, batched = self._run_train(x, state)
+        out, cache, shape, batched = self._run_train(x, state, recurrent_mask, rng)
         B = out[0].shape[0] if batched else 1
 
         def backward(dh=None, dc=None):
@@ -161,6 +223,8 @@ class LSTMCell(Parameterised):
             if self.bias:
                 g["bias_ih"] += db
                 g["bias_hh"] += db
+            if dp is not None:
+                g["weight_peephole"] += dp
             if not batched:
                 return dx[0], (dh0[0], dc0[0])
             return dx, (dh0, dc0)
@@ -169,7 +233,11 @@ class LSTMCell(Parameterised):
 
     def __repr__(self):
         bias = "" if self.bias else ", bias=False"
-        return f"LSTMCell({self.input_size}, {self.hidden_size}{bias}, dtype={self.dtype.name})"
+        extra = "".join(f", {name}={getattr(self, name)!r}" for name, default in (
+            ("peephole", False), ("recurrent_dropout", 0.0), ("activation", "tanh"),
+            ("recurrent_activation", "sigmoid")) if getattr(self, name) != default)
+        return (f"LSTMCell({self.input_size}, {self.hidden_size}{bias}{extra}, "
+                f"dtype={self.dtype.name})")
 
 
 class FrozenLSTMCell(_packed.PackedCell):
@@ -232,3 +300,27 @@ def _restore_frozen_cell(spec, weights):
     frozen._set_weights(layer.w_ih_packed, layer.w_hh_packed, layer.bias)
     return frozen
 
+
+
+class _FrozenVariantCell(FrozenLSTMCell):
+    """`FrozenLSTMCell` of a variant cell (peepholes, other activations): every step runs
+    the driver on the weights packed at freeze time (the compiled one-step kernel has the
+    plain cell only)."""
+
+    def __call__(self, x, state=None):
+        x2, h0, c0, _, batched = self._spec._prepare(x, state)
+        x2, h0, c0 = (np.require(a, self.dtype, "CA") for a in (x2, h0, c0))
+        _, h, c, _ = functional.layer_forward(x2, functional.Packing(1, x2.shape[0]),
+                                              self._weights, h0, c0, False, get_num_threads())
+        return (h, c) if batched else (h[0], c[0])
+
+    forward = __call__
+
+    def __reduce__(self):
+        return (_restore_frozen_variant_cell, (self._spec, self._weights))
+
+
+def _restore_frozen_variant_cell(spec, weights):
+    frozen = _restore_frozen_cell(spec, weights)
+    frozen.__class__ = _FrozenVariantCell
+    return frozen

@@ -478,11 +478,14 @@ proj_size, dtype, seed
     # ---------------------------------------------------------------- Keras interop
     @classmethod
     def from_keras_weights(cls, kernel, recurrent_kernel, bias=None, *, batch_first=True,
-                           dtype=None):
+                           dtype=None, activation="tanh", recurrent_activation="sigmoid"):
         """A one-layer LSTM from Keras's ``LSTM.get_weights()``: ``kernel (I, 4H)``,
         ``recurrent_kernel (H, 4H)``, ``bias (4H,)`` or None (``use_bias=False``), gates in
         Keras's order i, f, c, o (PyTorch's i, f, g, o). Keras layers are batch-first, so
-        this one is too unless ``batch_first=False``. ``dtype`` defaults to the kernel's."""
+        this one is too unless ``batch_first=False``. ``dtype`` defaults to the kernel's.
+        ``activation``/``recurrent_activation``: the Keras layer's (its config); models of
+        Keras < 2.3 default to ``recurrent_activation="hard_sigmoid"`` (Keras 2's, which
+        clstm's is)."""
         kernel = float_array("kernel", kernel, None)
         dtype = float_dtype(kernel.dtype if dtype is None else dtype)
         check_shape("kernel", kernel, ("I", "4*H"))
@@ -494,7 +497,8 @@ proj_size, dtype, seed
                                        float_array("recurrent_kernel", recurrent_kernel, dtype),
                                        (H, 4 * H))
         lstm = cls(kernel.shape[0], H, bias=bias is not None, batch_first=batch_first,
-                   dtype=dtype)
+                   dtype=dtype, activation=activation,
+                   recurrent_activation=recurrent_activation)
         weights = {"weight_ih_l0": kernel.T, "weight_hh_l0": recurrent_kernel.T}
         if bias is not None:
             weights["bias_ih_l0"] = check_shape("bias", float_array("bias", bias, dtype),

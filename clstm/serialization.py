@@ -31,6 +31,10 @@ def _with_dtype(config):
     return lambda m: {**config(m), "dtype": m.dtype.name}
 
 
+# the LSTM variants' constructor arguments (files written before them lack them: defaults)
+_VARIANTS = ("peephole", "recurrent_dropout", "activation", "recurrent_activation")
+
+
 @functools.lru_cache(maxsize=None)
 def _configs():
     """class -> its constructor arguments, read from the public attributes. Built on first
@@ -39,8 +43,9 @@ def _configs():
     from . import LSTM, LSTMCell
     return {
         LSTM: _with_dtype(_attrs("input_size", "hidden_size", "num_layers", "bias",
-                                 "batch_first", "dropout", "bidirectional", "proj_size")),
-        LSTMCell: _with_dtype(_attrs("input_size", "hidden_size", "bias")),
+                                 "batch_first", "dropout", "bidirectional", "proj_size",
+                                 *_VARIANTS)),
+        LSTMCell: _with_dtype(_attrs("input_size", "hidden_size", "bias", *_VARIANTS)),
         Linear: _with_dtype(lambda m: {"in_features": m.in_features,
                                        "out_features": m.out_features, "bias": m.has_bias}),
         Embedding: _with_dtype(_attrs("num_embeddings", "embedding_dim", "padding_idx")),
