@@ -22,7 +22,10 @@ axes are dynamic. ONNX's LSTM has no projection, so ``proj_size > 0`` cannot be 
 operator cannot express; only an unrolled ``Loop`` could); unbatched input is not a graph
 of its own (add the batch axis). ONNX Runtime 1.32 runs the LSTM operator in float32 only
 ("LSTM operator does not support double yet"): float64 models export, and other runtimes
-(or ``onnx.reference``) run them.
+(or ``onnx.reference``) run them. The activations' parameters are float32 attributes:
+``hard_sigmoid`` exports as ``HardSigmoid`` with its default alpha 0.2 (exact), except next
+to ``linear`` (``Affine``, whose alpha must be given), where the listed alpha is float32's
+0.2 (a float64 model then differs by ~1e-8 relative).
 """
 from __future__ import annotations
 
@@ -107,7 +110,10 @@ def _activation_attrs(lstm, D):
             alphas.append(ab[0])
             betas.append(ab[1])
     attrs = {"activations": funcs}
-    if alphas:
+    # HardSigmoid's defaults are clstm's (0.2, 0.5), exactly in float64 too, where the
+    # attribute (float32) would round 0.2; Affine has no usable default in ONNX Runtime, so
+    # with one the lists are given (then consumed in order by the functions taking them)
+    if "Affine" in funcs:
         attrs.update(activation_alpha=alphas, activation_beta=betas)
     return attrs
 

@@ -352,3 +352,54 @@ def test_load_names_an_unknown_operator_and_variable_weights():
     del model.graph.initializer[0]
     with pytest.raises(ValueError, match="input W .* must be an initializer"):
         connx.load(model)
+
+
+# ------------------------------------------------------------- peepholes, activations
+VARIANTS = [dict(peephole=True),
+            dict(peephole=True, activation="relu", recurrent_activation="hard_sigmoid"),
+            dict(activation="linear", recurrent_activation="sigmoid"),
+            dict(peephole=True, activation="sigmoid", recurrent_activation="tanh")]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(map(str, v.values())))
+def test_exported_variants_run_with_clstms_numbers(dtype, variant):
+    """Peepholes go to input P (ONNX's i, o, f order), activations to the activations
+    attribute; ONNX Runtime (float32) and the spec (float64) give clstm's numbers."""
+    lstm = clstm.LSTM(4, 6, 2, bidirectional=True, dtype=dtype, seed=5, **variant)
+    proto = connx.export(lstm, lengths=True, state=True)
+    feed, kw = feed_for(lstm, np.random.default_rng(3), lengths=True, state=True)
+    y, (h, c) = lstm(feed["x"], **kw)
+    for name, a, b in zip(("y", "h_n", "c_n"), run_exported(proto, feed, dtype), (y, h, c)):
+        np.testing.assert_allclose(a, b, **TOL[dtype], err_msg=name)
+    again = connx.load(proto)
+    assert repr(again) == repr(lstm)
+    for k, v in lstm.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[k], v, err_msg=k)
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("attrs", [
+    {}, dict(activations=["HardSigmoid", "Relu", "Relu"], activation_alpha=[0.2],
+             activation_beta=[0.5]),
+    dict(activations=["Sigmoid", "Affine", "Affine"], activation_alpha=[1.0, 1.0],
+         activation_beta=[0.0, 0.0])])
+def test_loaded_peephole_lstm_gives_onnx_runtimes_numbers(direction, attrs):
+    D = 2 if direction == "bidirectional" else 1
+    attrs = {k: v * D for k, v in attrs.items()}
+    model, feed = one_node_model(np.random.default_rng(8), direction=direction, peephole=True,
+                                 lengths=True, state=True, **attrs)
+    lstm = connx.load(model)
+    assert lstm.peephole
+    for a, b in zip(clstm_on_feed(lstm, feed), run_ort(model, feed)):
+        np.testing.assert_allclose(a, b, **TOL[np.float32])
+
+
+def test_loaded_float64_peephole_lstm_follows_the_spec():
+    model, feed = one_node_model(np.random.default_rng(9), direction="bidirectional",
+                                 dtype=np.float64, peephole=True, lengths=True, state=True,
+                                 activations=["HardSigmoid", "Tanh", "Tanh"] * 2)
+    lstm = connx.load(model)
+    assert lstm.recurrent_activation == "hard_sigmoid"
+    for a, b in zip(clstm_on_feed(lstm, feed), run_spec(model, feed)):
+        np.testing.assert_allclose(a, b, **TOL[np.float64])
