@@ -43,7 +43,7 @@ def run(name, *args, cwd, block=(), expect_rc=0):
 def test_examples_exist():
     names = {p.stem for p in EXAMPLES.glob("*.py")}
     assert {"gradient_check", "sine_forecast", "char_lm", "from_pytorch",
-            "attention_classifier"} <= names
+            "attention_classifier", "peephole_onnx"} <= names
 
 
 def test_gradient_check_passes(tmp_path):
@@ -117,3 +117,18 @@ def test_from_pytorch_agrees_with_torch(tmp_path):
     assert r["from_pytorch"] == "PASS"
     assert float(r["max_abs_diff"]) < 1e-4 and float(r["state_max_abs_diff"]) < 1e-4
     assert float(r["torch_ms"]) > 0 and float(r["clstm_ms"]) > 0
+
+
+def test_peephole_onnx_trains_and_onnx_runtime_agrees(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    out, r = run("peephole_onnx", cwd=tmp_path)
+    assert r["peephole_onnx"] == "PASS"
+    assert float(r["mse_after"]) < 0.5 * float(r["mse_before"])
+    assert float(r["ort_max_abs_diff"]) < 2e-5 and float(r["reload_max_abs_diff"]) == 0
+
+
+def test_peephole_onnx_without_onnxruntime(tmp_path):
+    out, r = run("peephole_onnx", cwd=tmp_path, block=["onnxruntime"])
+    assert r["peephole_onnx"] == "SKIPPED" and "not installed" in out
+    assert float(r["mse_after"]) < float(r["mse_before"])
