@@ -340,19 +340,22 @@ def _peephole_gradient(dG, cells, c0, schedule):
     """The peepholes' gradient (3, H) after backward: sum over every packed row of dG_i and
     dG_f times c_{t-1}, of dG_o times c_t. One NumPy reduction after the time loop (not a
     per-thread sum inside it), so it does not depend on the threads or the split."""
-    H = cells.shape[1]
-    c_prev = np.empty_like(cells)
+    N, H = cells.shape
     off, bs0 = schedule.offsets, schedule.first_step_rows
+    d_if = dG[:, :2 * H].reshape(N, 2, H)
+    grad = np.empty((3, H), dG.dtype)
+    grad[2] = np.einsum("nh,nh->h", dG[:, 3 * H:], cells)
+    if off is None:  # every row runs every step: c_{t-1} is the block before (views)
+        grad[:2] = np.einsum("nkh,nh->kh", d_if[:bs0], c0) + \
+            np.einsum("nkh,nh->kh", d_if[bs0:], cells[:N - bs0])
+        return grad
+    c_prev = np.empty_like(cells)  # step t's rows are the first bs[t] of step t-1's
     c_prev[:bs0] = c0[:bs0]
-    if off is None:  # every row runs every step: c_{t-1} is the block before
-        c_prev[bs0:] = cells[:cells.shape[0] - bs0]
-    else:  # step t's rows are the first bs[t] of step t-1's
-        for t in range(1, schedule.n_steps):
-            n = off[t + 1] - off[t]
-            c_prev[off[t]:off[t] + n] = cells[off[t - 1]:off[t - 1] + n]
-    return np.stack([np.einsum("nh,nh->h", dG[:, :H], c_prev),
-                     np.einsum("nh,nh->h", dG[:, H:2 * H], c_prev),
-                     np.einsum("nh,nh->h", dG[:, 3 * H:], cells)])
+    for t in range(1, schedule.n_steps):
+        n = off[t + 1] - off[t]
+        c_prev[off[t]:off[t] + n] = cells[off[t - 1]:off[t - 1] + n]
+    grad[:2] = np.einsum("nkh,nh->kh", d_if, c_prev)
+    return grad
 
 
 # ---------------------------------------------------------------------------------------------
