@@ -29,9 +29,8 @@ to ``linear`` (``Affine``, whose alpha must be given), where the listed alpha is
 """
 from __future__ import annotations
 
-import io
 import os
-from typing import IO, Any, Dict, List, Optional, Tuple, Union
+from typing import IO, Any, List, Optional, Tuple, Union
 
 import numpy as np
 
