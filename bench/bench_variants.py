@@ -5,8 +5,9 @@ recurrent dropout, at the benchmark grid sizes.
     python bench/bench_variants.py [--threads 1 2] [--rounds 7] [--quick]
 
 Every case runs interleaved (one call of each candidate per round, in turn, so drifts in
-the machine's speed hit them alike) and reports the median over the rounds of the mean of
-``--repeat`` back-to-back calls, in milliseconds, and the ratio to the plain layer. float32
+the machine's speed hit them alike) and reports the median (and the minimum, steadier on a
+shared machine) over the rounds of the mean of ``--repeat`` back-to-back calls, in
+milliseconds, and the ratios to the plain layer. float32
 (ONNX Runtime 1.32's LSTM runs float32 only). ONNX Runtime is skipped when not installed.
 """
 import argparse
@@ -73,7 +74,7 @@ def measure(fns, rounds, repeat):
             for _ in range(repeat):
                 fn()
             times[name].append((time.perf_counter() - t0) / repeat * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
 
 
 def main(argv=None):
@@ -88,16 +89,17 @@ def main(argv=None):
     print(f"# clstm {clstm.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}, float32; median of "
           f"{rounds} interleaved rounds of {repeat} calls, ms (ratio to the plain layer)")
-    print("| threads | T, B, I, H | mode | candidate | ms | / plain |")
-    print("|---|---|---|---|---|---|")
+    print("| threads | T, B, I, H | mode | candidate | median ms | / plain | min ms | / plain |")
+    print("|---|---|---|---|---:|---:|---:|---:|")
     for threads in args.threads:
         clstm.set_num_threads(threads)
         for T, B, I, H in sizes:
             for mode, fns in candidates(T, B, I, H, threads).items():
                 result = measure(fns, rounds, repeat)
-                for name, ms in result.items():
-                    print(f"| {threads} | {T}, {B}, {I}, {H} | {mode} | {name} | {ms:.3f} | "
-                          f"{ms / result['plain']:.2f}x |", flush=True)
+                (med0, min0) = result["plain"]
+                for name, (med, low) in result.items():
+                    print(f"| {threads} | {T}, {B}, {I}, {H} | {mode} | {name} | {med:.3f} | "
+                          f"{med / med0:.2f}x | {low:.3f} | {low / min0:.2f}x |", flush=True)
     clstm.set_num_threads(None)
 
 
