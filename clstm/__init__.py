@@ -45,11 +45,11 @@ from .layers import AttentionPooling, Dropout, Embedding, LastStep, Linear, Sequ
 from .losses import (binary_cross_entropy_with_logits, cross_entropy, huber_loss, l1_loss,
                      mse_loss)
 from .optim import clip_grad_norm
-from .rnn import LSTM
+from .rnn import GRU, LSTM
 from .serialization import load, save
 from .training import fit, predict
 
-__all__ = ["LSTM", "LSTMCell", "FrozenLSTM", "FrozenLSTMCell", "Linear", "Sequential",
+__all__ = ["LSTM", "GRU", "LSTMCell", "FrozenLSTM", "FrozenLSTMCell", "Linear", "Sequential",
            "functional", "reference", "losses", "optim", "mse_loss", "cross_entropy",
            "clip_grad_norm", "get_num_threads", "set_num_threads", "openmp_enabled",
            "release_memory", "Embedding", "Dropout", "AttentionPooling", "LastStep", "l1_loss",
