@@ -262,8 +262,8 @@ class RNNBase(Parameterised):
             `clstm.FrozenLSTM` for the one exception); later changes to the model's
             parameters do not reach it (freeze again after training).
         """
-        from .frozen import FrozenLSTM as Frozen  # (frozen imports this module)
-        return Frozen(self)
+        from .frozen import FrozenGRU, FrozenLSTM  # (frozen imports this module)
+        return FrozenLSTM(self) if self._has_cell_state else FrozenGRU(self)
 
     def forward_train(self, x: Array, state: Optional[State] = None,
                       lengths: Optional[Array] = None,
@@ -500,9 +500,10 @@ proj_size, dtype, seed
 class GRU(RNNBase):
     """A multi-layer GRU with ``torch.nn.GRU``'s arguments, semantics and parameter names.
 
-    ``y, h_n = gru(x, h0=None, lengths=None)`` runs inference on ``x`` of shape
-    ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``, or unbatched ``(T, I)``); ``h0`` and
-    ``h_n`` are ``(L*D, B, H)`` (no batch axis when unbatched), zeros if omitted; ``y`` is
+    ``y, h_n = gru(x, state=None, lengths=None)`` runs inference on ``x`` of shape
+    ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``, or unbatched ``(T, I)``); the state
+    ``h0`` and ``h_n`` is ``(L*D, B, H)`` (no batch axis when unbatched), zeros if omitted
+    (an array, not a tuple: the GRU has no cell state); ``y`` is
     ``(T, B, D*H)``. Each layer computes, as PyTorch's ("reset after")::
 
         r = sigmoid(x W_ir.T + b_ir + h W_hr.T + b_hr)
@@ -565,7 +566,7 @@ class GRU(RNNBase):
                     shapes[f"bias_hh{sfx}"] = (3 * H,)
         return shapes
 
-    def __call__(self, x: Array, h0: Optional[Array] = None,  # type: ignore[override]
+    def __call__(self, x: Array, state: Optional[Array] = None,  # type: ignore[override]
                  lengths: Optional[Array] = None) -> Tuple[Array, Array]:
         """Inference: ``y, h_n`` (see the class). Keeps no caches.
 
@@ -573,27 +574,27 @@ class GRU(RNNBase):
         ----------
         x : array_like
             ``(T, B, I)``, ``(B, T, I)`` with ``batch_first``, or unbatched ``(T, I)``.
-        h0 : array_like (L*D, B, H), optional
-            The initial state (no batch axis when unbatched); zeros if omitted.
+        state : array_like (L*D, B, H), optional
+            The initial state h0 (no batch axis when unbatched); zeros if omitted.
         lengths : array_like of int (B,), optional
             Each row's real length in ``[0, T]``.
 
         Returns
         -------
         y, h_n
-            ``y (T, B, D*H)`` in ``x``'s layout, and the final state shaped as ``h0``.
+            ``y (T, B, D*H)`` in ``x``'s layout, and the final state shaped as ``state``.
 
         Raises
         ------
         ValueError, TypeError
             A wrong shape or dtype, naming the argument and the expected shape.
         """
-        out, _ = self._run(x, h0, lengths, train=False, rng=None)
+        out, _ = self._run(x, state, lengths, train=False, rng=None)
         return out
 
     forward = __call__
 
-    def forward_train(self, x: Array, h0: Optional[Array] = None,  # type: ignore[override]
+    def forward_train(self, x: Array, state: Optional[Array] = None,  # type: ignore[override]
                       lengths: Optional[Array] = None,
                       rng: Optional[np.random.Generator] = None
                       ) -> Tuple[Tuple[Array, Array], Callable[..., Tuple[Array, Array]]]:
@@ -606,5 +607,5 @@ class GRU(RNNBase):
             gradients of ``y`` and ``h_n`` (either may be None), adds the parameter
             gradients into ``grads`` and runs once.
         """
-        out, backward = super().forward_train(x, h0, lengths, rng)
+        out, backward = super().forward_train(x, state, lengths, rng)
         return out, lambda dy=None, dh_n=None: backward(dy, dh_n)
