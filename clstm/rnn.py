@@ -566,6 +566,35 @@ class GRU(RNNBase):
                     shapes[f"bias_hh{sfx}"] = (3 * H,)
         return shapes
 
+    @classmethod
+    def from_keras_weights(cls, kernel, recurrent_kernel, bias=None, *, batch_first=True,
+                           dtype=None):
+        """A one-layer GRU from Keras's ``GRU(reset_after=True).get_weights()`` (Keras's
+        default since 2.3, and the same equations as PyTorch's): ``kernel (I, 3H)``,
+        ``recurrent_kernel (H, 3H)``, ``bias (2, 3H)`` (input and recurrent biases) or None,
+        gates in Keras's order z, r, h (PyTorch's r, z, n). Batch-first unless
+        ``batch_first=False``; ``dtype`` defaults to the kernel's. (``reset_after=False``
+        models, Keras 2.2's default, compute another function: not supported.)"""
+        kernel = float_array("kernel", kernel, None)
+        dtype = float_dtype(kernel.dtype if dtype is None else dtype)
+        check_shape("kernel", kernel, ("I", "3*H"))
+        H = kernel.shape[1] // 3
+        if kernel.shape[1] != 3 * H or H < 1 or kernel.shape[0] < 1:
+            raise ValueError(f"kernel must have shape (I, 3*H) with I, H >= 1, got "
+                             f"{kernel.shape}")
+        recurrent_kernel = check_shape("recurrent_kernel",
+                                       float_array("recurrent_kernel", recurrent_kernel, dtype),
+                                       (H, 3 * H))
+        order = np.r_[H:2 * H, 0:H, 2 * H:3 * H]  # Keras's z, r, h -> r, z, n
+        gru = cls(kernel.shape[0], H, bias=bias is not None, batch_first=batch_first,
+                  dtype=dtype)
+        weights = {"weight_ih_l0": kernel.T[order], "weight_hh_l0": recurrent_kernel.T[order]}
+        if bias is not None:
+            bias = check_shape("bias", float_array("bias", bias, dtype), (2, 3 * H))
+            weights["bias_ih_l0"], weights["bias_hh_l0"] = bias[0][order], bias[1][order]
+        gru.load_state_dict(weights)
+        return gru
+
     def __call__(self, x: Array, state: Optional[Array] = None,  # type: ignore[override]
                  lengths: Optional[Array] = None) -> Tuple[Array, Array]:
         """Inference: ``y, h_n`` (see the class). Keeps no caches.

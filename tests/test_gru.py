@@ -321,3 +321,39 @@ def test_torch_gru_cell_parity():
     np.testing.assert_allclose(dh0, ht.grad.numpy(), rtol=tol, atol=tol)
     for name, param in tc.named_parameters():
         np.testing.assert_allclose(cell.grads[name], param.grad.numpy(), rtol=tol, atol=tol)
+
+
+def keras_gru(x, kernel, recurrent_kernel, bias):
+    """Keras's GRU(reset_after=True) as its documentation writes it, batch-first, z first."""
+    H = recurrent_kernel.shape[0]
+    h = np.zeros((x.shape[0], H))
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    out = []
+    for t in range(x.shape[1]):
+        xk = x[:, t] @ kernel + bias[0]
+        hk = h @ recurrent_kernel + bias[1]
+        z = sig(xk[:, :H] + hk[:, :H])
+        r = sig(xk[:, H:2 * H] + hk[:, H:2 * H])
+        hh = np.tanh(xk[:, 2 * H:] + r * hk[:, 2 * H:])
+        h = z * h + (1 - z) * hh
+        out.append(h)
+    return np.stack(out, axis=1), h
+
+
+def test_from_keras_weights_gives_keras_numbers():
+    rng = np.random.default_rng(4)
+    I, H = 3, 5
+    kernel, recurrent_kernel = rng.standard_normal((I, 3 * H)), rng.standard_normal((H, 3 * H))
+    bias = rng.standard_normal((2, 3 * H))
+    x = rng.standard_normal((2, 6, I))
+    y_keras, h_keras = keras_gru(x, kernel, recurrent_kernel, bias)
+    g = clstm.GRU.from_keras_weights(kernel, recurrent_kernel, bias)
+    y, h_n = g(x)
+    np.testing.assert_allclose(y, y_keras, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(h_n[0], h_keras, rtol=1e-12, atol=1e-12)
+    g0 = clstm.GRU.from_keras_weights(kernel, recurrent_kernel, None)
+    y0, _ = g0(x)
+    np.testing.assert_allclose(y0, keras_gru(x, kernel, recurrent_kernel, 0 * bias)[0],
+                               rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="bias"):
+        clstm.GRU.from_keras_weights(kernel, recurrent_kernel, bias[0])
