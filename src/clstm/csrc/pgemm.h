@@ -202,6 +202,31 @@ static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T*
 CLSTM_DEFINE_PACK(float, f32, int)
 CLSTM_DEFINE_PACK(double, f64, long long)
 
+/* The sum of a[0, n) (a bias gradient: a column of dG, transposed into a row), in vector
+   partial sums and then lanes: a fixed order, whichever thread adds it up. */
+#define CLSTM_DEFINE_SUM(T, SFX)                                                        \
+CLSTM_CLONES static T clstm_sum_##SFX(const T* a, Py_ssize_t n) {                       \
+    enum { V = 64 / sizeof(T) };                                                        \
+    clstm_v_##SFX acc[4] = {{0}};                                                       \
+    Py_ssize_t k = 0;                                                                   \
+    T total = 0;                                                                        \
+    int q;                                                                              \
+    for (; k + 4 * V <= n; k += 4 * V)                                                  \
+        for (q = 0; q < 4; q++)                                                         \
+            acc[q] += *(const clstm_vu_##SFX*)(a + k + q * V);                          \
+    acc[0] += acc[1];                                                                   \
+    acc[2] += acc[3];                                                                   \
+    acc[0] += acc[2];                                                                   \
+    for (q = 0; q < V; q++)                                                             \
+        total += acc[0][q];                                                             \
+    for (; k < n; k++)                                                                  \
+        total += a[k];                                                                  \
+    return total;                                                                       \
+}
+
+CLSTM_DEFINE_SUM(float, f32)
+CLSTM_DEFINE_SUM(double, f64)
+
 /* One kernel per instruction set, chosen once at run time (target_clones would compile
    one source for all, and the register budget differs). Without multi-versioning
    (another compiler or OS, or CLSTM_NO_TARGET_CLONES) only the base kernel exists,
