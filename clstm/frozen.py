@@ -33,11 +33,15 @@ class FrozenLSTM:
         The model to snapshot.
     """
 
+    _model = "LSTM"  # the model class (and cell) this snapshots
+
     def __init__(self, model: "LSTM"):
         from .rnn import RNNBase  # (rnn imports this module)
-        if not isinstance(model, RNNBase):
-            raise TypeError(f"model must be a clstm.LSTM (FrozenLSTM(model) or model.freeze()), "
-                            f"got {type(model).__name__}")
+        # (the LSTM's variant cells are "lstm_act", "lstm_peephole": still an LSTM)
+        if not (isinstance(model, RNNBase)
+                and model._cell.partition("_")[0] == self._model.lower()):
+            raise TypeError(f"model must be a clstm.{self._model} ({type(self).__name__}(model) "
+                            f"or model.freeze()), got {type(model).__name__}")
         self._spec = copy.copy(model)  # its configuration, for validation and layouts
         self._weights = [[w.freeze() for w in layer]
                          for layer in model._layer_weights(copy=False)]
@@ -67,3 +71,17 @@ class FrozenLSTM:
 
     def __repr__(self):
         return f"{self._spec!r}.freeze()"
+
+
+class FrozenGRU(FrozenLSTM):
+    """``gru.freeze()``: an inference-only snapshot of a whole `clstm.GRU` on prepacked
+    weights, called exactly like the model: ``y, h_n = frozen(x, state=None,
+    lengths=None)``; the results are the live model's bit for bit, with the same threads.
+
+    Parameters
+    ----------
+    model : clstm.GRU
+        The model to snapshot.
+    """
+
+    _model = "GRU"
