@@ -1,5 +1,5 @@
-"""ONNX interop: `export` clstm models to ONNX and `load` the LSTM nodes of ONNX models
-into clstm modules (needs the optional ``onnx`` package: ``pip install "clstm-cpu[onnx]"``).
+"""ONNX interop: `export` clstm models to ONNX and `load` the LSTM and GRU nodes of ONNX
+models into clstm modules (needs the optional ``onnx`` package: ``pip install "clstm-cpu[onnx]"``).
 
     >>> import clstm, clstm.onnx
     >>> lstm = clstm.LSTM(8, 16, num_layers=2, bidirectional=True, seed=0)
@@ -16,7 +16,9 @@ directions side by side; its output ``Y (T, D, B, H)`` becomes the next layer's
 What the exported graph does: inputs ``x`` (``(T, B, I)``, or ``(B, T, I)`` for a
 ``batch_first`` model, through Transposes: ONNX Runtime's CPU LSTM refuses ``layout=1``),
 optionally ``lengths`` (int32 ``(B,)``: every node's ``sequence_lens``) and ``h0``/``c0``
-(``(L*D, B, H)``); outputs ``y`` and, for an `LSTM`, ``h_n``/``c_n``. The batch and time
+(``(L*D, B, H)``; ``h0`` only for a GRU); outputs ``y`` and, for an `LSTM`, ``h_n``/``c_n``
+(a `GRU`: ``h_n``). A `GRU` becomes ONNX ``GRU`` nodes with ``linear_before_reset=1``
+(PyTorch's reset-after form; gate blocks r, z, n -> ONNX's z, r, h). The batch and time
 axes are dynamic. ONNX's LSTM has no projection, so ``proj_size > 0`` cannot be exported
 (the projected ``h_t = W_hr (o * tanh(c_t))`` is what the next step sees, which the
 operator cannot express; only an unrolled ``Loop`` could); unbatched input is not a graph
@@ -35,7 +37,7 @@ from typing import IO, Any, List, Optional, Tuple, Union
 import numpy as np
 
 from .layers import Dropout, Linear, Sequential
-from .rnn import LSTM
+from .rnn import GRU, LSTM
 
 PathOrFile = Union[str, "os.PathLike[str]", IO[bytes]]
 
@@ -158,28 +160,62 @@ def _export_lstm(b, lstm, x, lengths, h0, c0):
     return x, h_n, c_n
 
 
+def _gru_gate_order(H):
+    """Indices taking clstm's (PyTorch's) GRU blocks r, z, n to ONNX's z, r, h."""
+    return np.concatenate([np.arange(k * H, (k + 1) * H) for k in (1, 0, 2)])
+
+
+def _export_gru(b, gru, x, lengths, h0):
+    """The layers of ``gru`` on ``x`` (T, B, I): ONNX GRU nodes with linear_before_reset=1
+    (PyTorch's reset-after form). Returns (y (T, B, D*H), h_n, None)."""
+    H, D, L = gru.hidden_size, gru.num_directions, gru.num_layers
+    order = _gru_gate_order(H)
+    p = gru.state_dict()
+    h_parts = []
+    for k in range(L):
+        sfxs = [f"_l{k}", f"_l{k}_reverse"][:D]
+        inputs = [x, b.const(f"W{k}", np.stack([p["weight_ih" + s][order] for s in sfxs])),
+                  b.const(f"R{k}", np.stack([p["weight_hh" + s][order] for s in sfxs])),
+                  b.const(f"B{k}", np.stack([
+                      np.concatenate([p["bias_ih" + s][order], p["bias_hh" + s][order]])
+                      for s in sfxs])) if gru.bias else "",
+                  lengths or "",
+                  b.node("Slice", [h0, b.const("start", np.array([k * D])),
+                                   b.const("end", np.array([(k + 1) * D]))]) if h0 else ""]
+        while inputs[-1] == "":
+            inputs.pop()
+        y4, h = b.node("GRU", inputs, 2, stem=f"gru{k}", hidden_size=H,
+                       direction="bidirectional" if D == 2 else "forward",
+                       linear_before_reset=1)
+        y = b.node("Transpose", [y4], perm=[0, 2, 1, 3])
+        x = b.node("Reshape", [y, b.const("shape", np.array([0, 0, D * H]))])
+        h_parts.append(h)
+    return x, (b.node("Concat", h_parts, axis=0, stem="h_n") if L > 1 else h_parts[0]), None
+
+
 def _export_linear(b, lin, x):
     y = b.node("MatMul", [x, b.const("weight_T", lin.weight.T)])
     return b.node("Add", [y, b.const("bias", lin.bias)]) if lin.has_bias else y
 
 
-def export(model: Union[LSTM, Sequential], path_or_file: Optional[PathOrFile] = None, *,
+def export(model: Union[LSTM, GRU, Sequential], path_or_file: Optional[PathOrFile] = None, *,
            lengths: bool = False, state: bool = False, opset: int = OPSET) -> Any:
     """Write ``model`` as an ONNX model that computes what ``model(x, ...)`` computes.
 
     Parameters
     ----------
-    model : LSTM or Sequential
+    model : LSTM, GRU or Sequential
         An `LSTM` (any layers and directions, ``batch_first``, peepholes and activations;
-        not ``proj_size``) or a `Sequential` of `LSTM`, `Linear` and `Dropout` (the
-        identity in inference) modules.
+        not ``proj_size``), a `GRU`, or a `Sequential` of `LSTM`, `GRU`, `Linear` and
+        `Dropout` (the identity in inference) modules.
     path_or_file : str, path or binary file, optional
         Where to write the model; None only returns it.
     lengths : bool
         Add an int32 input ``lengths (B,)``: each row's length, as ``model(x,
         lengths=...)`` (every LSTM node's ``sequence_lens``).
     state : bool
-        Add the inputs ``h0``, ``c0`` (``(L*D, B, H)``) of the first LSTM.
+        Add the inputs ``h0``, ``c0`` (``(L*D, B, H)``) of the first LSTM (``h0`` of a
+        first GRU).
     opset : int
         The ONNX opset imported (>= 14).
 
@@ -187,7 +223,7 @@ def export(model: Union[LSTM, Sequential], path_or_file: Optional[PathOrFile] = 
     -------
     onnx.ModelProto
         Inputs ``x`` (+ ``lengths``, ``h0``, ``c0``); outputs ``y`` (+ ``h_n``, ``c_n``
-        for an `LSTM`).
+        for an `LSTM`, ``h_n`` for a `GRU`).
 
     Raises
     ------
@@ -202,18 +238,19 @@ def export(model: Union[LSTM, Sequential], path_or_file: Optional[PathOrFile] = 
         raise ValueError(f"opset must be >= 14 (the LSTM operator's layout), got {opset}")
     modules = list(model) if isinstance(model, Sequential) else [model]
     for i, m in enumerate(modules):
-        if not isinstance(m, (LSTM, Linear, Dropout)):
-            raise ValueError(f"clstm.onnx.export exports LSTM, Linear and Dropout modules; "
-                             f"module {i} is a {type(m).__name__}")
-    lstms = [m for m in modules if isinstance(m, LSTM)]
+        if not isinstance(m, (LSTM, GRU, Linear, Dropout)):
+            raise ValueError(f"clstm.onnx.export exports LSTM, GRU, Linear and Dropout "
+                             f"modules; module {i} is a {type(m).__name__}")
+    lstms = [m for m in modules if isinstance(m, (LSTM, GRU))]  # the recurrent layers
     if state and not lstms:
-        raise ValueError("state=True needs an LSTM in the model (its h0, c0 inputs)")
+        raise ValueError("state=True needs an LSTM or GRU in the model (its state inputs)")
     dtype = np.dtype(next(m.dtype for m in modules if not isinstance(m, Dropout)))
     elem = onnx.helper.np_dtype_to_tensor_dtype(dtype)
     b = _Builder(onnx, elem)
     first = modules[0]
     batch_first = bool(lstms and lstms[0].batch_first)
-    n_in = first.input_size if isinstance(first, LSTM) else getattr(first, "in_features", None)
+    n_in = first.input_size if isinstance(first, (LSTM, GRU)) else \
+        getattr(first, "in_features", None)
     x_info = (["B", "T", n_in] if batch_first else ["T", "B", n_in]) if lstms else None
     graph_inputs = [onnx.helper.make_tensor_value_info("x", elem, x_info)]
     len_name = h0 = c0 = None
@@ -224,22 +261,23 @@ def export(model: Union[LSTM, Sequential], path_or_file: Optional[PathOrFile] = 
     if state:
         m = lstms[0]
         shape = [m.num_layers * m.num_directions, "B", m.hidden_size]
-        graph_inputs += [onnx.helper.make_tensor_value_info(n, elem, shape)
-                         for n in ("h0", "c0")]
-        h0, c0 = "h0", "c0"
+        names = ("h0", "c0") if isinstance(m, LSTM) else ("h0",)
+        graph_inputs += [onnx.helper.make_tensor_value_info(n, elem, shape) for n in names]
+        h0, c0 = "h0", ("c0" if isinstance(m, LSTM) else None)
     x, h_n, c_n, seq_major = "x", None, None, False
     for m in modules:
-        if isinstance(m, LSTM):
+        if isinstance(m, (LSTM, GRU)):
             if m.batch_first != batch_first:
-                raise ValueError("the LSTMs of an exported Sequential must agree on "
-                                 "batch_first")
+                raise ValueError("the recurrent layers of an exported Sequential must agree "
+                                 "on batch_first")
             if m.dtype != dtype:
                 raise ValueError(f"the modules of an exported Sequential must share one dtype "
                                  f"({dtype.name}), got {m.dtype.name}")
             if batch_first and not seq_major:
                 x = b.node("Transpose", [x], perm=[1, 0, 2])
                 seq_major = True
-            x, h_n, c_n = _export_lstm(b, m, x, len_name, h0, c0)
+            x, h_n, c_n = (_export_lstm(b, m, x, len_name, h0, c0) if isinstance(m, LSTM)
+                           else _export_gru(b, m, x, len_name, h0))
             h0 = c0 = None  # the state goes to the first LSTM only, as Sequential's
         elif isinstance(m, Linear):
             x = _export_linear(b, m, x)
@@ -250,9 +288,11 @@ def export(model: Union[LSTM, Sequential], path_or_file: Optional[PathOrFile] = 
         last.num_directions * last.hidden_size
     y_shape = None if not lstms else ["B", "T", n_out] if batch_first else ["T", "B", n_out]
     outputs = [("y", x, y_shape)]
-    if isinstance(model, LSTM):
+    if isinstance(model, (LSTM, GRU)):
         s_shape = [model.num_layers * model.num_directions, "B", model.hidden_size]
-        outputs += [("h_n", h_n, s_shape), ("c_n", c_n, s_shape)]
+        outputs.append(("h_n", h_n, s_shape))
+        if isinstance(model, LSTM):
+            outputs.append(("c_n", c_n, s_shape))
     for name, src, _ in outputs:
         b.nodes.append(onnx.helper.make_node("Identity", [src], [name]))
     graph = onnx.helper.make_graph(
@@ -317,47 +357,56 @@ def _clstm_name(func, alpha, beta):
                      + f" (it has {', '.join(f'{op}{ab or ()}' for op, ab in _TO_ONNX.values())})")
 
 
-def _lstm_from_node(node, attrs, inits, dtype_hint):
-    """One clstm.LSTM (one layer) from an ONNX LSTM node whose weights are initialisers."""
+def _node_weights(op, node, attrs, inits, n_gates, state_inputs):
+    """W, R, B (P for an LSTM) of an ONNX LSTM/GRU node whose weights are initialisers, its
+    number of directions and hidden size; a ValueError naming what clstm lacks."""
     if "clip" in attrs:
-        raise ValueError(f"the LSTM attribute clip ({attrs['clip']}) has no clstm equivalent")
-    if attrs.get("input_forget", 0):
-        raise ValueError("the LSTM attribute input_forget=1 (coupled input and forget gates) "
-                         "has no clstm equivalent")
+        raise ValueError(f"the {op} attribute clip ({attrs['clip']}) has no clstm equivalent")
     names = list(node.input) + [""] * (8 - len(node.input))
 
     def weight(i, what):
         if not names[i]:
             return None
         if names[i] not in inits:
-            raise ValueError(f"the LSTM input {what} ({names[i]!r}) must be an initializer "
+            raise ValueError(f"the {op} input {what} ({names[i]!r}) must be an initializer "
                              f"(constant weights) to load into clstm")
         return inits[names[i]]
 
-    for i, what in ((5, "initial_h"), (6, "initial_c")):
+    for i, what in state_inputs:
         if names[i] in inits:
-            raise ValueError(f"the LSTM input {what} is a constant: clstm modules hold no "
+            raise ValueError(f"the {op} input {what} is a constant: clstm modules hold no "
                              f"state (make it a graph input and pass it as state=)")
     W, R, B, P = weight(1, "W"), weight(2, "R"), weight(3, "B"), weight(7, "P")
     direction = attrs.get("direction", b"forward")
     direction = direction.decode() if isinstance(direction, bytes) else direction
     if direction not in ("forward", "reverse", "bidirectional"):
-        raise ValueError(f"the LSTM attribute direction must be forward, reverse or "
+        raise ValueError(f"the {op} attribute direction must be forward, reverse or "
                          f"bidirectional, got {direction!r}")
     if direction == "reverse":
         # a reverse-only layer is not a clstm layer (clstm's reverse direction comes with
         # bidirectional=True); refuse rather than mislabel it
-        raise ValueError("the LSTM attribute direction='reverse' (a reverse-only layer) has "
+        raise ValueError(f"the {op} attribute direction='reverse' (a reverse-only layer) has "
                          "no clstm equivalent: clstm's reverse direction comes with "
                          "bidirectional=True")
     D = 2 if direction == "bidirectional" else 1
     if W is None or R is None or W.ndim != 3 or W.shape[0] != D:
-        raise ValueError(f"the LSTM input W must have shape ({D}, 4*hidden_size, input_size) "
-                         f"for direction={direction}")
+        raise ValueError(f"the {op} input W must have shape ({D}, {n_gates}*hidden_size, "
+                         f"input_size) for direction={direction}")
     H = R.shape[-1]
-    if attrs.get("hidden_size", H) != H or W.shape[1] != 4 * H or R.shape != (D, 4 * H, H):
-        raise ValueError(f"the LSTM inputs W {W.shape}, R {R.shape} and attribute "
+    if attrs.get("hidden_size", H) != H or W.shape[1] != n_gates * H or \
+            R.shape != (D, n_gates * H, H):
+        raise ValueError(f"the {op} inputs W {W.shape}, R {R.shape} and attribute "
                          f"hidden_size {attrs.get('hidden_size')} disagree")
+    return W, R, B, P, D, H
+
+
+def _lstm_from_node(node, attrs, inits, dtype_hint):
+    """One clstm.LSTM (one layer) from an ONNX LSTM node whose weights are initialisers."""
+    if attrs.get("input_forget", 0):
+        raise ValueError("the LSTM attribute input_forget=1 (coupled input and forget gates) "
+                         "has no clstm equivalent")
+    W, R, B, P, D, H = _node_weights("LSTM", node, attrs, inits, 4,
+                                     ((5, "initial_h"), (6, "initial_c")))
     acts = {_activation(attrs, d, D, _clstm_name) for d in range(D)}
     if len(acts) > 1:
         raise ValueError("the LSTM attribute activations differ between the directions; "
@@ -386,37 +435,64 @@ def _lstm_from_node(node, attrs, inits, dtype_hint):
     return lstm, int(attrs.get("layout", 0))
 
 
+def _gru_from_node(node, attrs, inits, dtype_hint):
+    """One clstm.GRU (one layer) from an ONNX GRU node: PyTorch's "reset after" form, which
+    is ONNX's ``linear_before_reset=1``, with the default activations."""
+    if not attrs.get("linear_before_reset", 0):
+        raise ValueError("the GRU attribute linear_before_reset=0 (the reset gate applied "
+                         "before the recurrent product) has no clstm equivalent: clstm's GRU "
+                         "is PyTorch's, linear_before_reset=1")
+    W, R, B, _, D, H = _node_weights("GRU", node, attrs, inits, 3, ((5, "initial_h"),))
+    funcs = [f.decode() if isinstance(f, bytes) else f for f in attrs.get("activations", [])]
+    if funcs and [f.lower() for f in funcs] != ["sigmoid", "tanh"] * D:
+        raise ValueError(f"the GRU attribute activations: clstm's GRU has Sigmoid and Tanh "
+                         f"only, got {funcs}")
+    dtype = W.dtype if W.dtype in (np.float32, np.float64) else dtype_hint
+    gru = GRU(W.shape[2], H, bias=B is not None, bidirectional=D == 2, dtype=dtype)
+    inv = _inverse(_gru_gate_order(H))
+    state = {}
+    for d, s in enumerate(("_l0", "_l0_reverse")[:D]):
+        state["weight_ih" + s] = W[d][inv]
+        state["weight_hh" + s] = R[d][inv]
+        if B is not None:
+            state["bias_ih" + s] = B[d][:3 * H][inv]
+            state["bias_hh" + s] = B[d][3 * H:][inv]
+    gru.load_state_dict(state)
+    return gru, int(attrs.get("layout", 0))
+
+
 def _attrs(onnx, node):
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _merge(lstms, batch_first):
-    """Consecutive one-layer LSTMs into one multi-layer LSTM when they agree on everything
-    but the input size (else None)."""
-    first = lstms[0]
+def _merge(layers, batch_first):
+    """Consecutive one-layer LSTMs (or GRUs) into one multi-layer model when they agree on
+    everything but the input size (else None)."""
+    first = layers[0]
+    cls = type(first)
     keys = ("hidden_size", "bias", "bidirectional", "dtype")
-    extra = ("activation", "recurrent_activation", "peephole")
-    if any(getattr(m, k) != getattr(first, k) for m in lstms for k in keys) or \
-            any(getattr(m, k, None) != getattr(first, k, None) for m in lstms for k in extra):
+    extra = ("activation", "recurrent_activation", "peephole") if cls is LSTM else ()
+    if any(type(m) is not cls or getattr(m, k) != getattr(first, k)
+           for m in layers for k in keys + extra):
         return None
-    kwargs = {k: getattr(first, k) for k in extra if hasattr(first, k)}
-    merged = LSTM(first.input_size, first.hidden_size, len(lstms), bias=first.bias,
-                  batch_first=batch_first, bidirectional=first.bidirectional,
-                  dtype=first.dtype, **kwargs)
+    merged = cls(first.input_size, first.hidden_size, len(layers), bias=first.bias,
+                 batch_first=batch_first, bidirectional=first.bidirectional,
+                 dtype=first.dtype, **{k: getattr(first, k) for k in extra})
     state = {}
-    for k, m in enumerate(lstms):
+    for k, m in enumerate(layers):
         for name, value in m.state_dict().items():
             state[name.replace("_l0", f"_l{k}")] = value
     merged.load_state_dict(state)
     return merged
 
 
-def load(path_or_model: Union[PathOrFile, Any]) -> Union[LSTM, Sequential]:
-    """clstm modules from the LSTM (and MatMul/Gemm + Add) nodes of an ONNX model.
+def load(path_or_model: Union[PathOrFile, Any]) -> Union[LSTM, GRU, Sequential]:
+    """clstm modules from the LSTM, GRU (and MatMul/Gemm + Add) nodes of an ONNX model.
 
-    The nodes are taken in the graph's order: every ``LSTM`` node becomes one layer
-    (consecutive layers that agree on size, directions, bias, peepholes and activations
-    become one multi-layer `LSTM`), a ``MatMul`` by a constant (plus an ``Add`` of a
+    The nodes are taken in the graph's order: every ``LSTM`` (``GRU``) node becomes one
+    layer (consecutive layers that agree on size, directions, bias, peepholes and
+    activations become one multi-layer `LSTM` or `GRU`), a ``MatMul`` by a constant (plus an
+    ``Add`` of a
     constant, or a ``Gemm``) becomes a `Linear`. Data-moving nodes between them
     (Transpose, Reshape, Squeeze, Concat...) are passed over, so the model must be a chain
     of layers such as `export` writes: the result computes the same thing when it is (the
@@ -426,7 +502,8 @@ def load(path_or_model: Union[PathOrFile, Any]) -> Union[LSTM, Sequential]:
     Mapped: ``W``, ``R``, ``B`` (-> ``bias_ih``/``bias_hh``, none without ``B``), ``P``
     (-> peepholes), ``direction`` forward or bidirectional, ``layout`` (1 -> batch_first),
     ``activations`` clstm has (Sigmoid, Tanh, Relu, HardSigmoid(0.2, 0.5), Affine(1, 0);
-    the cell input and output functions must be equal), ``hidden_size``.
+    the cell input and output functions must be equal), ``hidden_size``. GRU nodes need
+    ``linear_before_reset=1`` (PyTorch's form) and the default activations.
 
     Parameters
     ----------
@@ -434,14 +511,15 @@ def load(path_or_model: Union[PathOrFile, Any]) -> Union[LSTM, Sequential]:
 
     Returns
     -------
-    LSTM or Sequential
-        An `LSTM` when the model is one, else a `Sequential` of `LSTM` and `Linear`.
+    LSTM, GRU or Sequential
+        An `LSTM` (`GRU`) when the model is one, else a `Sequential` of them and `Linear`.
 
     Raises
     ------
     ValueError
         Naming what clstm lacks: the attributes ``clip``, ``input_forget``, an activation,
-        ``direction='reverse'``, weights that are not constants, another operator.
+        ``direction='reverse'``, a GRU's ``linear_before_reset=0``, weights that are not
+        constants, another operator.
     """
     onnx = _onnx()
     if isinstance(path_or_model, onnx.ModelProto):
@@ -465,12 +543,13 @@ def load(path_or_model: Union[PathOrFile, Any]) -> Union[LSTM, Sequential]:
         if n in skip or node.op_type in _GLUE:
             continue
         op, attrs = node.op_type, _attrs(onnx, node)
-        if op == "LSTM":
-            lstm, node_layout = _lstm_from_node(node, attrs, inits, dtype)
+        if op in ("LSTM", "GRU"):
+            read = _lstm_from_node if op == "LSTM" else _gru_from_node
+            rnn, node_layout = read(node, attrs, inits, dtype)
             if layout is not None and node_layout != layout:
-                raise ValueError("the LSTM attribute layout differs between the nodes")
+                raise ValueError(f"the {op} attribute layout differs between the nodes")
             layout = node_layout
-            layers.append(("lstm", lstm))
+            layers.append((op, rnn))
         elif op in ("MatMul", "Gemm"):
             if op == "Gemm":
                 if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or \
@@ -494,18 +573,18 @@ def load(path_or_model: Union[PathOrFile, Any]) -> Union[LSTM, Sequential]:
             layers.append(("linear", lin))
         else:
             raise ValueError(f"clstm.onnx.load: the operator {op} (node {node.name or n}) has "
-                             f"no clstm equivalent (supported: LSTM, MatMul, Gemm, Add)")
-    if not any(kind == "lstm" for kind, _ in layers):
-        raise ValueError("clstm.onnx.load: the model has no LSTM node")
-    # an exported batch_first model transposes its input (B, T, I) before the first LSTM
-    first_x = next(node for node in nodes if node.op_type == "LSTM").input[0]
+                             f"no clstm equivalent (supported: LSTM, GRU, MatMul, Gemm, Add)")
+    if not any(kind in ("LSTM", "GRU") for kind, _ in layers):
+        raise ValueError("clstm.onnx.load: the model has no LSTM or GRU node")
+    # an exported batch_first model transposes its input (B, T, I) before the first layer
+    first_x = next(node for node in nodes if node.op_type in ("LSTM", "GRU")).input[0]
     batch_first = layout == 1 or any(
         node.op_type == "Transpose" and node.output[0] == first_x and
         node.input[0] in {i.name for i in graph.input} and
         list(_attrs(onnx, node).get("perm", [])) == [1, 0, 2] for node in nodes)
     modules, run = [], []
     for kind, m in layers + [("end", None)]:
-        if kind == "lstm":
+        if kind in ("LSTM", "GRU") and (not run or type(run[0]) is type(m)):
             run.append(m)
             continue
         if run:
@@ -516,6 +595,8 @@ def load(path_or_model: Union[PathOrFile, Any]) -> Union[LSTM, Sequential]:
             else:
                 modules.append(merged)
             run = []
-        if m is not None:
+        if kind in ("LSTM", "GRU"):
+            run.append(m)
+        elif m is not None:
             modules.append(m)
     return modules[0] if len(modules) == 1 else Sequential(*modules)

@@ -1,4 +1,4 @@
-"""ONNX's LSTM operator in NumPy, written from the operator's specification in its own
+"""ONNX's LSTM (and GRU) operator in NumPy, written from the operator's specification in its own
 notation (gate blocks i, o, f, c; B = [Wb, Rb]; P = [P_i, P_o, P_f]; activations f, g, h per
 direction), independent of clstm's code. It is the float64 oracle (ONNX Runtime 1.32's LSTM
 runs float32 only) and the ``layout=1`` one (ONNX Runtime refuses it); the tests check it
@@ -74,3 +74,35 @@ def lstm(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=
     if layout:
         return Y.transpose(2, 0, 1, 3), Yh.transpose(1, 0, 2), Yc.transpose(1, 0, 2)
     return Y, Yh, Yc
+
+
+def gru(X, W, R, B=None, sequence_lens=None, initial_h=None, *, direction="forward",
+        linear_before_reset=1):
+    """Y, Y_h of ONNX's GRU with its default activations (gate blocks z, r, h; B = [Wb, Rb])."""
+    T, Bn, _ = X.shape
+    n, H, dt = W.shape[0], R.shape[-1], X.dtype
+    B = np.zeros((n, 6 * H), dt) if B is None else B
+    lens = np.full(Bn, T) if sequence_lens is None else np.asarray(sequence_lens)
+    h0 = np.zeros((n, Bn, H), dt) if initial_h is None else initial_h
+    Y, Yh = np.zeros((T, n, Bn, H), dt), np.zeros((n, Bn, H), dt)
+    s = lambda v: 1 / (1 + np.exp(-v))
+    for d in range(n):
+        rev = direction == "reverse" or d == 1
+        Wz, Wr, Wh = np.split(W[d], 3)
+        Rz, Rr, Rh = np.split(R[d], 3)
+        Wbz, Wbr, Wbh, Rbz, Rbr, Rbh = np.split(B[d], 6)
+        for b in range(Bn):
+            Ht = h0[d, b]
+            steps = range(lens[b])
+            for t in (reversed(steps) if rev else steps):
+                x = X[t, b]
+                z = s(x @ Wz.T + Ht @ Rz.T + Wbz + Rbz)
+                r = s(x @ Wr.T + Ht @ Rr.T + Wbr + Rbr)
+                if linear_before_reset:
+                    h = np.tanh(x @ Wh.T + r * (Ht @ Rh.T + Rbh) + Wbh)
+                else:
+                    h = np.tanh(x @ Wh.T + (r * Ht) @ Rh.T + Rbh + Wbh)
+                Ht = (1 - z) * h + z * Ht
+                Y[t, d, b] = Ht
+            Yh[d, b] = Ht
+    return Y, Yh

@@ -41,8 +41,23 @@ class _SpecLSTM(OpRun):
 _SpecLSTM.__name__ = "LSTM"
 
 
+class _SpecGRU(OpRun):
+    """onnx.reference's GRU, replaced by the spec's (sequence_lens, linear_before_reset)."""
+    op_domain = ""
+
+    def _run(self, X, W, R, B=None, sequence_lens=None, initial_h=None, activation_alpha=None,
+             activation_beta=None, activations=None, clip=None, direction=None,
+             hidden_size=None, layout=None, linear_before_reset=None):
+        return _onnx_lstm.gru(X, W, R, B, sequence_lens, initial_h,
+                              direction=direction or "forward",
+                              linear_before_reset=linear_before_reset or 0)
+
+
+_SpecGRU.__name__ = "GRU"
+
+
 def run_spec(model, feed):
-    return ReferenceEvaluator(model, new_ops=[_SpecLSTM]).run(None, feed)
+    return ReferenceEvaluator(model, new_ops=[_SpecLSTM, _SpecGRU]).run(None, feed)
 
 
 def run_ort(model, feed):
@@ -184,9 +199,9 @@ def test_the_variants_reference_is_onnx_runtime_with_peepholes_and_activations()
 
 # ------------------------------------------------------------------------- export
 def feed_for(model, rng, T=5, B=3, lengths=False, state=False):
-    lstm = model if isinstance(model, clstm.LSTM) else next(
-        m for m in model if isinstance(m, clstm.LSTM))
-    first = model if isinstance(model, clstm.LSTM) else model[0]
+    rnns = (clstm.LSTM, clstm.GRU)
+    lstm = model if isinstance(model, rnns) else next(m for m in model if isinstance(m, rnns))
+    first = model if isinstance(model, rnns) else model[0]
     n_in = getattr(first, "input_size", None) or first.in_features
     x = rng.standard_normal((B, T, n_in) if lstm.batch_first else (T, B, n_in)).astype(
         lstm.dtype)
@@ -196,8 +211,11 @@ def feed_for(model, rng, T=5, B=3, lengths=False, state=False):
     if state:
         n = lstm.num_layers * lstm.num_directions
         feed["h0"] = rng.standard_normal((n, B, lstm.hidden_size)).astype(lstm.dtype)
-        feed["c0"] = rng.standard_normal((n, B, lstm.hidden_size)).astype(lstm.dtype)
-        kw["state"] = (feed["h0"], feed["c0"])
+        if isinstance(lstm, clstm.GRU):
+            kw["state"] = feed["h0"]
+        else:
+            feed["c0"] = rng.standard_normal((n, B, lstm.hidden_size)).astype(lstm.dtype)
+            kw["state"] = (feed["h0"], feed["c0"])
     return feed, kw
 
 
@@ -403,3 +421,94 @@ def test_loaded_float64_peephole_lstm_follows_the_spec():
     assert lstm.recurrent_activation == "hard_sigmoid"
     for a, b in zip(clstm_on_feed(lstm, feed), run_spec(model, feed)):
         np.testing.assert_allclose(a, b, **TOL[np.float64])
+
+
+
+# -------------------------------------------------------------------------------- GRU
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layers,bidirectional,batch_first,lengths,state,bias", [
+    (1, False, False, False, False, True), (2, True, False, True, True, True),
+    (2, False, True, True, False, False)])
+def test_exported_gru_runs_with_clstms_numbers(dtype, layers, bidirectional, batch_first,
+                                               lengths, state, bias):
+    """clstm's GRU (PyTorch's reset-after form) is ONNX's GRU with linear_before_reset=1."""
+    gru = clstm.GRU(4, 5, layers, bidirectional=bidirectional, batch_first=batch_first,
+                    bias=bias, dtype=dtype, seed=6)
+    proto = connx.export(gru, lengths=lengths, state=state)
+    feed, kw = feed_for(gru, np.random.default_rng(layers), lengths=lengths, state=state)
+    y, h = gru(feed["x"], **kw)
+    got = run_exported(proto, feed, dtype)
+    assert len(got) == 2
+    for name, a, b in zip(("y", "h_n"), got, (y, h)):
+        np.testing.assert_allclose(a, b, **TOL[dtype], err_msg=name)
+    again = connx.load(proto)
+    assert repr(again) == repr(gru)
+    for k, v in gru.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[k], v, err_msg=k)
+
+
+def gru_node_model(rng, *, T=5, B=3, I=4, H=5, direction="forward", lengths=True,
+                   **attrs):
+    D = 2 if direction == "bidirectional" else 1
+    w = lambda *shape: (0.5 * rng.standard_normal(shape)).astype(np.float32)
+    inits = {"W": w(D, 3 * H, I), "R": w(D, 3 * H, H), "B": w(D, 6 * H)}
+    feed = {"X": rng.standard_normal((T, B, I)).astype(np.float32),
+            "initial_h": rng.standard_normal((D, B, H)).astype(np.float32)}
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I]),
+              helper.make_tensor_value_info("initial_h", TensorProto.FLOAT, [D, B, H])]
+    names = ["X", "W", "R", "B", "", "initial_h"]
+    if lengths:
+        feed["sequence_lens"] = np.array([T, 2, 4][:B], np.int32)
+        names[4] = "sequence_lens"
+        inputs.append(helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, [B]))
+    node = helper.make_node("GRU", names, ["Y", "Y_h"], hidden_size=H, direction=direction,
+                            **attrs)
+    graph = helper.make_graph([node], "g", inputs,
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                               for n in ("Y", "Y_h")],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), feed
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_loaded_onnx_gru_gives_onnx_runtimes_numbers(direction):
+    model, feed = gru_node_model(np.random.default_rng(3), direction=direction,
+                                 linear_before_reset=1)
+    gru = connx.load(model)
+    assert isinstance(gru, clstm.GRU)
+    y, h = gru(feed["X"], feed["initial_h"], lengths=feed["sequence_lens"])
+    Y, Yh = run_ort(model, feed)
+    D = gru.num_directions
+    np.testing.assert_allclose(y.reshape(5, 3, D, -1).transpose(0, 2, 1, 3), Y,
+                               **TOL[np.float32])
+    np.testing.assert_allclose(h, Yh, **TOL[np.float32])
+    # and the spec oracle agrees with ONNX Runtime on the same node
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    spec = _onnx_lstm.gru(feed["X"], inits["W"], inits["R"], inits["B"],
+                          feed["sequence_lens"], feed["initial_h"], direction=direction)
+    np.testing.assert_allclose(spec[0], Y, **TOL[np.float32])
+
+
+def test_load_names_what_clstms_gru_lacks():
+    with pytest.raises(ValueError, match="linear_before_reset=0"):
+        connx.load(gru_node_model(np.random.default_rng(0))[0])
+    with pytest.raises(ValueError, match="clstm's GRU has Sigmoid and Tanh only"):
+        connx.load(gru_node_model(np.random.default_rng(0), linear_before_reset=1,
+                                  activations=["HardSigmoid", "Tanh"])[0])
+    with pytest.raises(ValueError, match="GRU attribute clip"):
+        connx.load(gru_node_model(np.random.default_rng(0), linear_before_reset=1,
+                                  clip=2.0)[0])
+
+
+def test_mixed_lstm_gru_linear_sequential_round_trip():
+    model = clstm.Sequential(clstm.LSTM(3, 4, seed=1), clstm.GRU(4, 5, 2, seed=2),
+                             clstm.Linear(5, 2, seed=3))
+    proto = connx.export(model, lengths=True)
+    x = np.random.default_rng(0).standard_normal((6, 3, 3)).astype(np.float32)
+    lengths = np.array([6, 3, 1], np.int32)
+    (got,) = run_ort(proto, {"x": x, "lengths": lengths})
+    np.testing.assert_allclose(got, model(x, lengths=lengths), **TOL[np.float32])
+    again = connx.load(proto)
+    assert [type(m) for m in again] == [clstm.LSTM, clstm.GRU, clstm.Linear]
+    assert again[1].num_layers == 2
+    np.testing.assert_array_equal(again(x, lengths=lengths), model(x, lengths=lengths))
