@@ -61,11 +61,14 @@ class LayerIO:
     cells: Optional[Array]
     r: Optional[Array]
     hg: Optional[Array]
+    mask: Optional[Array]
+    hm: Optional[Array]
     train: bool
     def __init__(self, x: Array, h0: Array, c0: Optional[Array], y: Array, h_n: Array,
                  c_n: Optional[Array], gates: Optional[Array], cells: Optional[Array] = ...,
                  r: Optional[Array] = ..., hg: Optional[Array] = ...,
-                 train: Optional[bool] = ...) -> None: ...
+                 train: Optional[bool] = ..., mask: Optional[Array] = ...,
+                 hm: Optional[Array] = ...) -> None: ...
 
 class Grads:
     dy: Optional[Array]
@@ -87,9 +90,10 @@ class BackwardWork:
     h_prev: Optional[Array]
     dh_all: Optional[Array]
     dr: Optional[Array]
+    h_masked: Optional[Array]
     def __init__(self, w_ih_t: PackedWeights, w_hh_t: PackedWeights, rows: Array, dG_t: Array,
                  h_prev: Optional[Array] = ..., dh_all: Optional[Array] = ...,
-                 dr: Optional[Array] = ...) -> None: ...
+                 dr: Optional[Array] = ..., h_masked: Optional[Array] = ...) -> None: ...
 
 def forward(layer: Layer, sched: Schedule, io: LayerIO, interruptible: bool = ...) -> None: ...
 def backward(layer: Layer, sched: Schedule, io: LayerIO, grads: Grads,
