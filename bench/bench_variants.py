@@ -34,6 +34,9 @@ def ort_session(lstm, threads):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # ORT's workers otherwise spin after each run and take the cores from the clstm calls
+    # interleaved with it (measured here: the 2-thread clstm calls ran 2-10x slower)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     model = clstm.onnx.export(lstm)
     return onnxruntime.InferenceSession(model.SerializeToString(), options,
                                         providers=["CPUExecutionProvider"])

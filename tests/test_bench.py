@@ -62,3 +62,16 @@ def test_timing_mode_is_recorded(tmp_path):
         assert out.returncode == 0, out.stdout + out.stderr
         assert f"timing={timing}" in out.stdout
         assert json.loads((tmp_path / "t.json").read_text())["machine"]["timing"] == timing
+
+
+def test_variants_benchmark_runs(tmp_path):
+    """bench/bench_variants.py --quick: every candidate of every mode prints a row."""
+    script = BENCH.parent / "bench_variants.py"
+    out = subprocess.run([sys.executable, str(script), "--quick", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| 1 |")]
+    names = {line.split("|")[4].strip() for line in rows}
+    assert {"plain", "peephole", "recurrent_dropout=0.25"} <= names
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+        assert "onnxruntime peephole" in names
