@@ -534,10 +534,15 @@ proj_size, dtype, seed
         """``[kernel (I, 4H), recurrent_kernel (H, 4H), bias (4H,)]`` for Keras's
         ``LSTM.set_weights`` (bias omitted without biases); the two PyTorch biases are
         summed. ``direction=1`` is the reverse direction (Keras's ``Bidirectional``
-        backward layer). Keras has no projection, so ``proj_size`` must be 0."""
+        backward layer). Keras has no projection nor peepholes, so ``proj_size`` must be 0
+        and ``peephole`` False; give the Keras layer this model's ``activation`` and
+        ``recurrent_activation``."""
         if self.proj_size:
             raise ValueError("Keras's LSTM has no projection: to_keras_weights needs "
                              "proj_size=0")
+        if self.peephole:
+            raise ValueError("Keras's LSTM has no peepholes: to_keras_weights needs "
+                             "peephole=False (clstm.onnx.export keeps them)")
         layer = positive_int("layer", layer, minimum=0)
         direction = positive_int("direction", direction, minimum=0)
         if layer >= self.num_layers or direction >= self.num_directions:

@@ -235,6 +235,8 @@ def test_bad_variant_arguments_are_clear_errors():
         clstm.LSTMCell(3, 4).forward_train(np.zeros((2, 3)), recurrent_mask=np.ones((2, 5)))
     with pytest.raises(AttributeError, match="fixed at construction"):
         lstm.peephole = False
+    with pytest.raises(ValueError, match="Keras's LSTM has no peepholes"):
+        lstm.to_keras_weights()
 
 
 def test_from_keras_weights_with_keras_2s_hard_sigmoid_is_onnxs_hardsigmoid():
