@@ -120,9 +120,16 @@ def row_blocks(str cell):
     return cell_named(cell).row_blocks
 
 
+cdef inline Py_ssize_t transposed_ld(Py_ssize_t N) noexcept nogil:
+    """Row stride of a block of dG transposed (N columns): whole cache lines, plus one, so
+    its rows are not a multiple of 4 KB apart (with N a multiple of 1024, the 6 rows a tile
+    of the packed GEMM reads would share L1 sets: 4K aliasing)."""
+    return (N + 15) // 16 * 16 + 16
+
+
 def dG_t_length(Py_ssize_t N, int n_threads):
     """Elements of BackwardWork.dG_t for N packed rows."""
-    return max(n_threads, 1) * PGEMM_ROW_BLOCK * N
+    return max(n_threads, 1) * PGEMM_ROW_BLOCK * transposed_ld(N)
 
 
 cdef inline const Py_ssize_t* intp_data(object a, Py_ssize_t n, str name) except? NULL:
@@ -632,7 +639,7 @@ cdef void weight_grads(const floating* dG, const Dims* d, const Ptrs* p, const S
     first G columns) and w_ih's rows (the input side: block x_block[q] is weight block q's,
     csrc/cells.h). The tasks write disjoint rows, and each sums in one order whichever
     thread runs it, so the gradients do not depend on the thread count."""
-    cdef Py_ssize_t H = d.H, N = d.N, P = d.P, n_in = d.n_in
+    cdef Py_ssize_t H = d.H, N = d.N, P = d.P, n_in = d.n_in, ld = transposed_ld(N)
     cdef Py_ssize_t per_block = (H + PGEMM_ROW_BLOCK - 1) // PGEMM_ROW_BLOCK
     cdef Py_ssize_t n_tasks = cell.row_blocks * per_block, task, b, j0, c0, n, i
     cdef int parts = gemm_parts(s.n_threads, n_tasks, 2 * d.G * (n_in + P) * N), q, master_cpu
@@ -647,17 +654,17 @@ cdef void weight_grads(const floating* dG, const Dims* d, const Ptrs* p, const S
         j0 = (task % per_block) * PGEMM_ROW_BLOCK
         n = min(<Py_ssize_t>PGEMM_ROW_BLOCK, H - j0)
         c0 = b * H + j0
-        a_block = (<floating*>p.dG_t) + omp_get_thread_num() * PGEMM_ROW_BLOCK * N
-        transpose(dG + c0, N, n, d.R, a_block, N)
+        a_block = (<floating*>p.dG_t) + omp_get_thread_num() * PGEMM_ROW_BLOCK * ld
+        transpose(dG + c0, N, n, d.R, a_block, ld)
         for i in range(n):
-            dbias[c0 + i] += total(a_block + i * N, N)
+            dbias[c0 + i] += total(a_block + i * ld, N)
         if b < cell.n_gates:
-            pgemm(n, P, bs0, a_block, N, h0_rows, dw_hh + c0 * P, P)
+            pgemm(n, P, bs0, a_block, ld, h0_rows, dw_hh + c0 * P, P)
             if N > bs0:
-                pgemm(n, P, N - bs0, a_block + bs0, N, h_rows, dw_hh + c0 * P, P)
+                pgemm(n, P, N - bs0, a_block + bs0, ld, h_rows, dw_hh + c0 * P, P)
         for q in range(cell.n_gates):
             if cell.x_block[q] == b:
-                pgemm(n, n_in, N, a_block, N, x_rows, dw_ih + (q * H + j0) * n_in, n_in)
+                pgemm(n, n_in, N, a_block, ld, x_rows, dw_ih + (q * H + j0) * n_in, n_in)
 
 
 cdef void backward_impl(floating* dG, const Dims* d, const Ptrs* p, const Split* s,
