@@ -167,8 +167,8 @@ static const clstm_cell clstm_cell_lstm = {
    cfg->extra: the peepholes p (3 blocks of H: i, f, o) or NULL; cfg->options: the ids of
    act and rec (CLSTM_ACT_*). The plain LSTM stays its own cell (its speed is the default
    path's); the common variant here, tanh/sigmoid with peepholes, gets its own inlined
-   loops (3 multiply-adds more per unit), the other activations one loop that switches per
-   element (slower, exact). Every derivative is taken from the activation's output, which
+   loops (3 multiply-adds more per unit), the other activations a few passes over the
+   units with one loop per activation (slower, exact). Every derivative is taken from the activation's output, which
    is what the gates row keeps. */
 enum { CLSTM_ACT_TANH = 0, CLSTM_ACT_SIGMOID = 1, CLSTM_ACT_HARD_SIGMOID = 2,
        CLSTM_ACT_RELU = 3, CLSTM_ACT_LINEAR = 4 };
@@ -235,38 +235,73 @@ static inline __attribute__((always_inline)) void clstm_peep_row_##SFX(         
     }                                                                                   \
 }                                                                                       \
                                                                                         \
-/* Any activations, peepholes or not: one switch per activation per element. */         \
+/* x = act(x) in place, one loop per activation: a switch inside the loop (per element) \
+   kept GCC from vectorising it, 10x slower than the plain cell with tanh/sigmoid. */   \
+static inline __attribute__((always_inline)) void clstm_act_inplace_##SFX(              \
+        int id, T* x, Py_ssize_t n) {                                                   \
+    Py_ssize_t j;                                                                       \
+    switch (id) {                                                                       \
+    case CLSTM_ACT_TANH:                                                                \
+        for (j = 0; j < n; j++)                                                         \
+            x[j] = TANH(x[j]);                                                          \
+        break;                                                                          \
+    case CLSTM_ACT_SIGMOID:                                                             \
+        for (j = 0; j < n; j++)                                                         \
+            x[j] = SIGMOID(x[j]);                                                       \
+        break;                                                                          \
+    case CLSTM_ACT_HARD_SIGMOID:                                                        \
+        for (j = 0; j < n; j++)                                                         \
+            x[j] = clstm_act_##SFX(CLSTM_ACT_HARD_SIGMOID, x[j]);                       \
+        break;                                                                          \
+    case CLSTM_ACT_RELU:                                                                \
+        for (j = 0; j < n; j++)                                                         \
+            x[j] = x[j] > 0 ? x[j] : (T)0;                                              \
+        break;                                                                          \
+    default:  /* linear */                                                              \
+        break;                                                                          \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+/* Any activations, peepholes or not, in passes: the pre-activations of i, f, g (bias,  \
+   peepholes on c_{t-1}), each block's activation, then c_t and o's pre-activation      \
+   (its peephole sees c_t), then o and r_t = o * act(c_t) (act(c_t) made in r_t). c_prev\
+   may be c_t (inference): each pass reads c_prev[j] before writing c_t[j]. */          \
 static inline __attribute__((always_inline)) void clstm_lstmv_row_##SFX(                \
         T* a, Py_ssize_t H, const T* bias, const int has_bias, const T* p,              \
-        const int has_peep, const T* c_prev, T* c_t, T* r_t, Py_ssize_t n, const int act, \
+        const int has_peep, const T* c_prev, T* c_t, T* r_t, Py_ssize_t n, const int act,\
         const int rec) {                                                                \
     Py_ssize_t j;                                                                       \
+    CLSTM_IVDEP                                                                         \
     for (j = 0; j < n; j++) {                                                           \
-        T i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j], c, cp = c_prev[j];\
         if (has_bias) {                                                                 \
-            i += bias[j];                                                               \
-            f += bias[H + j];                                                           \
-            g += bias[2 * H + j];                                                       \
-            o += bias[3 * H + j];                                                       \
+            a[j] += bias[j];                                                            \
+            a[H + j] += bias[H + j];                                                    \
+            a[2 * H + j] += bias[2 * H + j];                                            \
         }                                                                               \
         if (has_peep) {                                                                 \
-            i += p[j] * cp;                                                             \
-            f += p[H + j] * cp;                                                         \
+            a[j] += p[j] * c_prev[j];                                                   \
+            a[H + j] += p[H + j] * c_prev[j];                                           \
         }                                                                               \
-        i = clstm_act_##SFX(rec, i);                                                    \
-        f = clstm_act_##SFX(rec, f);                                                    \
-        g = clstm_act_##SFX(act, g);                                                    \
-        c = f * cp + i * g;                                                             \
+    }                                                                                   \
+    clstm_act_inplace_##SFX(rec, a, n);                                                 \
+    clstm_act_inplace_##SFX(rec, a + H, n);                                             \
+    clstm_act_inplace_##SFX(act, a + 2 * H, n);                                         \
+    CLSTM_IVDEP                                                                         \
+    for (j = 0; j < n; j++) {                                                           \
+        T c = a[H + j] * c_prev[j] + a[j] * a[2 * H + j], o = a[3 * H + j];             \
+        if (has_bias)                                                                   \
+            o += bias[3 * H + j];                                                       \
         if (has_peep)                                                                   \
             o += p[2 * H + j] * c;  /* o sees the new cell state */                     \
-        o = clstm_act_##SFX(rec, o);                                                    \
-        a[j] = i;                                                                       \
-        a[H + j] = f;                                                                   \
-        a[2 * H + j] = g;                                                               \
         a[3 * H + j] = o;                                                               \
         c_t[j] = c;                                                                     \
-        r_t[j] = o * clstm_act_##SFX(act, c);                                           \
+        r_t[j] = c;                                                                     \
     }                                                                                   \
+    clstm_act_inplace_##SFX(rec, a + 3 * H, n);                                         \
+    clstm_act_inplace_##SFX(act, r_t, n);                                               \
+    CLSTM_IVDEP                                                                         \
+    for (j = 0; j < n; j++)                                                             \
+        r_t[j] *= a[3 * H + j];                                                         \
 }                                                                                       \
                                                                                         \
 CLSTM_CLONES static void clstm_peep_cell_##SFX(T* a, Py_ssize_t H, const T* bias,       \
@@ -309,6 +344,71 @@ static inline __attribute__((always_inline)) void clstm_lstmv_back_row_##SFX(   
     }                                                                                   \
 }                                                                                       \
                                                                                         \
+/* d = act'(z) from y = act(z), one loop per activation (vectorisable, as above). */    \
+static inline __attribute__((always_inline)) void clstm_dact_into_##SFX(                \
+        int id, const T* y, T* d, Py_ssize_t n) {                                       \
+    Py_ssize_t j;                                                                       \
+    switch (id) {                                                                       \
+    case CLSTM_ACT_TANH:                                                                \
+        for (j = 0; j < n; j++)                                                         \
+            d[j] = 1 - y[j] * y[j];                                                     \
+        break;                                                                          \
+    case CLSTM_ACT_SIGMOID:                                                             \
+        for (j = 0; j < n; j++)                                                         \
+            d[j] = y[j] * (1 - y[j]);                                                   \
+        break;                                                                          \
+    case CLSTM_ACT_HARD_SIGMOID:                                                        \
+        for (j = 0; j < n; j++)                                                         \
+            d[j] = (y[j] > 0 && y[j] < 1) ? (T)0.2 : (T)0;                              \
+        break;                                                                          \
+    case CLSTM_ACT_RELU:                                                                \
+        for (j = 0; j < n; j++)                                                         \
+            d[j] = y[j] > 0 ? (T)1 : (T)0;                                              \
+        break;                                                                          \
+    default:  /* linear */                                                              \
+        for (j = 0; j < n; j++)                                                         \
+            d[j] = 1;                                                                   \
+        break;                                                                          \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+/* The backward of any activations: the derivatives of a chunk of units first, each in a\
+   loop of its own (into stack buffers), then the fused pass without a switch in it. */ \
+static inline __attribute__((always_inline)) void clstm_lstmv_back_any_##SFX(           \
+        T* a, Py_ssize_t H, const T* p, const int has_peep, const T* c_prev,            \
+        const T* c_t, const T* dr, T* dc, Py_ssize_t n, const int act, const int rec) { \
+    enum { CHUNK = 64 };                                                                \
+    T hc[CHUNK], dhc[CHUNK], di[CHUNK], df[CHUNK], dg[CHUNK], dout[CHUNK];              \
+    Py_ssize_t j0, k, m;                                                                \
+    for (j0 = 0; j0 < n; j0 += CHUNK) {                                                 \
+        m = n - j0 < CHUNK ? n - j0 : CHUNK;                                            \
+        for (k = 0; k < m; k++)                                                         \
+            hc[k] = c_t[j0 + k];                                                        \
+        clstm_act_inplace_##SFX(act, hc, m);                                            \
+        clstm_dact_into_##SFX(act, hc, dhc, m);                                         \
+        clstm_dact_into_##SFX(rec, a + j0, di, m);                                      \
+        clstm_dact_into_##SFX(rec, a + H + j0, df, m);                                  \
+        clstm_dact_into_##SFX(act, a + 2 * H + j0, dg, m);                              \
+        clstm_dact_into_##SFX(rec, a + 3 * H + j0, dout, m);                            \
+        CLSTM_IVDEP                                                                     \
+        for (k = 0; k < m; k++) {                                                       \
+            Py_ssize_t j = j0 + k;                                                      \
+            T i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];               \
+            T dzo = dr[j] * hc[k] * dout[k];                                            \
+            T dct = dc[j] + dr[j] * o * dhc[k], dzi, dzf;                               \
+            if (has_peep)                                                               \
+                dct += dzo * p[2 * H + j];                                              \
+            dzi = dct * g * di[k];                                                      \
+            dzf = dct * c_prev[j] * df[k];                                              \
+            a[j] = dzi;                                                                 \
+            a[H + j] = dzf;                                                             \
+            a[2 * H + j] = dct * i * dg[k];                                             \
+            a[3 * H + j] = dzo;                                                         \
+            dc[j] = has_peep ? dct * f + dzi * p[j] + dzf * p[H + j] : dct * f;         \
+        }                                                                               \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
 CLSTM_CLONES static void clstm_peep_cell_backward_##SFX(                                \
         T* a, Py_ssize_t H, const T* p, const T* c_prev, const T* c_t, const T* dr,     \
         T* dc, Py_ssize_t n) {                                                          \
@@ -319,7 +419,7 @@ CLSTM_CLONES static void clstm_peep_cell_backward_##SFX(                        
 CLSTM_CLONES static void clstm_lstmv_cell_backward_##SFX(                               \
         T* a, Py_ssize_t H, const T* p, const T* c_prev, const T* c_t, const T* dr,     \
         T* dc, Py_ssize_t n, int act, int rec) {                                        \
-    clstm_lstmv_back_row_##SFX(a, H, p, p != NULL, c_prev, c_t, dr, dc, n, act, rec);   \
+    clstm_lstmv_back_any_##SFX(a, H, p, p != NULL, c_prev, c_t, dr, dc, n, act, rec);   \
 }                                                                                       \
                                                                                         \
 static void clstm_lstmv_forward_##SFX(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0,   \
