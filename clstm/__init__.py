@@ -12,7 +12,8 @@ prepacked weights (`FrozenLSTM`, `FrozenLSTMCell`). Training toolkit: `Linear`,
 `Embedding`, `Dropout`, `AttentionPooling`, `LastStep`, `Sequential`, `clstm.losses`
 (`mse_loss`, `cross_entropy`...), `clstm.optim` (`SGD`, `Adam`, schedules,
 `clip_grad_norm`), `fit` / `predict` and their callbacks (`clstm.training`), `clstm.data`
-(`pad_sequences`, `windows`), `save` / `load` (architecture and weights).
+(`pad_sequences`, `windows`), `save` / `load` (architecture and weights). `clstm.onnx`
+(optional ``onnx``): export models to ONNX and load ONNX LSTM/GRU nodes.
 """
 
 

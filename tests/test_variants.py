@@ -258,3 +258,18 @@ def test_from_keras_weights_with_keras_2s_hard_sigmoid_is_onnxs_hardsigmoid():
                                 activations=["HardSigmoid", "Tanh", "Tanh"])
     np.testing.assert_allclose(y, Y[:, 0].transpose(1, 0, 2), rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(c[0], Yc[0], rtol=1e-12, atol=1e-13)
+
+
+def test_clstm_onnx_imports_without_onnx_and_says_how_to_install():
+    """clstm.onnx needs onnx only when called; then the ImportError names the extra."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['onnx'] = None\n"
+            "import clstm, clstm.onnx\n"
+            "try:\n"
+            "    clstm.onnx.export(clstm.LSTM(2, 3))\n"
+            "except ImportError as e:\n"
+            "    print('IMPORTERROR', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd="/", timeout=60)
+    assert "IMPORTERROR clstm.onnx needs the onnx package" in out.stdout, out.stderr
