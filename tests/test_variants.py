@@ -273,3 +273,22 @@ def test_clstm_onnx_imports_without_onnx_and_says_how_to_install():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd="/", timeout=60)
     assert "IMPORTERROR clstm.onnx needs the onnx package" in out.stdout, out.stderr
+
+
+def test_work_splits_give_the_variants_the_same_bits():
+    """As for the plain LSTM (docs/design.md, "Bit-for-bit guarantees"): serial, batch and
+    unit splits, 1-3 threads, give the same outputs and gradients, peephole gradient
+    included (a reduction after the time loop, whatever the split)."""
+    for config in (dict(peephole=True, activation="relu", recurrent_activation="hard_sigmoid"),
+                   dict(peephole=True, recurrent_dropout=0.3, bidirectional=True)):
+        results = []
+        for strategy, threads in (("serial", 1), ("batch", 2), ("batch", 3), ("units", 2)):
+            lstm = clstm.LSTM(3, 32, dtype=np.float32, seed=2, **config)
+            if strategy == "units" and lstm.recurrent_dropout:
+                continue
+            got, _ = run_both(lstm, 6, 5, [6, 2, 5, 0, 3], strategy, n_threads=threads)
+            results.append((strategy, threads, got))
+        for strategy, threads, got in results[1:]:
+            for name in got:
+                np.testing.assert_array_equal(got[name], results[0][2][name],
+                                              err_msg=f"{strategy} x{threads}: {name}")
