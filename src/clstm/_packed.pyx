@@ -15,18 +15,26 @@ validation.
 cimport cython
 from cython cimport floating
 from libc.stdlib cimport free, malloc
+from libc.stdint cimport int32_t
 from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
 
 from clstm._blas cimport blas_int, matmul
 from clstm._cells cimport cell_forward, clstm_cell, clstm_cell_lstm
+from clstm._lowp cimport (CLSTM_LOWP_BF16, CLSTM_LOWP_INT8, CLSTM_LOWP_NR, clstm_lowp_pack,
+                          clstm_lowp_kernel_name, clstm_lowp_padded_n,
+                          clstm_lowp_panel_bytes)
+from clstm._lowp cimport lowp_gemm as lowp_gemm_c
 from clstm._pgemm cimport pack, packed_size, panel_width, pgemm
 from clstm._runtime cimport blas_threads, blas_threads_enter, check
 
 cnp.import_array()
 
-FORMATS = {"float32": cnp.NPY_FLOAT, "float64": cnp.NPY_DOUBLE}
+FORMATS = {"float32": cnp.NPY_FLOAT, "float64": cnp.NPY_DOUBLE,
+           # low precision: weights quantised at packing, float32 activations (csrc/lowp.h)
+           "int8": cnp.NPY_FLOAT, "bfloat16": cnp.NPY_FLOAT}
+LOWP_FORMATS = {"int8": CLSTM_LOWP_INT8, "bfloat16": CLSTM_LOWP_BF16}
 STEP_MAX_ROWS = 8  # beyond this many rows a step is worth the threaded layer driver
 
 
@@ -70,50 +78,80 @@ cdef class PackedWeights:
     ----------
     n_out, n_in : int
         The shape of W.
-    format : {"float32", "float64"}
-        The element type.
+    format : {"float32", "float64", "int8", "bfloat16"}
+        The element type. "int8" and "bfloat16" (inference only) quantise float32 weights
+        at packing (csrc/lowp.h: int8 with one symmetric scale per row of W, in
+        ``scales``, and the rows' sums in ``colsums``; bfloat16 rounded to nearest even)
+        and multiply float32 activations quantised per row on the fly.
     buffer : ndarray, optional
         Memory to pack into (a 1-D array of the format's dtype with at least
         ``packed_length(n_out, n_in, format)`` elements), e.g. a reused scratch buffer;
-        a new array by default.
+        a new array by default. Float formats only.
     """
 
     def __init__(self, Py_ssize_t n_out, Py_ssize_t n_in, str format, buffer=None):
         check(n_out >= 1 and n_in >= 1 and format in FORMATS, "packed weights shape/format")
         self.n_out, self.n_in, self.format = n_out, n_in, format
         self.typenum = FORMATS[format]
+        self.lowp = LOWP_FORMATS.get(format, 0)
         cdef Py_ssize_t n = packed_length(n_out, n_in, format)
-        cdef Py_ssize_t item = 4 if self.typenum == cnp.NPY_FLOAT else 8, start
+        cdef int data_type = cnp.NPY_UINT8 if self.lowp else self.typenum
+        cdef Py_ssize_t item = 1 if self.lowp else 4 if self.typenum == cnp.NPY_FLOAT else 8
+        cdef Py_ssize_t start
+        check(buffer is None or not self.lowp, "packed weights buffer")
         if buffer is None:  # on a cache line: the kernel loads whole 64-byte vectors
-            buffer = new_array(1, 0, n + 64 // item, self.typenum)
+            buffer = new_array(1, 0, n + 64 // item, data_type)
             start = (64 - <size_t>cnp.PyArray_DATA(<cnp.ndarray>buffer) % 64) % 64 // item
             buffer = buffer[start:start + n]
-        check(is_operand(buffer, self.typenum, 1, False)
+        check(is_operand(buffer, data_type, 1, False)
               and cnp.PyArray_DIMS(<cnp.ndarray>buffer)[0] >= n
               and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>buffer), "packed weights buffer")
         self.data = buffer
         self.ptr = cnp.PyArray_DATA(<cnp.ndarray>buffer)
+        if self.lowp:
+            self.scales = new_array(1, 0, clstm_lowp_padded_n(n_out), cnp.NPY_FLOAT)
+            self.colsums = new_array(1, 0, clstm_lowp_padded_n(n_out), cnp.NPY_INT32)
+            self.scales[:] = 0
+            self.colsums[:] = 0
+            self.lowp_w.format, self.lowp_w.N, self.lowp_w.K = self.lowp, n_out, n_in
+            self.lowp_w.panels = self.ptr
+            self.lowp_w.scale = <const float*>cnp.PyArray_DATA(<cnp.ndarray>self.scales)
+            self.lowp_w.colsum = <const int32_t*>cnp.PyArray_DATA(<cnp.ndarray>self.colsums)
+            self.ptr = &self.lowp_w  # the driver hands this to lowp_gemm
 
     cdef int pack_nogil(self, const void* w, bint transposed) except -1 nogil:
-        if self.typenum == cnp.NPY_FLOAT:
+        if self.lowp:  # (transposed is refused by pack, the only caller for these)
+            clstm_lowp_pack(self.lowp, <const float*>w, self.n_out, self.n_in,
+                            <void*>self.lowp_w.panels, <float*>self.lowp_w.scale,
+                            <int32_t*>self.lowp_w.colsum)
+        elif self.typenum == cnp.NPY_FLOAT:
             pack(<const float*>w, self.n_out, self.n_in, transposed, <float*>self.ptr)
         else:
             pack(<const double*>w, self.n_out, self.n_in, transposed, <double*>self.ptr)
         return 0
 
-    def copy_from(self, data):
-        """Take already packed data (this object's layout and length); returns self."""
+    def copy_from(self, data, scales=None, colsums=None):
+        """Take already packed data (this object's layout and length; int8 also its
+        ``scales`` and ``colsums``); returns self."""
         import numpy as np
         cdef Py_ssize_t n = packed_length(self.n_out, self.n_in, self.format)
         src = np.asarray(data)
         check(src.ndim == 1 and src.shape[0] == n and src.dtype == self.data.dtype,
               "packed data")
+        if self.lowp == CLSTM_LOWP_INT8:
+            scales, colsums = np.asarray(scales), np.asarray(colsums)
+            check(scales.shape == self.scales.shape and scales.dtype == self.scales.dtype
+                  and colsums.shape == self.colsums.shape
+                  and colsums.dtype == self.colsums.dtype, "packed scales")
+            self.scales[:] = scales
+            self.colsums[:] = colsums
         self.data[:n] = src
         return self
 
     def pack(self, w, bint transposed=False):
         """Pack W (n_out, n_in), or W.T given as (n_in, n_out) when ``transposed``; returns
         self."""
+        check(not (transposed and self.lowp), "transposed low-precision packing")
         cdef const void* p = operand(w, self.typenum, self.n_in if transposed else self.n_out,
                                      self.n_out if transposed else self.n_in, "packed source",
                                      False, False)
@@ -127,16 +165,24 @@ cdef class PackedWeights:
         multiplied on its own."""
         return packed_panel_width(self.format)
 
+    @property
+    def nbytes(self):
+        """Bytes of the packed weights (with their scales and sums)."""
+        return (self.data.nbytes + (0 if self.scales is None else self.scales.nbytes)
+                + (0 if self.colsums is None else self.colsums.nbytes))
+
     def __reduce__(self):
         n = packed_length(self.n_out, self.n_in, self.format)
-        return (_restore, (self.n_out, self.n_in, self.format, self.data[:n].copy()))
+        extra = () if self.lowp != CLSTM_LOWP_INT8 else (self.scales.copy(),
+                                                          self.colsums.copy())
+        return (_restore, (self.n_out, self.n_in, self.format, self.data[:n].copy()) + extra)
 
     def __repr__(self):
         return f"PackedWeights(n_out={self.n_out}, n_in={self.n_in}, format={self.format!r})"
 
 
-def _restore(n_out, n_in, format, data):
-    return PackedWeights(n_out, n_in, format, None).copy_from(data)
+def _restore(n_out, n_in, format, data, scales=None, colsums=None):
+    return PackedWeights(n_out, n_in, format, None).copy_from(data, scales, colsums)
 
 
 def kernel_ready(a):
@@ -147,9 +193,12 @@ def kernel_ready(a):
 
 
 def packed_length(Py_ssize_t n_out, Py_ssize_t n_in, format):
-    """Elements of the packed copy of an (n_out, n_in) weight matrix."""
+    """Elements of the packed copy of an (n_out, n_in) weight matrix (bytes for the
+    low-precision formats)."""
     cdef float f
     cdef double d
+    if format in LOWP_FORMATS:
+        return clstm_lowp_panel_bytes(LOWP_FORMATS[format], n_out, n_in)
     return packed_size(n_out, n_in, &f) if format == "float32" else packed_size(n_out, n_in, &d)
 
 
@@ -157,6 +206,8 @@ def packed_panel_width(format):
     """Output columns per packed panel for ``format``."""
     cdef float f
     cdef double d
+    if format in LOWP_FORMATS:
+        return CLSTM_LOWP_NR
     return panel_width(&f) if format == "float32" else panel_width(&d)
 
 
@@ -454,3 +505,32 @@ def stack_step(list weights not None, bint packed, int n_directions, bint batch_
         free(ptrs)
         free(scratch)
     return y, (h_n, c_n)
+
+
+# ---------------------------------------------------------------------------------------------
+# The low-precision multiply on its own (tests, micro-benchmarks).
+
+def lowp_gemm(PackedWeights w not None, a, c, Py_ssize_t col0=0, Py_ssize_t n_cols=-1):
+    """``c[:, :n_cols] += a @ W[col0 : col0 + n_cols].T`` for W packed in a low-precision
+    format; a (n, n_in) and c (n, >= n_cols) float32, C-contiguous; col0 a multiple of
+    the panel width; n_cols defaults to the rest of W. Returns c."""
+    check(w.lowp != 0, "lowp_gemm weights format")
+    if n_cols < 0:
+        n_cols = w.n_out - col0
+    check(0 <= col0 and col0 % CLSTM_LOWP_NR == 0 and col0 + n_cols <= w.n_out,
+          "lowp_gemm columns")
+    cdef const float* pa = <const float*>operand(a, cnp.NPY_FLOAT, -1, w.n_in, "a", False, False)
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>a)[0]
+    check(cnp.PyArray_Check(c) and cnp.PyArray_NDIM(<cnp.ndarray>c) == 2, "c")
+    cdef Py_ssize_t ldc = cnp.PyArray_DIMS(<cnp.ndarray>c)[1]
+    cdef float* pc = <float*>operand(c, cnp.NPY_FLOAT, n, ldc, "c", False, True)
+    check(ldc >= n_cols, "c")
+    with nogil:
+        lowp_gemm_c(n, n_cols, pa, w.n_in, w.ptr, col0, pc, ldc)
+    return c
+
+
+def lowp_kernel():
+    """The low-precision kernel this process runs ("vnni512", "v4", "avxvnni", "v3" or
+    "base"; CLSTM_ISA chooses a lower one, csrc/lowp.h)."""
+    return clstm_lowp_kernel_name().decode()

@@ -1,0 +1,492 @@
+/* Low-precision packed GEMM for inference: int8 and bfloat16 weights, float32 in and out.
+
+   C[n, cols] += A[n, K] @ W[col0 : col0 + cols].T, A and C float32, W packed once.
+
+   Why: at the large sizes the float32 step is at the machine's multiply-add ceiling, and at
+   B = 1 it is bound by reading w_hh from cache. `vpdpbusd` (AVX512_VNNI) does four u8 x s8
+   multiply-adds per 32-bit lane and `vdpbf16ps` (AVX512_BF16) two bf16 ones, where an fp32
+   FMA does one; and int8 weights are a quarter of the bytes.
+
+   int8 ("int8"): each weight row c (an output column of C) is quantised symmetrically,
+   q_w = rint(w / s_w[c]) in [-127, 127], s_w[c] = max|w[c, :]| / 127. Each row i of A is
+   quantised dynamically per call (asymmetric, so x_t of any sign uses all 256 levels):
+   s_a = (hi - lo) / 255 with lo = min(0, min a), hi = max(0, max a), zero point
+   z = rint(-lo / s_a), q_a = clamp(rint(a / s_a) + z, 0, 255), so a ~ s_a (q_a - z). Then
+
+       C[i, c] += (float)(sum_k q_a[i, k] q_w[c, k] - z_i * colsum[c]) * (s_a[i] * s_w[c])
+
+   with colsum[c] = sum_k q_w[c, k] computed at packing. The integer sum is exact: u8 x s8
+   products summed in int32 lanes (|term| <= 255 * 127, exact for K < 66000), never the
+   int16 pairs of `vpmaddubsw`, which saturate on full-range values. The float epilogue is
+   written without contraction into FMAs (fp-contract off below), so every kernel gives the
+   same bits, and a NumPy emulation in float32 gives them too.
+
+   bfloat16 ("bfloat16"): weights and each A row rounded to bfloat16 (nearest even), products
+   accumulated in float32 in `vdpbf16ps`'s order: per 32-bit lane, the odd k of the pair
+   first, then the even one (a bf16 x bf16 product is exact in float32, so each is one
+   rounding). KS accumulator sets take turns over the pairs as in pgemm.h, the same KS for
+   every tile height, so a row's result does not depend on its tile or thread.
+
+   Packed layout (both formats): panel jb holds output columns [jb*NR, (jb+1)*NR), NR = 64,
+   as groups of KQ consecutive k (KQ = 4 int8, 2 bf16: one 32-bit lane), so that one vector
+   load gives 16 columns x KQ k:
+
+       Wp[((jb * Kg + g) * NR + c) * KQ + q] = W[jb*NR + c, g*KQ + q]   (zero past N or K)
+
+   Kg = ceil(K / KQ). Scales and column sums are stored for the padded column count.
+
+   Kernels: one per instruction set, chosen at run time (`clstm_lowp_kernel`) consistently
+   with pgemm.h's `clstm_isa_level` and CLSTM_ISA: AVX512_VNNI / AVX512_BF16 where present,
+   AVX_VNNI (256-bit vpdpbusd) for int8 on CPUs with it and AVX2, and portable fallbacks
+   (vector extensions at the x86-64-v4, -v3 and baseline levels, int8 widened to int32
+   multiplies, bf16 widened to float32 FMAs: slower, the same bits). CLSTM_ISA=v4 forces
+   the AVX-512 fallback (no VNNI/BF16), =avxvnni the 256-bit VNNI kernel (if the CPU has it),
+   =v3 AVX2 and =base the baseline. */
+#ifndef CLSTM_LOWP_H
+#define CLSTM_LOWP_H
+
+#include <math.h>
+#include "config.h"
+#include "pgemm.h"
+
+#if CLSTM_ISA_KERNELS && !defined(__clang__)
+#include <immintrin.h>
+#endif
+
+enum {
+    CLSTM_LOWP_INT8 = 1,
+    CLSTM_LOWP_BF16 = 2,
+    CLSTM_LOWP_NR = 64,        /* output columns per panel */
+    CLSTM_LOWP_ROW_BYTES = 32768 /* quantised rows of A kept on the stack per row block */
+};
+
+typedef struct {
+    int format;          /* CLSTM_LOWP_INT8 or CLSTM_LOWP_BF16 */
+    Py_ssize_t N, K;     /* W is (N, K) */
+    const void* panels;  /* int8_t (int8) or uint16_t (bf16), the layout above */
+    const float* scale;  /* int8: s_w per padded column */
+    const int32_t* colsum;  /* int8: sum_k q_w per padded column */
+} clstm_lowp_weights;
+
+/* k values per 32-bit lane, padded sizes, bytes of the panels */
+static inline Py_ssize_t clstm_lowp_kq(int format) { return format == CLSTM_LOWP_INT8 ? 4 : 2; }
+static inline Py_ssize_t clstm_lowp_groups(int format, Py_ssize_t K) {
+    return (K + clstm_lowp_kq(format) - 1) / clstm_lowp_kq(format);
+}
+static inline Py_ssize_t clstm_lowp_padded_n(Py_ssize_t N) {
+    return (N + CLSTM_LOWP_NR - 1) / CLSTM_LOWP_NR * CLSTM_LOWP_NR;
+}
+static Py_ssize_t clstm_lowp_panel_bytes(int format, Py_ssize_t N, Py_ssize_t K) {
+    return clstm_lowp_padded_n(N) * clstm_lowp_groups(format, K) * 4;
+}
+
+/* Round-to-nearest-even float32 -> bfloat16 bits (NaN stays a quiet NaN). */
+static inline uint16_t clstm_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* rint(x) clamped to [lo, hi], as an int; NaN gives lo (never undefined conversion). */
+static inline int clstm_clamp_rint(float x, float lo, float hi) {
+    float r = nearbyintf(x);
+    r = r > lo ? r : lo;  /* NaN compares false: lo */
+    r = r < hi ? r : hi;
+    return (int)r;
+}
+
+/* Quantise and pack W (N, K) row-major float32. int8: scale, colsum (padded N each). */
+static void clstm_lowp_pack(int format, const float* W, Py_ssize_t N, Py_ssize_t K,
+                            void* panels, float* scale, int32_t* colsum) {
+    const Py_ssize_t NR = CLSTM_LOWP_NR, KQ = clstm_lowp_kq(format);
+    const Py_ssize_t Kg = clstm_lowp_groups(format, K), Np = clstm_lowp_padded_n(N);
+    Py_ssize_t c, k, g, q, jb;
+    memset(panels, 0, clstm_lowp_panel_bytes(format, N, K));
+    for (c = 0; c < Np; c++) {
+        const float* w = W + c * K;
+        float s = 0, amax = 0;
+        int32_t sum = 0;
+        jb = c / NR;
+        if (format == CLSTM_LOWP_INT8) {
+            if (c < N)
+                for (k = 0; k < K; k++)
+                    amax = fabsf(w[k]) > amax ? fabsf(w[k]) : amax;
+            s = amax / 127.0f;
+            scale[c] = s;
+        }
+        if (c >= N) {
+            if (format == CLSTM_LOWP_INT8)
+                colsum[c] = 0;
+            continue;
+        }
+        for (g = 0; g < Kg; g++)
+            for (q = 0; q < KQ && g * KQ + q < K; q++) {
+                Py_ssize_t at = ((jb * Kg + g) * NR + c % NR) * KQ + q;
+                k = g * KQ + q;
+                if (format == CLSTM_LOWP_INT8) {
+                    int v = s > 0 ? clstm_clamp_rint(w[k] / s, -127.0f, 127.0f) : 0;
+                    ((int8_t*)panels)[at] = (int8_t)v;
+                    sum += v;
+                } else {
+                    ((uint16_t*)panels)[at] = clstm_to_bf16(w[k]);
+                }
+            }
+        if (format == CLSTM_LOWP_INT8)
+            colsum[c] = sum;
+    }
+}
+
+/* Quantise rows [0, n) of A (n, K) for the int8 kernel: qa (n, Kg*4) u8 (the padding
+   takes the zero point: it meets zero weights), sa[i], za[i]. */
+static void clstm_lowp_quantize_u8(Py_ssize_t n, Py_ssize_t K, const float* A,
+                                   Py_ssize_t lda, uint8_t* qa, Py_ssize_t ldq, float* sa,
+                                   int32_t* za) {
+    Py_ssize_t i, k;
+    for (i = 0; i < n; i++) {
+        const float* a = A + i * lda;
+        float lo = 0, hi = 0, s, zf;
+        int z;
+        for (k = 0; k < K; k++) {
+            lo = a[k] < lo ? a[k] : lo;
+            hi = a[k] > hi ? a[k] : hi;
+        }
+        s = (hi - lo) / 255.0f;
+        if (!(s > 0) || s > 3.0e38f)  /* all zero (or not finite): any scale is exact */
+            s = 1.0f;
+        z = clstm_clamp_rint(-lo / s, 0.0f, 255.0f);
+        zf = (float)z;
+        for (k = 0; k < K; k++)
+            qa[i * ldq + k] = (uint8_t)clstm_clamp_rint(a[k] / s + zf, 0.0f, 255.0f);
+        for (; k < ldq; k++)
+            qa[i * ldq + k] = (uint8_t)z;
+        sa[i] = s;
+        za[i] = z;
+    }
+}
+
+/* Round rows [0, n) of A to bfloat16: qa (n, Kg*2), padded with zeros. */
+static void clstm_lowp_quantize_bf16(Py_ssize_t n, Py_ssize_t K, const float* A,
+                                     Py_ssize_t lda, uint16_t* qa, Py_ssize_t ldq) {
+    Py_ssize_t i, k;
+    for (i = 0; i < n; i++) {
+        for (k = 0; k < K; k++)
+            qa[i * ldq + k] = clstm_to_bf16(A[i * lda + k]);
+        for (; k < ldq; k++)
+            qa[i * ldq + k] = 0;
+    }
+}
+
+/* The multiply-add of one 32-bit lane group: acc (VB bytes of int32 or float lanes) +=
+   the KQ products of a (one 32-bit lane of A, broadcast) with w (VB bytes of W lanes).
+   Portable forms widen each byte/half to 32 bits (exact); the instruction forms are the
+   same arithmetic in one instruction. */
+#define CLSTM_DOT_I8_PORTABLE(VI, acc, a32, w)                                          \
+    do {                                                                                \
+        VI w32_ = (VI)(w);                                                              \
+        acc += (int32_t)((a32) & 0xff) * ((w32_ << 24) >> 24)                           \
+             + (int32_t)(((a32) >> 8) & 0xff) * ((w32_ << 16) >> 24)                    \
+             + (int32_t)(((a32) >> 16) & 0xff) * ((w32_ << 8) >> 24)                    \
+             + (int32_t)((a32) >> 24) * (w32_ >> 24);                                   \
+    } while (0)
+#define CLSTM_DOT_I8_VNNI512(VI, acc, a32, w)                                           \
+    acc = (VI)_mm512_dpbusd_epi32((__m512i)acc, _mm512_set1_epi32((int)(a32)), (__m512i)(w))
+#define CLSTM_DOT_I8_AVXVNNI(VI, acc, a32, w)                                           \
+    acc = (VI)_mm256_dpbusd_avx_epi32((__m256i)acc, _mm256_set1_epi32((int)(a32)),      \
+                                      (__m256i)(w))
+
+/* bf16 pair: odd k first, then even (vdpbf16ps's order). A bf16 as float is its bits
+   shifted up 16; the products are exact, so the portable FMA or multiply-add agree. */
+#define CLSTM_DOT_BF16_PORTABLE(VF, VI, acc, a32, w)                                    \
+    do {                                                                                \
+        VI w32_ = (VI)(w);                                                              \
+        VI w_hi_ = w32_ & (int32_t)0xffff0000u, w_lo_ = w32_ << 16;                    \
+        uint32_t a_hi_bits_ = (a32) & 0xffff0000u, a_lo_bits_ = (a32) << 16;           \
+        float a_hi_, a_lo_;                                                             \
+        memcpy(&a_hi_, &a_hi_bits_, 4);                                                 \
+        memcpy(&a_lo_, &a_lo_bits_, 4);                                                 \
+        acc = acc + a_hi_ * (VF)w_hi_;                                                  \
+        acc = acc + a_lo_ * (VF)w_lo_;                                                  \
+    } while (0)
+#define CLSTM_DOT_BF16_512(VF, VI, acc, a32, w)                                         \
+    acc = (VF)_mm512_dpbf16_ps((__m512)acc, (__m512bh)_mm512_set1_epi32((int)(a32)),    \
+                               (__m512bh)(w))
+
+/* A tile of constant height H (a literal, so its accumulators stay in registers) at row i
+   of the block, the tail of a block as one tile (as pgemm.h). */
+#define CLSTM_LOWP_TILE_I8(SFX, H) clstm_lowp_tile_i8_##SFX(H, Kg, qi, ldq, sa + i, za + i, \
+    panel, W->scale + col, W->colsum + col, Cj + i * ldc, ldc, nc)
+#define CLSTM_LOWP_TILE_BF16(SFX, H) clstm_lowp_tile_bf16_##SFX(H, Kg, qi, ldq, panel,      \
+    Cj + i * ldc, ldc, nc)
+#define CLSTM_LOWP_BY_HEIGHT(MR, m, TILE, SFX)                                          \
+    if (m == MR) TILE(SFX, MR);                                                         \
+    else if (MR > 5 && m == 5) TILE(SFX, 5);                                            \
+    else if (MR > 4 && m == 4) TILE(SFX, 4);                                            \
+    else if (MR > 3 && m == 3) TILE(SFX, 3);                                            \
+    else if (MR > 2 && m == 2) TILE(SFX, 2);                                            \
+    else TILE(SFX, 1);
+
+/* One kernel per instruction set: SFX names it, VB is its vector width in bytes, MR its
+   tile height, KS its accumulator sets (see pgemm.h). NV = NR * 4 / VB vectors per panel
+   row group. Rows of A arrive quantised: qa (n, ldq) as 32-bit lanes. */
+#define CLSTM_DEFINE_LOWP_KERNEL(SFX, VB, MR, KS, DOT_I8, DOT_BF16)                     \
+typedef int32_t clstm_lvi_##SFX __attribute__((vector_size(VB)));                       \
+typedef int32_t clstm_lvu_##SFX __attribute__((vector_size(VB), aligned(4)));           \
+typedef float clstm_lvf_##SFX __attribute__((vector_size(VB)));                         \
+typedef float clstm_lvfu_##SFX __attribute__((vector_size(VB), aligned(4)));            \
+                                                                                        \
+static inline __attribute__((always_inline)) void clstm_lowp_tile_i8_##SFX(             \
+        const int mr, Py_ssize_t Kg, const uint32_t* qa, Py_ssize_t ldq,                \
+        const float* sa, const int32_t* za, const int32_t* panel, const float* sw,      \
+        const int32_t* colsum, float* C, Py_ssize_t ldc, Py_ssize_t ncols) {            \
+    enum { NR = CLSTM_LOWP_NR, V = VB / 4, NV = NR / V };                              \
+    clstm_lvi_##SFX acc[KS][8][NV], w[NV];                                             \
+    float out[NR];                                                                      \
+    Py_ssize_t g, c;                                                                    \
+    int i, s, q;                                                                        \
+    for (s = 0; s < KS; s++)                                                            \
+        for (i = 0; i < mr; i++)                                                        \
+            for (q = 0; q < NV; q++)                                                    \
+                acc[s][i][q] = (clstm_lvi_##SFX){0};                                    \
+    for (g = 0; g + KS <= Kg; g += KS)                                                  \
+        for (s = 0; s < KS; s++) {                                                      \
+            for (q = 0; q < NV; q++)                                                    \
+                w[q] = *(const clstm_lvu_##SFX*)(panel + (g + s) * NR + q * V);         \
+            for (i = 0; i < mr; i++) {                                                  \
+                uint32_t a = qa[i * ldq + g + s];                                       \
+                for (q = 0; q < NV; q++)                                                \
+                    DOT_I8(clstm_lvi_##SFX, acc[s][i][q], a, w[q]);                     \
+            }                                                                           \
+        }                                                                               \
+    for (; g < Kg; g++) {                                                               \
+        for (q = 0; q < NV; q++)                                                        \
+            w[q] = *(const clstm_lvu_##SFX*)(panel + g * NR + q * V);                   \
+        for (i = 0; i < mr; i++) {                                                      \
+            uint32_t a = qa[i * ldq + g];                                               \
+            for (q = 0; q < NV; q++)                                                    \
+                DOT_I8(clstm_lvi_##SFX, acc[0][i][q], a, w[q]);                         \
+        }                                                                               \
+    }                                                                                   \
+    for (s = 1; s < KS; s++)                                                            \
+        for (i = 0; i < mr; i++)                                                        \
+            for (q = 0; q < NV; q++)                                                    \
+                acc[0][i][q] += acc[s][i][q];                                           \
+    for (i = 0; i < mr; i++) {                                                          \
+        for (q = 0; q < NV; q++) {                                                      \
+            clstm_lvi_##SFX cs = *(const clstm_lvu_##SFX*)(colsum + q * V);             \
+            clstm_lvf_##SFX scl = sa[i] * *(const clstm_lvfu_##SFX*)(sw + q * V);       \
+            clstm_lvf_##SFX v = __builtin_convertvector(acc[0][i][q] - za[i] * cs,      \
+                                                        clstm_lvf_##SFX) * scl;         \
+            if (ncols == NR)                                                            \
+                *(clstm_lvfu_##SFX*)(C + i * ldc + q * V) += v;                         \
+            else                                                                        \
+                memcpy(out + q * V, &v, VB);                                            \
+        }                                                                               \
+        if (ncols != NR)                                                                \
+            for (c = 0; c < ncols; c++)                                                 \
+                C[i * ldc + c] += out[c];                                               \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+static inline __attribute__((always_inline)) void clstm_lowp_tile_bf16_##SFX(           \
+        const int mr, Py_ssize_t Kg, const uint32_t* qa, Py_ssize_t ldq,                \
+        const int32_t* panel, float* C, Py_ssize_t ldc, Py_ssize_t ncols) {             \
+    enum { NR = CLSTM_LOWP_NR, V = VB / 4, NV = NR / V };                              \
+    clstm_lvf_##SFX acc[KS][8][NV];                                                    \
+    clstm_lvi_##SFX w[NV];                                                              \
+    float out[NR];                                                                      \
+    Py_ssize_t g, c;                                                                    \
+    int i, s, q;                                                                        \
+    for (s = 0; s < KS; s++)                                                            \
+        for (i = 0; i < mr; i++)                                                        \
+            for (q = 0; q < NV; q++)                                                    \
+                acc[s][i][q] = (clstm_lvf_##SFX){0};                                    \
+    for (g = 0; g + KS <= Kg; g += KS)                                                  \
+        for (s = 0; s < KS; s++) {                                                      \
+            for (q = 0; q < NV; q++)                                                    \
+                w[q] = *(const clstm_lvu_##SFX*)(panel + (g + s) * NR + q * V);         \
+            for (i = 0; i < mr; i++) {                                                  \
+                uint32_t a = qa[i * ldq + g + s];                                       \
+                for (q = 0; q < NV; q++)                                                \
+                    DOT_BF16(clstm_lvf_##SFX, clstm_lvi_##SFX, acc[s][i][q], a, w[q]);  \
+            }                                                                           \
+        }                                                                               \
+    for (; g < Kg; g++) {                                                               \
+        for (q = 0; q < NV; q++)                                                        \
+            w[q] = *(const clstm_lvu_##SFX*)(panel + g * NR + q * V);                   \
+        for (i = 0; i < mr; i++) {                                                      \
+            uint32_t a = qa[i * ldq + g];                                               \
+            for (q = 0; q < NV; q++)                                                    \
+                DOT_BF16(clstm_lvf_##SFX, clstm_lvi_##SFX, acc[0][i][q], a, w[q]);      \
+        }                                                                               \
+    }                                                                                   \
+    for (s = 1; s < KS; s++)                                                            \
+        for (i = 0; i < mr; i++)                                                        \
+            for (q = 0; q < NV; q++)                                                    \
+                acc[0][i][q] += acc[s][i][q];                                           \
+    for (i = 0; i < mr; i++) {                                                          \
+        if (ncols == NR) {                                                              \
+            for (q = 0; q < NV; q++)                                                    \
+                *(clstm_lvfu_##SFX*)(C + i * ldc + q * V) += acc[0][i][q];              \
+        } else {                                                                        \
+            memcpy(out, &acc[0][i][0], sizeof(out));                                    \
+            for (c = 0; c < ncols; c++)                                                 \
+                C[i * ldc + c] += out[c];                                               \
+        }                                                                               \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+/* Rows [0, n) of quantised A against panels [jb0, jb1): tiles of MR rows, then the     \
+   tail as one constant-height tile (registers, as pgemm.h). */                        \
+static void clstm_lowp_block_##SFX(const clstm_lowp_weights* W, Py_ssize_t n,           \
+        Py_ssize_t col0, Py_ssize_t ncols_all, const uint32_t* qa, Py_ssize_t ldq,      \
+        const float* sa, const int32_t* za, float* C, Py_ssize_t ldc) {                 \
+    const Py_ssize_t NR = CLSTM_LOWP_NR, Kg = ldq;                                      \
+    const int i8 = W->format == CLSTM_LOWP_INT8;                                        \
+    Py_ssize_t j, i, nc;                                                                \
+    for (j = 0; j < ncols_all; j += NR) {                                               \
+        Py_ssize_t col = col0 + j;                                                      \
+        const int32_t* panel = (const int32_t*)W->panels + (col / NR) * Kg * NR;        \
+        float* Cj = C + j;                                                              \
+        nc = ncols_all - j < NR ? ncols_all - j : NR;                                   \
+        for (i = 0; i < n; i += MR) {                                                   \
+            Py_ssize_t m = n - i < MR ? n - i : MR;                                     \
+            const uint32_t* qi = qa + i * ldq;                                          \
+            /* constant heights, so each tile keeps its accumulators in registers */    \
+            if (i8) {                                                                   \
+                CLSTM_LOWP_BY_HEIGHT(MR, m, CLSTM_LOWP_TILE_I8, SFX)                    \
+            } else {                                                                    \
+                CLSTM_LOWP_BY_HEIGHT(MR, m, CLSTM_LOWP_TILE_BF16, SFX)                  \
+            }                                                                           \
+        }                                                                               \
+    }                                                                                   \
+}
+
+/* Every kernel is compiled without FMA contraction: the int8 epilogue then gives the same
+   bits everywhere (and the bf16 products are exact, so nothing is lost). */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#if defined(__AVX512F__)
+CLSTM_DEFINE_LOWP_KERNEL(base, 64, 4, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_PORTABLE)
+#elif defined(__AVX2__) || defined(__aarch64__)
+CLSTM_DEFINE_LOWP_KERNEL(base, 32, 2, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_PORTABLE)
+#else
+CLSTM_DEFINE_LOWP_KERNEL(base, 16, 1, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_PORTABLE)
+#endif
+
+#if CLSTM_ISA_KERNELS && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+CLSTM_DEFINE_LOWP_KERNEL(v4, 64, 6, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_PORTABLE)
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4,avx512vnni,avx512bf16")
+CLSTM_DEFINE_LOWP_KERNEL(vnni512, 64, 6, 2, CLSTM_DOT_I8_VNNI512, CLSTM_DOT_BF16_512)
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3,avxvnni")
+CLSTM_DEFINE_LOWP_KERNEL(avxvnni, 32, 1, 2, CLSTM_DOT_I8_AVXVNNI, CLSTM_DOT_BF16_PORTABLE)
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+CLSTM_DEFINE_LOWP_KERNEL(v3, 32, 1, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_PORTABLE)
+#pragma GCC pop_options
+#endif
+#pragma GCC pop_options
+
+enum { CLSTM_LK_BASE = 0, CLSTM_LK_V3 = 1, CLSTM_LK_AVXVNNI = 2, CLSTM_LK_V4 = 3,
+       CLSTM_LK_VNNI512 = 4 };
+
+/* The low-precision kernel for this CPU and CLSTM_ISA (see the top of the file): the
+   level of pgemm.h, refined by the VNNI/BF16 extensions x86-64-v4 does not include.
+   The VNNI512 kernel needs both AVX512_VNNI and AVX512_BF16 (its bf16 half uses the
+   latter); a CPU with only one runs the portable AVX-512 kernel. */
+static int clstm_lowp_kernel(void) {
+#if CLSTM_ISA_KERNELS && !defined(__clang__)
+    static int kernel = -1;  /* a benign race, as clstm_isa_level */
+    const char* forced;
+    int level;
+    if (kernel < 0) {
+        level = clstm_isa_level();
+        forced = getenv("CLSTM_ISA");
+        __builtin_cpu_init();
+        if (level == 2)
+            kernel = (forced == NULL || strcmp(forced, "v4") != 0)
+                     && __builtin_cpu_supports("avx512vnni")
+                     && __builtin_cpu_supports("avx512bf16") ? CLSTM_LK_VNNI512 : CLSTM_LK_V4;
+        else if (level == 1)
+            kernel = CLSTM_LK_V3;
+        else
+            kernel = CLSTM_LK_BASE;
+        if (forced != NULL && strcmp(forced, "avxvnni") == 0
+                && __builtin_cpu_supports("avxvnni") && __builtin_cpu_supports("avx2"))
+            kernel = CLSTM_LK_AVXVNNI;
+    }
+    return kernel;
+#else
+    return CLSTM_LK_BASE;
+#endif
+}
+
+static const char* clstm_lowp_kernel_name(void) {
+    static const char* names[] = {"base", "v3", "avxvnni", "v4", "vnni512"};
+    return names[clstm_lowp_kernel()];
+}
+
+/* C[n, ncols] += A[n, K] @ W[col0 : col0 + ncols].T (col0 a multiple of CLSTM_LOWP_NR).
+   Rows of A are quantised in blocks that fit CLSTM_LOWP_ROW_BYTES on the stack (each
+   block streams the weight panels once); rows of more than that take malloc. Returns -1
+   only if that malloc fails (C then unchanged). */
+static int clstm_lowp_gemm(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
+                           Py_ssize_t ncols, const float* A, Py_ssize_t lda, float* C,
+                           Py_ssize_t ldc) {
+    enum { MAX_ROWS = 64 };
+    uint32_t stack_rows[CLSTM_LOWP_ROW_BYTES / 4];
+    float sa[MAX_ROWS];
+    int32_t za[MAX_ROWS];
+    const Py_ssize_t Kg = clstm_lowp_groups(W->format, W->K);
+    Py_ssize_t rb = CLSTM_LOWP_ROW_BYTES / (Kg * 4), i, m;
+    uint32_t* qa = stack_rows;
+    int kernel = clstm_lowp_kernel();
+    if (n <= 0 || ncols <= 0)
+        return 0;
+    if (rb > MAX_ROWS)
+        rb = MAX_ROWS;
+    if (rb < 1) {
+        rb = 1;
+        qa = (uint32_t*)malloc(Kg * 4);
+        if (qa == NULL)
+            return -1;
+    }
+    for (i = 0; i < n; i += rb) {
+        m = n - i < rb ? n - i : rb;
+        if (W->format == CLSTM_LOWP_INT8)
+            clstm_lowp_quantize_u8(m, W->K, A + i * lda, lda, (uint8_t*)qa, Kg * 4, sa, za);
+        else
+            clstm_lowp_quantize_bf16(m, W->K, A + i * lda, lda, (uint16_t*)qa, Kg * 2);
+        switch (kernel) {
+#if CLSTM_ISA_KERNELS && !defined(__clang__)
+        case CLSTM_LK_VNNI512:
+            clstm_lowp_block_vnni512(W, m, col0, ncols, qa, Kg, sa, za, C + i * ldc, ldc);
+            break;
+        case CLSTM_LK_V4:
+            clstm_lowp_block_v4(W, m, col0, ncols, qa, Kg, sa, za, C + i * ldc, ldc);
+            break;
+        case CLSTM_LK_AVXVNNI:
+            clstm_lowp_block_avxvnni(W, m, col0, ncols, qa, Kg, sa, za, C + i * ldc, ldc);
+            break;
+        case CLSTM_LK_V3:
+            clstm_lowp_block_v3(W, m, col0, ncols, qa, Kg, sa, za, C + i * ldc, ldc);
+            break;
+#endif
+        default:
+            clstm_lowp_block_base(W, m, col0, ncols, qa, Kg, sa, za, C + i * ldc, ldc);
+        }
+    }
+    if (qa != stack_rows)
+        free(qa);
+    return 0;
+}
+
+#endif /* CLSTM_LOWP_H */
