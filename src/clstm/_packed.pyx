@@ -269,7 +269,7 @@ cdef void step(const clstm_cell* cell, bint packed, Py_ssize_t B, Py_ssize_t I, 
         matmul(<blas_int>B, <blas_int>G, <blas_int>H, h0, <blas_int>H, w_hh, <blas_int>H,
                True, <floating>1, gates, <blas_int>G)
         blas_threads(blas_saved)
-    cell_forward(cell, B, H, 0, H, gates, b, c0, c1, h1)
+    cell_forward(cell, B, H, 0, H, gates, <const floating*>NULL, b, NULL, c0, c1, h1)
 
 
 cdef tuple run_step(const clstm_cell* cell, bint packed, int typenum, Py_ssize_t B,

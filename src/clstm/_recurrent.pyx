@@ -4,11 +4,13 @@ a cell description (csrc/cells.h), float32 and float64.
 Notation and layouts (PyTorch's, so weights interoperate):
 
     T steps, B batch rows, I inputs, H hidden units, P outputs (P = H without projection),
-    G = n_gates * H gate columns (LSTM: 4, blocks [i | f | g | o])
+    G = n_gates * H weight rows (LSTM: 4 blocks [i | f | g | o]; GRU: 3, [r | z | n])
+    R = row_blocks * H columns of a gates row (LSTM: G; GRU: 4H, csrc/cells.h)
     w_ih    (G, I)         input weights, gate blocks stacked
     w_hh    (G, P)         recurrent weights, same block order
     w_hr    (P, H)         projection (LSTMP), or None
-    bias    (G,)           b_ih + b_hh (the kernels only ever need the sum)
+    bias    (R,)           in the gates row's block order; b_ih + b_hh wherever the cell
+                           only needs their sum (all of the LSTM's)
 
     LSTM: i, f, o = sigmoid(.), g = tanh(.)  of  x_t @ w_ih.T + h_{t-1} @ w_hh.T + bias
           c_t = f * c_{t-1} + i * g;  r_t = o * tanh(c_t);  h_t = r_t @ w_hr.T (or r_t)
@@ -19,9 +21,10 @@ hold only real steps, step-major: step t occupies rows [offsets[t], offsets[t+1]
 
     x       (N, I)         input;   N = offsets[T] = sum of the lengths
     y       (N, P)         output h_t
-    gates   (N, G)         training cache: activated gates; backward overwrites it in place
+    gates   (N, R)         training cache: activated gates; backward overwrites it in place
                            with dG (pre-activation gradients)
-    cells   (N, H)         training cache: c_t
+    cells   (N, H)         training cache: c_t (a cell whose state is h itself, the GRU,
+                           has none, nor c0/c_n)
     r       (N, H)         training cache with projection: r_t
 
 States h0, h_n (B, P) and c0, c_n (B, H) are in the same sorted row order. Equal lengths
@@ -52,7 +55,8 @@ from libc.string cimport memcpy, memset
 cimport numpy as cnp
 
 from clstm._blas cimport blas_int, matmul
-from clstm._cells cimport cell_backward, cell_forward, clstm_cell, clstm_cell_lstm
+from clstm._cells cimport (cell_backward, cell_forward, clstm_cell, clstm_cell_config,
+                           clstm_cell_gru, clstm_cell_lstm)
 from clstm._openmp cimport (CLSTM_OPENMP_ENABLED, clstm_barrier, clstm_current_cpu,
                             clstm_leave_master_cpu, omp_get_num_threads, omp_get_thread_num)
 from clstm._packed cimport PackedWeights, operand
@@ -90,7 +94,7 @@ cdef int raise_error_set() except -1:
     return -1
 
 STRATEGIES = ("serial", "batch", "units")
-CELLS = ("lstm",)
+CELLS = ("lstm", "gru")
 
 cdef enum:
     SERIAL = 0
@@ -101,12 +105,19 @@ cdef enum:
 cdef const clstm_cell* cell_named(str name) except NULL:
     if name == "lstm":
         return &clstm_cell_lstm
+    if name == "gru":
+        return &clstm_cell_gru
     raise ValueError(f"unknown cell {name!r}; known: {CELLS}")
 
 
 def n_gates(str cell):
-    """Gate blocks of H columns per row for ``cell``."""
+    """Weight blocks of H rows (in w_ih and w_hh) for ``cell``."""
     return cell_named(cell).n_gates
+
+
+def row_blocks(str cell):
+    """Blocks of H columns per gates row (and in the bias) for ``cell``."""
+    return cell_named(cell).row_blocks
 
 
 def dG_t_length(Py_ssize_t N, int n_threads):
@@ -204,68 +215,90 @@ cdef class Layer:
     Parameters
     ----------
     cell : str
-        The cell ("lstm").
+        The cell (`CELLS`).
     w_ih_packed, w_hh_packed : PackedWeights
         w_ih (G, I) and w_hh (G, P) packed; with ``w_ih``/``w_hh`` given they are packed
         from those at the start of every forward (a live model's weights may change in
         place between calls), otherwise they are used as they are (a frozen model).
-    bias : ndarray (G,)
-        b_ih + b_hh.
+    bias : ndarray (R,)
+        The bias in the gates row's block order (LSTM: b_ih + b_hh).
     w_hr : ndarray (P, H) or None
-        The projection.
+        The projection (cells with a state of their own only).
     w_ih, w_hh : ndarray or None
         The unpacked weights (training needs them for backward).
+    extra : ndarray or None
+        The cell's extra per-unit weights (n_extra blocks of H, e.g. peepholes), if it has.
+    options : tuple of two ints
+        The cell's options (0: its defaults), handed to its row functions.
     """
     cdef readonly PackedWeights w_ih_packed, w_hh_packed
-    cdef readonly object bias, w_hr, w_ih, w_hh
+    cdef readonly object bias, w_hr, w_ih, w_hh, extra
     cdef readonly str cell
     cdef readonly Py_ssize_t n_input, n_hidden, n_out
     cdef readonly int typenum
     cdef const clstm_cell* spec
+    cdef clstm_cell_config cfg
     cdef const void* p_bias
     cdef const void* p_w_hr
     cdef const void* p_w_ih
     cdef const void* p_w_hh
 
     def __init__(self, str cell, PackedWeights w_ih_packed not None,
-                 PackedWeights w_hh_packed not None, bias, w_hr=None, w_ih=None, w_hh=None):
+                 PackedWeights w_hh_packed not None, bias, w_hr=None, w_ih=None, w_hh=None,
+                 extra=None, tuple options=(0, 0)):
         cdef const clstm_cell* spec = cell_named(cell)
         cdef Py_ssize_t G = w_hh_packed.n_out, P = w_hh_packed.n_in, I = w_ih_packed.n_in
         cdef Py_ssize_t H = G // spec.n_gates
         cdef int typenum = w_ih_packed.typenum
         self.spec, self.cell, self.typenum = spec, cell, typenum
         check(G == H * spec.n_gates and w_ih_packed.n_out == G
-              and w_hh_packed.typenum == typenum and (w_hr is not None or P == H), "weights")
-        self.p_bias = operand(bias, typenum, G, -1, "bias", False, False)
+              and w_hh_packed.typenum == typenum and (w_hr is not None or P == H)
+              and not (spec.state_is_output and w_hr is not None), "weights")
+        self.p_bias = operand(bias, typenum, spec.row_blocks * H, -1, "bias", False, False)
         self.p_w_hr = operand(w_hr, typenum, P, H, "w_hr", True, False)
         self.p_w_ih = operand(w_ih, typenum, G, I, "w_ih", True, False)
         self.p_w_hh = operand(w_hh, typenum, G, P, "w_hh", True, False)
         check((w_ih is None) == (w_hh is None), "unpacked weights")
+        self.cfg.extra = operand(extra, typenum, spec.n_extra, H, "extra cell weights",
+                                 spec.n_extra == 0, False)
+        check(len(options) == 2, "cell options")
+        self.cfg.options[0], self.cfg.options[1] = options
         self.w_ih_packed, self.w_hh_packed = w_ih_packed, w_hh_packed
         self.bias, self.w_hr, self.w_ih, self.w_hh = bias, w_hr, w_ih, w_hh
+        self.extra = extra
         self.n_input, self.n_hidden, self.n_out = I, H, P
 
+    @property
+    def options(self):
+        return (self.cfg.options[0], self.cfg.options[1])
+
     def __reduce__(self):
-        return (_restore_layer, (self.cell, self.w_ih_packed, self.w_hh_packed, self.bias,
-                                 self.w_hr, self.w_ih, self.w_hh))
+        return (_restore_layer, (self.cell, self.w_ih_packed, self.w_hh_packed, self.options,
+                                 self.bias, self.w_hr, self.w_ih, self.w_hh, self.extra))
 
 
-def _restore_layer(cell, w_ih_packed, w_hh_packed, *arrays):
+def _restore_layer(cell, w_ih_packed, w_hh_packed, options, *arrays):
     """Unpickle a Layer: its arrays may arrive unaligned (pickle protocol 5 buffers)."""
-    return Layer(cell, w_ih_packed, w_hh_packed, *(kernel_ready(a) for a in arrays))
+    return Layer(cell, w_ih_packed, w_hh_packed, *(kernel_ready(a) for a in arrays),
+                 options=options)
 
 
 cdef class LayerIO:
     """A forward call's arrays: x (N, I), h0 (B, P), c0 (B, H) in; y (N, P), h_n (B, P),
-    c_n (B, H) out. Training: gates (N, G), cells (N, H) and with projection r (N, H) are
-    filled for backward. Inference (cells None): gates is a (rows, G) workspace with rows
-    >= the rows of one step, and the input projection is hoisted as many steps at a time
-    as fit; r is a (B, H) workspace with projection."""
-    cdef readonly object x, h0, c0, y, h_n, c_n, gates, cells, r
+    c_n (B, H) out (c0, c_n None for a cell without a state of its own). Training (train
+    true; default: cells given): gates (N, R), cells (N, H) (stateful cells) and with
+    projection r (N, H) are filled for backward. Inference: gates is a (rows, R) workspace
+    with rows >= the rows of one step, and the input projection is hoisted as many steps
+    at a time as fit; r is a (B, H) workspace with projection. hg (B, G): the recurrent
+    product's workspace of a cell that keeps it separate (else None)."""
+    cdef readonly object x, h0, c0, y, h_n, c_n, gates, cells, r, hg
+    cdef readonly bint train
 
-    def __init__(self, x, h0, c0, y, h_n, c_n, gates, cells=None, r=None):
+    def __init__(self, x, h0, c0, y, h_n, c_n, gates, cells=None, r=None, hg=None,
+                 train=None):
         self.x, self.h0, self.c0, self.y, self.h_n, self.c_n = x, h0, c0, y, h_n, c_n
-        self.gates, self.cells, self.r = gates, cells, r
+        self.gates, self.cells, self.r, self.hg = gates, cells, r, hg
+        self.train = cells is not None if train is None else train
 
 
 cdef class Grads:
@@ -299,7 +332,7 @@ cdef class BackwardWork:
 # A call, as the nogil code sees it.
 
 cdef struct Dims:
-    Py_ssize_t T, B, n_in, H, P, N, G  # (I is a macro of complex.h)
+    Py_ssize_t T, B, n_in, H, P, N, G, R  # (I is a macro of complex.h)
     Py_ssize_t cap         # rows of the gates array
     bint train
 
@@ -315,9 +348,12 @@ cdef struct Ptrs:
     void* cells
     void* r
     void* w_ih_p
+    void* w_ih
     void* w_hh_p
     void* bias
     void* w_hr
+    void* hg
+    const clstm_cell_config* cfg
     # backward
     void* dy
     void* dh
@@ -368,9 +404,12 @@ cdef void forward_slice(floating* gates, const Dims* d, const Ptrs* p, const Spl
     gates holds the input projection of packed rows [gates_row0, ...) and is activated in
     place. Training: cells and r are (N, H) caches written at each step's rows; inference:
     c_n is the running (B, H) cell state (initialised from c0) and r a (B, H) scratch. r is
-    unused without projection: r_t is y's row itself.
+    unused without projection: r_t is y's row itself. A cell whose state is h itself gets
+    h_{t-1} as its previous state; one that keeps the recurrent product apart gets it in
+    hg's rows [b0, b1).
     """
-    cdef Py_ssize_t B = d.B, H = d.H, P = d.P, G = d.G, t, n, row, q
+    cdef Py_ssize_t B = d.B, H = d.H, P = d.P, G = d.G, R = d.R, t, n, row, q, i
+    cdef bint stateless = cell.state_is_output, separate = cell.separate_recurrent
     cdef const Py_ssize_t* off = s.offsets
     cdef const floating* y = <const floating*>p.y
     cdef const floating* w_hh_p = <const floating*>p.w_hh_p
@@ -382,6 +421,8 @@ cdef void forward_slice(floating* gates, const Dims* d, const Ptrs* p, const Spl
     cdef floating* c_out
     cdef floating* r_t
     cdef floating* g_t
+    cdef floating* hg_t = (<floating*>p.hg) + b0 * G if separate else NULL
+    cdef floating* product
     for t in range(t_begin, t_end):
         n = min(b1, step_row(off, B, t + 1) - step_row(off, B, t)) - b0
         if n <= 0:
@@ -389,7 +430,9 @@ cdef void forward_slice(floating* gates, const Dims* d, const Ptrs* p, const Spl
         row = step_row(off, B, t) + b0
         h_prev = ((<const floating*>p.h0) + b0 * P if t == 0
                   else y + (step_row(off, B, t - 1) + b0) * P)
-        if d.train:
+        if stateless:
+            c_prev, c_out = h_prev, NULL
+        elif d.train:
             c_prev = ((<const floating*>p.c0) + b0 * H if t == 0
                       else cells + (step_row(off, B, t - 1) + b0) * H)
             c_out = cells + row * H
@@ -400,13 +443,22 @@ cdef void forward_slice(floating* gates, const Dims* d, const Ptrs* p, const Spl
             r_t = (<floating*>p.y) + row * P
         else:
             r_t = (r + row * H) if d.train else (r + b0 * H)
-        g_t = gates + (row - gates_row0) * G
+        g_t = gates + (row - gates_row0) * R
+        # h_{t-1} @ w_hh.T: added to the input projection, or into hg for the cell to add
+        product = g_t
+        if separate:
+            product = hg_t
+            for i in range(n):
+                for q in range(cell.n_gates):
+                    memset(hg_t + i * G + q * H + j0, 0, (j1 - j0) * sizeof(floating))
         if j0 == 0 and j1 == H:
-            pgemm(n, G, P, h_prev, P, w_hh_p, g_t, G)
+            pgemm(n, G, P, h_prev, P, w_hh_p, product, R if product == g_t else G)
         else:
             for q in range(cell.n_gates):  # the [j0, j1) columns of each gate block
-                pgemm(n, j1 - j0, P, h_prev, P, w_hh_p + (q * H + j0) * P, g_t + q * H + j0, G)
-        cell_forward(cell, n, H, j0, j1, g_t, <const floating*>p.bias, c_prev, c_out, r_t)
+                pgemm(n, j1 - j0, P, h_prev, P, w_hh_p + (q * H + j0) * P,
+                      product + q * H + j0, R if product == g_t else G)
+        cell_forward(cell, n, H, j0, j1, g_t, hg_t, <const floating*>p.bias, p.cfg, c_prev,
+                     c_out, r_t)
         if w_hr != NULL:
             matmul(<blas_int>n, <blas_int>P, <blas_int>H, r_t, <blas_int>H, w_hr,
                    <blas_int>H, True, <floating>0, (<floating*>p.y) + row * P, <blas_int>P)
@@ -424,8 +476,10 @@ cdef void backward_slice(floating* gates, const Dims* d, const Ptrs* p, const Sp
 
     Columns [j0, j1) of dh (hidden units, as forward_slice; no projection then): this
     thread's columns of dG_t, and of dh_{t-1} = dG_t @ w_hh, which needs every column of
-    dG_t, so the threads meet at a barrier between the two."""
-    cdef Py_ssize_t B = d.B, H = d.H, P = d.P, G = d.G, t, n, row, k, i
+    dG_t, so the threads meet at a barrier between the two. (dG_t's recurrent side is its
+    first G columns, csrc/cells.h.) A cell whose state is h itself reads h_{t-1} as its
+    previous state and carries the gradient reaching h_{t-1} through the cell in dc."""
+    cdef Py_ssize_t B = d.B, H = d.H, P = d.P, G = d.G, R = d.R, t, n, row, k, i
     cdef const Py_ssize_t* off = s.offsets
     cdef const floating* cells = <const floating*>p.cells
     cdef const floating* dy = <const floating*>p.dy
@@ -436,20 +490,26 @@ cdef void backward_slice(floating* gates, const Dims* d, const Ptrs* p, const Sp
     cdef const floating* c_prev
     cdef floating* dG_t
     cdef floating* dh_t
+    cdef const floating* c_t = NULL
     for t in range(t_end - 1, t_begin - 1, -1):
         n = min(b1, step_row(off, B, t + 1) - step_row(off, B, t)) - b0
         if n <= 0:
             continue  # these rows have not started yet, walking backwards
         row = step_row(off, B, t) + b0
-        dG_t = gates + (row - gates_row0) * G
-        c_prev = ((<const floating*>p.c0) + b0 * H if t == 0
-                  else cells + (step_row(off, B, t - 1) + b0) * H)
+        dG_t = gates + (row - gates_row0) * R
+        if cell.state_is_output:
+            c_prev = ((<const floating*>p.h0) + b0 * P if t == 0
+                      else (<const floating*>p.y) + (step_row(off, B, t - 1) + b0) * P)
+        else:
+            c_prev = ((<const floating*>p.c0) + b0 * H if t == 0
+                      else cells + (step_row(off, B, t - 1) + b0) * H)
+            c_t = cells + row * H
         if w_hr == NULL:
             if dy != NULL:
                 for i in range(n):
                     for k in range(j0, j1):
                         dh[(b0 + i) * P + k] += dy[(row + i) * P + k]
-            cell_backward(cell, n, H, j0, j1, dG_t, c_prev, cells + row * H, dh + b0 * P,
+            cell_backward(cell, n, H, j0, j1, dG_t, p.cfg, c_prev, c_t, dh + b0 * P,
                           dc + b0 * H)
         else:
             dh_t = (<floating*>p.dh_all) + row * P
@@ -460,14 +520,14 @@ cdef void backward_slice(floating* gates, const Dims* d, const Ptrs* p, const Sp
                     dh_t[k] += dy[row * P + k]
             matmul(<blas_int>n, <blas_int>H, <blas_int>P, dh_t, <blas_int>P, w_hr,
                    <blas_int>H, False, <floating>0, dr + b0 * H, <blas_int>H)
-            cell_backward(cell, n, H, 0, H, dG_t, c_prev, cells + row * H, dr + b0 * H,
+            cell_backward(cell, n, H, 0, H, dG_t, p.cfg, c_prev, c_t, dr + b0 * H,
                           dc + b0 * H)
         if barrier:
             clstm_barrier()  # dG_t complete before anyone multiplies it
         for i in range(n):
             memset(dh + (b0 + i) * P + j0, 0, (j1 - j0) * sizeof(floating))
         # dh_{t-1}[:, j0:j1] = dG_t @ w_hh[:, j0:j1]
-        pgemm(n, j1 - j0, G, dG_t, G, (<const floating*>p.w_hh_t) + j0 * G, dh + b0 * P + j0, P)
+        pgemm(n, j1 - j0, G, dG_t, R, (<const floating*>p.w_hh_t) + j0 * G, dh + b0 * P + j0, P)
 
 
 cdef void run_time_loop(floating* gates, const Dims* d, const Ptrs* p, const Split* s,
@@ -510,18 +570,19 @@ cdef void run_time_loop(floating* gates, const Dims* d, const Ptrs* p, const Spl
 
 cdef void final_states(floating* y, const Dims* d, const Ptrs* p, const Split* s) noexcept nogil:
     """Each row's state after its own last step (its initial state if it has no steps).
-    Inference: c_n already holds the running cell state."""
+    Inference: c_n already holds the running cell state (a stateless cell has none)."""
     cdef Py_ssize_t b, last, H = d.H, P = d.P
+    cdef bint copy_c = d.train and p.c_n != NULL
     for b in range(d.B):
         if s.lengths[b] == 0:
             memcpy((<floating*>p.h_n) + b * P, (<floating*>p.h0) + b * P, P * sizeof(floating))
-            if d.train:
+            if copy_c:
                 memcpy((<floating*>p.c_n) + b * H, (<floating*>p.c0) + b * H,
                        H * sizeof(floating))
         else:
             last = step_row(s.offsets, d.B, s.lengths[b] - 1) + b
             memcpy((<floating*>p.h_n) + b * P, y + last * P, P * sizeof(floating))
-            if d.train:
+            if copy_c:
                 memcpy((<floating*>p.c_n) + b * H, (<floating*>p.cells) + last * H,
                        H * sizeof(floating))
 
@@ -533,7 +594,7 @@ cdef bint forward_impl(floating* gates, const Dims* d, const Ptrs* p, const Spli
     flag is process-wide, and a call from another thread must not take it)."""
     cdef Py_ssize_t B = d.B, G = d.G, t0 = 0, t1, row0
     cdef const Py_ssize_t* off = s.offsets
-    if not d.train:
+    if not d.train and p.c_n != NULL:
         memcpy(p.c_n, p.c0, B * d.H * sizeof(floating))
     while t0 < d.T:
         # hoist the input projection of steps [t0, t1): as many as fit in gates
@@ -543,7 +604,7 @@ cdef bint forward_impl(floating* gates, const Dims* d, const Ptrs* p, const Spli
         row0 = 0 if d.train else step_row(off, B, t0)
         par_pgemm(s.n_threads, step_row(off, B, t1) - step_row(off, B, t0), G, d.n_in,
                   (<const floating*>p.x) + step_row(off, B, t0) * d.n_in, d.n_in,
-                  <const floating*>p.w_ih_p, gates + (step_row(off, B, t0) - row0) * G, G)
+                  <const floating*>p.w_ih_p, gates + (step_row(off, B, t0) - row0) * d.R, d.R)
         run_time_loop(gates, d, p, s, cell, False, t0, t1, row0)
         t0 = t1
         if t0 < d.T and watching and interrupted():
@@ -552,23 +613,50 @@ cdef bint forward_impl(floating* gates, const Dims* d, const Ptrs* p, const Spli
     return False
 
 
+cdef inline bint input_side_contiguous(const clstm_cell* cell) noexcept nogil:
+    """The input side's gradient is dG's first G columns (then dx is one packed GEMM)."""
+    cdef int q
+    for q in range(cell.n_gates):
+        if cell.x_block[q] != q:
+            return False
+    return True
+
+
 cdef void backward_impl(floating* dG, const Dims* d, const Ptrs* p, const Split* s,
                         const clstm_cell* cell) noexcept nogil:
-    cdef Py_ssize_t B = d.B, G = d.G, I = d.n_in, P = d.P, N = d.N, t
+    cdef Py_ssize_t B = d.B, G = d.G, R = d.R, H = d.H, I = d.n_in, P = d.P, N = d.N, t, k
     cdef const Py_ssize_t* off = s.offsets
     cdef Py_ssize_t bs0 = step_row(off, B, 1)  # rows running at step 0
     cdef const floating* h_prev = <const floating*>p.y
     cdef floating* rows = <floating*>p.rows
     cdef floating* dG_t = <floating*>p.dG_t
+    cdef floating* dh = <floating*>p.dh
+    cdef int q0, q1
+    cdef bint x_contiguous = input_side_contiguous(cell)
     run_time_loop(dG, d, p, s, cell, True, 0, d.T, 0)
+    if cell.state_is_output:  # dh0: through the recurrent product and through the cell
+        for k in range(B * P):
+            dh[k] += (<const floating*>p.dc)[k]
     # Whole-sequence GEMMs over the N packed rows: dW += dG.T @ rows, with the rows' matrix
     # packed as the right operand (a copy, its rows being K). The recurrent input of step
     # t >= 1 is y's block t-1 cut to the bs[t] rows still running: contiguous only when no
-    # row ends early, otherwise gathered into h_prev first.
+    # row ends early, otherwise gathered into h_prev first. The input side's gradient of
+    # weight blocks [q0, q1) is the run of dG's blocks from x_block[q0] (csrc/cells.h).
     pack(<const floating*>p.x, I, N, True, rows)
-    par_pgemm(s.n_threads, G, I, N, dG, G, rows, <floating*>p.dw_ih, I, dG_t)
+    q0 = 0
+    while q0 < cell.n_gates:
+        q1 = q0 + 1
+        while q1 < cell.n_gates and cell.x_block[q1] == cell.x_block[q1 - 1] + 1:
+            q1 = q1 + 1
+        par_pgemm(s.n_threads, (q1 - q0) * H, I, N, dG + cell.x_block[q0] * H, R, rows,
+                  (<floating*>p.dw_ih) + q0 * H * I, I, dG_t)
+        if not x_contiguous:  # dx += dG[:, run] @ w_ih[run] (on the unpacked weights)
+            par_gemm(s.n_threads, False, False, N, I, (q1 - q0) * H, dG + cell.x_block[q0] * H,
+                     R, (<const floating*>p.w_ih) + q0 * H * I, I,
+                     <floating>(0 if q0 == 0 else 1), <floating*>p.dx, I)
+        q0 = q1
     pack(<const floating*>p.h0, P, bs0, True, rows)
-    par_pgemm(s.n_threads, G, P, bs0, dG, G, rows, <floating*>p.dw_hh, P, dG_t)
+    par_pgemm(s.n_threads, G, P, bs0, dG, R, rows, <floating*>p.dw_hh, P, dG_t)
     if d.T > 1:
         if off != NULL:
             for t in range(1, d.T):
@@ -577,14 +665,15 @@ cdef void backward_impl(floating* dG, const Dims* d, const Ptrs* p, const Split*
                        (step_row(off, B, t + 1) - step_row(off, B, t)) * P * sizeof(floating))
             h_prev = <const floating*>p.h_prev
         pack(h_prev, P, N - bs0, True, rows)
-        par_pgemm(s.n_threads, G, P, N - bs0, dG + bs0 * G, G, rows, <floating*>p.dw_hh, P,
+        par_pgemm(s.n_threads, G, P, N - bs0, dG + bs0 * R, R, rows, <floating*>p.dw_hh, P,
                   dG_t)
     if p.w_hr != NULL:
         par_gemm(s.n_threads, True, False, P, d.H, N, <const floating*>p.dh_all, P,
                  <const floating*>p.r, d.H, <floating>1, <floating*>p.dw_hr, d.H)
-    par_gemm(s.n_threads, True, False, G, 1, N, dG, G, <const floating*>p.ones, 1,
+    par_gemm(s.n_threads, True, False, R, 1, N, dG, R, <const floating*>p.ones, 1,
              <floating>1, <floating*>p.dbias, 1)
-    par_pgemm(s.n_threads, N, I, G, dG, G, <const floating*>p.w_ih_t, <floating*>p.dx, I)
+    if x_contiguous:
+        par_pgemm(s.n_threads, N, I, G, dG, R, <const floating*>p.w_ih_t, <floating*>p.dx, I)
 
 
 cdef inline void fill_split(Split* split, Schedule sched) noexcept:
@@ -624,22 +713,29 @@ def forward(Layer layer not None, Schedule sched not None, LayerIO io not None,
     d.T, d.B, d.N = sched.n_steps, B, N
     d.n_in, d.H, d.P = layer.n_input, layer.n_hidden, layer.n_out
     d.G = layer.w_hh_packed.n_out
-    d.train = io.cells is not None
+    d.R = layer.spec.row_blocks * d.H
+    d.train = io.train
     memset(&p, 0, sizeof(p))
     check_units(sched, layer)
+    cdef bint stateless = layer.spec.state_is_output
     p.x = operand(io.x, typenum, N, d.n_in, "x", False, False)
     p.h0 = operand(io.h0, typenum, B, d.P, "h0", False, False)
-    p.c0 = operand(io.c0, typenum, B, d.H, "c0", False, False)
+    p.c0 = operand(io.c0, typenum, B, d.H, "c0", stateless, False)
     p.y = operand(io.y, typenum, N, d.P, "y", False, True)
     p.h_n = operand(io.h_n, typenum, B, d.P, "h_n", False, True)
-    p.c_n = operand(io.c_n, typenum, B, d.H, "c_n", False, True)
-    p.gates = operand(io.gates, typenum, N if d.train else -1, d.G, "gates", False, True)
+    p.c_n = operand(io.c_n, typenum, B, d.H, "c_n", stateless, True)
+    check(not stateless or (io.c0 is None and io.c_n is None and io.cells is None),
+          "cell state of a stateless cell")
+    p.gates = operand(io.gates, typenum, N if d.train else -1, d.R, "gates", False, True)
     d.cap = cnp.PyArray_DIMS(<cnp.ndarray>io.gates)[0]
     check(d.cap >= sched.first_step_rows, "gates workspace")
-    p.cells = operand(io.cells, typenum, N, d.H, "cells", True, True)
+    p.cells = operand(io.cells, typenum, N, d.H, "cells", not d.train or stateless, True)
+    check(d.train or io.cells is None, "cells")
     p.r = operand(io.r, typenum, N if d.train else B, d.H, "r", layer.w_hr is None, True)
+    p.hg = operand(io.hg, typenum, B, d.G, "hg", not layer.spec.separate_recurrent, True)
     p.w_ih_p, p.w_hh_p = layer.w_ih_packed.ptr, layer.w_hh_packed.ptr
     p.bias, p.w_hr = <void*>layer.p_bias, <void*>layer.p_w_hr
+    p.cfg = &layer.cfg
     fill_split(&split, sched)
     watching = interruptible and clstm_sigint_watch_begin()
     with nogil:
@@ -668,17 +764,21 @@ def backward(Layer layer not None, Schedule sched not None, LayerIO io not None,
     cdef int typenum = layer.typenum, blas_saved
     cdef Py_ssize_t B = sched.n_batch, N = sched.n_rows, I = layer.n_input, P = layer.n_out
     cdef Py_ssize_t H = layer.n_hidden, G = layer.w_hh_packed.n_out
-    cdef bint proj = layer.w_hr is not None
+    cdef Py_ssize_t R = layer.spec.row_blocks * H
+    cdef bint proj = layer.w_hr is not None, stateless = layer.spec.state_is_output
     d.T, d.B, d.N, d.n_in, d.H, d.P, d.G, d.cap, d.train = sched.n_steps, B, N, I, H, P, G, N, True
+    d.R = R
     memset(&p, 0, sizeof(p))
-    check(layer.p_w_ih != NULL and io.cells is not None, "training forward")
+    check(layer.p_w_ih != NULL and io.train, "training forward")
     check_units(sched, layer)
     p.x = operand(io.x, typenum, N, I, "x", False, False)
     p.h0 = operand(io.h0, typenum, B, P, "h0", False, False)
-    p.c0 = operand(io.c0, typenum, B, H, "c0", False, False)
+    p.c0 = operand(io.c0, typenum, B, H, "c0", stateless, False)
     p.y = operand(io.y, typenum, N, P, "y", False, False)
-    p.gates = operand(io.gates, typenum, N, G, "gates", False, True)
-    p.cells = operand(io.cells, typenum, N, H, "cells", False, False)
+    p.gates = operand(io.gates, typenum, N, R, "gates", False, True)
+    p.cells = operand(io.cells, typenum, N, H, "cells", stateless, False)
+    p.cfg = &layer.cfg
+    p.w_ih = <void*>layer.p_w_ih
     p.r = operand(io.r, typenum, N, H, "r", not proj, False)
     p.w_hr = <void*>layer.p_w_hr
     p.dy = operand(grads.dy, typenum, N, P, "dy", True, False)
@@ -687,7 +787,7 @@ def backward(Layer layer not None, Schedule sched not None, LayerIO io not None,
     p.dx = operand(grads.dx, typenum, N, I, "dx", False, True)
     p.dw_ih = operand(grads.dw_ih, typenum, G, I, "dw_ih", False, True)
     p.dw_hh = operand(grads.dw_hh, typenum, G, P, "dw_hh", False, True)
-    p.dbias = operand(grads.dbias, typenum, G, -1, "dbias", False, True)
+    p.dbias = operand(grads.dbias, typenum, R, -1, "dbias", False, True)
     p.dw_hr = operand(grads.dw_hr, typenum, P, H, "dw_hr", not proj, True)
     check(work.w_ih_t.typenum == typenum and work.w_ih_t.n_out == I and work.w_ih_t.n_in == G
           and work.w_hh_t.typenum == typenum and work.w_hh_t.n_out == P
@@ -708,7 +808,8 @@ def backward(Layer layer not None, Schedule sched not None, LayerIO io not None,
     with nogil:
         blas_saved = blas_threads_enter()
         work.w_hh_t.pack_nogil(layer.p_w_hh, True)
-        work.w_ih_t.pack_nogil(layer.p_w_ih, True)  # w_ih.T, for dx = dG @ w_ih
+        if input_side_contiguous(layer.spec):  # (else dx is multiplied on w_ih itself)
+            work.w_ih_t.pack_nogil(layer.p_w_ih, True)  # w_ih.T, for dx = dG @ w_ih
         if typenum == cnp.NPY_FLOAT:
             backward_impl(<float*>p.gates, &d, &p, &split, layer.spec)
         else:

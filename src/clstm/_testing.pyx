@@ -52,8 +52,8 @@ def activations(const floating[::1] z not None, floating[::1] sig not None,
     cdef floating[::1] gates = np.tile(np.asarray(z), 4)
     cdef floating[::1] c = np.zeros_like(np.asarray(z))
     cdef floating[::1] r = np.empty_like(np.asarray(z))
-    cell_forward(cell_named("lstm"), 1, n, 0, n, &gates[0], <floating*>NULL, &c[0], &c[0],
-                 &r[0])
+    cell_forward(cell_named("lstm"), 1, n, 0, n, &gates[0], <floating*>NULL, <floating*>NULL,
+                 NULL, &c[0], &c[0], &r[0])
     memcpy(&sig[0], &gates[0], n * sizeof(floating))
     memcpy(&tanh_z[0], &gates[2 * n], n * sizeof(floating))
     for k in range(n):
@@ -66,34 +66,51 @@ def activations(const floating[::1] z not None, floating[::1] sig not None,
     return worst
 
 
+cdef inline floating* data_or_null(floating[:, ::1] a) noexcept:
+    return NULL if a is None else &a[0, 0]
+
+
 def cell_step_forward(str cell, floating[:, ::1] gates not None, const floating[::1] bias,
-                      const floating[:, ::1] c_prev not None, floating[:, ::1] c_t not None,
-                      floating[:, ::1] r_t not None, Py_ssize_t j0=0, Py_ssize_t j1=-1):
-    """The cell's fused forward on rows of one step (units [j0, j1))."""
+                      const floating[:, ::1] c_prev not None, floating[:, ::1] c_t,
+                      floating[:, ::1] r_t not None, Py_ssize_t j0=0, Py_ssize_t j1=-1,
+                      floating[:, ::1] hg=None):
+    """The cell's fused forward on rows of one step (units [j0, j1)): gates (n, row_blocks*H),
+    hg (n, n_gates*H) for a cell with a separate recurrent product, c_t None for a cell
+    without a state of its own (c_prev is then h_{t-1})."""
     cdef const clstm_cell* spec = cell_named(cell)
-    cdef Py_ssize_t n = gates.shape[0], H = c_t.shape[1]
+    cdef Py_ssize_t n = gates.shape[0], H = r_t.shape[1]
     cdef const floating* b = NULL  # (typed: a conditional expression would drop the const)
     j1 = H if j1 < 0 else j1
-    check(gates.shape[1] == spec.n_gates * H and c_prev.shape[0] == n and c_t.shape[0] == n
-          and r_t.shape[0] == n and c_prev.shape[1] == H and r_t.shape[1] == H
-          and (bias is None or bias.shape[0] == spec.n_gates * H) and 0 <= j0 <= j1 <= H
+    check(gates.shape[1] == spec.row_blocks * H and c_prev.shape[0] == n and r_t.shape[0] == n
+          and c_prev.shape[1] == H and (c_t is None) == bool(spec.state_is_output)
+          and (c_t is None or (c_t.shape[0] == n and c_t.shape[1] == H))
+          and (hg is None) != bool(spec.separate_recurrent)
+          and (hg is None or (hg.shape[0] == n and hg.shape[1] == spec.n_gates * H))
+          and (bias is None or bias.shape[0] == spec.row_blocks * H) and 0 <= j0 <= j1 <= H
           and n >= 1, "cell forward")
     if bias is not None:
         b = &bias[0]
+    cdef floating* pc_t = data_or_null(c_t)
+    cdef floating* phg = data_or_null(hg)
     with nogil:
-        cell_forward(spec, n, H, j0, j1, &gates[0, 0], b, &c_prev[0, 0], &c_t[0, 0], &r_t[0, 0])
+        cell_forward(spec, n, H, j0, j1, &gates[0, 0], phg, b, NULL, &c_prev[0, 0], pc_t,
+                     &r_t[0, 0])
 
 
 def cell_step_backward(str cell, floating[:, ::1] gates not None,
                        const floating[:, ::1] c_prev not None,
-                       const floating[:, ::1] c_t not None, const floating[:, ::1] dr not None,
+                       floating[:, ::1] c_t, const floating[:, ::1] dr not None,
                        floating[:, ::1] dc not None):
-    """The cell's fused backward on rows of one step: gates (activations) -> dG, dc -> dc_prev."""
+    """The cell's fused backward on rows of one step: gates (activations) -> dG, dc -> dc_prev
+    (c_t None for a cell without a state of its own)."""
     cdef const clstm_cell* spec = cell_named(cell)
-    cdef Py_ssize_t n = gates.shape[0], H = c_t.shape[1]
-    check(gates.shape[1] == spec.n_gates * H and n >= 1 and c_prev.shape[0] == n
-          and c_t.shape[0] == n and dr.shape[0] == n and dc.shape[0] == n
-          and c_prev.shape[1] == H and dr.shape[1] == H and dc.shape[1] == H, "cell backward")
+    cdef Py_ssize_t n = gates.shape[0], H = dr.shape[1]
+    check(gates.shape[1] == spec.row_blocks * H and n >= 1 and c_prev.shape[0] == n
+          and (c_t is None) == bool(spec.state_is_output)
+          and (c_t is None or (c_t.shape[0] == n and c_t.shape[1] == H))
+          and dr.shape[0] == n and dc.shape[0] == n
+          and c_prev.shape[1] == H and dc.shape[1] == H, "cell backward")
+    cdef floating* pc_t = data_or_null(c_t)
     with nogil:
-        cell_backward(spec, n, H, 0, H, &gates[0, 0], &c_prev[0, 0], &c_t[0, 0], &dr[0, 0],
+        cell_backward(spec, n, H, 0, H, &gates[0, 0], NULL, &c_prev[0, 0], pc_t, &dr[0, 0],
                       &dc[0, 0])

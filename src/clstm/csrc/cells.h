@@ -12,27 +12,47 @@
 #include "config.h"
 #include "math.h"
 
-/* Forward: gates (n_rows, n_gates*H) pre-activations -> activations in place (bias (n_gates*H)
-   added, or NULL); c_prev -> c_t (may alias: inference keeps one running state);
-   r_t the step's output before any projection. Backward: gates activations -> gradients of
-   the pre-activations (dG); dr the whole gradient reaching r_t; dc the gradient reaching c_t
-   -> that of c_{t-1}. Only hidden units [j0, j1) of each block (the unit split). */
-typedef void (*clstm_forward_f32)(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0,
-                                  Py_ssize_t j1, float* gates, const float* bias,
-                                  const float* c_prev, float* c_t, float* r_t);
-typedef void (*clstm_forward_f64)(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0,
-                                  Py_ssize_t j1, double* gates, const double* bias,
-                                  const double* c_prev, double* c_t, double* r_t);
-typedef void (*clstm_backward_f32)(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0,
-                                   Py_ssize_t j1, float* gates, const float* c_prev,
-                                   const float* c_t, const float* dr, float* dc);
-typedef void (*clstm_backward_f64)(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0,
-                                   Py_ssize_t j1, double* gates, const double* c_prev,
-                                   const double* c_t, const double* dr, double* dc);
+/* What a cell sees of its layer beyond the gates: extra per-unit weights in the layer's
+   dtype (n_extra blocks of H, e.g. peepholes; NULL for none) and cell options (0: the
+   defaults). One per layer; the row functions get it as it is. */
+typedef struct {
+    const void* extra;
+    int options[2];
+} clstm_cell_config;
+
+/* Forward, per row of a step: gates (row_blocks*H columns) holds the input projection of
+   the n_gates weight blocks, and, unless the cell keeps the recurrent product separate, the
+   recurrent product h_{t-1} @ w_hh.T added to it; then hg is NULL. A separate cell gets
+   that product in hg (n_gates*H columns). bias (row_blocks*H, in the gates row's block
+   order) or NULL. The cell leaves in gates whatever its backward needs (activations), and
+   writes c_t (may alias c_prev: inference keeps one running state) and r_t, the output
+   before any projection. A cell without a state of its own (state_is_output) gets
+   c_prev = h_{t-1}, c_t NULL, and writes h_t to r_t.
+   Backward: gates -> the gradients of the pre-activations: the first n_gates blocks are the
+   recurrent side's (dh_{t-1} = dG[:, :n_gates*H] @ w_hh), x_block[q] the block of the
+   input side's weight block q; dr the whole gradient reaching r_t; dc the gradient reaching
+   c_t -> that of c_{t-1} (of h_{t-1} through the cell, for a stateless cell, which then
+   also sees dr as r_t's and h_t's). Only hidden units [j0, j1) of each block (the unit
+   split). */
+#define CLSTM_CELL_FN_TYPES(T, SFX)                                                         \
+typedef void (*clstm_forward_##SFX)(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0,         \
+                                    Py_ssize_t j1, T* gates, const T* hg, const T* bias,    \
+                                    const clstm_cell_config* cfg, const T* c_prev, T* c_t, \
+                                    T* r_t);                                                \
+typedef void (*clstm_backward_##SFX)(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0,        \
+                                     Py_ssize_t j1, T* gates, const clstm_cell_config* cfg, \
+                                     const T* c_prev, const T* c_t, const T* dr, T* dc);
+CLSTM_CELL_FN_TYPES(float, f32)
+CLSTM_CELL_FN_TYPES(double, f64)
 
 typedef struct {
     const char* name;
-    int n_gates;            /* gate blocks of H columns per row */
+    int n_gates;            /* weight blocks of H rows in w_ih and w_hh */
+    int row_blocks;         /* blocks of H per gates row (and bias): >= n_gates */
+    int x_block[4];         /* the gates-row block of weight block q's input-side gradient */
+    int separate_recurrent; /* the recurrent product goes to hg, not into gates */
+    int state_is_output;    /* no cell state: the carried state is h itself */
+    int n_extra;            /* blocks of H in clstm_cell_config.extra */
     clstm_forward_f32 forward_f32;
     clstm_forward_f64 forward_f64;
     clstm_backward_f32 backward_f32;
@@ -107,7 +127,8 @@ CLSTM_CLONES static void clstm_cell_backward_##SFX(T* a, Py_ssize_t H, const T* 
 /* The driver's entry points: rows of one step, hidden units [j0, j1) of each gate block \
    (row strides: 4H for gates, H for the states). */                                    \
 static void clstm_lstm_forward_##SFX(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0,    \
-                                     Py_ssize_t j1, T* gates, const T* bias,            \
+                                     Py_ssize_t j1, T* gates, const T* hg,              \
+                                     const T* bias, const clstm_cell_config* cfg,       \
                                      const T* c_prev, T* c_t, T* r_t) {                 \
     Py_ssize_t row, k;                                                                  \
     const T* b = bias == NULL ? NULL : bias + j0;                                       \
@@ -119,7 +140,8 @@ static void clstm_lstm_forward_##SFX(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t
 }                                                                                       \
                                                                                         \
 static void clstm_lstm_backward_##SFX(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0,   \
-                                      Py_ssize_t j1, T* gates, const T* c_prev,         \
+                                      Py_ssize_t j1, T* gates,                          \
+                                      const clstm_cell_config* cfg, const T* c_prev,    \
                                       const T* c_t, const T* dr, T* dc) {               \
     Py_ssize_t row, k;                                                                  \
     for (row = 0; row < n_rows; row++) {                                                \
@@ -134,7 +156,100 @@ CLSTM_DEFINE_LSTM_CELL(float, f32, clstm_sigmoidf, clstm_tanhf)
 CLSTM_DEFINE_LSTM_CELL(double, f64, clstm_sigmoid, clstm_tanh)
 
 static const clstm_cell clstm_cell_lstm = {
-    "lstm", 4, clstm_lstm_forward_f32, clstm_lstm_forward_f64,
+    "lstm", 4, 4, {0, 1, 2, 3}, 0, 0, 0, clstm_lstm_forward_f32, clstm_lstm_forward_f64,
     clstm_lstm_backward_f32, clstm_lstm_backward_f64};
+
+/* GRU (PyTorch's, "reset after": weight blocks r, z, n):
+     r, z = sigmoid(x W_i. + h W_h. + b), hn = h_{t-1} W_hn + b_hn,
+     n = tanh(x W_in + b_in + r * hn),  h_t = (1 - z) * n + z * h_{t-1}
+   hn must stay apart from x's part, so the recurrent product comes separately (hg). A
+   gates row is [r | z | hn | n] after forward and [dr | dz | dhn | dn] (pre-activation
+   gradients) after backward: the recurrent side's blocks r, z, hn come first, so
+   dh_{t-1} is one product with w_hh; the input side's n is block 3. The bias, in the same
+   block order: [b_ir + b_hr | b_iz + b_hz | b_hn | b_in]. No cell state: c_prev is h_{t-1}
+   and dc carries the gradient reaching h_{t-1} through z. */
+#define CLSTM_DEFINE_GRU_CELL(T, SFX, SIGMOID, TANH)                                        \
+static inline __attribute__((always_inline)) void clstm_gru_row_##SFX(                  \
+        T* a, const T* hg, Py_ssize_t H, const T* bias, const int has_bias,             \
+        const T* h_prev, T* h_t, Py_ssize_t n) {                                        \
+    Py_ssize_t j;                                                                       \
+    CLSTM_IVDEP                                                                         \
+    for (j = 0; j < n; j++) {                                                           \
+        T r = a[j] + hg[j], z = a[H + j] + hg[H + j], hn = hg[2 * H + j];               \
+        T xn = a[2 * H + j], g;                                                         \
+        if (has_bias) {                                                                 \
+            r += bias[j];                                                               \
+            z += bias[H + j];                                                           \
+            hn += bias[2 * H + j];                                                      \
+            xn += bias[3 * H + j];                                                      \
+        }                                                                               \
+        r = SIGMOID(r);                                                                 \
+        z = SIGMOID(z);                                                                 \
+        g = TANH(xn + r * hn);                                                          \
+        a[j] = r;                                                                       \
+        a[H + j] = z;                                                                   \
+        a[2 * H + j] = hn;                                                              \
+        a[3 * H + j] = g;                                                               \
+        h_t[j] = g + z * (h_prev[j] - g);                                               \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+CLSTM_CLONES static void clstm_gru_cell_##SFX(T* a, const T* hg, Py_ssize_t H,          \
+                                             const T* bias, const T* h_prev, T* h_t,    \
+                                             Py_ssize_t n) {                            \
+    if (bias != NULL)                                                                   \
+        clstm_gru_row_##SFX(a, hg, H, bias, 1, h_prev, h_t, n);                         \
+    else                                                                                \
+        clstm_gru_row_##SFX(a, hg, H, bias, 0, h_prev, h_t, n);                         \
+}                                                                                       \
+                                                                                        \
+CLSTM_CLONES static void clstm_gru_cell_backward_##SFX(T* a, Py_ssize_t H,              \
+                                                      const T* h_prev, const T* dr,     \
+                                                      T* dc, Py_ssize_t n) {            \
+    Py_ssize_t j;                                                                       \
+    CLSTM_IVDEP                                                                         \
+    for (j = 0; j < n; j++) {                                                           \
+        T r = a[j], z = a[H + j], hn = a[2 * H + j], g = a[3 * H + j];                  \
+        T dh = dr[j] + dc[j];                                                           \
+        T dg = dh * (1 - z) * (1 - g * g);                                              \
+        a[j] = dg * hn * r * (1 - r);                                                   \
+        a[H + j] = dh * (h_prev[j] - g) * z * (1 - z);                                  \
+        a[2 * H + j] = dg * r;                                                          \
+        a[3 * H + j] = dg;                                                              \
+        dc[j] = dh * z;                                                                 \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+static void clstm_gru_forward_##SFX(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0,     \
+                                    Py_ssize_t j1, T* gates, const T* hg,               \
+                                    const T* bias, const clstm_cell_config* cfg,        \
+                                    const T* c_prev, T* c_t, T* r_t) {                  \
+    Py_ssize_t row, k;                                                                  \
+    const T* b = bias == NULL ? NULL : bias + j0;                                       \
+    for (row = 0; row < n_rows; row++) {                                                \
+        k = row * H + j0;                                                               \
+        clstm_gru_cell_##SFX(gates + row * 4 * H + j0, hg + row * 3 * H + j0, H, b,     \
+                             c_prev + k, r_t + k, j1 - j0);                             \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+static void clstm_gru_backward_##SFX(Py_ssize_t n_rows, Py_ssize_t H, Py_ssize_t j0,    \
+                                     Py_ssize_t j1, T* gates,                           \
+                                     const clstm_cell_config* cfg, const T* c_prev,     \
+                                     const T* c_t, const T* dr, T* dc) {                \
+    Py_ssize_t row, k;                                                                  \
+    for (row = 0; row < n_rows; row++) {                                                \
+        k = row * H + j0;                                                               \
+        clstm_gru_cell_backward_##SFX(gates + row * 4 * H + j0, H, c_prev + k, dr + k,  \
+                                      dc + k, j1 - j0);                                 \
+    }                                                                                   \
+}
+
+CLSTM_DEFINE_GRU_CELL(float, f32, clstm_sigmoidf, clstm_tanhf)
+CLSTM_DEFINE_GRU_CELL(double, f64, clstm_sigmoid, clstm_tanh)
+
+static const clstm_cell clstm_cell_gru = {
+    "gru", 3, 4, {0, 1, 3, 0}, 1, 1, 0, clstm_gru_forward_f32, clstm_gru_forward_f64,
+    clstm_gru_backward_f32, clstm_gru_backward_f64};
 
 #endif /* CLSTM_CELLS_H */
