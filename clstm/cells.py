@@ -110,9 +110,10 @@ class LSTMCell(Parameterised):
 
     forward = __call__
 
-    def freeze(self) -> FrozenLSTMCell:
-        """An inference-only snapshot of this cell for streaming: `FrozenLSTMCell`."""
-        return FrozenLSTMCell(self)
+    def freeze(self, weights: Optional[str] = None) -> FrozenLSTMCell:
+        """An inference-only snapshot of this cell for streaming: `FrozenLSTMCell`;
+        ``weights`` None, "int8" or "bfloat16" as in `clstm.LSTM.freeze`."""
+        return FrozenLSTMCell(self, weights=weights)
 
     def _layer_weights(self, copy):
         p = self._checked_params()
@@ -187,16 +188,19 @@ class FrozenLSTMCell(_packed.PackedCell):
     ----------
     cell : LSTMCell
         The cell to snapshot.
+    weights : {None, "int8", "bfloat16"}
+        The packed weights' format (None: the cell's dtype; `clstm.LSTM.freeze`).
     """
 
-    def __init__(self, cell: LSTMCell):
+    def __init__(self, cell: LSTMCell, weights: Optional[str] = None):
         if not isinstance(cell, LSTMCell):
             raise TypeError(f"cell must be an LSTMCell (FrozenLSTMCell(cell) or cell.freeze()), "
                             f"got {type(cell).__name__}")
         self._spec = cell  # for the shapes, dtype and input checks only
         self.input_size, self.hidden_size, self.dtype = cell.input_size, cell.hidden_size, \
             cell.dtype
-        self._weights = cell._layer_weights(copy=False).freeze()
+        self.weights = functional.check_weights_format(weights, cell.dtype)
+        self._weights = cell._layer_weights(copy=False).freeze(weights)
         layer = self._weights.packed
         self._set_weights(layer.w_ih_packed, layer.w_hh_packed, layer.bias)
 
@@ -229,6 +233,7 @@ def _restore_frozen_cell(spec, weights):
         spec.dtype
     frozen._weights = weights
     layer = weights.packed
+    frozen.weights = layer.w_ih_packed.format if layer.w_ih_packed.lowp else None
     frozen._set_weights(layer.w_ih_packed, layer.w_hh_packed, layer.bias)
     return frozen
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
 
-from . import _packed
+from . import _packed, functional
 
 if TYPE_CHECKING:
     from .rnn import LSTM
@@ -27,23 +27,33 @@ class FrozenLSTM:
     would cost more than the step), a different summation order, so the two agree to
     rounding only.
 
+    With ``weights="int8"`` or ``"bfloat16"`` the input and recurrent weights are quantised
+    (`clstm.LSTM.freeze`): the results then differ from the model's by the quantisation
+    (docs/performance.md); the one-call streaming step quantises as the driver does, so
+    the two give the same numbers.
+
     Parameters
     ----------
     model : clstm.LSTM
         The model to snapshot.
+    weights : {None, "int8", "bfloat16"}
+        The packed weights' format (None: the model's dtype).
     """
 
-    def __init__(self, model: "LSTM"):
+    def __init__(self, model: "LSTM", weights: Optional[str] = None):
         from .rnn import RNNBase  # (rnn imports this module)
         if not isinstance(model, RNNBase):
             raise TypeError(f"model must be a clstm.LSTM (FrozenLSTM(model) or model.freeze()), "
                             f"got {type(model).__name__}")
+        self.weights = functional.check_weights_format(weights, model.dtype)
         self._spec = copy.copy(model)  # its configuration, for validation and layouts
-        self._weights = [[w.freeze() for w in layer]
+        self._weights = [[w.freeze(weights) for w in layer]
                          for layer in model._layer_weights(copy=False)]
         # One step of a few rows (streaming) runs the whole stack in one compiled call.
+        # (int8/bfloat16: the PackedWeights themselves, for their scales)
         self._step_weights = None if model.proj_size or model._cell != "lstm" else [
-            (w.packed.w_ih_packed.data, w.packed.w_hh_packed.data, w.bias, None)
+            (w.packed.w_ih_packed if weights else w.packed.w_ih_packed.data,
+             w.packed.w_hh_packed if weights else w.packed.w_hh_packed.data, w.bias, None)
             for layer in self._weights for w in layer]
 
     def __call__(self, x: np.ndarray, state: Optional[Tuple[np.ndarray, np.ndarray]] = None,

@@ -1,6 +1,9 @@
 # The low-precision packed GEMM (C in csrc/lowp.h): int8 and bfloat16 weights for inference,
 # float32 activations in and out; one kernel per instruction set, chosen at run time.
+from cython cimport floating
 from libc.stdint cimport int32_t
+
+from clstm._pgemm cimport pgemm
 
 cdef extern from "csrc/lowp.h":
     enum:
@@ -31,3 +34,16 @@ cdef inline void lowp_gemm(Py_ssize_t n, Py_ssize_t N, const float* A, Py_ssize_
     multiple of CLSTM_LOWP_NR). A's rows are quantised on the stack; only rows of more
     than 32 KB quantised take malloc, whose failure (never seen) leaves C unchanged."""
     clstm_lowp_gemm(<const clstm_lowp_weights*>Wp, n, col0, N, A, lda, C, ldc)
+
+
+cdef inline void packed_mul(bint lowp, Py_ssize_t n, Py_ssize_t N, Py_ssize_t K,
+                            const floating* A, Py_ssize_t lda, const void* Wp,
+                            Py_ssize_t col0, floating* C, Py_ssize_t ldc) noexcept nogil:
+    """C[n, N] += A[n, K] @ W[col0 : col0 + N].T for W packed in any format (PackedWeights'
+    ptr): the float packed GEMM, or with ``lowp`` the int8/bfloat16 one (float32 only).
+    col0 is a multiple of the format's panel width."""
+    if floating is float:
+        if lowp:
+            lowp_gemm(n, N, A, lda, Wp, col0, C, ldc)
+            return
+    pgemm(n, N, K, A, lda, (<const floating*>Wp) + col0 * K, C, ldc)

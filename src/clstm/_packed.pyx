@@ -25,8 +25,8 @@ from clstm._cells cimport cell_forward, clstm_cell, clstm_cell_lstm
 from clstm._lowp cimport (CLSTM_LOWP_BF16, CLSTM_LOWP_INT8, CLSTM_LOWP_NR, clstm_lowp_pack,
                           clstm_lowp_kernel_name, clstm_lowp_padded_n,
                           clstm_lowp_panel_bytes)
-from clstm._lowp cimport lowp_gemm as lowp_gemm_c
-from clstm._pgemm cimport pack, packed_size, panel_width, pgemm
+from clstm._lowp cimport lowp_gemm as lowp_gemm_c, packed_mul
+from clstm._pgemm cimport pack, packed_size, panel_width
 from clstm._runtime cimport blas_threads, blas_threads_enter, check
 
 cnp.import_array()
@@ -36,6 +36,9 @@ FORMATS = {"float32": cnp.NPY_FLOAT, "float64": cnp.NPY_DOUBLE,
            "int8": cnp.NPY_FLOAT, "bfloat16": cnp.NPY_FLOAT}
 LOWP_FORMATS = {"int8": CLSTM_LOWP_INT8, "bfloat16": CLSTM_LOWP_BF16}
 STEP_MAX_ROWS = 8  # beyond this many rows a step is worth the threaded layer driver
+
+cdef enum:
+    PACKED_LOWP = 2  # step()'s ``packed`` for int8/bfloat16 PackedWeights
 
 
 cdef object new_array(int nd, Py_ssize_t rows, Py_ssize_t cols, int typenum):
@@ -238,7 +241,7 @@ cdef inline void* data(object a) noexcept:
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-cdef void step(const clstm_cell* cell, bint packed, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+cdef void step(const clstm_cell* cell, int packed, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                const floating* x, const floating* w_ih, const floating* w_hh,
                const floating* b_ih, const floating* b_hh, const floating* h0,
                const floating* c0, floating* h1, floating* c1, floating* gates,
@@ -246,7 +249,8 @@ cdef void step(const clstm_cell* cell, bint packed, Py_ssize_t B, Py_ssize_t I, 
     """One step of B rows in the layer driver's order: gates = x @ w_ih.T, += h0 @ w_hh.T,
     then the cell adds the bias b_ih + b_hh (summed into ``bias`` (G,) scratch when both are
     given; NULL biases count as zero). packed: the weights are packed (PackedWeights), for
-    the packed kernel, so the result is bit for bit the driver's; else plain (G, K) arrays,
+    the packed kernel, so the result is bit for bit the driver's (PACKED_LOWP: w_ih and
+    w_hh are the ptr of int8/bfloat16 PackedWeights); else plain (G, K) arrays,
     multiplied by BLAS on one thread (a different summation order: rounding differs)."""
     cdef Py_ssize_t G = cell.n_gates * H, k
     cdef const floating* b = b_ih
@@ -260,8 +264,8 @@ cdef void step(const clstm_cell* cell, bint packed, Py_ssize_t B, Py_ssize_t I, 
             b = bias
     if packed:
         memset(gates, 0, B * G * sizeof(floating))
-        pgemm(B, G, I, x, I, w_ih, gates, G)
-        pgemm(B, G, H, h0, H, w_hh, gates, G)
+        packed_mul(packed == PACKED_LOWP, B, G, I, x, I, w_ih, 0, gates, G)
+        packed_mul(packed == PACKED_LOWP, B, G, H, h0, H, w_hh, 0, gates, G)
     else:
         blas_saved = blas_threads_enter()
         matmul(<blas_int>B, <blas_int>G, <blas_int>I, x, <blas_int>I, w_ih, <blas_int>I,
@@ -270,6 +274,18 @@ cdef void step(const clstm_cell* cell, bint packed, Py_ssize_t B, Py_ssize_t I, 
                True, <floating>1, gates, <blas_int>G)
         blas_threads(blas_saved)
     cell_forward(cell, B, H, 0, H, gates, <const floating*>NULL, b, NULL, c0, c1, h1)
+
+
+cdef inline void* weights_data(object w) noexcept:
+    """A step's weights: a PackedWeights' ptr, or an array's data."""
+    return (<PackedWeights>w).ptr if isinstance(w, PackedWeights) else data(w)
+
+
+cdef inline int packed_kind(object w, bint packed) noexcept:
+    """step()'s ``packed`` for weights w: PACKED_LOWP for low-precision PackedWeights."""
+    if isinstance(w, PackedWeights) and (<PackedWeights>w).lowp:
+        return PACKED_LOWP
+    return 1 if packed else 0
 
 
 cdef tuple run_step(const clstm_cell* cell, bint packed, int typenum, Py_ssize_t B,
@@ -288,8 +304,9 @@ cdef tuple run_step(const clstm_cell* cell, bint packed, int typenum, Py_ssize_t
     cdef void* g = scratch if gates is None else data(gates)
     cdef void* bias = <char*>scratch + B * G * item
     cdef void* px = data(x)
-    cdef void* pw_ih = data(w_ih)
-    cdef void* pw_hh = data(w_hh)
+    cdef void* pw_ih = weights_data(w_ih)
+    cdef void* pw_hh = weights_data(w_hh)
+    cdef int kind = packed_kind(w_ih, packed)
     cdef void* pb_ih = data(b_ih)
     cdef void* pb_hh = data(b_hh)
     cdef void* ph0 = data(h0)
@@ -298,11 +315,11 @@ cdef tuple run_step(const clstm_cell* cell, bint packed, int typenum, Py_ssize_t
     cdef void* pc1 = data(c1)
     with nogil:
         if typenum == cnp.NPY_FLOAT:
-            step(cell, packed, B, I, H, <float*>px, <float*>pw_ih, <float*>pw_hh,
+            step(cell, kind, B, I, H, <float*>px, <float*>pw_ih, <float*>pw_hh,
                  <float*>pb_ih, <float*>pb_hh, <float*>ph0, <float*>pc0, <float*>ph1,
                  <float*>pc1, <float*>g, <float*>bias)
         else:
-            step(cell, packed, B, I, H, <double*>px, <double*>pw_ih, <double*>pw_hh,
+            step(cell, kind, B, I, H, <double*>px, <double*>pw_ih, <double*>pw_hh,
                  <double*>pb_ih, <double*>pb_hh, <double*>ph0, <double*>pc0, <double*>ph1,
                  <double*>pc1, <double*>g, <double*>bias)
         free(scratch)
@@ -382,17 +399,26 @@ cdef class PackedCell:
         if B == 0 or B > STEP_MAX_ROWS:
             check(not strict, "packed cell operands")
             return None
+        if self.w_ih_packed.lowp:
+            return run_step(&clstm_cell_lstm, True, self.typenum, B, I, H, x,
+                            self.w_ih_packed, self.w_hh_packed, self.bias, None, h0, c0)
         return run_step(&clstm_cell_lstm, True, self.typenum, B, I, H, x,
                         self.w_ih_packed.data, self.w_hh_packed.data, self.bias, None, h0, c0)
 
 
 cdef int check_step_weights(tuple w, bint packed, int typenum, Py_ssize_t n_in,
                             Py_ssize_t H) except -1:
-    """w = (w_ih, w_hh, b_ih, b_hh) for one step: packed (PackedWeights data, summed bias,
-    None) or plain arrays (either bias may be None)."""
+    """w = (w_ih, w_hh, b_ih, b_hh) for one step: packed (PackedWeights data, or the
+    int8/bfloat16 PackedWeights themselves, summed bias, None) or plain arrays (either bias
+    may be None)."""
     cdef Py_ssize_t G = 4 * H
     check(len(w) == 4, "step weights")
-    if packed:
+    if packed and isinstance(w[0], PackedWeights):
+        check(isinstance(w[1], PackedWeights) and typenum == cnp.NPY_FLOAT
+              and (<PackedWeights>w[0]).lowp and (<PackedWeights>w[1]).lowp
+              and w[0].n_out == G and w[0].n_in == n_in and w[1].n_out == G
+              and w[1].n_in == H, "w_ih")
+    elif packed:
         operand(w[0], typenum, packed_length(G, n_in, FORMAT_OF[typenum]), -1, "w_ih", False,
                 False)
         operand(w[1], typenum, packed_length(G, H, FORMAT_OF[typenum]), -1, "w_hh", False,
@@ -465,7 +491,8 @@ def stack_step(list weights not None, bint packed, int n_directions, bint batch_
         raise MemoryError()
     for k in range(n_cells):
         for row in range(4):
-            ptrs[4 * k + row] = data(weights[k][row])
+            ptrs[4 * k + row] = weights_data(weights[k][row])
+    cdef int kind = packed_kind(weights[0][0], packed)
     cdef char* gates = scratch
     cdef char* bias = scratch + B * G * item
     cdef char* layer_out = bias + G * item   # (B, D*H): the next layer's input
@@ -482,13 +509,13 @@ def stack_step(list weights not None, bint packed, int n_directions, bint batch_
             for d in range(D):
                 k = layer * D + d
                 if typenum == cnp.NPY_FLOAT:
-                    step(&clstm_cell_lstm, packed, B, n_in, H, <float*>x_l,
+                    step(&clstm_cell_lstm, kind, B, n_in, H, <float*>x_l,
                          <float*>ptrs[4 * k], <float*>ptrs[4 * k + 1], <float*>ptrs[4 * k + 2],
                          <float*>ptrs[4 * k + 3], <float*>(p_h0 + k * state),
                          <float*>(p_c0 + k * state), <float*>(p_hn + k * state),
                          <float*>(p_cn + k * state), <float*>gates, <float*>bias)
                 else:
-                    step(&clstm_cell_lstm, packed, B, n_in, H, <double*>x_l,
+                    step(&clstm_cell_lstm, kind, B, n_in, H, <double*>x_l,
                          <double*>ptrs[4 * k], <double*>ptrs[4 * k + 1],
                          <double*>ptrs[4 * k + 2], <double*>ptrs[4 * k + 3],
                          <double*>(p_h0 + k * state), <double*>(p_c0 + k * state),
