@@ -11,7 +11,8 @@
    q_w = rint(w / s_w[c]) in [-127, 127], s_w[c] = max|w[c, :]| / 127. Each row i of A is
    quantised dynamically per call (asymmetric, so x_t of any sign uses all 256 levels):
    s_a = (hi - lo) / 255 with lo = min(0, min a), hi = max(0, max a), zero point
-   z = rint(-lo / s_a), q_a = clamp(rint(a / s_a) + z, 0, 255), so a ~ s_a (q_a - z). Then
+   z = clamp(rint(-lo * inv), 0, 255), q_a = rint(clamp(a * inv + z, 0, 255)) with
+   inv = 1 / s_a (float32 throughout), so a ~ s_a (q_a - z) to within s_a / 2. Then
 
        C[i, c] += (float)(sum_k q_a[i, k] q_w[c, k] - z_i * colsum[c]) * (s_a[i] * s_w[c])
 
@@ -27,9 +28,9 @@
    rounding). KS accumulator sets take turns over the pairs as in pgemm.h, the same KS for
    every tile height, so a row's result does not depend on its tile or thread.
 
-   Packed layout (both formats): panel jb holds output columns [jb*NR, (jb+1)*NR), NR = 64,
+   Packed layout (both formats): panel jb holds output columns [jb*NR, (jb+1)*NR), NR = 32,
    as groups of KQ consecutive k (KQ = 4 int8, 2 bf16: one 32-bit lane), so that one vector
-   load gives 16 columns x KQ k:
+   load gives 16 columns x KQ k (AVX-512):
 
        Wp[((jb * Kg + g) * NR + c) * KQ + q] = W[jb*NR + c, g*KQ + q]   (zero past N or K)
 
@@ -56,7 +57,8 @@
 enum {
     CLSTM_LOWP_INT8 = 1,
     CLSTM_LOWP_BF16 = 2,
-    CLSTM_LOWP_NR = 64,        /* output columns per panel */
+    CLSTM_LOWP_NR = 32,        /* output columns per panel: float32's, so work splits cut
+                                  the hidden units at the same places (clstm._dispatch) */
     CLSTM_LOWP_ROW_BYTES = 32768 /* quantised rows of A kept on the stack per row block */
 };
 
@@ -138,45 +140,10 @@ static void clstm_lowp_pack(int format, const float* W, Py_ssize_t N, Py_ssize_t
     }
 }
 
-/* Quantise rows [0, n) of A (n, K) for the int8 kernel: qa (n, Kg*4) u8 (the padding
-   takes the zero point: it meets zero weights), sa[i], za[i]. */
-static void clstm_lowp_quantize_u8(Py_ssize_t n, Py_ssize_t K, const float* A,
-                                   Py_ssize_t lda, uint8_t* qa, Py_ssize_t ldq, float* sa,
-                                   int32_t* za) {
-    Py_ssize_t i, k;
-    for (i = 0; i < n; i++) {
-        const float* a = A + i * lda;
-        float lo = 0, hi = 0, s, zf;
-        int z;
-        for (k = 0; k < K; k++) {
-            lo = a[k] < lo ? a[k] : lo;
-            hi = a[k] > hi ? a[k] : hi;
-        }
-        s = (hi - lo) / 255.0f;
-        if (!(s > 0) || s > 3.0e38f)  /* all zero (or not finite): any scale is exact */
-            s = 1.0f;
-        z = clstm_clamp_rint(-lo / s, 0.0f, 255.0f);
-        zf = (float)z;
-        for (k = 0; k < K; k++)
-            qa[i * ldq + k] = (uint8_t)clstm_clamp_rint(a[k] / s + zf, 0.0f, 255.0f);
-        for (; k < ldq; k++)
-            qa[i * ldq + k] = (uint8_t)z;
-        sa[i] = s;
-        za[i] = z;
-    }
-}
-
-/* Round rows [0, n) of A to bfloat16: qa (n, Kg*2), padded with zeros. */
-static void clstm_lowp_quantize_bf16(Py_ssize_t n, Py_ssize_t K, const float* A,
-                                     Py_ssize_t lda, uint16_t* qa, Py_ssize_t ldq) {
-    Py_ssize_t i, k;
-    for (i = 0; i < n; i++) {
-        for (k = 0; k < K; k++)
-            qa[i * ldq + k] = clstm_to_bf16(A[i * lda + k]);
-        for (; k < ldq; k++)
-            qa[i * ldq + k] = 0;
-    }
-}
+/* Round to nearest even for |x| < 2^22 (the quantiser's range after clamping): adding and
+   subtracting 1.5 * 2^23 leaves x's integer part, rounded in the current (nearest even)
+   mode. Vector code, unlike rintf, which the baseline cannot vectorise; np.rint agrees. */
+#define CLSTM_RNE_MAGIC 12582912.0f
 
 /* The multiply-add of one 32-bit lane group: acc (VB bytes of int32 or float lanes) +=
    the KQ products of a (one 32-bit lane of A, broadcast) with w (VB bytes of W lanes).
@@ -214,9 +181,11 @@ static void clstm_lowp_quantize_bf16(Py_ssize_t n, Py_ssize_t K, const float* A,
                                (__m512bh)(w))
 
 /* A tile of constant height H (a literal, so its accumulators stay in registers) at row i
-   of the block, the tail of a block as one tile (as pgemm.h). */
-#define CLSTM_LOWP_TILE_I8(SFX, H) clstm_lowp_tile_i8_##SFX(H, Kg, qi, ldq, sa + i, za + i, \
-    panel, W->scale + col, W->colsum + col, Cj + i * ldc, ldc, nc)
+   of the block, the tail of a block as one tile (as pgemm.h). int8 sums are exact in any
+   order, so its tiles of 1-2 rows take 4 accumulator sets (chains enough to cover the
+   vpdpbusd latency); bfloat16 keeps KS for every height (the same bits in every tile). */
+#define CLSTM_LOWP_TILE_I8(SFX, H) clstm_lowp_tile_i8_##SFX(H, H <= 2 ? 4 : 2, Kg, qi, ldq, \
+    sa + i, za + i, panel, W->scale + col, W->colsum + col, Cj + i * ldc, ldc, nc)
 #define CLSTM_LOWP_TILE_BF16(SFX, H) clstm_lowp_tile_bf16_##SFX(H, Kg, qi, ldq, panel,      \
     Cj + i * ldc, ldc, nc)
 #define CLSTM_LOWP_BY_HEIGHT(MR, m, TILE, SFX)                                          \
@@ -229,28 +198,114 @@ static void clstm_lowp_quantize_bf16(Py_ssize_t n, Py_ssize_t K, const float* A,
 
 /* One kernel per instruction set: SFX names it, VB is its vector width in bytes, MR its
    tile height, KS its accumulator sets (see pgemm.h). NV = NR * 4 / VB vectors per panel
-   row group. Rows of A arrive quantised: qa (n, ldq) as 32-bit lanes. */
+   row group. Rows of A arrive quantised: qa (n, ldq) as 32-bit lanes. The quantisers are
+   per instruction set too (vector code: at B = 1 they are a step's only work besides the
+   multiply). */
 #define CLSTM_DEFINE_LOWP_KERNEL(SFX, VB, MR, KS, DOT_I8, DOT_BF16)                     \
 typedef int32_t clstm_lvi_##SFX __attribute__((vector_size(VB)));                       \
 typedef int32_t clstm_lvu_##SFX __attribute__((vector_size(VB), aligned(4)));           \
+typedef uint32_t clstm_lvw_##SFX __attribute__((vector_size(VB)));                      \
 typedef float clstm_lvf_##SFX __attribute__((vector_size(VB)));                         \
 typedef float clstm_lvfu_##SFX __attribute__((vector_size(VB), aligned(4)));            \
+typedef uint8_t clstm_lvb_##SFX __attribute__((vector_size(VB / 4), aligned(1)));       \
+typedef uint16_t clstm_lvh_##SFX __attribute__((vector_size(VB / 2), aligned(2)));      \
+                                                                                        \
+/* Select by mask (all ones / zeros per lane): portable vector code for min, max, clamp. */ \
+static inline __attribute__((always_inline)) clstm_lvf_##SFX clstm_lsel_##SFX(          \
+        clstm_lvi_##SFX m, clstm_lvf_##SFX a, clstm_lvf_##SFX b) {                     \
+    return (clstm_lvf_##SFX)((m & (clstm_lvi_##SFX)a) | (~m & (clstm_lvi_##SFX)b));     \
+}                                                                                       \
+                                                                                        \
+/* Rows [0, n) of A (n, K) for the int8 kernel: qa (n, ldq bytes) u8, the padding taking  \
+   the zero point (it meets zero weights), sa[i], za[i] (see the top of the file). */   \
+static void clstm_lowp_quantize_u8_##SFX(Py_ssize_t n, Py_ssize_t K, const float* A,    \
+        Py_ssize_t lda, uint8_t* qa, Py_ssize_t ldq, float* sa, int32_t* za) {          \
+    enum { V = VB / 4 };                                                                \
+    Py_ssize_t i, k, l;                                                                 \
+    for (i = 0; i < n; i++) {                                                           \
+        const float* a = A + i * lda;                                                   \
+        uint8_t* q = qa + i * ldq;                                                      \
+        clstm_lvf_##SFX vlo = {0}, vhi = {0}, x, r;                                     \
+        float lo = 0, hi = 0, s, inv, zf;                                               \
+        for (k = 0; k + V <= K; k += V) {                                               \
+            x = *(const clstm_lvfu_##SFX*)(a + k);                                      \
+            vlo = clstm_lsel_##SFX(x < vlo, x, vlo);                                    \
+            vhi = clstm_lsel_##SFX(x > vhi, x, vhi);                                    \
+        }                                                                               \
+        for (l = 0; l < V; l++) {                                                       \
+            lo = vlo[l] < lo ? vlo[l] : lo;                                             \
+            hi = vhi[l] > hi ? vhi[l] : hi;                                             \
+        }                                                                               \
+        for (; k < K; k++) {                                                            \
+            lo = a[k] < lo ? a[k] : lo;                                                 \
+            hi = a[k] > hi ? a[k] : hi;                                                 \
+        }                                                                               \
+        s = (hi - lo) / 255.0f;                                                         \
+        if (!(s > 0) || s > 3.0e38f)  /* all zero, or not finite: any scale will do */  \
+            s = 1.0f;                                                                   \
+        inv = 1.0f / s;                                                                 \
+        zf = (-lo * inv + CLSTM_RNE_MAGIC) - CLSTM_RNE_MAGIC;                           \
+        zf = zf > 0 ? (zf < 255.0f ? zf : 255.0f) : 0.0f;                               \
+        for (k = 0; k + V <= K; k += V) {                                               \
+            x = *(const clstm_lvfu_##SFX*)(a + k) * inv + zf;                           \
+            /* clamp first (NaN -> 0), then round: values stay where the trick holds */ \
+            x = clstm_lsel_##SFX(x > 0.0f, x, (clstm_lvf_##SFX){0});                    \
+            x = clstm_lsel_##SFX(x < 255.0f, x, (clstm_lvf_##SFX){0} + 255.0f);         \
+            r = (x + CLSTM_RNE_MAGIC) - CLSTM_RNE_MAGIC;                                \
+            *(clstm_lvb_##SFX*)(q + k) = __builtin_convertvector(                       \
+                __builtin_convertvector(r, clstm_lvi_##SFX), clstm_lvb_##SFX);          \
+        }                                                                               \
+        for (; k < K; k++) {                                                            \
+            float y = a[k] * inv + zf;                                                  \
+            y = y > 0 ? (y < 255.0f ? y : 255.0f) : 0.0f;                               \
+            q[k] = (uint8_t)(int)((y + CLSTM_RNE_MAGIC) - CLSTM_RNE_MAGIC);             \
+        }                                                                               \
+        for (; k < ldq; k++)                                                            \
+            q[k] = (uint8_t)zf;                                                         \
+        sa[i] = s;                                                                      \
+        za[i] = (int32_t)zf;                                                            \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+/* Rows [0, n) of A rounded to bfloat16 (nearest even; NaN stays NaN): qa (n, ldq      \
+   halves), padded with zeros. */                                                       \
+static void clstm_lowp_quantize_bf16_##SFX(Py_ssize_t n, Py_ssize_t K, const float* A,  \
+        Py_ssize_t lda, uint16_t* qa, Py_ssize_t ldq) {                                 \
+    enum { V = VB / 4 };                                                                \
+    Py_ssize_t i, k;                                                                    \
+    for (i = 0; i < n; i++) {                                                           \
+        const float* a = A + i * lda;                                                   \
+        uint16_t* q = qa + i * ldq;                                                     \
+        for (k = 0; k + V <= K; k += V) {                                               \
+            clstm_lvw_##SFX u;                                                          \
+            memcpy(&u, a + k, VB);                                                      \
+            clstm_lvw_##SFX nan = (clstm_lvw_##SFX)((u & 0x7fffffffu) > 0x7f800000u);   \
+            clstm_lvw_##SFX r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;                 \
+            r = (nan & ((u >> 16) | 0x40u)) | (~nan & r);                               \
+            *(clstm_lvh_##SFX*)(q + k) = __builtin_convertvector(r, clstm_lvh_##SFX);   \
+        }                                                                               \
+        for (; k < K; k++)                                                              \
+            q[k] = clstm_to_bf16(a[k]);                                                 \
+        for (; k < ldq; k++)                                                            \
+            q[k] = 0;                                                                   \
+    }                                                                                   \
+}                                                                                       \
                                                                                         \
 static inline __attribute__((always_inline)) void clstm_lowp_tile_i8_##SFX(             \
-        const int mr, Py_ssize_t Kg, const uint32_t* qa, Py_ssize_t ldq,                \
+        const int mr, const int ks, Py_ssize_t Kg, const uint32_t* qa, Py_ssize_t ldq,                \
         const float* sa, const int32_t* za, const int32_t* panel, const float* sw,      \
         const int32_t* colsum, float* C, Py_ssize_t ldc, Py_ssize_t ncols) {            \
     enum { NR = CLSTM_LOWP_NR, V = VB / 4, NV = NR / V };                              \
-    clstm_lvi_##SFX acc[KS][8][NV], w[NV];                                             \
+    clstm_lvi_##SFX acc[4][8][NV], w[NV];                                             \
     float out[NR];                                                                      \
     Py_ssize_t g, c;                                                                    \
     int i, s, q;                                                                        \
-    for (s = 0; s < KS; s++)                                                            \
+    for (s = 0; s < ks; s++)                                                            \
         for (i = 0; i < mr; i++)                                                        \
             for (q = 0; q < NV; q++)                                                    \
                 acc[s][i][q] = (clstm_lvi_##SFX){0};                                    \
-    for (g = 0; g + KS <= Kg; g += KS)                                                  \
-        for (s = 0; s < KS; s++) {                                                      \
+    for (g = 0; g + ks <= Kg; g += ks)                                                  \
+        for (s = 0; s < ks; s++) {                                                      \
             for (q = 0; q < NV; q++)                                                    \
                 w[q] = *(const clstm_lvu_##SFX*)(panel + (g + s) * NR + q * V);         \
             for (i = 0; i < mr; i++) {                                                  \
@@ -268,7 +323,7 @@ static inline __attribute__((always_inline)) void clstm_lowp_tile_i8_##SFX(     
                 DOT_I8(clstm_lvi_##SFX, acc[0][i][q], a, w[q]);                         \
         }                                                                               \
     }                                                                                   \
-    for (s = 1; s < KS; s++)                                                            \
+    for (s = 1; s < ks; s++)                                                            \
         for (i = 0; i < mr; i++)                                                        \
             for (q = 0; q < NV; q++)                                                    \
                 acc[0][i][q] += acc[s][i][q];                                           \
@@ -434,6 +489,15 @@ static const char* clstm_lowp_kernel_name(void) {
     return names[clstm_lowp_kernel()];
 }
 
+/* Quantise the block's rows, then multiply them, with kernel SFX. */
+#define CLSTM_LOWP_RUN(SFX)                                                             \
+    if (W->format == CLSTM_LOWP_INT8)                                                   \
+        clstm_lowp_quantize_u8_##SFX(m, W->K, A + i * lda, lda, (uint8_t*)qa, Kg * 4,    \
+                                     sa, za);                                           \
+    else                                                                                \
+        clstm_lowp_quantize_bf16_##SFX(m, W->K, A + i * lda, lda, (uint16_t*)qa, Kg * 2);\
+    clstm_lowp_block_##SFX(W, m, col0, ncols, qa, Kg, sa, za, C + i * ldc, ldc);
+
 /* C[n, ncols] += A[n, K] @ W[col0 : col0 + ncols].T (col0 a multiple of CLSTM_LOWP_NR).
    Rows of A are quantised in blocks that fit CLSTM_LOWP_ROW_BYTES on the stack (each
    block streams the weight panels once); rows of more than that take malloc. Returns -1
@@ -461,27 +525,14 @@ static int clstm_lowp_gemm(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t
     }
     for (i = 0; i < n; i += rb) {
         m = n - i < rb ? n - i : rb;
-        if (W->format == CLSTM_LOWP_INT8)
-            clstm_lowp_quantize_u8(m, W->K, A + i * lda, lda, (uint8_t*)qa, Kg * 4, sa, za);
-        else
-            clstm_lowp_quantize_bf16(m, W->K, A + i * lda, lda, (uint16_t*)qa, Kg * 2);
         switch (kernel) {
 #if CLSTM_ISA_KERNELS && !defined(__clang__)
-        case CLSTM_LK_VNNI512:
-            clstm_lowp_block_vnni512(W, m, col0, ncols, qa, Kg, sa, za, C + i * ldc, ldc);
-            break;
-        case CLSTM_LK_V4:
-            clstm_lowp_block_v4(W, m, col0, ncols, qa, Kg, sa, za, C + i * ldc, ldc);
-            break;
-        case CLSTM_LK_AVXVNNI:
-            clstm_lowp_block_avxvnni(W, m, col0, ncols, qa, Kg, sa, za, C + i * ldc, ldc);
-            break;
-        case CLSTM_LK_V3:
-            clstm_lowp_block_v3(W, m, col0, ncols, qa, Kg, sa, za, C + i * ldc, ldc);
-            break;
+        case CLSTM_LK_VNNI512: CLSTM_LOWP_RUN(vnni512) break;
+        case CLSTM_LK_V4: CLSTM_LOWP_RUN(v4) break;
+        case CLSTM_LK_AVXVNNI: CLSTM_LOWP_RUN(avxvnni) break;
+        case CLSTM_LK_V3: CLSTM_LOWP_RUN(v3) break;
 #endif
-        default:
-            clstm_lowp_block_base(W, m, col0, ncols, qa, Kg, sa, za, C + i * ldc, ldc);
+        default: CLSTM_LOWP_RUN(base)
         }
     }
     if (qa != stack_rows)
