@@ -1,6 +1,7 @@
 """int8 and bfloat16 inference (`model.freeze(weights=...)`) against the quantised peers.
 
-    python bench/bench_lowp.py [--threads 2] [--rounds 5] [--sizes all|quick] [--micro]
+    python bench/bench_lowp.py [--threads 2 1] [--rounds 5] [--sizes all|quick] [--micro]
+                               [--streaming] [--markdown out.md]
 
 Measures one inference call (T, B, I, H; float32 in and out, one layer, zero state) of:
 clstm fp32 (frozen), clstm int8, clstm bfloat16, ONNX Runtime's DynamicQuantizeLSTM
@@ -9,6 +10,9 @@ clstm fp32 (frozen), clstm int8, clstm bfloat16, ONNX Runtime's DynamicQuantizeL
 of each implementation in turn, ``--rounds`` rounds of ``--inner`` calls each) and the
 medians are reported, with each output's max |y - y_fp32| against clstm fp32. A peer that
 is not installed is left out (``pip install torch==2.13.0 onnxruntime onnx``).
+
+``--streaming``: one step at B = 1 from Python (a frozen LSTMCell(128, 128), a frozen
+2-layer LSTM with H = 512), fp32 / int8 / bf16.
 
 ``--micro``: the low-precision GEMM alone against the float32 packed GEMM at the per-step
 shapes (n = 1..64 rows, K = H, N = 4H), one thread.
@@ -195,6 +199,32 @@ def markdown(rows, threads):
     return "\n".join(out)
 
 
+def streaming(rounds):
+    """One step from Python at B = 1: a frozen LSTMCell (I = H = 128) and a frozen 2-layer
+    LSTM (H = 512, T = 1), fp32 / int8 / bf16 snapshots, one thread."""
+    clstm.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    print("# streaming: one step at B = 1 from Python, one thread, median of interleaved rounds")
+    print("| model | fp32 us | int8 us | bf16 us | int8 speed-up | bf16 speed-up |")
+    print("|---|---|---|---|---|---|")
+    cell = clstm.LSTMCell(128, 128, seed=0)
+    x = rng.standard_normal((1, 128)).astype(np.float32)
+    state = (np.zeros((1, 128), np.float32), np.zeros((1, 128), np.float32))
+    frozen = {w: cell.freeze(weights=w) for w in (None, "int8", "bfloat16")}
+    fns = {w: (lambda f: lambda: f(x, state))(f) for w, f in frozen.items()}
+    ms = interleaved(fns, rounds, 2000)
+    rows = [("LSTMCell(128, 128)", ms)]
+    lstm = clstm.LSTM(512, 512, num_layers=2, seed=0)
+    x = rng.standard_normal((1, 1, 512)).astype(np.float32)
+    frozen = {w: lstm.freeze(weights=w) for w in (None, "int8", "bfloat16")}
+    fns = {w: (lambda f: lambda: f(x))(f) for w, f in frozen.items()}
+    rows.append(("LSTM(512, 512, num_layers=2), T = 1", interleaved(fns, rounds, 200)))
+    for name, ms in rows:
+        print(f"| {name} | {ms[None] * 1e3:.2f} | {ms['int8'] * 1e3:.2f} | "
+              f"{ms['bfloat16'] * 1e3:.2f} | {ms[None] / ms['int8']:.2f}x | "
+              f"{ms[None] / ms['bfloat16']:.2f}x |", flush=True)
+
+
 def micro(rounds):
     """The low-precision GEMM alone vs the float32 packed GEMM at per-step shapes (the
     minimum over rounds: a kernel's own speed, what another process's load only adds to)."""
@@ -228,12 +258,16 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sizes", choices=("all", "quick"), default="all")
     parser.add_argument("--micro", action="store_true")
+    parser.add_argument("--streaming", action="store_true", help="the one-step timings only")
     parser.add_argument("--markdown", help="write the tables here")
     args = parser.parse_args(argv)
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"low-precision kernel {_packed.lowp_kernel()}; python {sys.version.split()[0]}")
     if args.micro:
         micro(args.rounds)
+        return
+    if args.streaming:
+        streaming(args.rounds)
         return
     md = []
     for threads in args.threads:

@@ -2,6 +2,7 @@
 `FrozenLSTMCell`, on NumPy arrays."""
 from __future__ import annotations
 
+import json
 import math
 from typing import Callable, Optional, Tuple, Union
 
@@ -209,6 +210,33 @@ class FrozenLSTMCell(_packed.PackedCell):
 
     def __reduce__(self):
         return (_restore_frozen_cell, (self._spec, self._weights))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the snapshot's weights (packed, with int8 scales and sums, and bias)."""
+        from .frozen import layer_nbytes
+        return layer_nbytes(self._weights)
+
+    def save(self, path) -> None:
+        """Write the snapshot to ``path`` (an ``.npz`` archive, no pickles; as
+        `clstm.FrozenLSTM.save`)."""
+        from .frozen import layer_arrays, spec_config
+        arrays = {"config": np.array(json.dumps(spec_config(self._spec, self.weights)))}
+        arrays.update(layer_arrays(self._weights, "l0d0."))
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path) -> "FrozenLSTMCell":
+        """A snapshot written by `FrozenLSTMCell.save`; a file that is not one is a
+        ValueError naming it."""
+        import sys
+
+        from ._params import read_npz
+        from .frozen import layer_from_arrays, load_config
+        arrays = read_npz(path, "a saved FrozenLSTMCell")
+        spec, _ = load_config(arrays, path, sys.modules[__name__])
+        return _restore_frozen_cell(spec, layer_from_arrays(arrays, "l0d0.", "lstm", path))
 
     def _general_call(self, x, state):
         x2, h0, c0, _, batched = self._spec._prepare(x, state)

@@ -386,3 +386,38 @@ def test_int8_error_is_no_worse_than_onnx_runtime_int8(T, B, I, H, bidirectional
     theirs = np.abs(_bench_lowp().ort_int8_forward(lstm, x, 1)() - y)
     assert 0 < ours.mean() <= theirs.mean(), (ours.mean(), theirs.mean())
     assert ours.max() <= 1.25 * theirs.max(), (ours.max(), theirs.max())
+
+
+@pytest.mark.parametrize("fmt", [None, "int8", "bfloat16"])
+def test_frozen_save_and_load_keep_the_packed_weights(fmt, tmp_path):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 3, 10)).astype(F32)
+    for model in (clstm.LSTM(10, 32, num_layers=2, bidirectional=True, seed=1),
+                  clstm.LSTM(10, 32, proj_size=8, batch_first=True, seed=2)):
+        frozen = model.freeze(weights=fmt)
+        frozen.save(tmp_path / "m.npz")
+        again = clstm.FrozenLSTM.load(tmp_path / "m.npz")
+        assert again.weights == fmt and again.nbytes == frozen.nbytes
+        lengths = np.array([3, 1, 2, 3]) if model.batch_first else np.array([4, 1, 2])
+        for args in ((x,), (x[:1],), (x, None, lengths)):
+            np.testing.assert_array_equal(again(*args)[0], frozen(*args)[0])
+    cell = clstm.LSTMCell(10, 32, seed=3)
+    frozen = cell.freeze(weights=fmt)
+    frozen.save(tmp_path / "c.npz")
+    again = type(frozen).load(tmp_path / "c.npz")
+    np.testing.assert_array_equal(again(x[0])[0], frozen(x[0])[0])
+    assert again.weights == fmt
+    with pytest.raises(ValueError, match="c.npz: not a saved frozen model"):
+        clstm.FrozenLSTM.load(tmp_path / "c.npz")
+    np.savez(tmp_path / "bad.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="bad.npz: not a saved frozen model"):
+        clstm.FrozenLSTM.load(tmp_path / "bad.npz")
+
+
+def test_frozen_nbytes_shrink_with_the_format():
+    lstm = clstm.LSTM(256, 256, seed=0)
+    sizes = {fmt: lstm.freeze(weights=fmt).nbytes for fmt in (None, "bfloat16", "int8")}
+    weights = 4 * 256 * 512  # w_ih and w_hh elements
+    assert weights * 4 <= sizes[None] < weights * 4 * 1.05
+    assert weights * 2 <= sizes["bfloat16"] < weights * 2 * 1.05
+    assert weights <= sizes["int8"] < weights * 1.05
