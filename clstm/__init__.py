@@ -38,18 +38,19 @@ del _import_the_compiled_core
 from . import data, functional, losses, optim, reference, training
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
 from ._version import __version__
-from .cells import FrozenLSTMCell, LSTMCell
-from .frozen import FrozenLSTM
+from .cells import FrozenGRUCell, FrozenLSTMCell, GRUCell, LSTMCell
+from .frozen import FrozenGRU, FrozenLSTM
 from .functional import release_memory
 from .layers import AttentionPooling, Dropout, Embedding, LastStep, Linear, Sequential
 from .losses import (binary_cross_entropy_with_logits, cross_entropy, huber_loss, l1_loss,
                      mse_loss)
 from .optim import clip_grad_norm
-from .rnn import LSTM
+from .rnn import GRU, LSTM
 from .serialization import load, save
 from .training import fit, predict
 
-__all__ = ["LSTM", "LSTMCell", "FrozenLSTM", "FrozenLSTMCell", "Linear", "Sequential",
+__all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "FrozenLSTM", "FrozenGRU", "FrozenLSTMCell",
+           "FrozenGRUCell", "Linear", "Sequential",
            "functional", "reference", "losses", "optim", "mse_loss", "cross_entropy",
            "clip_grad_norm", "get_num_threads", "set_num_threads", "openmp_enabled",
            "release_memory", "Embedding", "Dropout", "AttentionPooling", "LastStep", "l1_loss",

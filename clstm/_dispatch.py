@@ -26,7 +26,8 @@ def _threads(n_threads):
 
 
 def step_usable(packing, projection, cell="lstm"):
-    """One step of at most STEP_MAX_ROWS rows, no projection (the step has none)."""
+    """One step of at most STEP_MAX_ROWS rows, no projection (the step has none), an LSTM
+    (the step's cell)."""
     return (cell == "lstm" and not projection and packing.T == 1
             and 1 <= packing.B <= _packed.STEP_MAX_ROWS and packing.n_rows == packing.B)
 
@@ -52,21 +53,22 @@ def _units_pay_off(packing, n_threads, H, dtype):
             and packing.B <= UNIT_SPLIT_MAX_ROWS_PER_THREAD * n)
 
 
-def choose(packing, n_threads, H, projection, dtype, strategy=None, allow_step=True):
+def choose(packing, n_threads, H, projection, dtype, strategy=None, allow_step=True,
+           cell="lstm"):
     """The path for one layer call: ``strategy`` if given (checked usable), else the
     automatic choice (among the driver's work splits only, without ``allow_step``)."""
     if strategy is not None:
         if strategy not in PATHS:
             raise ValueError(f"strategy must be one of {PATHS} or None, got {strategy!r}")
-        if strategy == "step" and not (allow_step and step_usable(packing, projection)):
-            raise ValueError("strategy='step' needs live weights and one step (T=1, no row "
-                             f"ending early) of at most {_packed.STEP_MAX_ROWS} rows and no "
-                             "projection")
+        if strategy == "step" and not (allow_step and step_usable(packing, projection, cell)):
+            raise ValueError("strategy='step' needs an LSTM's live weights and one step "
+                             f"(T=1, no row ending early) of at most {_packed.STEP_MAX_ROWS} "
+                             "rows and no projection")
         if strategy == "units" and not units_usable(H, projection, dtype):
             raise ValueError("strategy='units' needs no projection and a hidden size that "
                              f"is a multiple of the packed panel width ({_panel_width(dtype)})")
         return strategy
-    if allow_step and step_usable(packing, projection):
+    if allow_step and step_usable(packing, projection, cell):
         return "step"
     if units_usable(H, projection, dtype) and _units_pay_off(packing, n_threads, H, dtype):
         return "units"

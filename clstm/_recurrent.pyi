@@ -11,6 +11,7 @@ STRATEGIES: tuple
 CELLS: tuple
 
 def n_gates(cell: str) -> int: ...
+def row_blocks(cell: str) -> int: ...
 def dG_t_length(N: int, n_threads: int) -> int: ...
 
 class Schedule:
@@ -35,28 +36,35 @@ class Layer:
     w_hr: Optional[Array]
     w_ih: Optional[Array]
     w_hh: Optional[Array]
+    extra: Optional[Array]
     cell: str
     n_input: int
     n_hidden: int
     n_out: int
     typenum: int
+    @property
+    def options(self) -> tuple: ...
     def __init__(self, cell: str, w_ih_packed: PackedWeights, w_hh_packed: PackedWeights,
                  bias: Array, w_hr: Optional[Array] = ..., w_ih: Optional[Array] = ...,
-                 w_hh: Optional[Array] = ...) -> None: ...
+                 w_hh: Optional[Array] = ..., extra: Optional[Array] = ...,
+                 options: tuple = ...) -> None: ...
 
 class LayerIO:
     x: Array
     h0: Array
-    c0: Array
+    c0: Optional[Array]
     y: Array
     h_n: Array
-    c_n: Array
+    c_n: Optional[Array]
     gates: Optional[Array]
     cells: Optional[Array]
     r: Optional[Array]
-    def __init__(self, x: Array, h0: Array, c0: Array, y: Array, h_n: Array, c_n: Array,
-                 gates: Optional[Array], cells: Optional[Array] = ...,
-                 r: Optional[Array] = ...) -> None: ...
+    hg: Optional[Array]
+    train: bool
+    def __init__(self, x: Array, h0: Array, c0: Optional[Array], y: Array, h_n: Array,
+                 c_n: Optional[Array], gates: Optional[Array], cells: Optional[Array] = ...,
+                 r: Optional[Array] = ..., hg: Optional[Array] = ...,
+                 train: Optional[bool] = ...) -> None: ...
 
 class Grads:
     dy: Optional[Array]

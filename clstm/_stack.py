@@ -8,7 +8,7 @@ frozen models run through here; they differ only in the `LayerWeights` they pass
 """
 import numpy as np
 
-from .functional import layer_backward, layer_forward, scratch
+from .functional import bias_grads, layer_backward, layer_forward, scratch
 
 
 class Tape:
@@ -23,7 +23,7 @@ class Tape:
 def forward(weights, packing, x, h0, c0, *, train, n_threads, dropout=0.0, rng=None,
             strategy=None):
     """Run the stack on packed ``x (N, I)`` from sorted states ``h0 (L*D, B, P)``,
-    ``c0 (L*D, B, H)``.
+    ``c0 (L*D, B, H)`` (None for a cell whose state is h alone: c_n is then None).
 
     ``weights[layer][direction]`` are `clstm.functional.LayerWeights` (with ``train``, ones
     nobody changes until backward). Dropout (training only, on every layer's output but
@@ -33,7 +33,7 @@ def forward(weights, packing, x, h0, c0, *, train, n_threads, dropout=0.0, rng=N
     """
     L, D = len(weights), len(weights[0])
     dtype, P, N = h0.dtype, h0.shape[-1], packing.n_rows
-    h_n, c_n = np.empty_like(h0), np.empty_like(c0)
+    h_n, c_n = np.empty_like(h0), None if c0 is None else np.empty_like(c0)
     caches, masks = [], []
     layer_in = x
     for layer in range(L):
@@ -43,9 +43,11 @@ def forward(weights, packing, x, h0, c0, *, train, n_threads, dropout=0.0, rng=N
             # (training caches keep their input: a reversed copy of their own)
             xin = layer_in if d == 0 else packing.reverse(
                 layer_in, None if train else scratch("reversed_input", layer_in.shape, dtype))
-            y, h_n[k], c_n[k], cache = layer_forward(
-                xin, packing, weights[layer][d], h0[k], c0[k], train, n_threads,
-                None if D == 1 else scratch(f"y{d}", (N, P), dtype), strategy)
+            y, h_n[k], c_k, cache = layer_forward(
+                xin, packing, weights[layer][d], h0[k], None if c0 is None else c0[k], train,
+                n_threads, None if D == 1 else scratch(f"y{d}", (N, P), dtype), strategy)
+            if c_n is not None:
+                c_n[k] = c_k
             outputs.append(y)
             caches.append(cache)
         if D == 1:
@@ -64,7 +66,7 @@ def forward(weights, packing, x, h0, c0, *, train, n_threads, dropout=0.0, rng=N
 
 def backward(tape, dy, dh, dc, grads_into):
     """BPTT through a training `forward`: packed ``dy (N, D*P)`` or None; sorted ``dh``,
-    ``dc`` hold dh_n, dc_n and become dh0, dc0 (in place).
+    ``dc`` hold dh_n, dc_n and become dh0, dc0 (in place; dc None for a stateless cell).
 
     ``grads_into[k]`` (k = layer*D + direction) is ``(dw_ih, dw_hh, dw_hr)``: arrays the
     kernels add the weight gradients into where they can. Returns packed ``dx`` and, per k,
@@ -88,8 +90,11 @@ def backward(tape, dy, dh, dc, grads_into):
             else:
                 dy_d = packing.reverse(d_out[:, P:], scratch("reversed_dy", (packing.n_rows, P),
                                                              dtype))
-            dx, dh[k], dc[k], *layer_grads[k] = layer_backward(
-                caches[k], dy_d, dh[k].copy(), dc[k].copy(), grads_into[k])
+            dx, dh[k], dc_k, *layer_grads[k] = layer_backward(
+                caches[k], dy_d, dh[k].copy(), None if dc is None else dc[k].copy(),
+                grads_into[k])
+            if dc is not None:
+                dc[k] = dc_k
             if d == 0:
                 d_in = dx
             else:
@@ -98,15 +103,16 @@ def backward(tape, dy, dh, dc, grads_into):
     return d_out, layer_grads
 
 
-def add_grads(grads, names, layer_grads, into):
+def add_grads(grads, names, layer_grads, into, cell="lstm"):
     """Add one layer-direction's gradients into the module's ``grads``: ``names`` are
     (w_ih, w_hh, w_hr, b_ih, b_hh) parameter names (None where absent), ``layer_grads``
     ``(dw_ih, dw_hh, dbias, dw_hr)``; a weight gradient the kernels already added into its
-    target (``into``) is not added again. Both biases get dbias (only their sum enters)."""
+    target (``into``) is not added again. The biases' gradients come from the cell's row
+    bias (`clstm.functional.bias_grads`)."""
     dw_ih, dw_hh, dbias, dw_hr = layer_grads
     for name, dw, target in zip(names[:3], (dw_ih, dw_hh, dw_hr), into):
         if name is not None and dw is not None and dw is not target:
             grads[name] += dw
-    for name in names[3:]:
+    for name, db in zip(names[3:], bias_grads(cell, dbias)):
         if name is not None:
-            grads[name] += dbias
+            grads[name] += db

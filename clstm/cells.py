@@ -2,6 +2,7 @@
 `FrozenLSTMCell`, on NumPy arrays."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 from typing import Callable, Optional, Tuple, Union
@@ -265,3 +266,161 @@ def _restore_frozen_cell(spec, weights):
     frozen._set_weights(layer.w_ih_packed, layer.w_hh_packed, layer.bias)
     return frozen
 
+
+
+class GRUCell(Parameterised):
+    """One GRU step with ``torch.nn.GRUCell``'s arguments, parameter names and semantics
+    (``weight_ih (3H, I)``, ``weight_hh (3H, H)``, ``bias_ih``, ``bias_hh``, blocks r, z, n;
+    "reset after", as `clstm.GRU`).
+
+    ``h = cell(x, state=None)`` for ``x`` of shape ``(B, I)`` or ``(I,)`` and ``state`` the
+    previous ``h`` of shape ``(B, H)`` (``(H,)`` unbatched), zeros if omitted.
+    ``h, backward = cell.forward_train(x, state)`` with ``dx, dh0 = backward(dh=None)``
+    accumulating into ``grads``. Each step runs the recurrent driver (there is no one-step
+    GRU kernel like the LSTM's: a GRU step costs a few microseconds more).
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        ``I`` and ``H``.
+    bias : bool
+        Whether the cell has ``bias_ih``/``bias_hh``.
+    dtype : float32 or float64
+        The parameters' dtype.
+    seed : int, optional
+        Seeds PyTorch's initialisation U(-1/sqrt(H), 1/sqrt(H)).
+    """
+
+    _fixed = ("input_size", "hidden_size", "bias", "dtype", "seed")
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
+                 dtype: Union[type, np.dtype, str] = np.float32, seed: Optional[int] = None):
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.bias = bool(bias)
+        self.dtype = float_dtype(dtype)
+        self.seed = seed
+        H, I = self.hidden_size, self.input_size
+        shapes = {"weight_ih": (3 * H, I), "weight_hh": (3 * H, H)}
+        if self.bias:
+            shapes.update(bias_ih=(3 * H,), bias_hh=(3 * H,))
+        self._init_params(shapes, generator_from_seed(seed), 1.0 / math.sqrt(H))
+
+    def _prepare(self, x, state):
+        """Validate; return x (B, I), h0 (B, H) (C-contiguous, the cell's dtype), batched."""
+        x = float_array("x", x, self.dtype)
+        I, H = self.input_size, self.hidden_size
+        if x.ndim not in (1, 2):
+            raise ValueError(f"x must be 2-D (B, input_size) or unbatched 1-D (input_size,) "
+                             f"with input_size={I}, got shape {x.shape}")
+        batched = x.ndim == 2
+        check_shape("x", x, ("B", I) if batched else (I,))
+        B = x.shape[0] if batched else 1
+        shape = (B, H) if batched else (H,)
+        h0 = np.zeros((B, H), self.dtype) if state is None else \
+            check_shape("h0", float_array("h0", state, self.dtype), shape).reshape(B, H)
+        return (np.require(x.reshape(B, I), self.dtype, "CA"),
+                np.require(h0, self.dtype, "CA"), batched)
+
+    def _step(self, weights, x, state):
+        x, h0, batched = self._prepare(x, state)
+        _, h, _, _ = functional.layer_forward(x, functional.Packing(1, x.shape[0]), weights, h0,
+                                              None, False, get_num_threads())
+        return h if batched else h[0]
+
+    def __call__(self, x: Array, state: Optional[Array] = None) -> Array:
+        """One step: the new ``h``, shaped as ``state``.
+
+        Parameters
+        ----------
+        x : array_like (B, I) or (I,)
+        state : array_like (B, H) or (H,), optional
+            The previous ``h``; zeros if omitted.
+        """
+        return self._step(self._layer_weights(copy=False), x, state)
+
+    forward = __call__
+
+    def freeze(self, weights: Optional[str] = None) -> "FrozenGRUCell":
+        """An inference-only snapshot on prepacked weights: `FrozenGRUCell`; ``weights``
+        None, "int8" or "bfloat16" as in `clstm.LSTM.freeze`."""
+        return FrozenGRUCell(self, weights=weights)
+
+    def _layer_weights(self, copy):
+        p = self._checked_params()
+        return functional.LayerWeights(p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
+                                       p.get("bias_hh"), copy=copy, cell="gru")
+
+    def forward_train(self, x: Array, state: Optional[Array] = None
+                      ) -> Tuple[Array, Callable[..., Tuple[Array, Array]]]:
+        """One step keeping what backward needs.
+
+        Returns
+        -------
+        h, backward
+            ``dx, dh0 = backward(dh=None)`` adds the parameter gradients into ``grads``
+            (runs once).
+        """
+        x, h0, batched = self._prepare(x, state)
+        B, H = h0.shape
+        _, h, _, cache = functional.layer_forward(x.copy(), functional.Packing(1, B),
+                                                  self._layer_weights(copy=True), h0.copy(),
+                                                  None, True, get_num_threads())
+
+        def backward(dh=None):
+            buf = np.zeros((B, H), self.dtype)
+            if dh is not None:
+                buf[...] = check_shape("dh", float_array("dh", dh, self.dtype),
+                                       (B, H) if batched else (H,)).reshape(B, H)
+            g = self.grads
+            into = (g.get("weight_ih"), g.get("weight_hh"), None)
+            dx, dh0, _, dw_ih, dw_hh, db, _ = functional.layer_backward(cache, None, buf, None,
+                                                                        into)
+            for name, dw, target in zip(("weight_ih", "weight_hh"), (dw_ih, dw_hh), into):
+                if dw is not target:  # not added in place
+                    g[name] += dw
+            if self.bias:
+                db_ih, db_hh = functional.bias_grads("gru", db)
+                g["bias_ih"] += db_ih
+                g["bias_hh"] += db_hh
+            return (dx, dh0) if batched else (dx[0], dh0[0])
+
+        return (h if batched else h[0]), backward
+
+    def __repr__(self):
+        bias = "" if self.bias else ", bias=False"
+        return f"GRUCell({self.input_size}, {self.hidden_size}{bias}, dtype={self.dtype.name})"
+
+
+class FrozenGRUCell:
+    """``cell.freeze()``: an inference-only snapshot of a `GRUCell` on weights packed once;
+    ``h = frozen(x, state=None)`` as the cell (same shapes, checks and numbers, bit for
+    bit). Later changes to the cell's parameters do not reach it.
+
+    Parameters
+    ----------
+    cell : GRUCell
+        The cell to snapshot.
+    weights : {None, "int8", "bfloat16"}
+        The packed weights' format (None: the cell's dtype; with a low-precision format
+        the numbers are the quantised model's, `clstm.LSTM.freeze`).
+    """
+
+    def __init__(self, cell: GRUCell, weights: Optional[str] = None):
+        if not isinstance(cell, GRUCell):
+            raise TypeError(f"cell must be a GRUCell (FrozenGRUCell(cell) or cell.freeze()), "
+                            f"got {type(cell).__name__}")
+        self._spec = copy.copy(cell)  # for the shapes, dtype and input checks only
+        self.input_size, self.hidden_size, self.dtype = cell.input_size, cell.hidden_size, \
+            cell.dtype
+        self.weights = functional.check_weights_format(weights, cell.dtype)
+        self._weights = cell._layer_weights(copy=False).freeze(weights)
+
+    def __call__(self, x: Array, state: Optional[Array] = None) -> Array:
+        """One step: the new ``h`` (see `GRUCell.__call__`)."""
+        return self._spec._step(self._weights, x, state)
+
+    forward = __call__
+
+    def __repr__(self):
+        return f"{self._spec!r}.freeze()"

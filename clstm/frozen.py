@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from typing import TYPE_CHECKING, Optional, Tuple
 
@@ -42,11 +43,13 @@ class FrozenLSTM:
         The packed weights' format (None: the model's dtype).
     """
 
+    _model = "LSTM"  # the model class (and cell) this snapshots
+
     def __init__(self, model: "LSTM", weights: Optional[str] = None):
         from .rnn import RNNBase  # (rnn imports this module)
-        if not isinstance(model, RNNBase):
-            raise TypeError(f"model must be a clstm.LSTM (FrozenLSTM(model) or model.freeze()), "
-                            f"got {type(model).__name__}")
+        if not (isinstance(model, RNNBase) and model._cell == self._model.lower()):
+            raise TypeError(f"model must be a clstm.{self._model} ({type(self).__name__}(model) "
+                            f"or model.freeze()), got {type(model).__name__}")
         self.weights = functional.check_weights_format(weights, model.dtype)
         self._spec = copy.copy(model)  # its configuration, for validation and layouts
         self._weights = [[w.freeze(weights) for w in layer]
@@ -87,6 +90,9 @@ class FrozenLSTM:
         from . import rnn
         arrays = read_npz(path, "a saved FrozenLSTM")
         config, weights = load_config(arrays, path, rnn)
+        if config._cell != cls._model.lower():
+            raise ValueError(f"{path}: a saved {type(config).__name__}, not a "
+                             f"{cls._model} (load it with Frozen{type(config).__name__}.load)")
         self = cls.__new__(cls)
         self.weights = weights
         self._spec = config
@@ -119,6 +125,22 @@ class FrozenLSTM:
         return f"{self._spec!r}.freeze()"
 
 
+class FrozenGRU(FrozenLSTM):
+    """``gru.freeze()``: an inference-only snapshot of a whole `clstm.GRU` on prepacked
+    weights, called exactly like the model: ``y, h_n = frozen(x, state=None,
+    lengths=None)``; the results are the live model's bit for bit, with the same threads.
+
+    Parameters
+    ----------
+    model : clstm.GRU
+        The model to snapshot.
+    weights : {None, "int8", "bfloat16"}
+        The packed weights' format (None: the model's dtype; `clstm.GRU.freeze`).
+    """
+
+    _model = "GRU"
+
+
 # ---------------------------------------------------------------------------------------------
 # Saving snapshots (FrozenLSTM, FrozenLSTMCell): the configuration as JSON, each layer's
 # packed weights as they are.
@@ -128,10 +150,10 @@ SAVE_VERSION = 1
 
 def spec_config(spec, weights):
     """The JSON-able configuration of a model or cell (its class and fixed arguments)."""
-    args = {name: getattr(spec, name) for name in spec._fixed if name != "seed"}
+    takes = inspect.signature(type(spec).__init__).parameters
+    args = {name: getattr(spec, name) for name in spec._fixed
+            if name != "seed" and name in takes}
     args["dtype"] = np.dtype(args["dtype"]).name
-    if hasattr(spec, "proj_size") and "proj_size" not in args:
-        args["proj_size"] = spec.proj_size
     return {"version": SAVE_VERSION, "class": type(spec).__name__, "args": args,
             "weights": weights}
 

@@ -124,9 +124,9 @@ def _scratch_packed(slot, n_out, n_in, dtype):
 
 class LayerWeights:
     """One layer-direction's weights as the kernels take them: ``w_ih (G, I)``,
-    ``w_hh (G, P)``, ``bias (G,)`` = b_ih + b_hh, ``w_hr (P, H)`` or None.
+    ``w_hh (G, P)``, ``bias (R,)`` (`cell_bias`), ``w_hr (P, H)`` or None.
 
-    The one home of the bias sum and of the training copy: ``copy=True`` snapshots the
+    The one home of the cell's bias and of the training copy: ``copy=True`` snapshots the
     weights, so a training cache does not see an optimiser step taken before backward.
     ``packed`` is a prepacked `clstm._recurrent.Layer` (a frozen model's), else the weights
     are packed into scratch on every call (they may change in place between calls).
@@ -140,7 +140,7 @@ class LayerWeights:
             w_ih, w_hh = w_ih.copy(), w_hh.copy()
             w_hr = None if w_hr is None else w_hr.copy()
         self.w_ih, self.w_hh, self.w_hr = w_ih, w_hh, w_hr
-        self.bias = bias_sum(b_ih, b_hh, w_hh.shape[0], w_hh.dtype)
+        self.bias = cell_bias(cell, b_ih, b_hh, w_hh.shape[0], w_hh.dtype)
         self.packed = None
         self.cell = cell
 
@@ -196,6 +196,29 @@ def bias_sum(b_ih, b_hh, n, dtype):
     return np.add(b_ih, b_hh, dtype=dtype)
 
 
+def cell_bias(cell, b_ih, b_hh, G, dtype):
+    """The bias (R,) of a gates row of ``cell`` from b_ih, b_hh (G,) (csrc/cells.h): the
+    LSTM needs only their sum; the GRU keeps b_hn (inside r * (...)) and b_in apart:
+    ``[b_ir + b_hr | b_iz + b_hz | b_hn | b_in]``. A missing bias counts as zeros."""
+    summed = bias_sum(b_ih, b_hh, G, dtype)
+    if cell != "gru":
+        return summed
+    H = G // 3
+    bias = np.empty(4 * H, dtype)
+    bias[:2 * H] = summed[:2 * H]
+    bias[2 * H:3 * H] = 0 if b_hh is None else b_hh[2 * H:]
+    bias[3 * H:] = 0 if b_ih is None else b_ih[2 * H:]
+    return bias
+
+
+def bias_grads(cell, dbias):
+    """``(d b_ih, d b_hh)`` from the gradient of `cell_bias`'s row bias."""
+    if cell != "gru":
+        return dbias, dbias
+    H = dbias.shape[0] // 4
+    return np.concatenate([dbias[:2 * H], dbias[3 * H:]]), dbias[:3 * H]
+
+
 class LayerCache:
     """What `layer_backward` needs from a training `layer_forward`. Backward turns the gate
     activations into gate gradients in place, so it can run once per forward."""
@@ -215,7 +238,8 @@ class LayerCache:
 
 
 def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strategy=None):
-    """One layer, one direction, on packed x (N, I) and sorted states h0 (B, P), c0 (B, H).
+    """One layer, one direction, on packed x (N, I) and sorted states h0 (B, P), c0 (B, H)
+    (None for a cell whose state is h alone, the GRU: then c_n is None too).
 
     Arrays must be validated, C-contiguous and of one dtype; ``weights`` a `LayerWeights`
     (with ``train``, one nobody writes to until backward has run: the cache keeps it, x
@@ -224,12 +248,15 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
     into the given C-contiguous array if there is one.
     """
     N, B = packing.n_rows, packing.B
-    H, P = c0.shape[1], h0.shape[1]
+    P = h0.shape[1]
+    H = P if c0 is None else c0.shape[1]
     dtype = h0.dtype
     projection = weights.w_hr is not None
+    cell = weights.cell
+    G, R = _recurrent.n_gates(cell) * H, _recurrent.row_blocks(cell) * H
     # (a frozen layer has only its packed weights: the step on plain ones is not for it)
     path = _dispatch.choose(packing, n_threads, H, projection, dtype, strategy,
-                            allow_step=weights.packed is None)
+                            allow_step=weights.packed is None, cell=cell)
     if path == "step":
         # One step of a few rows (a layer stepped token by token): the step on the weights
         # as they are, since packing them would cost more than the step. Training takes
@@ -246,21 +273,24 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
             io, weights.driver_layer(), _dispatch.schedule(packing, path, n_threads, H, dtype))
     if y is None or train:
         y = np.empty((N, P), dtype)
+    c_n = None if c0 is None else np.empty((B, H), dtype)
     if N == 0:  # nothing to run: the state passes through unchanged (and back)
-        io = _recurrent.LayerIO(x, h0, c0, y, h0.copy(), c0.copy(), None)
+        io = _recurrent.LayerIO(x, h0, c0, y, h0.copy(), None if c0 is None else c0.copy(),
+                                None)
         return y, io.h_n, io.c_n, LayerCache(io, weights.driver_layer(), None) if train else None
     check_blas_sizes(N, x.shape[1], H)
     if train:
-        gates = np.empty((N, 4 * H), dtype)
-        cells = np.empty((N, H), dtype)
+        gates = np.empty((N, R), dtype)
+        cells = None if c0 is None else np.empty((N, H), dtype)
         r = np.empty((N, H), dtype) if projection else None
     else:
-        rows = min(N, max(packing.first_step_rows, GATES_CHUNK_ELEMENTS // (4 * H)))
-        gates = scratch("gates", (rows, 4 * H), dtype)
+        rows = min(N, max(packing.first_step_rows, GATES_CHUNK_ELEMENTS // R))
+        gates = scratch("gates", (rows, R), dtype)
         cells = None
         r = scratch("r", (B, H), dtype) if projection else None
-    io = _recurrent.LayerIO(x, h0, c0, y, np.empty((B, P), dtype), np.empty((B, H), dtype),
-                            gates, cells, r)
+    hg = scratch("hg", (B, G), dtype) if G != R else None
+    io = _recurrent.LayerIO(x, h0, c0, y, np.empty((B, P), dtype), c_n, gates, cells, r, hg,
+                            train)
     layer = weights.driver_layer()
     schedule = _dispatch.schedule(packing, path, n_threads, H, dtype)
     # A call of several chunks can take seconds: Ctrl-C may end it between chunks (Python
@@ -283,7 +313,8 @@ def _accumulator(into, like):
 
 def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
     """BPTT for one `layer_forward(train=True)`: ``dy`` (N, P) or None; ``dh`` (B, P) and
-    ``dc`` (B, H) hold dh_n, dc_n and are overwritten with dh0, dc0.
+    ``dc`` (B, H) hold dh_n, dc_n and are overwritten with dh0, dc0 (a GRU's dc: None in,
+    None out).
     Returns ``dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr`` (dw_hr None without projection). The
     weight gradients are added into the arrays of ``dw_into`` (for w_ih, w_hh, w_hr) that can
     take them, which are then the ones returned; the others are new arrays."""
@@ -293,12 +324,12 @@ def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
     cache.consumed = True
     io, layer, schedule = cache.io, cache.layer, cache.schedule
     I, H, P = layer.n_input, layer.n_hidden, layer.n_out
-    G = 4 * H
+    G, R = layer.w_ih.shape[0], layer.bias.shape[0]
     dtype = io.x.dtype
     dx = np.empty_like(io.x)
     dw_ih = _accumulator(dw_into[0], layer.w_ih)
     dw_hh = _accumulator(dw_into[1], layer.w_hh)
-    dbias = np.zeros(G, dtype)
+    dbias = np.zeros(R, dtype)
     dw_hr = None if layer.w_hr is None else _accumulator(dw_into[2], layer.w_hr)
     if schedule is None:  # a forward that ran no steps
         cache.io = cache.layer = None
@@ -314,7 +345,9 @@ def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
                                                                  P), dtype),
         scratch("dh_all", (N, P), dtype) if projection else None,
         scratch("r", (B, H), dtype) if projection else None)
-    grads = _recurrent.Grads(dy, dh, dc, dx, dw_ih, dw_hh, dbias, dw_hr)
+    stateless = io.c0 is None  # (the driver carries h's gradient through the cell in dc)
+    grads = _recurrent.Grads(dy, dh, np.zeros((B, H), dtype) if stateless else dc, dx, dw_ih,
+                             dw_hh, dbias, dw_hr)
     with kernel_call(schedule.n_threads):
         _recurrent.backward(layer, schedule, io, grads, work)
     cache.io = cache.layer = None  # the caches are consumed: let them go

@@ -1,4 +1,4 @@
-"""Pure-NumPy reference LSTM: one layer, one direction, forward and BPTT.
+"""Pure-NumPy reference LSTM and GRU: one layer, one direction, forward and BPTT.
 
 Written to be read: one time step at a time, one line per equation, gradients accumulated
 step by step. It is the ground truth the compiled kernels (`clstm.functional`) are tested
@@ -147,6 +147,91 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     db_hh = db.copy() if cache.has_bias else None
     return LSTMGrads(dx, dh.astype(dtype), dc.astype(dtype), dw_ih, dw_hh, db_ih, db_hh,
                      dw_hr)
+
+
+#: Gradients returned by ``gru_backward`` (``db_ih``/``db_hh`` None without biases).
+GRUGrads = namedtuple("GRUGrads", "dx dh0 dw_ih dw_hh db_ih db_hh")
+
+
+def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths=None, reverse=False, train=False):
+    """One GRU layer (PyTorch's ``nn.GRU``, "reset after") over a whole sequence.
+
+    ``w_ih (3H, I)``, ``w_hh (3H, H)``, ``b_ih, b_hh (3H,)`` or None, blocks r, z, n;
+    ``x (T, B, I)``, ``h0 (B, H)``::
+
+        r = sigmoid(x_t W_ir.T + b_ir + h W_hr.T + b_hr)
+        z = sigmoid(x_t W_iz.T + b_iz + h W_hz.T + b_hz)
+        n = tanh(x_t W_in.T + b_in + r * (h W_hn.T + b_hn))
+        h_t = (1 - z) * n + z * h
+
+    ``lengths`` and ``reverse`` as `lstm_forward`. Returns ``(y, h_n, cache)``; ``cache``
+    (None unless ``train``) is what `gru_backward` takes.
+    """
+    x, w_ih, w_hh, h0 = (np.asarray(a) for a in (x, w_ih, w_hh, h0))
+    n_steps, n_batch, _ = x.shape
+    H = w_hh.shape[0] // 3
+    dtype = x.dtype
+    b_ih = np.zeros(3 * H, dtype) if b_ih is None else np.asarray(b_ih)
+    b_hh_given = b_hh is not None
+    b_hh = np.zeros(3 * H, dtype) if b_hh is None else np.asarray(b_hh)
+    time, active = _schedule(n_steps, n_batch, lengths, reverse)
+    rows = np.arange(n_batch)
+    cache = _Cache(x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, time=time, active=active,
+                   has_bias=b_hh_given)
+    y = np.zeros((n_steps, n_batch, H), dtype)
+    h = h0
+    for k in range(n_steps):
+        on = active[k]
+        x_k = x[time[k], rows]
+        a = x_k @ w_ih.T + b_ih        # input side, (B, 3H)
+        b = h @ w_hh.T + b_hh          # recurrent side
+        r = sigmoid(a[:, :H] + b[:, :H])
+        z = sigmoid(a[:, H:2 * H] + b[:, H:2 * H])
+        hn = b[:, 2 * H:]
+        n = np.tanh(a[:, 2 * H:] + r * hn)
+        h_new = (1 - z) * n + z * h
+        if train:
+            cache.steps.append(dict(x=x_k, h_prev=h, r=r, z=z, n=n, hn=hn))
+        y[time[k][on], rows[on]] = h_new[on]
+        h = np.where(on[:, None], h_new, h)
+    return y, np.array(h, dtype), cache if train else None
+
+
+def gru_backward(cache, dy=None, dh_n=None):
+    """Backpropagation through time for one ``gru_forward(..., train=True)`` call: ``dy``
+    w.r.t. ``y`` (ignored past each row's length), ``dh_n`` w.r.t. the final state (either
+    may be None). Returns `GRUGrads`."""
+    x, w_ih, w_hh = cache.x, cache.w_ih, cache.w_hh
+    n_steps, n_batch, _ = x.shape
+    H = w_hh.shape[0] // 3
+    dtype = x.dtype
+    rows = np.arange(n_batch)
+    dx = np.zeros_like(x)
+    dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
+    db_ih, db_hh = np.zeros(3 * H, dtype), np.zeros(3 * H, dtype)
+    dh = np.zeros((n_batch, H), dtype) if dh_n is None else np.array(dh_n, dtype)
+    for k in reversed(range(n_steps)):
+        s = cache.steps[k]
+        on = cache.active[k][:, None]
+        t = cache.time[k]
+        dh_k = dh if dy is None else dh + dy[t, rows]
+        dh_k = np.where(on, dh_k, 0)
+        r, z, n, hn, h_prev = s["r"], s["z"], s["n"], s["hn"], s["h_prev"]
+        dn = dh_k * (1 - z) * (1 - n ** 2)          # through tanh
+        dz = dh_k * (h_prev - n) * z * (1 - z)
+        dr = dn * hn * r * (1 - r)
+        da = np.concatenate([dr, dz, dn], axis=1)       # input side pre-activations
+        db = np.concatenate([dr, dz, dn * r], axis=1)   # recurrent side
+        dw_ih += da.T @ s["x"]
+        dw_hh += db.T @ h_prev
+        db_ih += da.sum(axis=0)
+        db_hh += db.sum(axis=0)
+        ran = cache.active[k]
+        dx[t[ran], rows[ran]] = (da @ w_ih)[ran]
+        dh = np.where(on, db @ w_hh + dh_k * z, dh)
+    has_bias = cache.has_bias
+    return GRUGrads(dx, dh.astype(dtype), dw_ih, dw_hh, db_ih if has_bias else None,
+                    db_hh if has_bias else None)
 
 
 def _layer_names(num_layers, bidirectional):

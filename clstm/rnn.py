@@ -1,6 +1,6 @@
-"""Recurrent models: `RNNBase` (what every multi-layer model shares) and `LSTM`
-(torch.nn.LSTM's arguments, semantics and parameter names), on NumPy arrays, running the
-compiled driver."""
+"""Recurrent models: `RNNBase` (what every multi-layer model shares), `LSTM` and `GRU`
+(torch.nn.LSTM's and torch.nn.GRU's arguments, semantics and parameter names), on NumPy
+arrays, running the compiled driver."""
 from __future__ import annotations
 
 import math
@@ -41,13 +41,15 @@ class RNNBase(Parameterised):
     """What every recurrent model shares: PyTorch's constructor arguments and layouts,
     validation, the stack (`clstm._stack`) in inference and training, gradients into
     ``grads``, ``strategy`` and ``freeze()``. A subclass gives its cell (``_cell``), its
-    parameter shapes and names, ``output_size`` and its interop. The state is ``(h, c)``
-    (a cell that carries only ``h`` generalises ``_prepare``/``_backward``'s pair).
+    parameter shapes and names, ``output_size`` and its interop. The state is ``(h, c)``,
+    or ``h`` alone for a cell without a state of its own (``_has_cell_state`` False: the
+    GRU).
 
     See `LSTM` for the arguments and the calls.
     """
 
     _cell = None  # the compiled cell's name (clstm._recurrent.CELLS)
+    _has_cell_state = True  # the state is (h, c); else h alone
     _fixed = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
               "bidirectional", "proj_size", "dtype", "seed")
     proj_size = 0  # no projection unless the subclass has one
@@ -111,7 +113,12 @@ class RNNBase(Parameterised):
         T, B = x.shape[:2]
         shapes = ((n_states, B, P), (n_states, B, H)) if batched else \
             ((n_states, P), (n_states, H))
-        if state is None:
+        if not self._has_cell_state:
+            h0 = np.zeros((n_states, B, P), self.dtype) if state is None else \
+                check_shape("h0", float_array("h0", state, self.dtype), shapes[0]) \
+                .reshape(n_states, B, P)
+            c0 = None
+        elif state is None:
             h0 = np.zeros((n_states, B, P), self.dtype)
             c0 = np.zeros((n_states, B, H), self.dtype)
         else:
@@ -124,7 +131,7 @@ class RNNBase(Parameterised):
         return x, h0, c0, lengths, batched
 
     def _zero_state(self, x):
-        """Zero (h0, c0) for a time-major or batch-first 3-D x, else None."""
+        """Zero (h0, c0) for a time-major or batch-first 3-D x, else None (LSTM)."""
         if type(x) is not np.ndarray or x.ndim != 3:
             return None
         shape = (self.num_layers * self.num_directions, x.shape[0 if self.batch_first else 1])
@@ -144,23 +151,30 @@ class RNNBase(Parameterised):
         B, n_states = x.shape[1], self.num_layers * self.num_directions
         if state is None:
             return (x, np.zeros((n_states, B, self.output_size), dtype),
-                    np.zeros((n_states, B, self.hidden_size), dtype))
-        if type(state) is not tuple or len(state) != 2:
+                    np.zeros((n_states, B, self.hidden_size), dtype)
+                    if self._has_cell_state else None)
+        if not self._has_cell_state:
+            h0, c0 = state, None
+            arrays = ((h0, self.output_size),)
+        elif type(state) is not tuple or len(state) != 2:
             return None
-        h0, c0 = state
-        for a, width in ((h0, self.output_size), (c0, self.hidden_size)):
+        else:
+            h0, c0 = state
+            arrays = ((h0, self.output_size), (c0, self.hidden_size))
+        for a, width in arrays:
             if not (type(a) is np.ndarray and a.dtype == dtype and a.shape == (n_states, B, width)
                     and a.flags.c_contiguous and a.flags.aligned):
                 return None
         return x, h0, c0
 
     def _to_caller(self, y, h_n, c_n, batched):
-        """Time-major results to the caller's layout."""
+        """Time-major results to the caller's layout: y and the state, (h_n, c_n) or h_n."""
         if not batched:
-            return y[:, 0, :], (h_n[:, 0, :], c_n[:, 0, :])
-        if self.batch_first:
+            y, h_n = y[:, 0, :], h_n[:, 0, :]
+            c_n = None if c_n is None else c_n[:, 0, :]
+        elif self.batch_first:
             y = y.transpose(1, 0, 2)
-        return y, (h_n, c_n)
+        return y, ((h_n, c_n) if self._has_cell_state else h_n)
 
     def _layer_weights(self, copy):
         """`LayerWeights` per layer and direction (``copy``: snapshots for a training
@@ -182,11 +196,13 @@ class RNNBase(Parameterised):
         if train:
             layer_in = private_copy(layer_in, x_in)
         y, h_n, c_n, tape = _stack.forward(
-            weights, packing, layer_in, packing.sort_rows(h0), packing.sort_rows(c0),
+            weights, packing, layer_in, packing.sort_rows(h0),
+            None if c0 is None else packing.sort_rows(c0),
             train=train, n_threads=get_num_threads(), dropout=self.dropout,
             rng=self._rng if rng is None else generator(rng), strategy=self.strategy)
         y = packing.unpack(y)
-        h_n, c_n = packing.unsort_rows(h_n), packing.unsort_rows(c_n)
+        h_n = packing.unsort_rows(h_n)
+        c_n = None if c_n is None else packing.unsort_rows(c_n)
         return self._to_caller(y, h_n, c_n, batched), (tape, batched)
 
     def __call__(self, x: Array, state: Optional[State] = None,
@@ -255,8 +271,9 @@ class RNNBase(Parameterised):
             bit for bit (see `clstm.FrozenLSTM` for the one exception); later changes to
             the model's parameters do not reach it (freeze again after training).
         """
-        from .frozen import FrozenLSTM as Frozen  # (frozen imports this module)
-        return Frozen(self, weights=weights)
+        from .frozen import FrozenGRU, FrozenLSTM  # (frozen imports this module)
+        frozen = FrozenLSTM if self._has_cell_state else FrozenGRU
+        return frozen(self, weights=weights)
 
     def forward_train(self, x: Array, state: Optional[State] = None,
                       lengths: Optional[Array] = None,
@@ -279,13 +296,15 @@ class RNNBase(Parameterised):
             ``(h_n, c_n)`` (either may be None), adds the parameter gradients into
             ``grads`` and runs once.
         """
-        (y, (h_n, c_n)), (tape, batched) = self._run(x, state, lengths, train=True, rng=rng)
-        y_shape, h_shape, c_shape = y.shape, h_n.shape, c_n.shape
+        (y, state_n), (tape, batched) = self._run(x, state, lengths, train=True, rng=rng)
+        y_shape = y.shape
+        state_shapes = tuple(s.shape for s in state_n) if self._has_cell_state else \
+            (state_n.shape,)
 
         def backward(dy=None, dstate=None):
-            return self._backward(tape, batched, y_shape, (h_shape, c_shape), dy, dstate)
+            return self._backward(tape, batched, y_shape, state_shapes, dy, dstate)
 
-        return (_read_only(y), (h_n, c_n)), backward
+        return (_read_only(y), state_n), backward
 
     def _backward(self, tape, batched, y_shape, state_shapes, dy, dstate):
         dtype = self.dtype
@@ -299,14 +318,18 @@ class RNNBase(Parameterised):
                 dy.transpose(1, 0, 2) if self.batch_first else dy
             dy = packing.pack(np.ascontiguousarray(dy))
         dh = np.zeros((n_states, B, P), dtype)
-        dc = np.zeros((n_states, B, self.hidden_size), dtype)
+        dc = np.zeros((n_states, B, self.hidden_size), dtype) if self._has_cell_state else None
         if dstate is not None:
-            _state_pair(dstate, "dstate", state_shapes)
+            if self._has_cell_state:
+                _state_pair(dstate, "dstate", state_shapes)
+            else:
+                dstate = (dstate,)
             for name, d, buf, shape in zip(("dh_n", "dc_n"), dstate, (dh, dc), state_shapes):
                 if d is not None:
                     buf[...] = check_shape(name, float_array(name, d, dtype), shape) \
                         .reshape(buf.shape)
-        dh, dc = packing.sort_rows(dh), packing.sort_rows(dc)
+        dh = packing.sort_rows(dh)
+        dc = None if dc is None else packing.sort_rows(dc)
         names = [(f"weight_ih{sfx}", f"weight_hh{sfx}",
                   f"weight_hr{sfx}" if self.proj_size else None,
                   *((f"bias_ih{sfx}", f"bias_hh{sfx}") if self.bias else (None, None)))
@@ -314,9 +337,10 @@ class RNNBase(Parameterised):
         into = [tuple(self.grads.get(name) for name in n[:3]) for n in names]
         d_out, layer_grads = _stack.backward(tape, dy, dh, dc, into)
         for n, g, i in zip(names, layer_grads, into):
-            _stack.add_grads(self.grads, n, g, i)
+            _stack.add_grads(self.grads, n, g, i, self._cell)
         dx = packing.unpack(d_out)
-        return self._to_caller(dx, packing.unsort_rows(dh), packing.unsort_rows(dc), batched)
+        return self._to_caller(dx, packing.unsort_rows(dh),
+                               None if dc is None else packing.unsort_rows(dc), batched)
 
     _repr_defaults = (("num_layers", 1), ("bias", True), ("batch_first", False),
                       ("dropout", 0.0), ("bidirectional", False))
@@ -481,3 +505,146 @@ proj_size, dtype, seed
         return out
 
     _repr_defaults = RNNBase._repr_defaults + (("proj_size", 0),)
+
+
+class GRU(RNNBase):
+    """A multi-layer GRU with ``torch.nn.GRU``'s arguments, semantics and parameter names.
+
+    ``y, h_n = gru(x, state=None, lengths=None)`` runs inference on ``x`` of shape
+    ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``, or unbatched ``(T, I)``); the state
+    ``h0`` and ``h_n`` is ``(L*D, B, H)`` (no batch axis when unbatched), zeros if omitted
+    (an array, not a tuple: the GRU has no cell state); ``y`` is
+    ``(T, B, D*H)``. Each layer computes, as PyTorch's ("reset after")::
+
+        r = sigmoid(x W_ir.T + b_ir + h W_hr.T + b_hr)
+        z = sigmoid(x W_iz.T + b_iz + h W_hz.T + b_hz)
+        n = tanh(x W_in.T + b_in + r * (h W_hn.T + b_hn))
+        h' = (1 - z) * n + z * h
+
+    with ``weight_ih_l{k} (3H, I_k)`` and ``weight_hh_l{k} (3H, H)`` stacking the blocks
+    r, z, n, and ``bias_ih``/``bias_hh`` (3H,) likewise (``_reverse`` for the reverse
+    direction): ``load_state_dict(torch_gru.state_dict())`` works as it is. ``lengths``,
+    ``dropout``, ``bidirectional``, ``forward_train`` (``dx, dh0 = backward(dy=None,
+    dh_n=None)``, gradients into ``grads``), ``strategy`` and ``freeze()`` are as `LSTM`'s.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        ``I`` and ``H``.
+    num_layers : int
+        Stacked layers ``L``.
+    bias : bool
+        Whether the layers have ``bias_ih``/``bias_hh``.
+    batch_first : bool
+        ``x`` and ``y`` are ``(B, T, .)`` instead of ``(T, B, .)``.
+    dropout : float in [0, 1)
+        Dropout on every layer's output but the last, in training only.
+    bidirectional : bool
+        A reverse direction per layer (``D = 2``).
+    dtype : float32 or float64
+        The parameters' (and every result's) dtype.
+    seed : int, optional
+        Seeds the initialisation U(-1/sqrt(H), 1/sqrt(H)) (PyTorch's) and the dropout
+        generator.
+
+    Raises
+    ------
+    ValueError, TypeError
+        A size, dropout or dtype out of range (the message names the argument).
+    """
+
+    _cell = "gru"
+    _has_cell_state = False
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, *,
+                 dtype: Union[type, np.dtype, str] = np.float32, seed: Optional[int] = None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype=dtype, seed=seed)
+
+    def _param_shapes(self):
+        H, D = self.hidden_size, self.num_directions
+        shapes = {}
+        for layer in range(self.num_layers):
+            n_in = self.input_size if layer == 0 else D * H
+            for sfx in self._suffixes(layer):
+                shapes[f"weight_ih{sfx}"] = (3 * H, n_in)
+                shapes[f"weight_hh{sfx}"] = (3 * H, H)
+                if self.bias:
+                    shapes[f"bias_ih{sfx}"] = (3 * H,)
+                    shapes[f"bias_hh{sfx}"] = (3 * H,)
+        return shapes
+
+    @classmethod
+    def from_keras_weights(cls, kernel, recurrent_kernel, bias=None, *, batch_first=True,
+                           dtype=None):
+        """A one-layer GRU from Keras's ``GRU(reset_after=True).get_weights()`` (Keras's
+        default since 2.3, and the same equations as PyTorch's): ``kernel (I, 3H)``,
+        ``recurrent_kernel (H, 3H)``, ``bias (2, 3H)`` (input and recurrent biases) or None,
+        gates in Keras's order z, r, h (PyTorch's r, z, n). Batch-first unless
+        ``batch_first=False``; ``dtype`` defaults to the kernel's. (``reset_after=False``
+        models, Keras 2.2's default, compute another function: not supported.)"""
+        kernel = float_array("kernel", kernel, None)
+        dtype = float_dtype(kernel.dtype if dtype is None else dtype)
+        check_shape("kernel", kernel, ("I", "3*H"))
+        H = kernel.shape[1] // 3
+        if kernel.shape[1] != 3 * H or H < 1 or kernel.shape[0] < 1:
+            raise ValueError(f"kernel must have shape (I, 3*H) with I, H >= 1, got "
+                             f"{kernel.shape}")
+        recurrent_kernel = check_shape("recurrent_kernel",
+                                       float_array("recurrent_kernel", recurrent_kernel, dtype),
+                                       (H, 3 * H))
+        order = np.r_[H:2 * H, 0:H, 2 * H:3 * H]  # Keras's z, r, h -> r, z, n
+        gru = cls(kernel.shape[0], H, bias=bias is not None, batch_first=batch_first,
+                  dtype=dtype)
+        weights = {"weight_ih_l0": kernel.T[order], "weight_hh_l0": recurrent_kernel.T[order]}
+        if bias is not None:
+            bias = check_shape("bias", float_array("bias", bias, dtype), (2, 3 * H))
+            weights["bias_ih_l0"], weights["bias_hh_l0"] = bias[0][order], bias[1][order]
+        gru.load_state_dict(weights)
+        return gru
+
+    def __call__(self, x: Array, state: Optional[Array] = None,  # type: ignore[override]
+                 lengths: Optional[Array] = None) -> Tuple[Array, Array]:
+        """Inference: ``y, h_n`` (see the class). Keeps no caches.
+
+        Parameters
+        ----------
+        x : array_like
+            ``(T, B, I)``, ``(B, T, I)`` with ``batch_first``, or unbatched ``(T, I)``.
+        state : array_like (L*D, B, H), optional
+            The initial state h0 (no batch axis when unbatched); zeros if omitted.
+        lengths : array_like of int (B,), optional
+            Each row's real length in ``[0, T]``.
+
+        Returns
+        -------
+        y, h_n
+            ``y (T, B, D*H)`` in ``x``'s layout, and the final state shaped as ``state``.
+
+        Raises
+        ------
+        ValueError, TypeError
+            A wrong shape or dtype, naming the argument and the expected shape.
+        """
+        out, _ = self._run(x, state, lengths, train=False, rng=None)
+        return out
+
+    forward = __call__
+
+    def forward_train(self, x: Array, state: Optional[Array] = None,  # type: ignore[override]
+                      lengths: Optional[Array] = None,
+                      rng: Optional[np.random.Generator] = None
+                      ) -> Tuple[Tuple[Array, Array], Callable[..., Tuple[Array, Array]]]:
+        """Forward that keeps what backward needs.
+
+        Returns
+        -------
+        (y, h_n), backward
+            ``y`` is read-only; ``dx, dh0 = backward(dy=None, dh_n=None)`` takes the
+            gradients of ``y`` and ``h_n`` (either may be None), adds the parameter
+            gradients into ``grads`` and runs once.
+        """
+        out, backward = super().forward_train(x, state, lengths, rng)
+        return out, lambda dy=None, dh_n=None: backward(dy, dh_n)

@@ -36,10 +36,13 @@ def _configs():
     """class -> its constructor arguments, read from the public attributes. Built on first
     use from the package's own names, so it does not depend on which module defines the
     recurrent classes."""
-    from . import LSTM, LSTMCell
+    from . import GRU, LSTM, GRUCell, LSTMCell
     return {
         LSTM: _with_dtype(_attrs("input_size", "hidden_size", "num_layers", "bias",
                                  "batch_first", "dropout", "bidirectional", "proj_size")),
+        GRU: _with_dtype(_attrs("input_size", "hidden_size", "num_layers", "bias",
+                                "batch_first", "dropout", "bidirectional")),
+        GRUCell: _with_dtype(_attrs("input_size", "hidden_size", "bias")),
         LSTMCell: _with_dtype(_attrs("input_size", "hidden_size", "bias")),
         Linear: _with_dtype(lambda m: {"in_features": m.in_features,
                                        "out_features": m.out_features, "bias": m.has_bias}),

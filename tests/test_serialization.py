@@ -74,7 +74,7 @@ def test_load_errors_name_the_file(tmp_path):
     np.savez(bad)
     with zipfile.ZipFile(bad, "a") as zf:
         zf.comment = json.dumps({"format": "clstm.model", "version": 1,
-                                 "module": {"type": "GRU", "config": {}}}).encode()
+                                 "module": {"type": "Transformer", "config": {}}}).encode()
     with pytest.raises(ValueError, match="bad.npz: not a clstm module description"):
         clstm.load(bad)
     with zipfile.ZipFile(bad, "a") as zf:
