@@ -421,3 +421,20 @@ def test_frozen_nbytes_shrink_with_the_format():
     assert weights * 4 <= sizes[None] < weights * 4 * 1.05
     assert weights * 2 <= sizes["bfloat16"] < weights * 2 * 1.05
     assert weights <= sizes["int8"] < weights * 1.05
+
+
+@pytest.mark.parametrize("fmt", ["int8", "bfloat16"])
+def test_gru_freezes_to_low_precision_too(fmt, tmp_path):
+    """The driver is generic over the cell: a GRU's snapshot quantises alike (same scale of
+    error as the LSTM's), saves and loads."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((6, 3, 16)).astype(F32)
+    gru = clstm.GRU(16, 64, num_layers=2, bidirectional=True, seed=0)
+    frozen = gru.freeze(weights=fmt)
+    assert np.abs(frozen(x)[0] - gru(x)[0]).max() < (0.05 if fmt == "int8" else 0.01)
+    frozen.save(tmp_path / "g.npz")
+    np.testing.assert_array_equal(clstm.FrozenGRU.load(tmp_path / "g.npz")(x)[0], frozen(x)[0])
+    with pytest.raises(ValueError, match="a saved GRU, not a LSTM"):
+        clstm.FrozenLSTM.load(tmp_path / "g.npz")
+    cell = clstm.GRUCell(16, 64, seed=0)
+    assert np.abs(cell.freeze(weights=fmt)(x[0]) - cell(x[0])).max() < 0.05

@@ -59,7 +59,8 @@ enum {
     CLSTM_LOWP_BF16 = 2,
     CLSTM_LOWP_NR = 32,        /* output columns per panel: float32's, so work splits cut
                                   the hidden units at the same places (clstm._dispatch) */
-    CLSTM_LOWP_ROW_BYTES = 32768 /* quantised rows of A kept on the stack per row block */
+    CLSTM_LOWP_ROW_BYTES = 65536 /* quantised rows of A kept on the stack per row block:
+                                    64 rows of 1024 int8, W streamed once per 64 rows */
 };
 
 typedef struct {
@@ -176,9 +177,32 @@ static void clstm_lowp_pack(int format, const float* W, Py_ssize_t N, Py_ssize_t
         acc = acc + a_hi_ * (VF)w_hi_;                                                  \
         acc = acc + a_lo_ * (VF)w_lo_;                                                  \
     } while (0)
+/* acc + a * w (a scalar broadcast): one FMA where the kernel has them (a product of two
+   bfloat16 values is exact, so it rounds as the multiply-add does), else both. */
+#define CLSTM_FMA_PLAIN(VF, acc, a, w) ((acc) + (a) * (w))
+#define CLSTM_FMA_512(VF, acc, a, w)                                                    \
+    ((VF)_mm512_fmadd_ps(_mm512_set1_ps(a), (__m512)(w), (__m512)(acc)))
 #define CLSTM_DOT_BF16_512(VF, VI, acc, a32, w)                                         \
     acc = (VF)_mm512_dpbf16_ps((__m512)acc, (__m512bh)_mm512_set1_epi32((int)(a32)),    \
                                (__m512bh)(w))
+
+/* One group (k pair) G of the float-A bfloat16 tile into accumulator set S: W widened
+   once, then every row's two FMAs per vector. */
+#define CLSTM_LOWP_BF16F_GROUP(SFX, FMA, G, S)                                          \
+    {                                                                                   \
+        for (q = 0; q < NV; q++) {                                                      \
+            w = *(const clstm_lvu_##SFX*)(panel + (G) * NR + q * V);                    \
+            w_hi[q] = (clstm_lvf_##SFX)(w & (int32_t)0xffff0000u);                      \
+            w_lo[q] = (clstm_lvf_##SFX)(w << 16);                                       \
+        }                                                                               \
+        for (i = 0; i < mr; i++) {                                                      \
+            float a_hi = qf[i * ldf + 2 * (G) + 1], a_lo = qf[i * ldf + 2 * (G)];       \
+            for (q = 0; q < NV; q++) {                                                  \
+                acc[S][i][q] = FMA(clstm_lvf_##SFX, acc[S][i][q], a_hi, w_hi[q]);       \
+                acc[S][i][q] = FMA(clstm_lvf_##SFX, acc[S][i][q], a_lo, w_lo[q]);       \
+            }                                                                           \
+        }                                                                               \
+    }
 
 /* A tile of constant height H (a literal, so its accumulators stay in registers) at row i
    of the block, the tail of a block as one tile (as pgemm.h). int8 sums are exact in any
@@ -187,6 +211,8 @@ static void clstm_lowp_pack(int format, const float* W, Py_ssize_t N, Py_ssize_t
 #define CLSTM_LOWP_TILE_I8(SFX, H) clstm_lowp_tile_i8_##SFX(H, H <= 2 ? 4 : 2, Kg, qi, ldq, \
     sa + i, za + i, panel, W->scale + col, W->colsum + col, Cj + i * ldc, ldc, nc)
 #define CLSTM_LOWP_TILE_BF16(SFX, H) clstm_lowp_tile_bf16_##SFX(H, Kg, qi, ldq, panel,      \
+    Cj + i * ldc, ldc, nc)
+#define CLSTM_LOWP_TILE_BF16F(SFX, H) clstm_lowp_tile_bf16f_##SFX(H, Kg, qi, ldf, panel,    \
     Cj + i * ldc, ldc, nc)
 #define CLSTM_LOWP_BY_HEIGHT(MR, m, TILE, SFX)                                          \
     if (m == MR) TILE(SFX, MR);                                                         \
@@ -201,7 +227,7 @@ static void clstm_lowp_pack(int format, const float* W, Py_ssize_t N, Py_ssize_t
    row group. Rows of A arrive quantised: qa (n, ldq) as 32-bit lanes. The quantisers are
    per instruction set too (vector code: at B = 1 they are a step's only work besides the
    multiply). */
-#define CLSTM_DEFINE_LOWP_KERNEL(SFX, VB, MR, KS, DOT_I8, DOT_BF16)                     \
+#define CLSTM_DEFINE_LOWP_KERNEL(SFX, VB, MR, KS, DOT_I8, DOT_BF16, FMA, FMA_ROWS)      \
 typedef int32_t clstm_lvi_##SFX __attribute__((vector_size(VB)));                       \
 typedef int32_t clstm_lvu_##SFX __attribute__((vector_size(VB), aligned(4)));           \
 typedef uint32_t clstm_lvw_##SFX __attribute__((vector_size(VB)));                      \
@@ -392,6 +418,90 @@ static inline __attribute__((always_inline)) void clstm_lowp_tile_bf16_##SFX(   
     }                                                                                   \
 }                                                                                       \
                                                                                         \
+/* bfloat16 with A as float32 (its values rounded to bfloat16, so the products are the    \
+   same exact ones): W widened to float32 in registers (once per panel row, for all the  \
+   tile's rows) and FMAs in vdpbf16ps's order, odd k then even: the same bits as         \
+   DOT_BF16. Where vdpbf16ps runs at half the FMA rate (Intel cores: bench/lowp_peak.c)  \
+   this is the faster form once a tile has a few rows; FMA_ROWS says from how many. */   \
+enum { clstm_lowp_fma_rows_##SFX = FMA_ROWS };                                          \
+static inline __attribute__((always_inline)) void clstm_lowp_tile_bf16f_##SFX(          \
+        const int mr, Py_ssize_t Kg, const float* qf, Py_ssize_t ldf,                   \
+        const int32_t* panel, float* C, Py_ssize_t ldc, Py_ssize_t ncols) {             \
+    enum { NR = CLSTM_LOWP_NR, V = VB / 4, NV = NR / V };                              \
+    clstm_lvf_##SFX acc[KS][8][NV], w_hi[NV], w_lo[NV];                                 \
+    clstm_lvi_##SFX w;                                                                  \
+    float out[NR];                                                                      \
+    Py_ssize_t g, c;                                                                    \
+    int i, s, q;                                                                        \
+    for (s = 0; s < KS; s++)                                                            \
+        for (i = 0; i < mr; i++)                                                        \
+            for (q = 0; q < NV; q++)                                                    \
+                acc[s][i][q] = (clstm_lvf_##SFX){0};                                    \
+    /* group g + s takes accumulator set s, the trailing groups set 0 (as DOT_BF16) */  \
+    for (g = 0; g + KS <= Kg; g += KS)                                                  \
+        for (s = 0; s < KS; s++)                                                        \
+            CLSTM_LOWP_BF16F_GROUP(SFX, FMA, g + s, s)                                  \
+    for (; g < Kg; g++)                                                                 \
+        CLSTM_LOWP_BF16F_GROUP(SFX, FMA, g, 0)                                          \
+    for (s = 1; s < KS; s++)                                                            \
+        for (i = 0; i < mr; i++)                                                        \
+            for (q = 0; q < NV; q++)                                                    \
+                acc[0][i][q] += acc[s][i][q];                                           \
+    for (i = 0; i < mr; i++) {                                                          \
+        if (ncols == NR) {                                                              \
+            for (q = 0; q < NV; q++)                                                    \
+                *(clstm_lvfu_##SFX*)(C + i * ldc + q * V) += acc[0][i][q];              \
+        } else {                                                                        \
+            memcpy(out, &acc[0][i][0], sizeof(out));                                    \
+            for (c = 0; c < ncols; c++)                                                 \
+                C[i * ldc + c] += out[c];                                               \
+        }                                                                               \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+/* Rows [0, n) of A rounded to bfloat16, kept as float32: qf (n, ldf), zero padded. */  \
+static void clstm_lowp_quantize_bf16f_##SFX(Py_ssize_t n, Py_ssize_t K, const float* A, \
+        Py_ssize_t lda, float* qf, Py_ssize_t ldf) {                                    \
+    enum { V = VB / 4 };                                                                \
+    Py_ssize_t i, k;                                                                    \
+    for (i = 0; i < n; i++) {                                                           \
+        const float* a = A + i * lda;                                                   \
+        float* q = qf + i * ldf;                                                        \
+        for (k = 0; k + V <= K; k += V) {                                               \
+            clstm_lvw_##SFX u;                                                          \
+            memcpy(&u, a + k, VB);                                                      \
+            clstm_lvw_##SFX nan = (clstm_lvw_##SFX)((u & 0x7fffffffu) > 0x7f800000u);   \
+            clstm_lvw_##SFX r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;         \
+            r = (nan & (u | 0x400000u)) | (~nan & r);                                   \
+            memcpy(q + k, &r, VB);                                                      \
+        }                                                                               \
+        for (; k < K; k++) {                                                            \
+            uint32_t bits = (uint32_t)clstm_to_bf16(a[k]) << 16;                        \
+            memcpy(q + k, &bits, 4);                                                    \
+        }                                                                               \
+        for (; k < ldf; k++)                                                            \
+            q[k] = 0;                                                                   \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+static void clstm_lowp_block_bf16f_##SFX(const clstm_lowp_weights* W, Py_ssize_t n,     \
+        Py_ssize_t col0, Py_ssize_t ncols_all, const float* qf, Py_ssize_t Kg,          \
+        float* C, Py_ssize_t ldc) {                                                     \
+    const Py_ssize_t NR = CLSTM_LOWP_NR, ldf = 2 * Kg;                                  \
+    Py_ssize_t j, i, nc;                                                                \
+    for (j = 0; j < ncols_all; j += NR) {                                               \
+        Py_ssize_t col = col0 + j;                                                      \
+        const int32_t* panel = (const int32_t*)W->panels + (col / NR) * Kg * NR;        \
+        float* Cj = C + j;                                                              \
+        nc = ncols_all - j < NR ? ncols_all - j : NR;                                   \
+        for (i = 0; i < n; i += MR) {                                                   \
+            Py_ssize_t m = n - i < MR ? n - i : MR;                                     \
+            const float* qi = qf + i * ldf;                                             \
+            CLSTM_LOWP_BY_HEIGHT(MR, m, CLSTM_LOWP_TILE_BF16F, SFX)                     \
+        }                                                                               \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
 /* Rows [0, n) of quantised A against panels [jb0, jb1): tiles of MR rows, then the     \
    tail as one constant-height tile (registers, as pgemm.h). */                        \
 static void clstm_lowp_block_##SFX(const clstm_lowp_weights* W, Py_ssize_t n,           \
@@ -423,29 +533,36 @@ static void clstm_lowp_block_##SFX(const clstm_lowp_weights* W, Py_ssize_t n,   
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
 #if defined(__AVX512F__)
-CLSTM_DEFINE_LOWP_KERNEL(base, 64, 4, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_PORTABLE)
+CLSTM_DEFINE_LOWP_KERNEL(base, 64, 4, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_PORTABLE,
+                         CLSTM_FMA_PLAIN, 1 << 30)
 #elif defined(__AVX2__) || defined(__aarch64__)
-CLSTM_DEFINE_LOWP_KERNEL(base, 32, 2, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_PORTABLE)
+CLSTM_DEFINE_LOWP_KERNEL(base, 32, 2, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_PORTABLE,
+                         CLSTM_FMA_PLAIN, 1 << 30)
 #else
-CLSTM_DEFINE_LOWP_KERNEL(base, 16, 1, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_PORTABLE)
+CLSTM_DEFINE_LOWP_KERNEL(base, 16, 1, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_PORTABLE,
+                         CLSTM_FMA_PLAIN, 1 << 30)
 #endif
 
 #if CLSTM_ISA_KERNELS && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4")
-CLSTM_DEFINE_LOWP_KERNEL(v4, 64, 6, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_PORTABLE)
+CLSTM_DEFINE_LOWP_KERNEL(v4, 64, 6, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_PORTABLE,
+                         CLSTM_FMA_512, 1)
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4,avx512vnni,avx512bf16")
-CLSTM_DEFINE_LOWP_KERNEL(vnni512, 64, 6, 2, CLSTM_DOT_I8_VNNI512, CLSTM_DOT_BF16_512)
+CLSTM_DEFINE_LOWP_KERNEL(vnni512, 64, 6, 2, CLSTM_DOT_I8_VNNI512, CLSTM_DOT_BF16_512,
+                         CLSTM_FMA_512, 3)
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v3,avxvnni")
-CLSTM_DEFINE_LOWP_KERNEL(avxvnni, 32, 1, 2, CLSTM_DOT_I8_AVXVNNI, CLSTM_DOT_BF16_PORTABLE)
+CLSTM_DEFINE_LOWP_KERNEL(avxvnni, 32, 1, 2, CLSTM_DOT_I8_AVXVNNI, CLSTM_DOT_BF16_PORTABLE,
+                         CLSTM_FMA_PLAIN, 1 << 30)
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v3")
-CLSTM_DEFINE_LOWP_KERNEL(v3, 32, 1, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_PORTABLE)
+CLSTM_DEFINE_LOWP_KERNEL(v3, 32, 1, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_PORTABLE,
+                         CLSTM_FMA_PLAIN, 1 << 30)
 #pragma GCC pop_options
 #endif
 #pragma GCC pop_options
@@ -491,12 +608,18 @@ static const char* clstm_lowp_kernel_name(void) {
 
 /* Quantise the block's rows, then multiply them, with kernel SFX. */
 #define CLSTM_LOWP_RUN(SFX)                                                             \
-    if (W->format == CLSTM_LOWP_INT8)                                                   \
+    if (W->format == CLSTM_LOWP_INT8) {                                                 \
         clstm_lowp_quantize_u8_##SFX(m, W->K, A + i * lda, lda, (uint8_t*)qa, Kg * 4,    \
                                      sa, za);                                           \
-    else                                                                                \
+        clstm_lowp_block_##SFX(W, m, col0, ncols, qa, Kg, sa, za, C + i * ldc, ldc);    \
+    } else if (m >= clstm_lowp_fma_rows_##SFX) {                                        \
+        clstm_lowp_quantize_bf16f_##SFX(m, W->K, A + i * lda, lda, (float*)qa, Kg * 2); \
+        clstm_lowp_block_bf16f_##SFX(W, m, col0, ncols, (float*)qa, Kg, C + i * ldc,    \
+                                     ldc);                                              \
+    } else {                                                                            \
         clstm_lowp_quantize_bf16_##SFX(m, W->K, A + i * lda, lda, (uint16_t*)qa, Kg * 2);\
-    clstm_lowp_block_##SFX(W, m, col0, ncols, qa, Kg, sa, za, C + i * ldc, ldc);
+        clstm_lowp_block_##SFX(W, m, col0, ncols, qa, Kg, sa, za, C + i * ldc, ldc);    \
+    }
 
 /* C[n, ncols] += A[n, K] @ W[col0 : col0 + ncols].T (col0 a multiple of CLSTM_LOWP_NR).
    Rows of A are quantised in blocks that fit CLSTM_LOWP_ROW_BYTES on the stack (each
@@ -510,7 +633,9 @@ static int clstm_lowp_gemm(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t
     float sa[MAX_ROWS];
     int32_t za[MAX_ROWS];
     const Py_ssize_t Kg = clstm_lowp_groups(W->format, W->K);
-    Py_ssize_t rb = CLSTM_LOWP_ROW_BYTES / (Kg * 4), i, m;
+    /* bytes per quantised row: int8 4 per group; bf16 room for its float32 form, 8 */
+    const Py_ssize_t row_bytes = Kg * (W->format == CLSTM_LOWP_INT8 ? 4 : 8);
+    Py_ssize_t rb = CLSTM_LOWP_ROW_BYTES / row_bytes, i, m;
     uint32_t* qa = stack_rows;
     int kernel = clstm_lowp_kernel();
     if (n <= 0 || ncols <= 0)
@@ -519,7 +644,7 @@ static int clstm_lowp_gemm(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t
         rb = MAX_ROWS;
     if (rb < 1) {
         rb = 1;
-        qa = (uint32_t*)malloc(Kg * 4);
+        qa = (uint32_t*)malloc(row_bytes);
         if (qa == NULL)
             return -1;
     }
