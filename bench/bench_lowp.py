@@ -141,8 +141,17 @@ def interleaved(fns, rounds, inner, stat=statistics.median):
 
 
 def inner_calls(T, B, I, H):
+    """Calls per timed batch: ~2 ms of float32 work, so batches alternate quickly between
+    the implementations (a load spike from another process then hits them alike)."""
     macs = T * B * 4 * H * (I + H)
-    return max(1, min(200, int(2e8 / max(macs, 1))))
+    return max(1, min(50, int(2e-3 * 5e10 / max(macs, 1))))
+
+
+def rounds_for(T, B, I, H, rounds, budget=2.0):
+    """At least ``rounds`` rounds, more (up to 200) while a size's float32 calls fit
+    ``budget`` seconds: medians of many short alternating batches on a shared machine."""
+    seconds = inner_calls(T, B, I, H) * T * B * 4 * H * (I + H) / 5e10
+    return int(max(rounds, min(200, budget / max(seconds, 1e-6))))
 
 
 def layer_table(sizes, threads, rounds):
@@ -163,7 +172,7 @@ def layer_table(sizes, threads, rounds):
         err = {k: float(np.abs(f() - ref).max()) for k, f in fns.items()}
         for f in fns.values():  # warm
             f()
-        ms = interleaved(fns, rounds, inner_calls(T, B, I, H))
+        ms = interleaved(fns, rounds_for(T, B, I, H, rounds), inner_calls(T, B, I, H))
         rows.append(((T, B, I, H), ms, err))
         print(format_row((T, B, I, H), ms, err, threads), flush=True)
     return rows
