@@ -13,6 +13,7 @@ CELLS: tuple
 def n_gates(cell: str) -> int: ...
 def row_blocks(cell: str) -> int: ...
 def dG_t_length(N: int, n_threads: int) -> int: ...
+def rows_length(N: int, first_step_rows: int, n_input: int, n_out: int, typenum: int) -> int: ...
 
 class Schedule:
     n_steps: int
@@ -83,12 +84,11 @@ class BackwardWork:
     w_hh_t: PackedWeights
     rows: Array
     dG_t: Array
-    ones: Array
     h_prev: Optional[Array]
     dh_all: Optional[Array]
     dr: Optional[Array]
     def __init__(self, w_ih_t: PackedWeights, w_hh_t: PackedWeights, rows: Array, dG_t: Array,
-                 ones: Array, h_prev: Optional[Array] = ..., dh_all: Optional[Array] = ...,
+                 h_prev: Optional[Array] = ..., dh_all: Optional[Array] = ...,
                  dr: Optional[Array] = ...) -> None: ...
 
 def forward(layer: Layer, sched: Schedule, io: LayerIO, interruptible: bool = ...) -> None: ...

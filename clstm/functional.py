@@ -338,9 +338,9 @@ def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
     projection = layer.w_hr is not None
     work = _recurrent.BackwardWork(
         _scratch_packed("w_ih_t", I, G, dtype), _scratch_packed("w_hh_t", P, G, dtype),
-        scratch("rows", _packed.packed_length(max(I, P), N, FORMATS[dtype]), dtype),
+        scratch("rows", _recurrent.rows_length(N, schedule.first_step_rows, I, P,
+                                               _packed.FORMATS[FORMATS[dtype]]), dtype),
         scratch("dG_t", _recurrent.dG_t_length(N, schedule.n_threads), dtype),
-        np.ones(N, dtype),
         None if schedule.offsets is None else scratch("h_prev", (N - schedule.first_step_rows,
                                                                  P), dtype),
         scratch("dh_all", (N, P), dtype) if projection else None,

@@ -72,7 +72,8 @@ def test_every_path_matches_the_reference_and_the_driver_paths_agree_bitwise(cas
         g = F.lstm_backward(cache, p["dy"], p["dh_n"], p["dc_n"])
         assert_grads_close(g, g_ref, dtype)
         if path in DRIVER:
-            driver_results[path, n_threads] = [y, h, c, g.dx, g.dh0, g.dc0, g.dw_ih, g.dw_hh]
+            driver_results[path, n_threads] = [y, h, c, g.dx, g.dh0, g.dc0, g.dw_ih, g.dw_hh,
+                                               g.db_ih]
     first = next(iter(driver_results.values()))
     for key, arrays in driver_results.items():
         for a, b in zip(arrays, first):

@@ -13,6 +13,8 @@ cdef extern from "csrc/pgemm.h":
                                     Py_ssize_t lds, float* dst, Py_ssize_t ldd) noexcept nogil
     void clstm_transpose_matrix_f64(const double* src, Py_ssize_t rows, Py_ssize_t cols,
                                     Py_ssize_t lds, double* dst, Py_ssize_t ldd) noexcept nogil
+    float clstm_sum_f32(const float* a, Py_ssize_t n) noexcept nogil
+    double clstm_sum_f64(const double* a, Py_ssize_t n) noexcept nogil
     void clstm_pgemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float* A,
                          Py_ssize_t lda, const float* Wp, float* C,
                          Py_ssize_t ldc) noexcept nogil
@@ -66,3 +68,11 @@ cdef inline void transpose(const floating* src, Py_ssize_t rows, Py_ssize_t cols
         clstm_transpose_matrix_f32(src, rows, cols, lds, dst, ldd)
     else:
         clstm_transpose_matrix_f64(src, rows, cols, lds, dst, ldd)
+
+
+cdef inline floating total(const floating* a, Py_ssize_t n) noexcept nogil:
+    """The sum of a[0, n), in an order that does not depend on the caller's thread."""
+    if floating is float:
+        return clstm_sum_f32(a, n)
+    else:
+        return clstm_sum_f64(a, n)

@@ -63,9 +63,9 @@ from clstm._packed cimport PackedWeights, operand
 
 from clstm._packed import kernel_ready
 from clstm._lowp cimport packed_mul
-from clstm._pgemm cimport pack, packed_size, pgemm
+from clstm._pgemm cimport pack, packed_size, pgemm, total, transpose
 from clstm._runtime cimport blas_threads, blas_threads_enter, check
-from clstm._schedule cimport PGEMM_ROW_BLOCK, par_gemm, par_pgemm
+from clstm._schedule cimport PGEMM_ROW_BLOCK, gemm_parts, par_gemm, par_pgemm
 
 cnp.import_array()
 
@@ -121,9 +121,16 @@ def row_blocks(str cell):
     return cell_named(cell).row_blocks
 
 
+cdef inline Py_ssize_t transposed_ld(Py_ssize_t N) noexcept nogil:
+    """Row stride of a block of dG transposed (N columns): whole cache lines, plus one, so
+    its rows are not a multiple of 4 KB apart (with N a multiple of 1024, the 6 rows a tile
+    of the packed GEMM reads would share L1 sets: 4K aliasing)."""
+    return (N + 15) // 16 * 16 + 16
+
+
 def dG_t_length(Py_ssize_t N, int n_threads):
     """Elements of BackwardWork.dG_t for N packed rows."""
-    return max(n_threads, 1) * PGEMM_ROW_BLOCK * N
+    return max(n_threads, 1) * PGEMM_ROW_BLOCK * transposed_ld(N)
 
 
 cdef inline const Py_ssize_t* intp_data(object a, Py_ssize_t n, str name) except? NULL:
@@ -319,18 +326,17 @@ cdef class Grads:
 
 cdef class BackwardWork:
     """Backward's workspaces: w_ih_t, w_hh_t PackedWeights for w_ih.T (I, G) and
-    w_hh.T (P, G); rows (at least packed_length(N, max(I, P))) for x and the recurrent
+    w_hh.T (P, G); rows (at least `rows_length` elements) for x and the recurrent
     inputs packed; dG_t (at least dG_t_length(N, n_threads)) for row blocks of dG.T;
     h_prev (N - bs[0], P), the recurrent inputs of steps >= 1 when rows end early (else
-    None: they are y's rows as they stand); with projection dh_all (N, P) and dr (B, H);
-    ones (N,) of ones."""
+    None: they are y's rows as they stand); with projection dh_all (N, P) and dr (B, H)."""
     cdef readonly PackedWeights w_ih_t, w_hh_t
-    cdef readonly object rows, dG_t, h_prev, dh_all, dr, ones
+    cdef readonly object rows, dG_t, h_prev, dh_all, dr
 
     def __init__(self, PackedWeights w_ih_t not None, PackedWeights w_hh_t not None, rows,
-                 dG_t, ones, h_prev=None, dh_all=None, dr=None):
+                 dG_t, h_prev=None, dh_all=None, dr=None):
         self.w_ih_t, self.w_hh_t, self.rows, self.dG_t = w_ih_t, w_hh_t, rows, dG_t
-        self.ones, self.h_prev, self.dh_all, self.dr = ones, h_prev, dh_all, dr
+        self.h_prev, self.dh_all, self.dr = h_prev, dh_all, dr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,7 +382,6 @@ cdef struct Ptrs:
     void* h_prev
     void* dh_all
     void* dr
-    void* ones
 
 
 cdef struct Split:
@@ -611,7 +616,7 @@ cdef bint forward_impl(floating* gates, const Dims* d, const Ptrs* p, const Spli
         par_pgemm(s.n_threads, step_row(off, B, t1) - step_row(off, B, t0), G, d.n_in,
                   (<const floating*>p.x) + step_row(off, B, t0) * d.n_in, d.n_in,
                   <const floating*>p.w_ih_p, gates + (step_row(off, B, t0) - row0) * d.R, d.R,
-                  NULL, d.lowp)
+                  d.lowp)
         run_time_loop(gates, d, p, s, cell, False, t0, t1, row0)
         t0 = t1
         if t0 < d.T and watching and interrupted():
@@ -629,6 +634,46 @@ cdef inline bint input_side_contiguous(const clstm_cell* cell) noexcept nogil:
     return True
 
 
+cdef void weight_grads(const floating* dG, const Dims* d, const Ptrs* p, const Split* s,
+                       const clstm_cell* cell, const floating* x_rows,
+                       const floating* h0_rows, const floating* h_rows,
+                       Py_ssize_t bs0) noexcept nogil:
+    """dW_ih, dW_hh and dbias += their sums over the N rows of dG (N, R).
+
+    One task per run of up to PGEMM_ROW_BLOCK columns of dG inside one block of H: its
+    columns are transposed once into rows (the left operand of the K = N sums wants its
+    rows contiguous) and serve the bias (their sums), w_hh's rows (the recurrent side: the
+    first G columns) and w_ih's rows (the input side: block x_block[q] is weight block q's,
+    csrc/cells.h). The tasks write disjoint rows, and each sums in one order whichever
+    thread runs it, so the gradients do not depend on the thread count."""
+    cdef Py_ssize_t H = d.H, N = d.N, P = d.P, n_in = d.n_in, ld = transposed_ld(N)
+    cdef Py_ssize_t per_block = (H + PGEMM_ROW_BLOCK - 1) // PGEMM_ROW_BLOCK
+    cdef Py_ssize_t n_tasks = cell.row_blocks * per_block, task, b, j0, c0, n, i
+    cdef int parts = gemm_parts(s.n_threads, n_tasks, 2 * d.G * (n_in + P) * N), q, master_cpu
+    cdef floating* a_block
+    cdef floating* dbias = <floating*>p.dbias
+    cdef floating* dw_ih = <floating*>p.dw_ih
+    cdef floating* dw_hh = <floating*>p.dw_hh
+    master_cpu = clstm_current_cpu()
+    for task in prange(n_tasks, num_threads=parts, schedule='static'):
+        clstm_leave_master_cpu(master_cpu)
+        b = task // per_block
+        j0 = (task % per_block) * PGEMM_ROW_BLOCK
+        n = min(<Py_ssize_t>PGEMM_ROW_BLOCK, H - j0)
+        c0 = b * H + j0
+        a_block = (<floating*>p.dG_t) + omp_get_thread_num() * PGEMM_ROW_BLOCK * ld
+        transpose(dG + c0, N, n, d.R, a_block, ld)
+        for i in range(n):
+            dbias[c0 + i] += total(a_block + i * ld, N)
+        if b < cell.n_gates:
+            pgemm(n, P, bs0, a_block, ld, h0_rows, dw_hh + c0 * P, P)
+            if N > bs0:
+                pgemm(n, P, N - bs0, a_block + bs0, ld, h_rows, dw_hh + c0 * P, P)
+        for q in range(cell.n_gates):
+            if cell.x_block[q] == b:
+                pgemm(n, n_in, N, a_block, ld, x_rows, dw_ih + (q * H + j0) * n_in, n_in)
+
+
 cdef void backward_impl(floating* dG, const Dims* d, const Ptrs* p, const Split* s,
                         const clstm_cell* cell) noexcept nogil:
     cdef Py_ssize_t B = d.B, G = d.G, R = d.R, H = d.H, I = d.n_in, P = d.P, N = d.N, t, k
@@ -640,30 +685,22 @@ cdef void backward_impl(floating* dG, const Dims* d, const Ptrs* p, const Split*
     cdef floating* dh = <floating*>p.dh
     cdef int q0, q1
     cdef bint x_contiguous = input_side_contiguous(cell)
+    cdef floating* x_rows
+    cdef floating* h0_rows
+    cdef floating* h_rows
     run_time_loop(dG, d, p, s, cell, True, 0, d.T, 0)
     if cell.state_is_output:  # dh0: through the recurrent product and through the cell
         for k in range(B * P):
             dh[k] += (<const floating*>p.dc)[k]
-    # Whole-sequence GEMMs over the N packed rows: dW += dG.T @ rows, with the rows' matrix
-    # packed as the right operand (a copy, its rows being K). The recurrent input of step
-    # t >= 1 is y's block t-1 cut to the bs[t] rows still running: contiguous only when no
-    # row ends early, otherwise gathered into h_prev first. The input side's gradient of
-    # weight blocks [q0, q1) is the run of dG's blocks from x_block[q0] (csrc/cells.h).
-    pack(<const floating*>p.x, I, N, True, rows)
-    q0 = 0
-    while q0 < cell.n_gates:
-        q1 = q0 + 1
-        while q1 < cell.n_gates and cell.x_block[q1] == cell.x_block[q1 - 1] + 1:
-            q1 = q1 + 1
-        par_pgemm(s.n_threads, (q1 - q0) * H, I, N, dG + cell.x_block[q0] * H, R, rows,
-                  (<floating*>p.dw_ih) + q0 * H * I, I, dG_t)
-        if not x_contiguous:  # dx += dG[:, run] @ w_ih[run] (on the unpacked weights)
-            par_gemm(s.n_threads, False, False, N, I, (q1 - q0) * H, dG + cell.x_block[q0] * H,
-                     R, (<const floating*>p.w_ih) + q0 * H * I, I,
-                     <floating>(0 if q0 == 0 else 1), <floating*>p.dx, I)
-        q0 = q1
-    pack(<const floating*>p.h0, P, bs0, True, rows)
-    par_pgemm(s.n_threads, G, P, bs0, dG, R, rows, <floating*>p.dw_hh, P, dG_t)
+    # The weight gradients: dW += dG.T @ rows over the N packed rows, each rows' matrix
+    # packed as the right operand (a copy, its rows being K): x; h0 for step 0's rows; and
+    # the recurrent inputs of steps >= 1, y's block t-1 cut to the bs[t] rows still running
+    # (contiguous only when no row ends early, otherwise gathered into h_prev first).
+    x_rows = rows
+    h0_rows = x_rows + packed_size(I, N, rows)
+    h_rows = h0_rows + packed_size(P, bs0, rows)
+    pack(<const floating*>p.x, I, N, True, x_rows)
+    pack(<const floating*>p.h0, P, bs0, True, h0_rows)
     if d.T > 1:
         if off != NULL:
             for t in range(1, d.T):
@@ -671,16 +708,25 @@ cdef void backward_impl(floating* dG, const Dims* d, const Ptrs* p, const Split*
                        (<const floating*>p.y) + step_row(off, B, t - 1) * P,
                        (step_row(off, B, t + 1) - step_row(off, B, t)) * P * sizeof(floating))
             h_prev = <const floating*>p.h_prev
-        pack(h_prev, P, N - bs0, True, rows)
-        par_pgemm(s.n_threads, G, P, N - bs0, dG + bs0 * R, R, rows, <floating*>p.dw_hh, P,
-                  dG_t)
+        pack(h_prev, P, N - bs0, True, h_rows)
+    weight_grads(dG, d, p, s, cell, x_rows, h0_rows, h_rows, bs0)
     if p.w_hr != NULL:
         par_gemm(s.n_threads, True, False, P, d.H, N, <const floating*>p.dh_all, P,
                  <const floating*>p.r, d.H, <floating>1, <floating*>p.dw_hr, d.H)
-    par_gemm(s.n_threads, True, False, R, 1, N, dG, R, <const floating*>p.ones, 1,
-             <floating>1, <floating*>p.dbias, 1)
     if x_contiguous:
         par_pgemm(s.n_threads, N, I, G, dG, R, <const floating*>p.w_ih_t, <floating*>p.dx, I)
+        return
+    # dx = the sum over the input side's runs of blocks of dG[:, run] @ w_ih[run], on the
+    # unpacked weights (their K ranges are not whole packed panels)
+    q0 = 0
+    while q0 < cell.n_gates:
+        q1 = q0 + 1
+        while q1 < cell.n_gates and cell.x_block[q1] == cell.x_block[q1 - 1] + 1:
+            q1 = q1 + 1
+        par_gemm(s.n_threads, False, False, N, I, (q1 - q0) * H, dG + cell.x_block[q0] * H, R,
+                 (<const floating*>p.w_ih) + q0 * H * I, I, <floating>(0 if q0 == 0 else 1),
+                 <floating*>p.dx, I)
+        q0 = q1
 
 
 cdef inline void fill_split(Split* split, Schedule sched) noexcept:
@@ -804,11 +850,10 @@ def backward(Layer layer not None, Schedule sched not None, LayerIO io not None,
     p.w_ih_t, p.w_hh_t = work.w_ih_t.ptr, work.w_hh_t.ptr
     p.rows = operand(work.rows, typenum, -1, -1, "rows", False, True)
     check(cnp.PyArray_DIMS(<cnp.ndarray>work.rows)[0]
-          >= max(packed_rows(N, I, typenum), packed_rows(N, P, typenum)), "rows workspace")
+          >= rows_length(N, sched.first_step_rows, I, P, typenum), "rows workspace")
     p.dG_t = operand(work.dG_t, typenum, -1, -1, "dG_t", False, True)
     check(cnp.PyArray_DIMS(<cnp.ndarray>work.dG_t)[0] >= dG_t_length(N, sched.n_threads),
           "dG_t workspace")
-    p.ones = operand(work.ones, typenum, N, -1, "ones", False, False)
     p.h_prev = operand(work.h_prev, typenum, N - sched.first_step_rows, P, "h_prev",
                        sched.off == NULL, True)
     p.dh_all = operand(work.dh_all, typenum, N, P, "dh_all", not proj, True)
@@ -826,7 +871,15 @@ def backward(Layer layer not None, Schedule sched not None, LayerIO io not None,
         blas_threads(blas_saved)
 
 
-cdef Py_ssize_t packed_rows(Py_ssize_t N, Py_ssize_t K, int typenum) noexcept:
-    """Elements of the rows workspace for K columns of N rows, packed as the right operand."""
-    return (packed_size(K, N, <float*>NULL) if typenum == cnp.NPY_FLOAT
-            else packed_size(K, N, <double*>NULL))
+cpdef Py_ssize_t rows_length(Py_ssize_t N, Py_ssize_t first_step_rows, Py_ssize_t n_input,
+                             Py_ssize_t n_out, int typenum) noexcept:
+    """Elements of BackwardWork.rows: x (N, I), h0's first_step_rows rows and the N -
+    first_step_rows recurrent inputs of the later steps (P columns), each packed as the
+    right operand of the weight gradients' sums."""
+    cdef float* f32 = NULL
+    cdef double* f64 = NULL
+    if typenum == cnp.NPY_FLOAT:
+        return (packed_size(n_input, N, f32) + packed_size(n_out, first_step_rows, f32)
+                + packed_size(n_out, N - first_step_rows, f32))
+    return (packed_size(n_input, N, f64) + packed_size(n_out, first_step_rows, f64)
+            + packed_size(n_out, N - first_step_rows, f64))

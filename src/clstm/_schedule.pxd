@@ -8,10 +8,8 @@ from cython.parallel cimport prange
 from libc.string cimport memset
 
 from clstm._blas cimport blas_int, gemm
-from clstm._openmp cimport (CLSTM_OPENMP_ENABLED, clstm_current_cpu, clstm_leave_master_cpu,
-                            omp_get_thread_num)
 from clstm._lowp cimport packed_mul
-from clstm._pgemm cimport pgemm, transpose
+from clstm._openmp cimport CLSTM_OPENMP_ENABLED, clstm_current_cpu, clstm_leave_master_cpu
 from clstm._runtime cimport blas_threads
 
 cdef enum:
@@ -59,16 +57,11 @@ cdef inline void par_gemm(int n_threads, bint trans_a, bint trans_b, Py_ssize_t 
 
 cdef inline void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t K,
                            const floating* A, Py_ssize_t lda, const floating* Wp, floating* C,
-                           Py_ssize_t ldc, floating* a_t_ws=NULL, bint lowp=False) noexcept nogil:
+                           Py_ssize_t ldc, bint lowp=False) noexcept nogil:
     """C[m, N] = A[m, K] @ W.T (W packed), row blocks shared among threads. ``lowp``: W is
-    packed in a low-precision format (Wp a clstm_lowp_weights; csrc/lowp.h).
-
-    With a_t_ws: C[m, N] += A.T @ W.T for A stored (K, m); each thread copies its row
-    block of A.T into a_t_ws (PGEMM_ROW_BLOCK * K elements per thread) first, as the
-    kernel wants the rows of its left operand contiguous."""
+    packed in a low-precision format (Wp a clstm_lowp_weights; csrc/lowp.h)."""
     cdef Py_ssize_t n_blocks = (m + PGEMM_ROW_BLOCK - 1) // PGEMM_ROW_BLOCK, blk, r0, r1, r
     cdef int parts = gemm_parts(n_threads, n_blocks, m * N * K)
-    cdef floating* a_block
     cdef int master_cpu
     if n_blocks < 1:
         return
@@ -77,11 +70,6 @@ cdef inline void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t
         clstm_leave_master_cpu(master_cpu)
         r0 = blk * PGEMM_ROW_BLOCK
         r1 = min(r0 + PGEMM_ROW_BLOCK, m)
-        if a_t_ws == NULL:
-            for r in range(r0, r1):
-                memset(C + r * ldc, 0, N * sizeof(floating))
-            packed_mul(lowp, r1 - r0, N, K, A + r0 * lda, lda, Wp, 0, C + r0 * ldc, ldc)
-        else:
-            a_block = a_t_ws + omp_get_thread_num() * PGEMM_ROW_BLOCK * K
-            transpose(A + r0, K, r1 - r0, lda, a_block, K)
-            pgemm(r1 - r0, N, K, a_block, K, Wp, C + r0 * ldc, ldc)
+        for r in range(r0, r1):
+            memset(C + r * ldc, 0, N * sizeof(floating))
+        packed_mul(lowp, r1 - r0, N, K, A + r0 * lda, lda, Wp, 0, C + r0 * ldc, ldc)

@@ -18,6 +18,12 @@
 
 #include "config.h"
 
+/* Rows of a panel chunk (clstm_pgemm multiplies K in chunks of this many): 256 rows of
+   128 bytes fill 32 KB, the L1 data cache of the smallest x86-64 cores. */
+#ifndef CLSTM_PGEMM_KC
+#define CLSTM_PGEMM_KC 256
+#endif
+
 #define CLSTM_DEFINE_PACK(T, SFX, IDX)                                                  \
 typedef T clstm_v_##SFX __attribute__((vector_size(64)));                               \
 typedef T clstm_vu_##SFX __attribute__((vector_size(64), aligned(sizeof(T))));          \
@@ -161,33 +167,65 @@ static inline __attribute__((always_inline)) void clstm_tile_##SFX(             
     }                                                                                   \
 }                                                                                       \
                                                                                         \
-/* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack. */                             \
+/* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack. K is cut into chunks of KC, so   \
+   the chunk of a panel every row tile streams (KC * 128 bytes) stays in L1 for all the  \
+   tiles: unchunked, a panel of a long K comes from L2 or memory once per tile of rows   \
+   (docs/performance.md, "K blocking"). The chunks are the same whatever n, so a row's  \
+   sum is still added up in one order. */                                               \
 static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A,     \
                              Py_ssize_t lda, const T* Wp, T* C, Py_ssize_t ldc) {       \
-    const Py_ssize_t NR = 128 / sizeof(T);                                              \
-    Py_ssize_t jb, i, ncols;                                                            \
+    const Py_ssize_t NR = 128 / sizeof(T), KC = CLSTM_PGEMM_KC;                    \
+    Py_ssize_t jb, i, ncols, k0, kc;                                                    \
+    for (k0 = 0; k0 < K; k0 += KC)                                                      \
     for (jb = 0; jb * NR < N; jb++) {                                                   \
-        const T* panel = Wp + jb * K * NR;                                              \
+        const T* panel = Wp + (jb * K + k0) * NR;                                       \
+        const T* A0 = A + k0;                                                           \
         T* Cj = C + jb * NR;                                                            \
+        kc = K - k0 < KC ? K - k0 : KC;                                                 \
         ncols = N - jb * NR < NR ? N - jb * NR : NR;                                    \
         for (i = 0; i + MR <= n; i += MR)                                               \
-            clstm_tile_##SFX(MR, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols); \
+            clstm_tile_##SFX(MR, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);\
         /* constant row counts, so each tile keeps its accumulators in registers */     \
         if (MR > 5 && n - i == 5)                                                       \
-            clstm_tile_##SFX(5, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);  \
+            clstm_tile_##SFX(5, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols); \
         else if (MR > 4 && n - i == 4)                                                  \
-            clstm_tile_##SFX(4, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);  \
+            clstm_tile_##SFX(4, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols); \
         else if (MR > 3 && n - i == 3)                                                  \
-            clstm_tile_##SFX(3, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);  \
+            clstm_tile_##SFX(3, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols); \
         else if (MR > 2 && n - i == 2)                                                  \
-            clstm_tile_##SFX(2, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);  \
+            clstm_tile_##SFX(2, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols); \
         else if (MR > 1 && n - i == 1)                                                  \
-            clstm_tile_##SFX(1, K, A + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);  \
+            clstm_tile_##SFX(1, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols); \
     }                                                                                   \
 }
 
 CLSTM_DEFINE_PACK(float, f32, int)
 CLSTM_DEFINE_PACK(double, f64, long long)
+
+/* The sum of a[0, n) (a bias gradient: a column of dG, transposed into a row), in vector
+   partial sums and then lanes: a fixed order, whichever thread adds it up. */
+#define CLSTM_DEFINE_SUM(T, SFX)                                                        \
+CLSTM_CLONES static T clstm_sum_##SFX(const T* a, Py_ssize_t n) {                       \
+    enum { V = 64 / sizeof(T) };                                                        \
+    clstm_v_##SFX acc[4] = {{0}};                                                       \
+    Py_ssize_t k = 0;                                                                   \
+    T total = 0;                                                                        \
+    int q;                                                                              \
+    for (; k + 4 * V <= n; k += 4 * V)                                                  \
+        for (q = 0; q < 4; q++)                                                         \
+            acc[q] += *(const clstm_vu_##SFX*)(a + k + q * V);                          \
+    acc[0] += acc[1];                                                                   \
+    acc[2] += acc[3];                                                                   \
+    acc[0] += acc[2];                                                                   \
+    for (q = 0; q < V; q++)                                                             \
+        total += acc[0][q];                                                             \
+    for (; k < n; k++)                                                                  \
+        total += a[k];                                                                  \
+    return total;                                                                       \
+}
+
+CLSTM_DEFINE_SUM(float, f32)
+CLSTM_DEFINE_SUM(double, f64)
 
 /* One kernel per instruction set, chosen once at run time (target_clones would compile
    one source for all, and the register budget differs). Without multi-versioning
