@@ -176,6 +176,8 @@ def test_low_precision_packing_refuses_what_it_cannot_do():
         _packed.PackedWeights(4, 8, "int8").pack(w, transposed=True)
     with pytest.raises(ValueError, match="format"):
         _packed.PackedWeights(4, 8, "int4")
+    with pytest.raises(ValueError, match="n_in <= 65536"):  # int32 sums stay exact
+        _packed.PackedWeights(4, 65537, "int8")
     with pytest.raises(ValueError, match="format"):
         _packed.lowp_gemm(_packed.PackedWeights(4, 8, "float32"), w[:1, :], w[:1, :4])
 

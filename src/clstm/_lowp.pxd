@@ -32,7 +32,8 @@ cdef inline void lowp_gemm(Py_ssize_t n, Py_ssize_t N, const float* A, Py_ssize_
     """C[n, N] += A[n, K] @ W[col0 : col0 + N].T for low-precision packed weights (Wp a
     clstm_lowp_weights, as PackedWeights.ptr of an "int8" or "bfloat16" format; col0 a
     multiple of CLSTM_LOWP_NR). A's rows are quantised on the stack; only rows of more
-    than 32 KB quantised take malloc, whose failure (never seen) leaves C unchanged."""
+    than 64 KB quantised (K > 16384 for bfloat16, 65536 for int8) take malloc, whose
+    failure (never seen) makes C NaN."""
     clstm_lowp_gemm(<const clstm_lowp_weights*>Wp, n, col0, N, A, lda, C, ldc)
 
 

@@ -94,6 +94,8 @@ cdef class PackedWeights:
 
     def __init__(self, Py_ssize_t n_out, Py_ssize_t n_in, str format, buffer=None):
         check(n_out >= 1 and n_in >= 1 and format in FORMATS, "packed weights shape/format")
+        # int8 sums stay exact in int32 lanes for up to 2^31 / (255 * 127) inputs
+        check(format != "int8" or n_in <= 65536, "int8 packed weights: n_in <= 65536")
         self.n_out, self.n_in, self.format = n_out, n_in, format
         self.typenum = FORMATS[format]
         self.lowp = LOWP_FORMATS.get(format, 0)

@@ -624,7 +624,8 @@ static const char* clstm_lowp_kernel_name(void) {
 /* C[n, ncols] += A[n, K] @ W[col0 : col0 + ncols].T (col0 a multiple of CLSTM_LOWP_NR).
    Rows of A are quantised in blocks that fit CLSTM_LOWP_ROW_BYTES on the stack (each
    block streams the weight panels once); rows of more than that take malloc. Returns -1
-   only if that malloc fails (C then unchanged). */
+   only if that malloc fails (C is then NaN: the driver cannot raise, and must not be
+   silently wrong). */
 static int clstm_lowp_gemm(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
                            Py_ssize_t ncols, const float* A, Py_ssize_t lda, float* C,
                            Py_ssize_t ldc) {
@@ -645,8 +646,12 @@ static int clstm_lowp_gemm(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t
     if (rb < 1) {
         rb = 1;
         qa = (uint32_t*)malloc(row_bytes);
-        if (qa == NULL)
+        if (qa == NULL) {  /* never silently wrong: the outputs say it (NaN) */
+            for (i = 0; i < n; i++)
+                for (m = 0; m < ncols; m++)
+                    C[i * ldc + m] = NAN;
             return -1;
+        }
     }
     for (i = 0; i < n; i += rb) {
         m = n - i < rb ? n - i : rb;
