@@ -16,10 +16,10 @@ cdef extern from "csrc/pgemm.h":
     float clstm_sum_f32(const float* a, Py_ssize_t n) noexcept nogil
     double clstm_sum_f64(const double* a, Py_ssize_t n) noexcept nogil
     void clstm_pgemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float* A,
-                         Py_ssize_t lda, const float* Wp, float* C,
+                         Py_ssize_t lda, const float* Wp, Py_ssize_t ldw, float* C,
                          Py_ssize_t ldc) noexcept nogil
     void clstm_pgemm_f64(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const double* A,
-                         Py_ssize_t lda, const double* Wp, double* C,
+                         Py_ssize_t lda, const double* Wp, Py_ssize_t ldw, double* C,
                          Py_ssize_t ldc) noexcept nogil
 
 
@@ -56,9 +56,20 @@ cdef inline void pgemm(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const floating*
                        Py_ssize_t ldc) noexcept nogil:
     """C[n, N] += A[n, K] @ W.T, W packed by `pack`."""
     if floating is float:
-        clstm_pgemm_f32(n, N, K, A, lda, Wp, C, ldc)
+        clstm_pgemm_f32(n, N, K, A, lda, Wp, K, C, ldc)
     else:
-        clstm_pgemm_f64(n, N, K, A, lda, Wp, C, ldc)
+        clstm_pgemm_f64(n, N, K, A, lda, Wp, K, C, ldc)
+
+
+cdef inline void pgemm_rows(Py_ssize_t n, Py_ssize_t N, Py_ssize_t k0, Py_ssize_t K,
+                            const floating* A, Py_ssize_t lda, const floating* Wp,
+                            Py_ssize_t ldw, floating* C, Py_ssize_t ldc) noexcept nogil:
+    """C[n, N] += A[n, K] @ W[:, k0:k0 + K].T: a range of the K = ldw of W packed by `pack`
+    (A holds just those K columns)."""
+    if floating is float:
+        clstm_pgemm_f32(n, N, K, A, lda, Wp + k0 * CLSTM_NR_f32, ldw, C, ldc)
+    else:
+        clstm_pgemm_f64(n, N, K, A, lda, Wp + k0 * CLSTM_NR_f64, ldw, C, ldc)
 
 
 cdef inline void transpose(const floating* src, Py_ssize_t rows, Py_ssize_t cols,

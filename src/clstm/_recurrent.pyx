@@ -63,7 +63,7 @@ from clstm._packed cimport PackedWeights, operand
 
 from clstm._packed import kernel_ready
 from clstm._lowp cimport packed_mul
-from clstm._pgemm cimport pack, packed_size, pgemm, total, transpose
+from clstm._pgemm cimport pack, packed_size, pgemm, pgemm_rows, total, transpose
 from clstm._runtime cimport blas_threads, blas_threads_enter, check
 from clstm._schedule cimport PGEMM_ROW_BLOCK, gemm_parts, par_gemm, par_pgemm
 
@@ -121,16 +121,19 @@ def row_blocks(str cell):
     return cell_named(cell).row_blocks
 
 
-cdef inline Py_ssize_t transposed_ld(Py_ssize_t N) noexcept nogil:
-    """Row stride of a block of dG transposed (N columns): whole cache lines, plus one, so
-    its rows are not a multiple of 4 KB apart (with N a multiple of 1024, the 6 rows a tile
-    of the packed GEMM reads would share L1 sets: 4K aliasing)."""
-    return (N + 15) // 16 * 16 + 16
+cdef enum:
+    # Rows of dG per pass of the weight gradients (a multiple of the packed GEMM's K
+    # chunk), and the row stride of its transposed blocks: a cache line more, so their
+    # rows are not a multiple of 4 KB apart (the rows one tile of the packed GEMM reads
+    # would share L1 sets: 4K aliasing).
+    WGRAD_ROWS = 1024
+    WGRAD_LD = WGRAD_ROWS + 16
 
 
 def dG_t_length(Py_ssize_t N, int n_threads):
-    """Elements of BackwardWork.dG_t for N packed rows."""
-    return max(n_threads, 1) * PGEMM_ROW_BLOCK * transposed_ld(N)
+    """Elements of BackwardWork.dG_t (independent of N: the weight gradients go through dG
+    WGRAD_ROWS rows at a time)."""
+    return max(n_threads, 1) * PGEMM_ROW_BLOCK * WGRAD_LD
 
 
 cdef inline const Py_ssize_t* intp_data(object a, Py_ssize_t n, str name) except? NULL:
@@ -634,6 +637,47 @@ cdef inline bint input_side_contiguous(const clstm_cell* cell) noexcept nogil:
     return True
 
 
+cdef void weight_grads_part(const floating* dG, const Dims* d, const clstm_cell* cell,
+                            const Ptrs* p, const floating* x_rows, const floating* h0_rows,
+                            const floating* h_rows, Py_ssize_t bs0, Py_ssize_t task0,
+                            Py_ssize_t task1, floating* a_block) noexcept nogil:
+    """Tasks [task0, task1) of `weight_grads`, WGRAD_ROWS rows of dG at a time: the rows'
+    chunk of x_rows and h_rows then stays in cache for all the tasks, and each task's block
+    of dG columns, transposed into a_block, for its three sums."""
+    cdef Py_ssize_t H = d.H, N = d.N, P = d.P, n_in = d.n_in
+    cdef Py_ssize_t per_block = (H + PGEMM_ROW_BLOCK - 1) // PGEMM_ROW_BLOCK
+    cdef Py_ssize_t task, b, j0, c0, n, i, k0, k1, kh
+    cdef floating* dbias = <floating*>p.dbias
+    cdef floating* dw_ih = <floating*>p.dw_ih
+    cdef floating* dw_hh = <floating*>p.dw_hh
+    cdef int q
+    k0 = 0
+    while k0 < N:
+        k1 = min(k0 + <Py_ssize_t>WGRAD_ROWS, N)
+        for task in range(task0, task1):
+            b = task // per_block
+            j0 = (task % per_block) * PGEMM_ROW_BLOCK
+            n = min(<Py_ssize_t>PGEMM_ROW_BLOCK, H - j0)
+            c0 = b * H + j0
+            transpose(dG + k0 * d.R + c0, k1 - k0, n, d.R, a_block, WGRAD_LD)
+            for i in range(n):
+                dbias[c0 + i] += total(a_block + i * WGRAD_LD, k1 - k0)
+            if b < cell.n_gates:  # the recurrent side: h0 for rows < bs0, then h_prev
+                if k0 < bs0:
+                    kh = min(k1, bs0)
+                    pgemm_rows(n, P, k0, kh - k0, a_block, WGRAD_LD, h0_rows, bs0,
+                               dw_hh + c0 * P, P)
+                kh = max(k0, bs0)
+                if k1 > kh:
+                    pgemm_rows(n, P, kh - bs0, k1 - kh, a_block + (kh - k0), WGRAD_LD, h_rows,
+                               N - bs0, dw_hh + c0 * P, P)
+            for q in range(cell.n_gates):
+                if cell.x_block[q] == b:
+                    pgemm_rows(n, n_in, k0, k1 - k0, a_block, WGRAD_LD, x_rows, N,
+                               dw_ih + (q * H + j0) * n_in, n_in)
+        k0 = k1
+
+
 cdef void weight_grads(const floating* dG, const Dims* d, const Ptrs* p, const Split* s,
                        const clstm_cell* cell, const floating* x_rows,
                        const floating* h0_rows, const floating* h_rows,
@@ -641,37 +685,21 @@ cdef void weight_grads(const floating* dG, const Dims* d, const Ptrs* p, const S
     """dW_ih, dW_hh and dbias += their sums over the N rows of dG (N, R).
 
     One task per run of up to PGEMM_ROW_BLOCK columns of dG inside one block of H: its
-    columns are transposed once into rows (the left operand of the K = N sums wants its
-    rows contiguous) and serve the bias (their sums), w_hh's rows (the recurrent side: the
-    first G columns) and w_ih's rows (the input side: block x_block[q] is weight block q's,
-    csrc/cells.h). The tasks write disjoint rows, and each sums in one order whichever
-    thread runs it, so the gradients do not depend on the thread count."""
-    cdef Py_ssize_t H = d.H, N = d.N, P = d.P, n_in = d.n_in, ld = transposed_ld(N)
-    cdef Py_ssize_t per_block = (H + PGEMM_ROW_BLOCK - 1) // PGEMM_ROW_BLOCK
-    cdef Py_ssize_t n_tasks = cell.row_blocks * per_block, task, b, j0, c0, n, i
-    cdef int parts = gemm_parts(s.n_threads, n_tasks, 2 * d.G * (n_in + P) * N), q, master_cpu
-    cdef floating* a_block
-    cdef floating* dbias = <floating*>p.dbias
-    cdef floating* dw_ih = <floating*>p.dw_ih
-    cdef floating* dw_hh = <floating*>p.dw_hh
-    master_cpu = clstm_current_cpu()
-    for task in prange(n_tasks, num_threads=parts, schedule='static'):
+    columns are transposed (the left operand of the K = N sums wants its rows contiguous)
+    and serve the bias (their sums), w_hh's rows (the recurrent side: the first G columns)
+    and w_ih's rows (the input side: block x_block[q] is weight block q's, csrc/cells.h).
+    Each thread takes a run of tasks. The tasks write disjoint rows, each summing over the
+    N rows in one order whichever thread runs it: the gradients do not depend on the
+    thread count."""
+    cdef Py_ssize_t per_block = (d.H + PGEMM_ROW_BLOCK - 1) // PGEMM_ROW_BLOCK
+    cdef Py_ssize_t n_tasks = cell.row_blocks * per_block
+    cdef int parts = gemm_parts(s.n_threads, n_tasks, 2 * d.G * (d.n_in + d.P) * d.N)
+    cdef int part, master_cpu = clstm_current_cpu()
+    for part in prange(parts, num_threads=parts, schedule='static'):
         clstm_leave_master_cpu(master_cpu)
-        b = task // per_block
-        j0 = (task % per_block) * PGEMM_ROW_BLOCK
-        n = min(<Py_ssize_t>PGEMM_ROW_BLOCK, H - j0)
-        c0 = b * H + j0
-        a_block = (<floating*>p.dG_t) + omp_get_thread_num() * PGEMM_ROW_BLOCK * ld
-        transpose(dG + c0, N, n, d.R, a_block, ld)
-        for i in range(n):
-            dbias[c0 + i] += total(a_block + i * ld, N)
-        if b < cell.n_gates:
-            pgemm(n, P, bs0, a_block, ld, h0_rows, dw_hh + c0 * P, P)
-            if N > bs0:
-                pgemm(n, P, N - bs0, a_block + bs0, ld, h_rows, dw_hh + c0 * P, P)
-        for q in range(cell.n_gates):
-            if cell.x_block[q] == b:
-                pgemm(n, n_in, N, a_block, ld, x_rows, dw_ih + (q * H + j0) * n_in, n_in)
+        weight_grads_part(dG, d, cell, p, x_rows, h0_rows, h_rows, bs0,
+                          part * n_tasks // parts, (part + 1) * n_tasks // parts,
+                          (<floating*>p.dG_t) + omp_get_thread_num() * PGEMM_ROW_BLOCK * WGRAD_LD)
 
 
 cdef void backward_impl(floating* dG, const Dims* d, const Ptrs* p, const Split* s,

@@ -167,18 +167,20 @@ static inline __attribute__((always_inline)) void clstm_tile_##SFX(             
     }                                                                                   \
 }                                                                                       \
                                                                                         \
-/* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack. K is cut into chunks of KC, so   \
-   the chunk of a panel every row tile streams (KC * 128 bytes) stays in L1 for all the  \
-   tiles: unchunked, a panel of a long K comes from L2 or memory once per tile of rows   \
-   (docs/performance.md, "K blocking"). The chunks are the same whatever n, so a row's  \
-   sum is still added up in one order. */                                               \
+/* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack, its panels ldw rows apart (the \
+   K of the packed matrix; a K range starting at k0 starts at Wp + k0 * NR). K is cut    \
+   into chunks of KC, so the chunk of a panel every row tile streams (KC * 128 bytes)    \
+   stays in L1 for all the tiles: unchunked, a panel of a long K comes from L2 or memory \
+   once per tile of rows (docs/performance.md, "Issue 19"). The chunks are the same     \
+   whatever n, so a row's sum is still added up in one order. */                        \
 static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A,     \
-                             Py_ssize_t lda, const T* Wp, T* C, Py_ssize_t ldc) {       \
-    const Py_ssize_t NR = 128 / sizeof(T), KC = CLSTM_PGEMM_KC;                    \
+                             Py_ssize_t lda, const T* Wp, Py_ssize_t ldw, T* C,         \
+                             Py_ssize_t ldc) {                                          \
+    const Py_ssize_t NR = 128 / sizeof(T), KC = CLSTM_PGEMM_KC;                         \
     Py_ssize_t jb, i, ncols, k0, kc;                                                    \
     for (k0 = 0; k0 < K; k0 += KC)                                                      \
     for (jb = 0; jb * NR < N; jb++) {                                                   \
-        const T* panel = Wp + (jb * K + k0) * NR;                                       \
+        const T* panel = Wp + (jb * ldw + k0) * NR;                                     \
         const T* A0 = A + k0;                                                           \
         T* Cj = C + jb * NR;                                                            \
         kc = K - k0 < KC ? K - k0 : KC;                                                 \
@@ -281,12 +283,14 @@ static int clstm_isa_level(void) { return 0; }
 #endif
 
 static void clstm_pgemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float* A,
-                            Py_ssize_t lda, const float* Wp, float* C, Py_ssize_t ldc) {
-    CLSTM_DISPATCH(f32, (n, N, K, A, lda, Wp, C, ldc))
+                            Py_ssize_t lda, const float* Wp, Py_ssize_t ldw, float* C,
+                            Py_ssize_t ldc) {
+    CLSTM_DISPATCH(f32, (n, N, K, A, lda, Wp, ldw, C, ldc))
 }
 static void clstm_pgemm_f64(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const double* A,
-                            Py_ssize_t lda, const double* Wp, double* C, Py_ssize_t ldc) {
-    CLSTM_DISPATCH(f64, (n, N, K, A, lda, Wp, C, ldc))
+                            Py_ssize_t lda, const double* Wp, Py_ssize_t ldw, double* C,
+                            Py_ssize_t ldc) {
+    CLSTM_DISPATCH(f64, (n, N, K, A, lda, Wp, ldw, C, ldc))
 }
 
 static Py_ssize_t clstm_packed_size_f32(Py_ssize_t N, Py_ssize_t K) {
