@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 from typing import Callable, Optional, Tuple, Union
 
@@ -141,9 +142,14 @@ class LSTMCell(Parameterised):
 
     forward = __call__
 
-    def freeze(self) -> FrozenLSTMCell:
-        """An inference-only snapshot of this cell for streaming: `FrozenLSTMCell`."""
-        return FrozenLSTMCell(self) if self._cell == "lstm" else _FrozenVariantCell(self)
+    def freeze(self, weights: Optional[str] = None) -> FrozenLSTMCell:
+        """An inference-only snapshot of this cell for streaming: `FrozenLSTMCell`;
+        ``weights`` None, "int8" or "bfloat16" as in `clstm.LSTM.freeze`. A variant cell's
+        (peepholes, other activations) steps through the driver (the one-step kernel has
+        the plain cell only)."""
+        if self._cell == "lstm":
+            return FrozenLSTMCell(self, weights=weights)
+        return _FrozenVariantCell(self, weights=weights)
 
     def _layer_weights(self, copy):
         p = self._checked_params()
@@ -256,16 +262,19 @@ class FrozenLSTMCell(_packed.PackedCell):
     ----------
     cell : LSTMCell
         The cell to snapshot.
+    weights : {None, "int8", "bfloat16"}
+        The packed weights' format (None: the cell's dtype; `clstm.LSTM.freeze`).
     """
 
-    def __init__(self, cell: LSTMCell):
+    def __init__(self, cell: LSTMCell, weights: Optional[str] = None):
         if not isinstance(cell, LSTMCell):
             raise TypeError(f"cell must be an LSTMCell (FrozenLSTMCell(cell) or cell.freeze()), "
                             f"got {type(cell).__name__}")
         self._spec = cell  # for the shapes, dtype and input checks only
         self.input_size, self.hidden_size, self.dtype = cell.input_size, cell.hidden_size, \
             cell.dtype
-        self._weights = cell._layer_weights(copy=False).freeze()
+        self.weights = functional.check_weights_format(weights, cell.dtype)
+        self._weights = cell._layer_weights(copy=False).freeze(weights)
         layer = self._weights.packed
         self._set_weights(layer.w_ih_packed, layer.w_hh_packed, layer.bias)
 
@@ -274,6 +283,33 @@ class FrozenLSTMCell(_packed.PackedCell):
 
     def __reduce__(self):
         return (_restore_frozen_cell, (self._spec, self._weights))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the snapshot's weights (packed, with int8 scales and sums, and bias)."""
+        from .frozen import layer_nbytes
+        return layer_nbytes(self._weights)
+
+    def save(self, path) -> None:
+        """Write the snapshot to ``path`` (an ``.npz`` archive, no pickles; as
+        `clstm.FrozenLSTM.save`)."""
+        from .frozen import layer_arrays, spec_config
+        arrays = {"config": np.array(json.dumps(spec_config(self._spec, self.weights)))}
+        arrays.update(layer_arrays(self._weights, "l0d0."))
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path) -> "FrozenLSTMCell":
+        """A snapshot written by `FrozenLSTMCell.save`; a file that is not one is a
+        ValueError naming it."""
+        import sys
+
+        from ._params import read_npz
+        from .frozen import layer_from_arrays, load_config
+        arrays = read_npz(path, "a saved FrozenLSTMCell")
+        spec, _ = load_config(arrays, path, sys.modules[__name__])
+        return _restore_frozen_cell(spec, layer_from_arrays(arrays, "l0d0.", "lstm", path))
 
     def _general_call(self, x, state):
         x2, h0, c0, _, batched = self._spec._prepare(x, state)
@@ -298,6 +334,7 @@ def _restore_frozen_cell(spec, weights):
         spec.dtype
     frozen._weights = weights
     layer = weights.packed
+    frozen.weights = layer.w_ih_packed.format if layer.w_ih_packed.lowp else None
     frozen._set_weights(layer.w_ih_packed, layer.w_hh_packed, layer.bias)
     return frozen
 
@@ -376,9 +413,10 @@ class GRUCell(Parameterised):
 
     forward = __call__
 
-    def freeze(self) -> "FrozenGRUCell":
-        """An inference-only snapshot on prepacked weights: `FrozenGRUCell`."""
-        return FrozenGRUCell(self)
+    def freeze(self, weights: Optional[str] = None) -> "FrozenGRUCell":
+        """An inference-only snapshot on prepacked weights: `FrozenGRUCell`; ``weights``
+        None, "int8" or "bfloat16" as in `clstm.LSTM.freeze`."""
+        return FrozenGRUCell(self, weights=weights)
 
     def _layer_weights(self, copy):
         p = self._checked_params()
@@ -435,16 +473,20 @@ class FrozenGRUCell:
     ----------
     cell : GRUCell
         The cell to snapshot.
+    weights : {None, "int8", "bfloat16"}
+        The packed weights' format (None: the cell's dtype; with a low-precision format
+        the numbers are the quantised model's, `clstm.LSTM.freeze`).
     """
 
-    def __init__(self, cell: GRUCell):
+    def __init__(self, cell: GRUCell, weights: Optional[str] = None):
         if not isinstance(cell, GRUCell):
             raise TypeError(f"cell must be a GRUCell (FrozenGRUCell(cell) or cell.freeze()), "
                             f"got {type(cell).__name__}")
         self._spec = copy.copy(cell)  # for the shapes, dtype and input checks only
         self.input_size, self.hidden_size, self.dtype = cell.input_size, cell.hidden_size, \
             cell.dtype
-        self._weights = cell._layer_weights(copy=False).freeze()
+        self.weights = functional.check_weights_format(weights, cell.dtype)
+        self._weights = cell._layer_weights(copy=False).freeze(weights)
 
     def __call__(self, x: Array, state: Optional[Array] = None) -> Array:
         """One step: the new ``h`` (see `GRUCell.__call__`)."""

@@ -174,11 +174,13 @@ class LayerWeights:
                                 self.bias, self.w_hr, self.w_ih, self.w_hh, self.extra,
                                 self.options)
 
-    def freeze(self):
+    def freeze(self, weights=None):
         """Pack once: later calls use the packed copies (and a copy of the projection), not
-        the arrays given, which the caller may go on changing."""
+        the arrays given, which the caller may go on changing. ``weights``: None keeps the
+        dtype; "int8" or "bfloat16" quantises w_ih and w_hh for inference (float32 only;
+        `check_weights_format`)."""
         G, I = self.w_ih.shape
-        fmt = FORMATS[self.w_hh.dtype]
+        fmt = FORMATS[self.w_hh.dtype] if weights is None else weights
         if self.w_hr is not None:
             self.w_hr = self.w_hr.copy()
         if self.extra is not None:
@@ -189,6 +191,22 @@ class LayerWeights:
             self.w_hr, extra=self.extra, options=self.options)
         self.w_ih = self.w_hh = None
         return self
+
+
+LOW_PRECISION = ("int8", "bfloat16")
+
+
+def check_weights_format(weights, dtype):
+    """``weights`` of ``freeze(weights=...)``: None (the model's dtype), "int8" or
+    "bfloat16" (float32 models: activations, states and outputs stay float32)."""
+    if weights is None:
+        return None
+    if not isinstance(weights, str) or weights not in LOW_PRECISION:
+        raise ValueError(f"weights must be None, 'int8' or 'bfloat16', got {weights!r}")
+    if np.dtype(dtype) != np.float32:
+        raise ValueError(f"weights={weights!r} needs a float32 model (its activations stay "
+                         f"float32), got dtype {np.dtype(dtype).name}")
+    return weights
 
 
 def bias_sum(b_ih, b_hh, n, dtype):

@@ -272,18 +272,28 @@ class RNNBase(Parameterised):
 
     forward = __call__
 
-    def freeze(self) -> FrozenLSTM:
+    def freeze(self, weights: Optional[str] = None) -> FrozenLSTM:
         """An inference-only snapshot on prepacked weights.
+
+        Parameters
+        ----------
+        weights : {None, "int8", "bfloat16"}
+            None: the model's dtype. "int8": w_ih and w_hh quantised per row (symmetric
+            scales), the inputs of each step's multiplies quantised per row on the fly;
+            "bfloat16": rounded to bfloat16 (nearest even) and multiplied with float32
+            accumulation. Both are for float32 models; activations, states, outputs and
+            the projection stay float32 (docs/performance.md gives the accuracy).
 
         Returns
         -------
         clstm.FrozenLSTM
-            Called exactly like the model, equal to its inference bit for bit (see
-            `clstm.FrozenLSTM` for the one exception); later changes to the model's
-            parameters do not reach it (freeze again after training).
+            Called exactly like the model; with ``weights=None`` equal to its inference
+            bit for bit (see `clstm.FrozenLSTM` for the one exception); later changes to
+            the model's parameters do not reach it (freeze again after training).
         """
         from .frozen import FrozenGRU, FrozenLSTM  # (frozen imports this module)
-        return FrozenLSTM(self) if self._has_cell_state else FrozenGRU(self)
+        frozen = FrozenLSTM if self._has_cell_state else FrozenGRU
+        return frozen(self, weights=weights)
 
     def forward_train(self, x: Array, state: Optional[State] = None,
                       lengths: Optional[Array] = None,

@@ -155,8 +155,16 @@ def main(argv=None):
     train_loss = float(np.mean(recent))   # the last (up to) 50 chunks' mean
 
     # Held-out loss: the held-out text as one stream, from a zero state.
-    y, _ = lstm(embedding(val[:-1, None]))
+    x_val = embedding(val[:-1, None])
+    y, _ = lstm(x_val)
     val_loss, _ = clstm.cross_entropy(head(y), val[1:, None])
+    # The trained LSTM frozen with bfloat16 and int8 weights (inference snapshots): the
+    # held-out loss each gives against float32's (embedding and head stay float32).
+    for fmt in ("bfloat16", "int8"):
+        y_q, _ = lstm.freeze(weights=fmt)(x_val)
+        loss_q, _ = clstm.cross_entropy(head(y_q), val[1:, None])
+        print(f"held-out loss with {fmt} LSTM weights: {loss_q:.4f} nats/char "
+              f"({(loss_q / val_loss - 1) * 100:+.2f}% against float32's {val_loss:.4f})")
 
     # Sampling: feed each sampled character back in, carrying the state.
     prompt = "".join(ch for ch in "The " if ch in code) or text[0]

@@ -62,7 +62,7 @@ def test_packed_weights_object(dtype):
     with pytest.raises(ValueError, match="buffer"):
         _packed.PackedWeights(70, 9, fmt, np.empty(3, dtype))
     with pytest.raises(ValueError, match="shape/format"):
-        _packed.PackedWeights(70, 9, "int8")
+        _packed.PackedWeights(70, 9, "int4")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

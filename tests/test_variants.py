@@ -292,3 +292,17 @@ def test_work_splits_give_the_variants_the_same_bits():
             for name in got:
                 np.testing.assert_array_equal(got[name], results[0][2][name],
                                               err_msg=f"{strategy} x{threads}: {name}")
+
+
+@pytest.mark.parametrize("weights", ["int8", "bfloat16"])
+def test_low_precision_snapshots_of_variant_models(weights):
+    """freeze(weights=...) packs the variant's w_ih/w_hh in the low-precision format; the
+    peepholes and activations stay the cell's (float32): close to the live model."""
+    x = np.random.default_rng(0).standard_normal((6, 3, 8)).astype(np.float32)
+    for kw in (dict(peephole=True, bidirectional=True),
+               dict(activation="relu", recurrent_activation="hard_sigmoid")):
+        lstm = clstm.LSTM(8, 32, 2, seed=1, **kw)
+        np.testing.assert_allclose(lstm.freeze(weights=weights)(x)[0], lstm(x)[0], atol=1e-2)
+        cell = clstm.LSTMCell(8, 32, seed=1, **kw)
+        np.testing.assert_allclose(cell.freeze(weights=weights)(x[0])[0], cell(x[0])[0],
+                                   atol=1e-2)

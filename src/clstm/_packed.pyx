@@ -15,19 +15,30 @@ validation.
 cimport cython
 from cython cimport floating
 from libc.stdlib cimport free, malloc
+from libc.stdint cimport int32_t
 from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
 
 from clstm._blas cimport blas_int, matmul
 from clstm._cells cimport cell_forward, clstm_cell, clstm_cell_lstm
-from clstm._pgemm cimport pack, packed_size, panel_width, pgemm
+from clstm._lowp cimport (CLSTM_LOWP_BF16, CLSTM_LOWP_INT8, CLSTM_LOWP_NR, clstm_lowp_pack,
+                          clstm_lowp_kernel_name, clstm_lowp_padded_n,
+                          clstm_lowp_panel_bytes)
+from clstm._lowp cimport lowp_gemm as lowp_gemm_c, packed_mul
+from clstm._pgemm cimport pack, packed_size, panel_width
 from clstm._runtime cimport blas_threads, blas_threads_enter, check
 
 cnp.import_array()
 
-FORMATS = {"float32": cnp.NPY_FLOAT, "float64": cnp.NPY_DOUBLE}
+FORMATS = {"float32": cnp.NPY_FLOAT, "float64": cnp.NPY_DOUBLE,
+           # low precision: weights quantised at packing, float32 activations (csrc/lowp.h)
+           "int8": cnp.NPY_FLOAT, "bfloat16": cnp.NPY_FLOAT}
+LOWP_FORMATS = {"int8": CLSTM_LOWP_INT8, "bfloat16": CLSTM_LOWP_BF16}
 STEP_MAX_ROWS = 8  # beyond this many rows a step is worth the threaded layer driver
+
+cdef enum:
+    PACKED_LOWP = 2  # step()'s ``packed`` for int8/bfloat16 PackedWeights
 
 
 cdef object new_array(int nd, Py_ssize_t rows, Py_ssize_t cols, int typenum):
@@ -70,50 +81,82 @@ cdef class PackedWeights:
     ----------
     n_out, n_in : int
         The shape of W.
-    format : {"float32", "float64"}
-        The element type.
+    format : {"float32", "float64", "int8", "bfloat16"}
+        The element type. "int8" and "bfloat16" (inference only) quantise float32 weights
+        at packing (csrc/lowp.h: int8 with one symmetric scale per row of W, in
+        ``scales``, and the rows' sums in ``colsums``; bfloat16 rounded to nearest even)
+        and multiply float32 activations quantised per row on the fly.
     buffer : ndarray, optional
         Memory to pack into (a 1-D array of the format's dtype with at least
         ``packed_length(n_out, n_in, format)`` elements), e.g. a reused scratch buffer;
-        a new array by default.
+        a new array by default. Float formats only.
     """
 
     def __init__(self, Py_ssize_t n_out, Py_ssize_t n_in, str format, buffer=None):
         check(n_out >= 1 and n_in >= 1 and format in FORMATS, "packed weights shape/format")
+        # int8 sums stay exact in int32 lanes for up to 2^31 / (255 * 127) inputs
+        check(format != "int8" or n_in <= 65536, "int8 packed weights: n_in <= 65536")
         self.n_out, self.n_in, self.format = n_out, n_in, format
         self.typenum = FORMATS[format]
+        self.lowp = LOWP_FORMATS.get(format, 0)
         cdef Py_ssize_t n = packed_length(n_out, n_in, format)
-        cdef Py_ssize_t item = 4 if self.typenum == cnp.NPY_FLOAT else 8, start
+        cdef int data_type = cnp.NPY_UINT8 if self.lowp else self.typenum
+        cdef Py_ssize_t item = 1 if self.lowp else 4 if self.typenum == cnp.NPY_FLOAT else 8
+        cdef Py_ssize_t start
+        check(buffer is None or not self.lowp, "packed weights buffer")
         if buffer is None:  # on a cache line: the kernel loads whole 64-byte vectors
-            buffer = new_array(1, 0, n + 64 // item, self.typenum)
+            buffer = new_array(1, 0, n + 64 // item, data_type)
             start = (64 - <size_t>cnp.PyArray_DATA(<cnp.ndarray>buffer) % 64) % 64 // item
             buffer = buffer[start:start + n]
-        check(is_operand(buffer, self.typenum, 1, False)
+        check(is_operand(buffer, data_type, 1, False)
               and cnp.PyArray_DIMS(<cnp.ndarray>buffer)[0] >= n
               and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>buffer), "packed weights buffer")
         self.data = buffer
         self.ptr = cnp.PyArray_DATA(<cnp.ndarray>buffer)
+        if self.lowp:
+            self.scales = new_array(1, 0, clstm_lowp_padded_n(n_out), cnp.NPY_FLOAT)
+            self.colsums = new_array(1, 0, clstm_lowp_padded_n(n_out), cnp.NPY_INT32)
+            self.scales[:] = 0
+            self.colsums[:] = 0
+            self.lowp_w.format, self.lowp_w.N, self.lowp_w.K = self.lowp, n_out, n_in
+            self.lowp_w.panels = self.ptr
+            self.lowp_w.scale = <const float*>cnp.PyArray_DATA(<cnp.ndarray>self.scales)
+            self.lowp_w.colsum = <const int32_t*>cnp.PyArray_DATA(<cnp.ndarray>self.colsums)
+            self.ptr = &self.lowp_w  # the driver hands this to lowp_gemm
 
     cdef int pack_nogil(self, const void* w, bint transposed) except -1 nogil:
-        if self.typenum == cnp.NPY_FLOAT:
+        if self.lowp:  # (transposed is refused by pack, the only caller for these)
+            clstm_lowp_pack(self.lowp, <const float*>w, self.n_out, self.n_in,
+                            <void*>self.lowp_w.panels, <float*>self.lowp_w.scale,
+                            <int32_t*>self.lowp_w.colsum)
+        elif self.typenum == cnp.NPY_FLOAT:
             pack(<const float*>w, self.n_out, self.n_in, transposed, <float*>self.ptr)
         else:
             pack(<const double*>w, self.n_out, self.n_in, transposed, <double*>self.ptr)
         return 0
 
-    def copy_from(self, data):
-        """Take already packed data (this object's layout and length); returns self."""
+    def copy_from(self, data, scales=None, colsums=None):
+        """Take already packed data (this object's layout and length; int8 also its
+        ``scales`` and ``colsums``); returns self."""
         import numpy as np
         cdef Py_ssize_t n = packed_length(self.n_out, self.n_in, self.format)
         src = np.asarray(data)
         check(src.ndim == 1 and src.shape[0] == n and src.dtype == self.data.dtype,
               "packed data")
+        if self.lowp == CLSTM_LOWP_INT8:
+            scales, colsums = np.asarray(scales), np.asarray(colsums)
+            check(scales.shape == self.scales.shape and scales.dtype == self.scales.dtype
+                  and colsums.shape == self.colsums.shape
+                  and colsums.dtype == self.colsums.dtype, "packed scales")
+            self.scales[:] = scales
+            self.colsums[:] = colsums
         self.data[:n] = src
         return self
 
     def pack(self, w, bint transposed=False):
         """Pack W (n_out, n_in), or W.T given as (n_in, n_out) when ``transposed``; returns
         self."""
+        check(not (transposed and self.lowp), "transposed low-precision packing")
         cdef const void* p = operand(w, self.typenum, self.n_in if transposed else self.n_out,
                                      self.n_out if transposed else self.n_in, "packed source",
                                      False, False)
@@ -127,16 +170,24 @@ cdef class PackedWeights:
         multiplied on its own."""
         return packed_panel_width(self.format)
 
+    @property
+    def nbytes(self):
+        """Bytes of the packed weights (with their scales and sums)."""
+        return (self.data.nbytes + (0 if self.scales is None else self.scales.nbytes)
+                + (0 if self.colsums is None else self.colsums.nbytes))
+
     def __reduce__(self):
         n = packed_length(self.n_out, self.n_in, self.format)
-        return (_restore, (self.n_out, self.n_in, self.format, self.data[:n].copy()))
+        extra = () if self.lowp != CLSTM_LOWP_INT8 else (self.scales.copy(),
+                                                          self.colsums.copy())
+        return (_restore, (self.n_out, self.n_in, self.format, self.data[:n].copy()) + extra)
 
     def __repr__(self):
         return f"PackedWeights(n_out={self.n_out}, n_in={self.n_in}, format={self.format!r})"
 
 
-def _restore(n_out, n_in, format, data):
-    return PackedWeights(n_out, n_in, format, None).copy_from(data)
+def _restore(n_out, n_in, format, data, scales=None, colsums=None):
+    return PackedWeights(n_out, n_in, format, None).copy_from(data, scales, colsums)
 
 
 def kernel_ready(a):
@@ -147,9 +198,12 @@ def kernel_ready(a):
 
 
 def packed_length(Py_ssize_t n_out, Py_ssize_t n_in, format):
-    """Elements of the packed copy of an (n_out, n_in) weight matrix."""
+    """Elements of the packed copy of an (n_out, n_in) weight matrix (bytes for the
+    low-precision formats)."""
     cdef float f
     cdef double d
+    if format in LOWP_FORMATS:
+        return clstm_lowp_panel_bytes(LOWP_FORMATS[format], n_out, n_in)
     return packed_size(n_out, n_in, &f) if format == "float32" else packed_size(n_out, n_in, &d)
 
 
@@ -157,6 +211,8 @@ def packed_panel_width(format):
     """Output columns per packed panel for ``format``."""
     cdef float f
     cdef double d
+    if format in LOWP_FORMATS:
+        return CLSTM_LOWP_NR
     return panel_width(&f) if format == "float32" else panel_width(&d)
 
 
@@ -187,7 +243,7 @@ cdef inline void* data(object a) noexcept:
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-cdef void step(const clstm_cell* cell, bint packed, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+cdef void step(const clstm_cell* cell, int packed, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                const floating* x, const floating* w_ih, const floating* w_hh,
                const floating* b_ih, const floating* b_hh, const floating* h0,
                const floating* c0, floating* h1, floating* c1, floating* gates,
@@ -195,7 +251,8 @@ cdef void step(const clstm_cell* cell, bint packed, Py_ssize_t B, Py_ssize_t I, 
     """One step of B rows in the layer driver's order: gates = x @ w_ih.T, += h0 @ w_hh.T,
     then the cell adds the bias b_ih + b_hh (summed into ``bias`` (G,) scratch when both are
     given; NULL biases count as zero). packed: the weights are packed (PackedWeights), for
-    the packed kernel, so the result is bit for bit the driver's; else plain (G, K) arrays,
+    the packed kernel, so the result is bit for bit the driver's (PACKED_LOWP: w_ih and
+    w_hh are the ptr of int8/bfloat16 PackedWeights); else plain (G, K) arrays,
     multiplied by BLAS on one thread (a different summation order: rounding differs)."""
     cdef Py_ssize_t G = cell.n_gates * H, k
     cdef const floating* b = b_ih
@@ -209,8 +266,8 @@ cdef void step(const clstm_cell* cell, bint packed, Py_ssize_t B, Py_ssize_t I, 
             b = bias
     if packed:
         memset(gates, 0, B * G * sizeof(floating))
-        pgemm(B, G, I, x, I, w_ih, gates, G)
-        pgemm(B, G, H, h0, H, w_hh, gates, G)
+        packed_mul(packed == PACKED_LOWP, B, G, I, x, I, w_ih, 0, gates, G)
+        packed_mul(packed == PACKED_LOWP, B, G, H, h0, H, w_hh, 0, gates, G)
     else:
         blas_saved = blas_threads_enter()
         matmul(<blas_int>B, <blas_int>G, <blas_int>I, x, <blas_int>I, w_ih, <blas_int>I,
@@ -219,6 +276,18 @@ cdef void step(const clstm_cell* cell, bint packed, Py_ssize_t B, Py_ssize_t I, 
                True, <floating>1, gates, <blas_int>G)
         blas_threads(blas_saved)
     cell_forward(cell, B, H, 0, H, gates, <const floating*>NULL, b, NULL, c0, c1, h1)
+
+
+cdef inline void* weights_data(object w) noexcept:
+    """A step's weights: a PackedWeights' ptr, or an array's data."""
+    return (<PackedWeights>w).ptr if isinstance(w, PackedWeights) else data(w)
+
+
+cdef inline int packed_kind(object w, bint packed) noexcept:
+    """step()'s ``packed`` for weights w: PACKED_LOWP for low-precision PackedWeights."""
+    if isinstance(w, PackedWeights) and (<PackedWeights>w).lowp:
+        return PACKED_LOWP
+    return 1 if packed else 0
 
 
 cdef tuple run_step(const clstm_cell* cell, bint packed, int typenum, Py_ssize_t B,
@@ -237,8 +306,9 @@ cdef tuple run_step(const clstm_cell* cell, bint packed, int typenum, Py_ssize_t
     cdef void* g = scratch if gates is None else data(gates)
     cdef void* bias = <char*>scratch + B * G * item
     cdef void* px = data(x)
-    cdef void* pw_ih = data(w_ih)
-    cdef void* pw_hh = data(w_hh)
+    cdef void* pw_ih = weights_data(w_ih)
+    cdef void* pw_hh = weights_data(w_hh)
+    cdef int kind = packed_kind(w_ih, packed)
     cdef void* pb_ih = data(b_ih)
     cdef void* pb_hh = data(b_hh)
     cdef void* ph0 = data(h0)
@@ -247,11 +317,11 @@ cdef tuple run_step(const clstm_cell* cell, bint packed, int typenum, Py_ssize_t
     cdef void* pc1 = data(c1)
     with nogil:
         if typenum == cnp.NPY_FLOAT:
-            step(cell, packed, B, I, H, <float*>px, <float*>pw_ih, <float*>pw_hh,
+            step(cell, kind, B, I, H, <float*>px, <float*>pw_ih, <float*>pw_hh,
                  <float*>pb_ih, <float*>pb_hh, <float*>ph0, <float*>pc0, <float*>ph1,
                  <float*>pc1, <float*>g, <float*>bias)
         else:
-            step(cell, packed, B, I, H, <double*>px, <double*>pw_ih, <double*>pw_hh,
+            step(cell, kind, B, I, H, <double*>px, <double*>pw_ih, <double*>pw_hh,
                  <double*>pb_ih, <double*>pb_hh, <double*>ph0, <double*>pc0, <double*>ph1,
                  <double*>pc1, <double*>g, <double*>bias)
         free(scratch)
@@ -331,17 +401,26 @@ cdef class PackedCell:
         if B == 0 or B > STEP_MAX_ROWS:
             check(not strict, "packed cell operands")
             return None
+        if self.w_ih_packed.lowp:
+            return run_step(&clstm_cell_lstm, True, self.typenum, B, I, H, x,
+                            self.w_ih_packed, self.w_hh_packed, self.bias, None, h0, c0)
         return run_step(&clstm_cell_lstm, True, self.typenum, B, I, H, x,
                         self.w_ih_packed.data, self.w_hh_packed.data, self.bias, None, h0, c0)
 
 
 cdef int check_step_weights(tuple w, bint packed, int typenum, Py_ssize_t n_in,
                             Py_ssize_t H) except -1:
-    """w = (w_ih, w_hh, b_ih, b_hh) for one step: packed (PackedWeights data, summed bias,
-    None) or plain arrays (either bias may be None)."""
+    """w = (w_ih, w_hh, b_ih, b_hh) for one step: packed (PackedWeights data, or the
+    int8/bfloat16 PackedWeights themselves, summed bias, None) or plain arrays (either bias
+    may be None)."""
     cdef Py_ssize_t G = 4 * H
     check(len(w) == 4, "step weights")
-    if packed:
+    if packed and isinstance(w[0], PackedWeights):
+        check(isinstance(w[1], PackedWeights) and typenum == cnp.NPY_FLOAT
+              and (<PackedWeights>w[0]).lowp and (<PackedWeights>w[1]).lowp
+              and w[0].n_out == G and w[0].n_in == n_in and w[1].n_out == G
+              and w[1].n_in == H, "w_ih")
+    elif packed:
         operand(w[0], typenum, packed_length(G, n_in, FORMAT_OF[typenum]), -1, "w_ih", False,
                 False)
         operand(w[1], typenum, packed_length(G, H, FORMAT_OF[typenum]), -1, "w_hh", False,
@@ -414,7 +493,8 @@ def stack_step(list weights not None, bint packed, int n_directions, bint batch_
         raise MemoryError()
     for k in range(n_cells):
         for row in range(4):
-            ptrs[4 * k + row] = data(weights[k][row])
+            ptrs[4 * k + row] = weights_data(weights[k][row])
+    cdef int kind = packed_kind(weights[0][0], packed)
     cdef char* gates = scratch
     cdef char* bias = scratch + B * G * item
     cdef char* layer_out = bias + G * item   # (B, D*H): the next layer's input
@@ -431,13 +511,13 @@ def stack_step(list weights not None, bint packed, int n_directions, bint batch_
             for d in range(D):
                 k = layer * D + d
                 if typenum == cnp.NPY_FLOAT:
-                    step(&clstm_cell_lstm, packed, B, n_in, H, <float*>x_l,
+                    step(&clstm_cell_lstm, kind, B, n_in, H, <float*>x_l,
                          <float*>ptrs[4 * k], <float*>ptrs[4 * k + 1], <float*>ptrs[4 * k + 2],
                          <float*>ptrs[4 * k + 3], <float*>(p_h0 + k * state),
                          <float*>(p_c0 + k * state), <float*>(p_hn + k * state),
                          <float*>(p_cn + k * state), <float*>gates, <float*>bias)
                 else:
-                    step(&clstm_cell_lstm, packed, B, n_in, H, <double*>x_l,
+                    step(&clstm_cell_lstm, kind, B, n_in, H, <double*>x_l,
                          <double*>ptrs[4 * k], <double*>ptrs[4 * k + 1],
                          <double*>ptrs[4 * k + 2], <double*>ptrs[4 * k + 3],
                          <double*>(p_h0 + k * state), <double*>(p_c0 + k * state),
@@ -454,3 +534,32 @@ def stack_step(list weights not None, bint packed, int n_directions, bint batch_
         free(ptrs)
         free(scratch)
     return y, (h_n, c_n)
+
+
+# ---------------------------------------------------------------------------------------------
+# The low-precision multiply on its own (tests, micro-benchmarks).
+
+def lowp_gemm(PackedWeights w not None, a, c, Py_ssize_t col0=0, Py_ssize_t n_cols=-1):
+    """``c[:, :n_cols] += a @ W[col0 : col0 + n_cols].T`` for W packed in a low-precision
+    format; a (n, n_in) and c (n, >= n_cols) float32, C-contiguous; col0 a multiple of
+    the panel width; n_cols defaults to the rest of W. Returns c."""
+    check(w.lowp != 0, "lowp_gemm weights format")
+    if n_cols < 0:
+        n_cols = w.n_out - col0
+    check(0 <= col0 and col0 % CLSTM_LOWP_NR == 0 and col0 + n_cols <= w.n_out,
+          "lowp_gemm columns")
+    cdef const float* pa = <const float*>operand(a, cnp.NPY_FLOAT, -1, w.n_in, "a", False, False)
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>a)[0]
+    check(cnp.PyArray_Check(c) and cnp.PyArray_NDIM(<cnp.ndarray>c) == 2, "c")
+    cdef Py_ssize_t ldc = cnp.PyArray_DIMS(<cnp.ndarray>c)[1]
+    cdef float* pc = <float*>operand(c, cnp.NPY_FLOAT, n, ldc, "c", False, True)
+    check(ldc >= n_cols, "c")
+    with nogil:
+        lowp_gemm_c(n, n_cols, pa, w.n_in, w.ptr, col0, pc, ldc)
+    return c
+
+
+def lowp_kernel():
+    """The low-precision kernel this process runs ("vnni512", "v4", "avxvnni", "v3" or
+    "base"; CLSTM_ISA chooses a lower one, csrc/lowp.h)."""
+    return clstm_lowp_kernel_name().decode()

@@ -63,6 +63,7 @@ from clstm._openmp cimport (CLSTM_OPENMP_ENABLED, clstm_barrier, clstm_current_c
 from clstm._packed cimport PackedWeights, operand
 
 from clstm._packed import kernel_ready
+from clstm._lowp cimport packed_mul
 from clstm._pgemm cimport pack, packed_size, pgemm, pgemm_rows, total, transpose
 from clstm._runtime cimport blas_threads, blas_threads_enter, check
 from clstm._schedule cimport PGEMM_ROW_BLOCK, gemm_parts, par_gemm, par_pgemm
@@ -268,7 +269,11 @@ cdef class Layer:
         self.spec, self.cell, self.typenum = spec, cell, typenum
         check(G == H * spec.n_gates and w_ih_packed.n_out == G
               and w_hh_packed.typenum == typenum and (w_hr is not None or P == H)
-              and not (spec.state_is_output and w_hr is not None), "weights")
+              and not (spec.state_is_output and w_hr is not None)
+              and w_hh_packed.format == w_ih_packed.format, "weights")
+        # int8/bfloat16 packed weights: inference on frozen weights only (no unpacked copy
+        # to repack or to train with)
+        check(not w_ih_packed.lowp or w_ih is None, "low-precision weights with unpacked ones")
         self.p_bias = operand(bias, typenum, spec.row_blocks * H, -1, "bias", False, False)
         self.p_w_hr = operand(w_hr, typenum, P, H, "w_hr", True, False)
         self.p_w_ih = operand(w_ih, typenum, G, I, "w_ih", True, False)
@@ -354,6 +359,7 @@ cdef struct Dims:
     Py_ssize_t T, B, n_in, H, P, N, G, R  # (I is a macro of complex.h)
     Py_ssize_t cap         # rows of the gates array
     bint train
+    bint lowp              # the weights are int8/bfloat16 (csrc/lowp.h), inference only
 
 
 cdef struct Ptrs:
@@ -433,7 +439,6 @@ cdef void forward_slice(floating* gates, const Dims* d, const Ptrs* p, const Spl
     cdef bint stateless = cell.state_is_output, separate = cell.separate_recurrent
     cdef const Py_ssize_t* off = s.offsets
     cdef const floating* y = <const floating*>p.y
-    cdef const floating* w_hh_p = <const floating*>p.w_hh_p
     cdef const floating* w_hr = <const floating*>p.w_hr
     cdef floating* cells = <floating*>(p.cells if d.train else p.c_n)
     cdef floating* r = <floating*>p.r
@@ -480,11 +485,12 @@ cdef void forward_slice(floating* gates, const Dims* d, const Ptrs* p, const Spl
                 for q in range(cell.n_gates):
                     memset(hg_t + i * G + q * H + j0, 0, (j1 - j0) * sizeof(floating))
         if j0 == 0 and j1 == H:
-            pgemm(n, G, P, h_prev, P, w_hh_p, product, R if product == g_t else G)
+            packed_mul(d.lowp, n, G, P, h_prev, P, p.w_hh_p, 0, product,
+                       R if product == g_t else G)
         else:
             for q in range(cell.n_gates):  # the [j0, j1) columns of each gate block
-                pgemm(n, j1 - j0, P, h_prev, P, w_hh_p + (q * H + j0) * P,
-                      product + q * H + j0, R if product == g_t else G)
+                packed_mul(d.lowp, n, j1 - j0, P, h_prev, P, p.w_hh_p, q * H + j0,
+                           product + q * H + j0, R if product == g_t else G)
         cell_forward(cell, n, H, j0, j1, g_t, hg_t, <const floating*>p.bias, p.cfg, c_prev,
                      c_out, r_t)
         if w_hr != NULL:
@@ -637,7 +643,8 @@ cdef bint forward_impl(floating* gates, const Dims* d, const Ptrs* p, const Spli
         row0 = 0 if d.train else step_row(off, B, t0)
         par_pgemm(s.n_threads, step_row(off, B, t1) - step_row(off, B, t0), G, d.n_in,
                   (<const floating*>p.x) + step_row(off, B, t0) * d.n_in, d.n_in,
-                  <const floating*>p.w_ih_p, gates + (step_row(off, B, t0) - row0) * d.R, d.R)
+                  <const floating*>p.w_ih_p, gates + (step_row(off, B, t0) - row0) * d.R, d.R,
+                  d.lowp)
         run_time_loop(gates, d, p, s, cell, False, t0, t1, row0)
         t0 = t1
         if t0 < d.T and watching and interrupted():
@@ -831,6 +838,8 @@ def forward(Layer layer not None, Schedule sched not None, LayerIO io not None,
     d.G = layer.w_hh_packed.n_out
     d.R = layer.spec.row_blocks * d.H
     d.train = io.train
+    d.lowp = layer.w_hh_packed.lowp != 0
+    check(not (d.lowp and d.train), "low-precision weights (inference only)")
     memset(&p, 0, sizeof(p))
     check_units(sched, layer)
     cdef bint stateless = layer.spec.state_is_output

@@ -8,8 +8,8 @@ from cython.parallel cimport prange
 from libc.string cimport memset
 
 from clstm._blas cimport blas_int, gemm
+from clstm._lowp cimport packed_mul
 from clstm._openmp cimport CLSTM_OPENMP_ENABLED, clstm_current_cpu, clstm_leave_master_cpu
-from clstm._pgemm cimport pgemm
 from clstm._runtime cimport blas_threads
 
 cdef enum:
@@ -57,8 +57,9 @@ cdef inline void par_gemm(int n_threads, bint trans_a, bint trans_b, Py_ssize_t 
 
 cdef inline void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t K,
                            const floating* A, Py_ssize_t lda, const floating* Wp, floating* C,
-                           Py_ssize_t ldc) noexcept nogil:
-    """C[m, N] = A[m, K] @ W.T (W packed), row blocks shared among threads."""
+                           Py_ssize_t ldc, bint lowp=False) noexcept nogil:
+    """C[m, N] = A[m, K] @ W.T (W packed), row blocks shared among threads. ``lowp``: W is
+    packed in a low-precision format (Wp a clstm_lowp_weights; csrc/lowp.h)."""
     cdef Py_ssize_t n_blocks = (m + PGEMM_ROW_BLOCK - 1) // PGEMM_ROW_BLOCK, blk, r0, r1, r
     cdef int parts = gemm_parts(n_threads, n_blocks, m * N * K)
     cdef int master_cpu
@@ -71,4 +72,4 @@ cdef inline void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t
         r1 = min(r0 + PGEMM_ROW_BLOCK, m)
         for r in range(r0, r1):
             memset(C + r * ldc, 0, N * sizeof(floating))
-        pgemm(r1 - r0, N, K, A + r0 * lda, lda, Wp, C + r0 * ldc, ldc)
+        packed_mul(lowp, r1 - r0, N, K, A + r0 * lda, lda, Wp, 0, C + r0 * ldc, ldc)
