@@ -13,7 +13,7 @@ from . import _packed, _threads, functional
 from ._checks import check_shape, float_array, float_dtype, generator, generator_from_seed, \
     positive_int
 from ._params import Parameterised
-from ._reference_variants import check_activation
+from .reference import check_activation
 from ._threads import get_num_threads
 from .rnn import Array, State, _flag, _probability, _state_pair
 

@@ -123,7 +123,7 @@ def _scratch_packed(slot, n_out, n_in, dtype):
 
 
 # The LSTM variants' activations, by Keras's names, as the cells know them (the CLSTM_ACT_*
-# ids of csrc/cells.h; clstm/_reference_variants.py has their NumPy definitions).
+# ids of csrc/cells.h; clstm/reference.py has their NumPy definitions).
 ACTIVATION_IDS = {"tanh": 0, "sigmoid": 1, "hard_sigmoid": 2, "relu": 3, "linear": 4}
 
 
@@ -268,7 +268,7 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
     (with ``train``, one nobody writes to until backward has run: the cache keeps it, x
     and h0/c0). ``strategy`` forces a path of `clstm._dispatch` (default: its choice).
     ``mask`` (B, P), sorted rows, training only: recurrent dropout's mask on h_{t-1}
-    (`clstm._reference_variants`), run on the batch or serial split.
+    (`clstm.reference`), run on the batch or serial split.
     Returns ``y (N, P), h_n, c_n, cache`` (cache None without train); inference writes y
     into the given C-contiguous array if there is one.
     """

@@ -19,15 +19,56 @@ Variable lengths use the padded layout with masks: row b takes steps while ``k <
 and keeps its state afterwards; the reverse direction visits row b's times
 ``len_b - 1, ..., 0``. ``lstm_stack_forward``/``lstm_stack_backward`` compose single-layer
 calls into PyTorch's multi-layer, bidirectional ``nn.LSTM``.
+
+The LSTM variants: peephole connections, a choice of activations and recurrent
+(variational) dropout are options of the same `lstm_forward` (the plain LSTM is peepholes
+of zero, tanh/sigmoid and no mask).
+
+With ``act = activation`` (Keras's ``activation``: the cell input and the cell output) and
+``rec = recurrent_activation`` (Keras's: the three gates), peephole weights ``p (3, H)``
+(rows i, f, o; zero without peepholes) and a recurrent dropout mask ``m (B, P)`` (ones
+without dropout)::
+
+    z_t = x_t @ w_ih.T + b_ih + (m * h_{t-1}) @ w_hh.T + b_hh     (B, 4H)
+    i = rec(z_i + p_i * c_{t-1})
+    f = rec(z_f + p_f * c_{t-1})
+    g = act(z_g)
+    c_t = f * c_{t-1} + i * g
+    o = rec(z_o + p_o * c_t)                                     (the *new* cell state)
+    r_t = o * act(c_t)
+    h_t = r_t @ w_hr.T  (or h_t = r_t)
+
+These are ONNX's ``LSTM`` equations (input ``P``, there ordered i, o, f; activations
+``f, g, h`` = ``rec, act, act``), TensorFlow 1's ``LSTMCell(use_peepholes=True)`` and Gers &
+Schmidhuber's.
+
+Activations, by Keras's names: ``"tanh"``, ``"sigmoid"``, ``"hard_sigmoid"``, ``"relu"``,
+``"linear"``. ``hard_sigmoid`` is Keras 2's ``clip(0.2 z + 0.5, 0, 1)`` (the recurrent
+default of Keras < 2.3 models, and ONNX's ``HardSigmoid`` with its defaults alpha=0.2,
+beta=0.5), not Keras 3's ``relu6(z + 3) / 6`` (slope 1/6): weights of the older models
+give their numbers only with the former. Every derivative is a function of the
+activation's *output* (``hard_sigmoid``: 0.2 where ``0 < y < 1``; ``relu``: 1 where
+``y > 0``), so backward needs only the activated gates, as the plain cell's does. At the
+kinks (``z = ±2.5``, ``z = 0``) the derivative taken is the one-sided 0.
+
+Recurrent dropout (Gal & Ghahramani 2016): ONE mask per sequence and layer-direction,
+``m = (u >= p) / (1 - p)`` with ``u`` uniform of shape ``(B, P)``, multiplies ``h_{t-1}``
+at every step (``h0`` included) before the recurrent product, and the same mask serves
+all four gates. Keras 3 draws one mask per gate; one shared mask keeps the recurrent
+product a single ``(m * h) @ w_hh.T`` GEMM per step, where four masks would need four
+products of a quarter the width (or a 4x wider ``h``) — the variational property (same
+mask at every step) is what the method asks for, and the per-gate choice is not in Gal &
+Ghahramani's derivation, which drops *units* of ``h``. Backward: ``dh_{t-1} = (dz @ w_hh) *
+m`` and ``dw_hh += dz.T @ (m * h_{t-1})``.
 """
 from collections import namedtuple
 
 import numpy as np
 
 #: Gradients returned by ``lstm_backward`` (``db_ih``/``db_hh`` are None without biases,
-#: ``dw_hr`` without a projection).
-LSTMGrads = namedtuple("LSTMGrads", "dx dh0 dc0 dw_ih dw_hh db_ih db_hh dw_hr",
-                       defaults=(None,))
+#: ``dw_hr`` without a projection, ``dw_peephole`` (3, H) without peepholes).
+LSTMGrads = namedtuple("LSTMGrads", "dx dh0 dc0 dw_ih dw_hh db_ih db_hh dw_hr dw_peephole",
+                       defaults=(None, None))
 
 
 def sigmoid(z):
@@ -53,47 +94,95 @@ class _Cache:
         self.steps = []
 
 
-def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, w_hr=None, lengths=None, reverse=False,
-                 train=False):
-    """Run the layer over a whole sequence.
+#: Activation names (Keras's) the variants take.
+ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear")
 
-    Returns ``(y, h_n, c_n, cache)``; ``cache`` is None unless ``train`` is true, and is what
-    ``lstm_backward`` takes. ``b_ih``/``b_hh`` may be None (no bias), ``w_hr`` None (no
-    projection). ``lengths`` (B,) gives each row's real steps: y is zero past them, and
-    h_n/c_n are each row's state after its own last step. ``reverse`` runs each row from
-    its last step back to step 0.
+def check_activation(argument, name):
+    """``name`` if it is one of `ACTIVATIONS`, else a ValueError naming ``argument``."""
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ValueError(f"{argument} must be one of {', '.join(map(repr, ACTIVATIONS))}, "
+                         f"got {name!r}")
+    return name
+
+
+def activate(name, z):
+    """The activation ``name`` of ``z``."""
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "sigmoid":
+        return sigmoid(z)
+    if name == "hard_sigmoid":
+        return np.clip(0.2 * z + 0.5, 0, 1).astype(z.dtype)
+    if name == "relu":
+        return np.maximum(z, 0)
+    if name == "linear":
+        return z.copy()
+    raise ValueError(check_activation("activation", name))
+
+
+def derivative(name, y):
+    """d act(z) / dz as a function of the output ``y = act(z)``."""
+    if name == "tanh":
+        return 1 - y * y
+    if name == "sigmoid":
+        return y * (1 - y)
+    if name == "hard_sigmoid":
+        return np.where((y > 0) & (y < 1), 0.2, 0).astype(y.dtype)
+    if name == "relu":
+        return (y > 0).astype(y.dtype)
+    if name == "linear":
+        return np.ones_like(y)
+    raise ValueError(check_activation("activation", name))
+
+
+def recurrent_dropout_mask(rng, p, shape, dtype):
+    """One variational dropout mask: ``(rng.random(shape) >= p) / (1 - p)``."""
+    return ((rng.random(shape) >= p) / (1 - p)).astype(dtype)
+
+
+def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, w_hr=None, w_peephole=None,
+                 activation="tanh", recurrent_activation="sigmoid", recurrent_mask=None,
+                 lengths=None, reverse=False, train=False):
+    """Run the layer over a whole sequence (the module docstring has the equations).
+
+    ``w_peephole (3, H)`` rows i, f, o, or None; ``recurrent_mask (B, P)`` multiplies
+    ``h_{t-1}`` before the recurrent product, or None. Returns ``(y, h_n, c_n, cache)``.
     """
     x, w_ih, w_hh, h0, c0 = (np.asarray(a) for a in (x, w_ih, w_hh, h0, c0))
+    act = check_activation("activation", activation)
+    rec = check_activation("recurrent_activation", recurrent_activation)
     n_steps, n_batch, _ = x.shape
-    H = w_hh.shape[0] // 4
-    P = w_hh.shape[1]
+    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
     dtype = x.dtype
+    p = np.zeros((3, H), dtype) if w_peephole is None else np.asarray(w_peephole)
+    m = np.ones((n_batch, P), dtype) if recurrent_mask is None else np.asarray(recurrent_mask)
     bias = np.zeros(4 * H, dtype)
-    if b_ih is not None:
-        bias = bias + b_ih
-    if b_hh is not None:
-        bias = bias + b_hh
+    for b in (b_ih, b_hh):
+        if b is not None:
+            bias = bias + b
     time, active = _schedule(n_steps, n_batch, lengths, reverse)
     rows = np.arange(n_batch)
-    cache = _Cache(x=x, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0, time=time,
-                   active=active, has_bias=b_ih is not None or b_hh is not None)
+    cache = _Cache(x=x, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, p=p, m=m, act=act, rec=rec,
+                   peephole=w_peephole is not None, time=time, active=active,
+                   has_bias=b_ih is not None or b_hh is not None)
     y = np.zeros((n_steps, n_batch, P), dtype)
     h, c = h0, c0
     for k in range(n_steps):
         on = active[k]
         x_k = x[time[k], rows]
-        z = x_k @ w_ih.T + h @ w_hh.T + bias
-        i = sigmoid(z[:, :H])
-        f = sigmoid(z[:, H:2 * H])
-        g = np.tanh(z[:, 2 * H:3 * H])
-        o = sigmoid(z[:, 3 * H:])
+        h_in = m * h
+        z = x_k @ w_ih.T + h_in @ w_hh.T + bias
+        i = activate(rec, z[:, :H] + p[0] * c)
+        f = activate(rec, z[:, H:2 * H] + p[1] * c)
+        g = activate(act, z[:, 2 * H:3 * H])
         c_new = f * c + i * g
-        tanh_c = np.tanh(c_new)
-        r = o * tanh_c
+        o = activate(rec, z[:, 3 * H:] + p[2] * c_new)
+        act_c = activate(act, c_new)
+        r = o * act_c
         h_new = r if w_hr is None else r @ w_hr.T
         if train:
-            cache.steps.append(dict(x=x_k, h_prev=h, c_prev=c, i=i, f=f, g=g, o=o,
-                                    tanh_c=tanh_c, r=r))
+            cache.steps.append(dict(x=x_k, h_in=h_in, c_prev=c, c=c_new, i=i, f=f, g=g, o=o,
+                                    act_c=act_c, r=r))
         y[time[k][on], rows[on]] = h_new[on]
         h = np.where(on[:, None], h_new, h)  # ended rows keep their state
         c = np.where(on[:, None], c_new, c)
@@ -101,19 +190,16 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, w_hr=None, lengths=None, 
 
 
 def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
-    """Backpropagation through time for one ``lstm_forward(..., train=True)`` call.
-
-    ``dy`` is the gradient of the loss w.r.t. ``y`` (ignored past each row's length);
-    ``dh_n``, ``dc_n`` w.r.t. the final state. Any of them may be None (zero). Returns
-    `LSTMGrads`.
-    """
-    x, w_ih, w_hh, w_hr = cache.x, cache.w_ih, cache.w_hh, cache.w_hr
+    """BPTT for one ``lstm_forward(..., train=True)`` call (the masks are the forward's).
+    ``dy``, ``dh_n``, ``dc_n`` may be None (zero). Returns `LSTMGrads`."""
+    x, w_ih, w_hh, w_hr, p, m = cache.x, cache.w_ih, cache.w_hh, cache.w_hr, cache.p, cache.m
+    act, rec = cache.act, cache.rec
     n_steps, n_batch, _ = x.shape
     H, P = w_hh.shape[0] // 4, w_hh.shape[1]
     dtype = x.dtype
     rows = np.arange(n_batch)
     dx = np.zeros_like(x)
-    dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
+    dw_ih, dw_hh, dp = np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros_like(p)
     dw_hr = None if w_hr is None else np.zeros_like(w_hr)
     db = np.zeros(4 * H, dtype)
     dh = np.zeros((n_batch, P), dtype) if dh_n is None else np.array(dh_n, dtype)
@@ -130,23 +216,27 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
         else:
             dw_hr += dh_k.T @ s["r"]
             dr = dh_k @ w_hr
-        i, f, g, o, tanh_c = s["i"], s["f"], s["g"], s["o"], s["tanh_c"]
-        do = dr * tanh_c
-        dc_k = dc_k + dr * o * (1 - tanh_c ** 2)
-        di, df, dg = dc_k * g, dc_k * s["c_prev"], dc_k * i
-        dz = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g ** 2),
-                             do * o * (1 - o)], axis=1)
+        i, f, g, o, act_c, c_prev = s["i"], s["f"], s["g"], s["o"], s["act_c"], s["c_prev"]
+        dz_o = dr * act_c * derivative(rec, o)
+        # c_t reaches the loss through the next step, r_t = o * act(c_t) and o's peephole
+        dc_k = dc_k + dr * o * derivative(act, act_c) + dz_o * p[2]
+        dz_i = dc_k * g * derivative(rec, i)
+        dz_f = dc_k * c_prev * derivative(rec, f)
+        dz_g = dc_k * i * derivative(act, g)
+        dz = np.concatenate([dz_i, dz_f, dz_g, dz_o], axis=1)
+        dp += np.stack([(dz_i * c_prev).sum(0), (dz_f * c_prev).sum(0),
+                        (dz_o * s["c"]).sum(0)])
         dw_ih += dz.T @ s["x"]
-        dw_hh += dz.T @ s["h_prev"]
+        dw_hh += dz.T @ s["h_in"]
         db += dz.sum(axis=0)
         ran = cache.active[k]
         dx[t[ran], rows[ran]] = (dz @ w_ih)[ran]
-        dh = np.where(on, dz @ w_hh, dh)
-        dc = np.where(on, dc_k * f, dc)
+        dh = np.where(on, (dz @ w_hh) * m, dh)
+        dc = np.where(on, dc_k * f + dz_i * p[0] + dz_f * p[1], dc)
     db_ih = db if cache.has_bias else None
     db_hh = db.copy() if cache.has_bias else None
     return LSTMGrads(dx, dh.astype(dtype), dc.astype(dtype), dw_ih, dw_hh, db_ih, db_hh,
-                     dw_hr)
+                        dw_hr, dp if cache.peephole else None)
 
 
 #: Gradients returned by ``gru_backward`` (``db_ih``/``db_hh`` None without biases).
@@ -241,13 +331,16 @@ def _layer_names(num_layers, bidirectional):
 
 
 def lstm_stack_forward(x, params, h0, c0, *, num_layers, bidirectional=False, lengths=None,
-                       dropout_masks=None, train=False):
-    """PyTorch's ``nn.LSTM`` as a composition of ``lstm_forward`` calls.
+                       dropout_masks=None, recurrent_masks=None, activation="tanh",
+                       recurrent_activation="sigmoid", train=False):
+    """PyTorch's ``nn.LSTM`` (with the variants) as a composition of `lstm_forward` calls.
 
-    ``params``: PyTorch ``state_dict`` names -> arrays. ``x (T, B, I)``, ``h0 (L*D, B, P)``,
+    ``params``: PyTorch ``state_dict`` names -> arrays (peepholes where it has
+    ``weight_peephole{sfx}`` ``(3, H)``). ``x (T, B, I)``, ``h0 (L*D, B, P)``,
     ``c0 (L*D, B, H)`` indexed layer * D + direction. ``dropout_masks``: None or one
-    ``(T, B, D*P)`` array per layer but the last, multiplied into that layer's output.
-    Returns ``(y (T, B, D*P), h_n, c_n, cache)``.
+    ``(T, B, D*P)`` array per layer but the last, multiplied into that layer's output;
+    ``recurrent_masks`` None or one ``(B, P)`` mask per layer-direction. Returns
+    ``(y (T, B, D*P), h_n, c_n, cache)``.
     """
     D = 2 if bidirectional else 1
     layer_in = np.asarray(x)
@@ -255,11 +348,14 @@ def lstm_stack_forward(x, params, h0, c0, *, num_layers, bidirectional=False, le
     for k in range(num_layers):
         outputs = []
         for _, d, sfx in _layer_names(num_layers, bidirectional)[k * D:(k + 1) * D]:
+            j = k * D + d
             y, h, c, cache = lstm_forward(
                 layer_in, params[f"weight_ih{sfx}"], params[f"weight_hh{sfx}"],
-                params.get(f"bias_ih{sfx}"), params.get(f"bias_hh{sfx}"), h0[k * D + d],
-                c0[k * D + d], w_hr=params.get(f"weight_hr{sfx}"), lengths=lengths,
-                reverse=d == 1, train=train)
+                params.get(f"bias_ih{sfx}"), params.get(f"bias_hh{sfx}"), h0[j], c0[j],
+                w_hr=params.get(f"weight_hr{sfx}"), w_peephole=params.get(f"weight_peephole{sfx}"),
+                activation=activation, recurrent_activation=recurrent_activation,
+                recurrent_mask=None if recurrent_masks is None else recurrent_masks[j],
+                lengths=lengths, reverse=d == 1, train=train)
             outputs.append(y)
             h_n.append(h)
             c_n.append(c)
@@ -273,8 +369,8 @@ def lstm_stack_forward(x, params, h0, c0, *, num_layers, bidirectional=False, le
 
 
 def lstm_stack_backward(cache, dy=None, dh_n=None, dc_n=None):
-    """Backward of ``lstm_stack_forward(..., train=True)``: a dict with ``"x"``, ``"h0"``,
-    ``"c0"`` and one gradient per parameter name (both biases get the bias gradient)."""
+    """Backward of `lstm_stack_forward`: ``"x"``, ``"h0"``, ``"c0"`` and one gradient per
+    parameter name (peepholes included)."""
     L, bidirectional, P = cache["num_layers"], cache["bidirectional"], cache["P"]
     D = 2 if bidirectional else 1
     names = _layer_names(L, bidirectional)
@@ -295,6 +391,8 @@ def lstm_stack_backward(cache, dy=None, dh_n=None, dc_n=None):
                 grads[f"bias_ih{sfx}"], grads[f"bias_hh{sfx}"] = g.db_ih, g.db_hh
             if g.dw_hr is not None:
                 grads[f"weight_hr{sfx}"] = g.dw_hr
+            if g.dw_peephole is not None:
+                grads[f"weight_peephole{sfx}"] = g.dw_peephole
         masks = cache["masks"]
         d_out = d_in * masks[k - 1] if masks is not None and k > 0 else d_in
     grads.update(x=d_out, h0=np.stack(dh0), c0=np.stack(dc0))

@@ -13,7 +13,7 @@ import numpy as np
 from . import _packed, _stack, _threads, functional
 from ._checks import check_lengths, check_shape, float_array, float_dtype, generator, \
     generator_from_seed, positive_int, private_copy
-from ._reference_variants import check_activation
+from .reference import check_activation
 from ._params import Parameterised
 from ._threads import get_num_threads
 

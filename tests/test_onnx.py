@@ -17,7 +17,7 @@ from onnx.reference.op_run import OpRun  # noqa: E402
 
 import clstm  # noqa: E402
 import clstm.onnx as connx  # noqa: E402
-from clstm import _reference_variants as V  # noqa: E402
+from clstm import reference as V  # noqa: E402
 import _onnx_lstm  # noqa: E402
 
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-10)}

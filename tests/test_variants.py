@@ -1,5 +1,5 @@
 """The LSTM variants on the compiled core (peepholes, activations, recurrent dropout)
-against their NumPy reference (`clstm._reference_variants`): outputs, states and every
+against their NumPy reference (`clstm.reference`): outputs, states and every
 gradient (peepholes included), in every mode, on every work split."""
 import pickle
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import clstm
-from clstm import _reference_variants as V
+from clstm import reference as V
 from _helpers import assert_close
 
 CONFIGS = [

@@ -4,7 +4,7 @@ independent formulations of what they mean."""
 import numpy as np
 import pytest
 
-from clstm import _reference_variants as V
+from clstm import reference as V
 from clstm import reference as R
 from _helpers import numeric_gradient
 

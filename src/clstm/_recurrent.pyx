@@ -443,6 +443,7 @@ cdef void forward_slice(floating* gates, const Dims* d, const Ptrs* p, const Spl
     cdef floating* cells = <floating*>(p.cells if d.train else p.c_n)
     cdef floating* r = <floating*>p.r
     cdef const floating* h_prev
+    cdef const floating* h_rec
     cdef const floating* c_prev
     cdef floating* c_out
     cdef floating* r_t
@@ -459,11 +460,12 @@ cdef void forward_slice(floating* gates, const Dims* d, const Ptrs* p, const Spl
         row = step_row(off, B, t) + b0
         h_prev = ((<const floating*>p.h0) + b0 * P if t == 0
                   else y + (step_row(off, B, t - 1) + b0) * P)
+        h_rec = h_prev  # the recurrent product's input
         if mask != NULL:  # recurrent dropout: the product sees mask * h_{t-1}
             for i in range(n * P):
                 hm[i] = h_prev[i] * mask[i]
-            h_prev = hm
-        if stateless:
+            h_rec = hm
+        if stateless:  # (the cell's own h_{t-1} is never masked)
             c_prev, c_out = h_prev, NULL
         elif d.train:
             c_prev = ((<const floating*>p.c0) + b0 * H if t == 0
@@ -485,11 +487,11 @@ cdef void forward_slice(floating* gates, const Dims* d, const Ptrs* p, const Spl
                 for q in range(cell.n_gates):
                     memset(hg_t + i * G + q * H + j0, 0, (j1 - j0) * sizeof(floating))
         if j0 == 0 and j1 == H:
-            packed_mul(d.lowp, n, G, P, h_prev, P, p.w_hh_p, 0, product,
+            packed_mul(d.lowp, n, G, P, h_rec, P, p.w_hh_p, 0, product,
                        R if product == g_t else G)
         else:
             for q in range(cell.n_gates):  # the [j0, j1) columns of each gate block
-                packed_mul(d.lowp, n, j1 - j0, P, h_prev, P, p.w_hh_p, q * H + j0,
+                packed_mul(d.lowp, n, j1 - j0, P, h_rec, P, p.w_hh_p, q * H + j0,
                            product + q * H + j0, R if product == g_t else G)
         cell_forward(cell, n, H, j0, j1, g_t, hg_t, <const floating*>p.bias, p.cfg, c_prev,
                      c_out, r_t)
