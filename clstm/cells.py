@@ -18,7 +18,40 @@ from ._threads import get_num_threads
 from .rnn import Array, State, _flag, _probability, _state_pair
 
 
-class LSTMCell(Parameterised):
+class _Cell(Parameterised):
+    """What the one-step cells share: their constructor arguments and the input check."""
+
+    _fixed = ("input_size", "hidden_size", "bias", "dtype", "seed")
+    _n_gates = 4  # weight blocks of H rows
+
+    def __init__(self, input_size, hidden_size, bias, dtype, seed, extra_shapes=()):
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.bias = bool(bias)
+        self.dtype = float_dtype(dtype)
+        self.seed = seed
+        H, I, G = self.hidden_size, self.input_size, self._n_gates * self.hidden_size
+        shapes = {"weight_ih": (G, I), "weight_hh": (G, H)}
+        if self.bias:
+            shapes.update(bias_ih=(G,), bias_hh=(G,))
+        shapes.update(extra_shapes)
+        self._rng = generator_from_seed(seed)
+        self._init_params(shapes, self._rng, 1.0 / math.sqrt(H))
+
+    def _input(self, x):
+        """Validate x; return it as (B, I), the caller's state shape and whether batched."""
+        x = float_array("x", x, self.dtype)
+        I, H = self.input_size, self.hidden_size
+        if x.ndim not in (1, 2):
+            raise ValueError(f"x must be 2-D (B, input_size) or unbatched 1-D (input_size,) "
+                             f"with input_size={I}, got shape {x.shape}")
+        batched = x.ndim == 2
+        check_shape("x", x, ("B", I) if batched else (I,))
+        B = x.shape[0] if batched else 1
+        return x.reshape(B, I), ((B, H) if batched else (H,)), batched
+
+
+class LSTMCell(_Cell):
     """One LSTM step with ``torch.nn.LSTMCell``'s arguments and parameter names
     (``weight_ih (4H, I)``, ``weight_hh (4H, H)``, ``bias_ih``, ``bias_hh``).
 
@@ -54,11 +87,6 @@ class LSTMCell(Parameterised):
                  dtype: Union[type, np.dtype, str] = np.float32, seed: Optional[int] = None,
                  peephole: bool = False, recurrent_dropout: float = 0.0,
                  activation: str = "tanh", recurrent_activation: str = "sigmoid"):
-        self.input_size = positive_int("input_size", input_size)
-        self.hidden_size = positive_int("hidden_size", hidden_size)
-        self.bias = bool(bias)
-        self.dtype = float_dtype(dtype)
-        self.seed = seed
         self.peephole = _flag("peephole", peephole)
         self.recurrent_dropout = _probability("recurrent_dropout", recurrent_dropout)
         self.activation = check_activation("activation", activation)
@@ -66,27 +94,13 @@ class LSTMCell(Parameterised):
                                                      recurrent_activation)
         self._cell, self._cell_options = functional.lstm_cell_variant(
             self.peephole, self.activation, self.recurrent_activation)
-        H, I = self.hidden_size, self.input_size
-        shapes = {"weight_ih": (4 * H, I), "weight_hh": (4 * H, H)}
-        if self.bias:
-            shapes.update(bias_ih=(4 * H,), bias_hh=(4 * H,))
-        if self.peephole:
-            shapes["weight_peephole"] = (3, H)
-        rng = generator_from_seed(seed)
-        self._init_params(shapes, rng, 1.0 / math.sqrt(H))
-        self._rng = rng
+        super().__init__(input_size, hidden_size, bias, dtype, seed,
+                         {"weight_peephole": (3, hidden_size)} if self.peephole else {})
 
     def _prepare(self, x, state):
         """Validate; return x (B, I), h0, c0 (B, H), the caller's state shape, batched."""
-        x = float_array("x", x, self.dtype)
-        I, H = self.input_size, self.hidden_size
-        if x.ndim not in (1, 2):
-            raise ValueError(f"x must be 2-D (B, input_size) or unbatched 1-D (input_size,) "
-                             f"with input_size={I}, got shape {x.shape}")
-        batched = x.ndim == 2
-        check_shape("x", x, ("B", I) if batched else (I,))
-        B = x.shape[0] if batched else 1
-        shape = (B, H) if batched else (H,)
+        x, shape, batched = self._input(x)
+        B, H = x.shape[0], self.hidden_size
         if state is None:
             h0 = np.zeros((B, H), self.dtype)
             c0 = np.zeros((B, H), self.dtype)
@@ -94,7 +108,7 @@ class LSTMCell(Parameterised):
             _state_pair(state, "state", (shape, shape))
             h0, c0 = (check_shape(name, float_array(name, s, self.dtype), shape)
                       .reshape(B, H) for name, s in zip(("h0", "c0"), state))
-        return x.reshape(B, I), h0, c0, shape, batched
+        return x, h0, c0, shape, batched
 
     def __call__(self, x: Array, state: Optional[State] = None) -> State:
         """One step.
@@ -340,7 +354,7 @@ def _restore_frozen_cell(spec, weights):
 
 
 
-class GRUCell(Parameterised):
+class GRUCell(_Cell):
     """One GRU step with ``torch.nn.GRUCell``'s arguments, parameter names and semantics
     (``weight_ih (3H, I)``, ``weight_hh (3H, H)``, ``bias_ih``, ``bias_hh``, blocks r, z, n;
     "reset after", as `clstm.GRU`).
@@ -363,36 +377,19 @@ class GRUCell(Parameterised):
         Seeds PyTorch's initialisation U(-1/sqrt(H), 1/sqrt(H)).
     """
 
-    _fixed = ("input_size", "hidden_size", "bias", "dtype", "seed")
+    _n_gates = 3
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
                  dtype: Union[type, np.dtype, str] = np.float32, seed: Optional[int] = None):
-        self.input_size = positive_int("input_size", input_size)
-        self.hidden_size = positive_int("hidden_size", hidden_size)
-        self.bias = bool(bias)
-        self.dtype = float_dtype(dtype)
-        self.seed = seed
-        H, I = self.hidden_size, self.input_size
-        shapes = {"weight_ih": (3 * H, I), "weight_hh": (3 * H, H)}
-        if self.bias:
-            shapes.update(bias_ih=(3 * H,), bias_hh=(3 * H,))
-        self._init_params(shapes, generator_from_seed(seed), 1.0 / math.sqrt(H))
+        super().__init__(input_size, hidden_size, bias, dtype, seed)
 
     def _prepare(self, x, state):
         """Validate; return x (B, I), h0 (B, H) (C-contiguous, the cell's dtype), batched."""
-        x = float_array("x", x, self.dtype)
-        I, H = self.input_size, self.hidden_size
-        if x.ndim not in (1, 2):
-            raise ValueError(f"x must be 2-D (B, input_size) or unbatched 1-D (input_size,) "
-                             f"with input_size={I}, got shape {x.shape}")
-        batched = x.ndim == 2
-        check_shape("x", x, ("B", I) if batched else (I,))
-        B = x.shape[0] if batched else 1
-        shape = (B, H) if batched else (H,)
+        x, shape, batched = self._input(x)
+        B, H = x.shape[0], self.hidden_size
         h0 = np.zeros((B, H), self.dtype) if state is None else \
             check_shape("h0", float_array("h0", state, self.dtype), shape).reshape(B, H)
-        return (np.require(x.reshape(B, I), self.dtype, "CA"),
-                np.require(h0, self.dtype, "CA"), batched)
+        return (np.require(x, self.dtype, "CA"), np.require(h0, self.dtype, "CA"), batched)
 
     def _step(self, weights, x, state):
         x, h0, batched = self._prepare(x, state)
