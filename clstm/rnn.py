@@ -46,6 +46,22 @@ def _probability(name, value):
     return float(value)
 
 
+def _keras_kernels(kernel, recurrent_kernel, n_gates, dtype):
+    """Keras's ``kernel (I, n_gates*H)`` and ``recurrent_kernel (H, n_gates*H)``, checked;
+    returns them, H and the dtype (default: the kernel's)."""
+    kernel = float_array("kernel", kernel, None)
+    dtype = float_dtype(kernel.dtype if dtype is None else dtype)
+    check_shape("kernel", kernel, ("I", f"{n_gates}*H"))
+    H = kernel.shape[1] // n_gates
+    if kernel.shape[1] != n_gates * H or H < 1 or kernel.shape[0] < 1:
+        raise ValueError(f"kernel must have shape (I, {n_gates}*H) with I, H >= 1, got "
+                         f"{kernel.shape}")
+    recurrent_kernel = check_shape("recurrent_kernel",
+                                   float_array("recurrent_kernel", recurrent_kernel, dtype),
+                                   (H, n_gates * H))
+    return kernel, recurrent_kernel, H, dtype
+
+
 def _read_only(a):
     a = a.view()
     a.flags.writeable = False
@@ -519,16 +535,7 @@ proj_size, dtype, seed
         ``activation``/``recurrent_activation``: the Keras layer's (its config); models of
         Keras < 2.3 default to ``recurrent_activation="hard_sigmoid"`` (Keras 2's, which
         clstm's is)."""
-        kernel = float_array("kernel", kernel, None)
-        dtype = float_dtype(kernel.dtype if dtype is None else dtype)
-        check_shape("kernel", kernel, ("I", "4*H"))
-        H = kernel.shape[1] // 4
-        if kernel.shape[1] != 4 * H or H < 1 or kernel.shape[0] < 1:
-            raise ValueError(f"kernel must have shape (I, 4*H) with I, H >= 1, got "
-                             f"{kernel.shape}")
-        recurrent_kernel = check_shape("recurrent_kernel",
-                                       float_array("recurrent_kernel", recurrent_kernel, dtype),
-                                       (H, 4 * H))
+        kernel, recurrent_kernel, H, dtype = _keras_kernels(kernel, recurrent_kernel, 4, dtype)
         lstm = cls(kernel.shape[0], H, bias=bias is not None, batch_first=batch_first,
                    dtype=dtype, activation=activation,
                    recurrent_activation=recurrent_activation)
@@ -648,16 +655,7 @@ class GRU(RNNBase):
         gates in Keras's order z, r, h (PyTorch's r, z, n). Batch-first unless
         ``batch_first=False``; ``dtype`` defaults to the kernel's. (``reset_after=False``
         models, Keras 2.2's default, compute another function: not supported.)"""
-        kernel = float_array("kernel", kernel, None)
-        dtype = float_dtype(kernel.dtype if dtype is None else dtype)
-        check_shape("kernel", kernel, ("I", "3*H"))
-        H = kernel.shape[1] // 3
-        if kernel.shape[1] != 3 * H or H < 1 or kernel.shape[0] < 1:
-            raise ValueError(f"kernel must have shape (I, 3*H) with I, H >= 1, got "
-                             f"{kernel.shape}")
-        recurrent_kernel = check_shape("recurrent_kernel",
-                                       float_array("recurrent_kernel", recurrent_kernel, dtype),
-                                       (H, 3 * H))
+        kernel, recurrent_kernel, H, dtype = _keras_kernels(kernel, recurrent_kernel, 3, dtype)
         order = np.r_[H:2 * H, 0:H, 2 * H:3 * H]  # Keras's z, r, h -> r, z, n
         gru = cls(kernel.shape[0], H, bias=bias is not None, batch_first=batch_first,
                   dtype=dtype)
