@@ -3,7 +3,9 @@
 from cython cimport floating
 from libc.stdint cimport int32_t
 
-from clstm._pgemm cimport pgemm
+from libc.string cimport memset
+
+from clstm._pgemm cimport pgemm, pgemm_set
 
 cdef extern from "csrc/lowp.h":
     enum:
@@ -39,12 +41,21 @@ cdef inline void lowp_gemm(Py_ssize_t n, Py_ssize_t N, const float* A, Py_ssize_
 
 cdef inline void packed_mul(bint lowp, Py_ssize_t n, Py_ssize_t N, Py_ssize_t K,
                             const floating* A, Py_ssize_t lda, const void* Wp,
-                            Py_ssize_t col0, floating* C, Py_ssize_t ldc) noexcept nogil:
+                            Py_ssize_t col0, floating* C, Py_ssize_t ldc,
+                            bint overwrite=False) noexcept nogil:
     """C[n, N] += A[n, K] @ W[col0 : col0 + N].T for W packed in any format (PackedWeights'
     ptr): the float packed GEMM, or with ``lowp`` the int8/bfloat16 one (float32 only).
-    col0 is a multiple of the format's panel width."""
+    col0 is a multiple of the format's panel width. ``overwrite``: C = the product (the
+    float GEMM then never reads C)."""
+    cdef Py_ssize_t r
     if floating is float:
         if lowp:
+            if overwrite:
+                for r in range(n):
+                    memset(C + r * ldc, 0, N * sizeof(float))
             lowp_gemm(n, N, A, lda, Wp, col0, C, ldc)
             return
-    pgemm(n, N, K, A, lda, (<const floating*>Wp) + col0 * K, C, ldc)
+    if overwrite:
+        pgemm_set(n, N, K, A, lda, (<const floating*>Wp) + col0 * K, C, ldc)
+    else:
+        pgemm(n, N, K, A, lda, (<const floating*>Wp) + col0 * K, C, ldc)

@@ -17,10 +17,10 @@ cdef extern from "csrc/pgemm.h":
     double clstm_sum_f64(const double* a, Py_ssize_t n) noexcept nogil
     void clstm_pgemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float* A,
                          Py_ssize_t lda, const float* Wp, Py_ssize_t ldw, float* C,
-                         Py_ssize_t ldc) noexcept nogil
+                         Py_ssize_t ldc, int overwrite) noexcept nogil
     void clstm_pgemm_f64(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const double* A,
                          Py_ssize_t lda, const double* Wp, Py_ssize_t ldw, double* C,
-                         Py_ssize_t ldc) noexcept nogil
+                         Py_ssize_t ldc, int overwrite) noexcept nogil
 
 
 from cython cimport floating
@@ -56,9 +56,19 @@ cdef inline void pgemm(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const floating*
                        Py_ssize_t ldc) noexcept nogil:
     """C[n, N] += A[n, K] @ W.T, W packed by `pack`."""
     if floating is float:
-        clstm_pgemm_f32(n, N, K, A, lda, Wp, K, C, ldc)
+        clstm_pgemm_f32(n, N, K, A, lda, Wp, K, C, ldc, 0)
     else:
-        clstm_pgemm_f64(n, N, K, A, lda, Wp, K, C, ldc)
+        clstm_pgemm_f64(n, N, K, A, lda, Wp, K, C, ldc, 0)
+
+
+cdef inline void pgemm_set(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                           Py_ssize_t lda, const floating* Wp, floating* C,
+                           Py_ssize_t ldc) noexcept nogil:
+    """C[n, N] = A[n, K] @ W.T (C only written), W packed by `pack`."""
+    if floating is float:
+        clstm_pgemm_f32(n, N, K, A, lda, Wp, K, C, ldc, 1)
+    else:
+        clstm_pgemm_f64(n, N, K, A, lda, Wp, K, C, ldc, 1)
 
 
 cdef inline void pgemm_rows(Py_ssize_t n, Py_ssize_t N, Py_ssize_t k0, Py_ssize_t K,
@@ -67,9 +77,9 @@ cdef inline void pgemm_rows(Py_ssize_t n, Py_ssize_t N, Py_ssize_t k0, Py_ssize_
     """C[n, N] += A[n, K] @ W[:, k0:k0 + K].T: a range of the K = ldw of W packed by `pack`
     (A holds just those K columns)."""
     if floating is float:
-        clstm_pgemm_f32(n, N, K, A, lda, Wp + k0 * CLSTM_NR_f32, ldw, C, ldc)
+        clstm_pgemm_f32(n, N, K, A, lda, Wp + k0 * CLSTM_NR_f32, ldw, C, ldc, 0)
     else:
-        clstm_pgemm_f64(n, N, K, A, lda, Wp + k0 * CLSTM_NR_f64, ldw, C, ldc)
+        clstm_pgemm_f64(n, N, K, A, lda, Wp + k0 * CLSTM_NR_f64, ldw, C, ldc, 0)
 
 
 cdef inline void transpose(const floating* src, Py_ssize_t rows, Py_ssize_t cols,

@@ -64,7 +64,7 @@ from clstm._packed cimport PackedWeights, operand
 
 from clstm._packed import kernel_ready
 from clstm._lowp cimport packed_mul
-from clstm._pgemm cimport pack, packed_size, pgemm, pgemm_rows, total, transpose
+from clstm._pgemm cimport pack, packed_size, pgemm_rows, pgemm_set, total, transpose
 from clstm._runtime cimport blas_threads, blas_threads_enter, check
 from clstm._schedule cimport PGEMM_ROW_BLOCK, gemm_parts, par_gemm, par_pgemm
 
@@ -480,19 +480,14 @@ cdef void forward_slice(floating* gates, const Dims* d, const Ptrs* p, const Spl
             r_t = (r + row * H) if d.train else (r + b0 * H)
         g_t = gates + (row - gates_row0) * R
         # h_{t-1} @ w_hh.T: added to the input projection, or into hg for the cell to add
-        product = g_t
-        if separate:
-            product = hg_t
-            for i in range(n):
-                for q in range(cell.n_gates):
-                    memset(hg_t + i * G + q * H + j0, 0, (j1 - j0) * sizeof(floating))
+        product = hg_t if separate else g_t
         if j0 == 0 and j1 == H:
             packed_mul(d.lowp, n, G, P, h_rec, P, p.w_hh_p, 0, product,
-                       R if product == g_t else G)
+                       G if separate else R, separate)
         else:
             for q in range(cell.n_gates):  # the [j0, j1) columns of each gate block
                 packed_mul(d.lowp, n, j1 - j0, P, h_rec, P, p.w_hh_p, q * H + j0,
-                           product + q * H + j0, R if product == g_t else G)
+                           product + q * H + j0, G if separate else R, separate)
         cell_forward(cell, n, H, j0, j1, g_t, hg_t, <const floating*>p.bias, p.cfg, c_prev,
                      c_out, r_t)
         if w_hr != NULL:
@@ -561,10 +556,9 @@ cdef void backward_slice(floating* gates, const Dims* d, const Ptrs* p, const Sp
                           dc + b0 * H)
         if barrier:
             clstm_barrier()  # dG_t complete before anyone multiplies it
-        for i in range(n):
-            memset(dh + (b0 + i) * P + j0, 0, (j1 - j0) * sizeof(floating))
         # dh_{t-1}[:, j0:j1] = dG_t @ w_hh[:, j0:j1]
-        pgemm(n, j1 - j0, G, dG_t, R, (<const floating*>p.w_hh_t) + j0 * G, dh + b0 * P + j0, P)
+        pgemm_set(n, j1 - j0, G, dG_t, R, (<const floating*>p.w_hh_t) + j0 * G, dh + b0 * P + j0,
+                  P)
         if mask != NULL:  # recurrent dropout: h_{t-1} entered the product masked
             for i in range(n):
                 for k in range(j0, j1):

@@ -5,7 +5,6 @@
 # milliseconds after an idle gap).
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.string cimport memset
 
 from clstm._blas cimport blas_int, gemm
 from clstm._lowp cimport packed_mul
@@ -60,7 +59,7 @@ cdef inline void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t
                            Py_ssize_t ldc, bint lowp=False) noexcept nogil:
     """C[m, N] = A[m, K] @ W.T (W packed), row blocks shared among threads. ``lowp``: W is
     packed in a low-precision format (Wp a clstm_lowp_weights; csrc/lowp.h)."""
-    cdef Py_ssize_t n_blocks = (m + PGEMM_ROW_BLOCK - 1) // PGEMM_ROW_BLOCK, blk, r0, r1, r
+    cdef Py_ssize_t n_blocks = (m + PGEMM_ROW_BLOCK - 1) // PGEMM_ROW_BLOCK, blk, r0, r1
     cdef int parts = gemm_parts(n_threads, n_blocks, m * N * K)
     cdef int master_cpu
     if n_blocks < 1:
@@ -70,6 +69,4 @@ cdef inline void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t
         clstm_leave_master_cpu(master_cpu)
         r0 = blk * PGEMM_ROW_BLOCK
         r1 = min(r0 + PGEMM_ROW_BLOCK, m)
-        for r in range(r0, r1):
-            memset(C + r * ldc, 0, N * sizeof(floating))
-        packed_mul(lowp, r1 - r0, N, K, A + r0 * lda, lda, Wp, 0, C + r0 * ldc, ldc)
+        packed_mul(lowp, r1 - r0, N, K, A + r0 * lda, lda, Wp, 0, C + r0 * ldc, ldc, True)

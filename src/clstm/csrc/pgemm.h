@@ -122,7 +122,7 @@ typedef T clstm_kv_##SFX __attribute__((vector_size(VB)));                      
 typedef T clstm_kvu_##SFX __attribute__((vector_size(VB), aligned(sizeof(T))));         \
 static inline __attribute__((always_inline)) void clstm_tile_##SFX(                     \
         const int mr, Py_ssize_t K, const T* A, Py_ssize_t lda,                         \
-        const T* Wp, T* C, Py_ssize_t ldc, Py_ssize_t ncols) {                          \
+        const T* Wp, T* C, Py_ssize_t ldc, Py_ssize_t ncols, int overwrite) {           \
     enum { NR = 128 / sizeof(T), V = VB / sizeof(T), NV = 128 / VB };                   \
     clstm_kv_##SFX acc[KS][8][NV], w[NV];                                               \
     T out[NR];                                                                          \
@@ -156,48 +156,60 @@ static inline __attribute__((always_inline)) void clstm_tile_##SFX(             
             for (q = 0; q < NV; q++)                                                    \
                 acc[0][i][q] += acc[s][i][q];                                           \
     for (i = 0; i < mr; i++) {                                                          \
-        if (ncols == NR) {                                                              \
+        if (ncols == NR && overwrite) {                                                 \
+            for (q = 0; q < NV; q++)                                                    \
+                *(clstm_kvu_##SFX*)(C + i * ldc + q * V) = acc[0][i][q];                \
+        } else if (ncols == NR) {                                                       \
             for (q = 0; q < NV; q++)                                                    \
                 *(clstm_kvu_##SFX*)(C + i * ldc + q * V) += acc[0][i][q];               \
         } else {                                                                        \
             memcpy(out, &acc[0][i][0], sizeof(out));                                    \
             for (c = 0; c < ncols; c++)                                                 \
-                C[i * ldc + c] += out[c];                                               \
+                C[i * ldc + c] = overwrite ? out[c] : C[i * ldc + c] + out[c];          \
         }                                                                               \
     }                                                                                   \
 }                                                                                       \
                                                                                         \
 /* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack, its panels ldw rows apart (the \
-   K of the packed matrix; a K range starting at k0 starts at Wp + k0 * NR). K is cut    \
-   into chunks of KC, so the chunk of a panel every row tile streams (KC * 128 bytes)    \
-   stays in L1 for all the tiles: unchunked, a panel of a long K comes from L2 or memory \
-   once per tile of rows (docs/performance.md, "Issue 19"). The chunks are the same     \
-   whatever n, so a row's sum is still added up in one order. */                        \
+   K of the packed matrix; a K range starting at k0 starts at Wp + k0 * NR); with        \
+   overwrite, C = A @ W.T (C is then only written: no pass to zero it first, no read of  \
+   what it held). K is cut into chunks of KC, so the chunk of a panel every row tile     \
+   streams (KC * 128 bytes) stays in L1 for all the tiles: unchunked, a panel of a long  \
+   K comes from L2 or memory once per tile of rows (docs/performance.md, "Issue 19").   \
+   The chunks are the same whatever n, so a row's sum is still added up in one order. */\
 static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A,     \
                              Py_ssize_t lda, const T* Wp, Py_ssize_t ldw, T* C,         \
-                             Py_ssize_t ldc) {                                          \
+                             Py_ssize_t ldc, int overwrite) {                           \
     const Py_ssize_t NR = 128 / sizeof(T), KC = CLSTM_PGEMM_KC;                         \
     Py_ssize_t jb, i, ncols, k0, kc;                                                    \
+    int set;                                                                            \
     for (k0 = 0; k0 < K; k0 += KC)                                                      \
     for (jb = 0; jb * NR < N; jb++) {                                                   \
         const T* panel = Wp + (jb * ldw + k0) * NR;                                     \
         const T* A0 = A + k0;                                                           \
         T* Cj = C + jb * NR;                                                            \
         kc = K - k0 < KC ? K - k0 : KC;                                                 \
+        set = overwrite && k0 == 0;                                                     \
         ncols = N - jb * NR < NR ? N - jb * NR : NR;                                    \
         for (i = 0; i + MR <= n; i += MR)                                               \
-            clstm_tile_##SFX(MR, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols);\
+            clstm_tile_##SFX(MR, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols,\
+                             set);                                                      \
         /* constant row counts, so each tile keeps its accumulators in registers */     \
         if (MR > 5 && n - i == 5)                                                       \
-            clstm_tile_##SFX(5, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols); \
+            clstm_tile_##SFX(5, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
+                             set);                                                      \
         else if (MR > 4 && n - i == 4)                                                  \
-            clstm_tile_##SFX(4, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols); \
+            clstm_tile_##SFX(4, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
+                             set);                                                      \
         else if (MR > 3 && n - i == 3)                                                  \
-            clstm_tile_##SFX(3, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols); \
+            clstm_tile_##SFX(3, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
+                             set);                                                      \
         else if (MR > 2 && n - i == 2)                                                  \
-            clstm_tile_##SFX(2, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols); \
+            clstm_tile_##SFX(2, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
+                             set);                                                      \
         else if (MR > 1 && n - i == 1)                                                  \
-            clstm_tile_##SFX(1, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols); \
+            clstm_tile_##SFX(1, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
+                             set);                                                      \
     }                                                                                   \
 }
 
@@ -284,13 +296,13 @@ static int clstm_isa_level(void) { return 0; }
 
 static void clstm_pgemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float* A,
                             Py_ssize_t lda, const float* Wp, Py_ssize_t ldw, float* C,
-                            Py_ssize_t ldc) {
-    CLSTM_DISPATCH(f32, (n, N, K, A, lda, Wp, ldw, C, ldc))
+                            Py_ssize_t ldc, int overwrite) {
+    CLSTM_DISPATCH(f32, (n, N, K, A, lda, Wp, ldw, C, ldc, overwrite))
 }
 static void clstm_pgemm_f64(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const double* A,
                             Py_ssize_t lda, const double* Wp, Py_ssize_t ldw, double* C,
-                            Py_ssize_t ldc) {
-    CLSTM_DISPATCH(f64, (n, N, K, A, lda, Wp, ldw, C, ldc))
+                            Py_ssize_t ldc, int overwrite) {
+    CLSTM_DISPATCH(f64, (n, N, K, A, lda, Wp, ldw, C, ldc, overwrite))
 }
 
 static Py_ssize_t clstm_packed_size_f32(Py_ssize_t N, Py_ssize_t K) {
