@@ -1,11 +1,17 @@
 #!/usr/bin/env python
-"""Benchmark clstm against its NumPy reference and (if installed) torch.nn.LSTM and ONNX
-Runtime's LSTM operator.
+"""Benchmark clstm's LSTM (or, with --model gru, its GRU) against its NumPy reference and
+(if installed) torch.nn.LSTM / torch.nn.GRU and ONNX Runtime's LSTM / GRU operator.
 
     python bench/bench_lstm.py                       # every section (about 15 minutes)
     python bench/bench_lstm.py --quick               # every section, small sizes (< 1 minute)
     python bench/bench_lstm.py --sections grid,cell --threads 1 --json out.json \\
         --markdown out.md --plot out.png
+    python bench/bench_lstm.py --model gru --sections grid,threads   # the GRU
+
+--model gru (default lstm) runs the same sections on clstm.GRU against torch.nn.GRU and ONNX's
+GRU operator with linear_before_reset=1 (PyTorch's "reset after" GRU), and against
+clstm.reference's GRU once it has gru_forward/gru_backward (the first lines say whether it
+was compared); the cell section, which times clstm.LSTMCell, is skipped with a note.
 
 Sections (``--sections``, comma-separated; default all):
   grid      float32 inference and training step over streaming, small-batch, medium and
@@ -59,7 +65,11 @@ import peers
 from clstm import _runtime
 
 SETTLE_SECONDS = 0.05  # ONNX Runtime's and PyTorch's pools spin for more than 5 ms
-FLOPS_PER_CELL = {"inference": 8, "train": 24}  # x T*B*H*(I+H)
+# x T*B*H*(I+H) per direction: a multiply-add (2 FLOPs) per weight per gate block (LSTM 4,
+# GRU 3) for inference; a training step adds the backward's two products of the same size
+# (dx/dh and dW), 3x the forward's
+FLOPS_PER_CELL = {"lstm": {"inference": 8, "train": 24},
+                  "gru": {"inference": 6, "train": 18}}
 MODES = ("inference", "train")
 SECTIONS = ("grid", "float64", "lengths", "bidirectional", "cell", "threads", "memory",
             "sgemm")
@@ -86,6 +96,9 @@ CELL_SIZE = (128, 128)                     # I, H at B = 1
 MEMORY = ((16, 128, 128), (100, 1000, 10000), (4, 64, 64), (100, 1000))  # B, I, H; Ts
 SGEMM_N = (2048, 512)
 SGEMM_TRAIN_SIZE = ((50, 64, 512, 512), (20, 16, 128, 128))
+# Sections a model skips, and why (printed in their place).
+SKIPPED = {"gru": {"cell": "times clstm.LSTMCell one step at a time; clstm has no GRU cell "
+                           "class: skipped for --model gru"}}
 
 
 # ------------------------------------------------------------------ timing
@@ -141,11 +154,21 @@ class Bench:
         self.repeats = args.repeats or (5 if args.quick else 15)
         self.warm = args.timing == "warm"
         self.budget = 1.0 if args.quick else 8.0  # seconds per (size, mode, implementation)
-        self.factories = peers.factories(args.threads)
+        self.model = args.model
+        self.factories = peers.factories(args.threads, args.model)
+        self.reference_missing = peers.reference_missing(args.model)
         self.torch = peers.load_torch()
         self.ort = peers.load_onnxruntime()
         self.rows = []
         self.mismatches = 0
+
+    def layer(self, I, H, dtype=np.float32, bidirectional=False):
+        """A one-layer clstm.LSTM or clstm.GRU (--model), seeded."""
+        return peers.new_layer(self.model, I, H, dtype=dtype, seed=0,
+                               bidirectional=bidirectional)
+
+    def flops(self, mode, steps, I, H, directions=1):
+        return FLOPS_PER_CELL[self.model][mode] * steps * H * (I + H) * directions
 
     def sizes(self, section):
         full, quick = SIZES[section]
@@ -158,16 +181,16 @@ class Bench:
 
     def compare(self, section, T, B, I, H, dtype, lengths=None, extra="", bidirectional=False):
         """Time every implementation on one size, both modes; rows with speed-ups."""
-        lstm = clstm.LSTM(I, H, dtype=dtype, seed=0, bidirectional=bidirectional)
+        rnn = self.layer(I, H, dtype, bidirectional)
         x = np.random.default_rng(1).standard_normal((T, B, I)).astype(dtype)
         tol = 1e-3 if dtype == np.float32 else 1e-9
         for mode in MODES:
-            fns = {name: make(lstm, x, mode, lengths) for name, make in self.factories.items()}
+            fns = {name: make(rnn, x, mode, lengths) for name, make in self.factories.items()}
             fns = {name: fn for name, fn in fns.items() if fn is not None}
             times, outputs = measure(fns, self.repeats, self.budget, warm=self.warm)
             medians = {name: statistics.median(ts) for name, ts in times.items()}
             steps = T * B if lengths is None else int(np.sum(lengths))
-            flops = FLOPS_PER_CELL[mode] * steps * H * (I + H) * lstm.num_directions
+            flops = self.flops(mode, steps, I, H, rnn.num_directions)
             for name, ts in times.items():
                 diff = max_rel_diff(outputs[name], outputs["clstm"])
                 row = self.record(section, size=f"{T},{B},{I},{H}{extra}", mode=mode,
@@ -206,6 +229,7 @@ SECTION_HEADS = {
     "sgemm": HEADER.rsplit(" ", 1)[0].rstrip(),
 }
 PEERS_INSTALL = "pip install torch==2.13.0 onnxruntime onnx"
+MODEL_NAMES = {"lstm": "LSTM", "gru": "GRU"}
 
 
 # ------------------------------------------------------------------ sections
@@ -299,8 +323,8 @@ def section_cell(bench):
             return h[0].numpy()
         fns.update({"torch.LSTMCell": torch_cell, "torch.LSTM": torch_layer})
     if bench.ort is not None:
-        session = peers.onnx_lstm_session(*bench.ort, lstm, (1, 1, I), bench.threads,
-                                          with_state=True)
+        session = peers.onnx_session(*bench.ort, lstm, (1, 1, I), bench.threads,
+                                     with_state=True)
 
         def ort_step():
             h, c = h0[None], h0[None]
@@ -327,18 +351,18 @@ def section_threads(bench):
     counts = (1, max(2, bench.threads))
     torch = bench.torch
     for T, B, I, H in bench.sizes("threads"):
-        lstm = clstm.LSTM(I, H, seed=0)
+        rnn = bench.layer(I, H)
         x = np.random.default_rng(1).standard_normal((T, B, I)).astype(np.float32)
         for mode in MODES:
             fns, before = {}, {}
             for n in counts:
-                fns[f"clstm@{n}"] = peers.make_clstm(lstm, x, mode)
+                fns[f"clstm@{n}"] = peers.make_clstm(rnn, x, mode)
                 before[f"clstm@{n}"] = lambda n=n: clstm.set_num_threads(n)
                 if torch is not None:
-                    fns[f"torch@{n}"] = bench.factories["torch"](lstm, x, mode)
+                    fns[f"torch@{n}"] = bench.factories["torch"](rnn, x, mode)
                     before[f"torch@{n}"] = lambda n=n: torch.set_num_threads(n)
                 if bench.ort is not None and mode == "inference":
-                    fns[f"onnxruntime@{n}"] = peers.ort_factory(*bench.ort, n)(lstm, x, mode)
+                    fns[f"onnxruntime@{n}"] = peers.ort_factory(*bench.ort, n)(rnn, x, mode)
             try:
                 times, _ = measure(fns, bench.repeats, bench.budget, before, warm=bench.warm)
             finally:
@@ -357,13 +381,13 @@ def section_threads(bench):
                       f"speed-up over 1 thread {row['scaling']:.2f}", flush=True)
 
 
-def _peak_memory_child(impl, T, B, I, H, queue):
+def _peak_memory_child(model, impl, T, B, I, H, queue):
     """In a fresh process: extra resident memory at the peak of one inference call."""
-    factories = peers.factories(1)
+    factories = peers.factories(1, model)
     clstm.set_num_threads(1)
-    lstm = clstm.LSTM(I, H, seed=0)
+    rnn = peers.new_layer(model, I, H, seed=0)
     x = np.random.default_rng(1).standard_normal((T, B, I)).astype(np.float32)
-    fn = factories[impl](lstm, x, "inference", None)
+    fn = factories[impl](rnn, x, "inference", None)
     gc.collect()
     baseline = _resident_kib()
     try:  # reset the peak (VmHWM) to the current resident size (Linux >= 4.0)
@@ -401,7 +425,8 @@ def section_memory(bench):
         output_mib = T * B * H * 4 / 2**20
         for impl in bench.factories:
             queue = ctx.Queue()
-            proc = ctx.Process(target=_peak_memory_child, args=(impl, T, B, I, H, queue))
+            proc = ctx.Process(target=_peak_memory_child,
+                               args=(bench.model, impl, T, B, I, H, queue))
             proc.start()
             peak = queue.get(timeout=600)
             proc.join()
@@ -433,12 +458,11 @@ def section_sgemm(bench):
               f"{statistics.median(ts) * 1e3:>10.3f} {min(ts) * 1e3:>9.3f} {gflops:>8.2f}",
               flush=True)
     T, B, I, H = SGEMM_TRAIN_SIZE[1] if bench.quick else SGEMM_TRAIN_SIZE[0]
-    lstm = clstm.LSTM(I, H, seed=0)
+    rnn = bench.layer(I, H)
     x = np.random.default_rng(1).standard_normal((T, B, I)).astype(np.float32)
-    times, _ = measure({"clstm": peers.make_clstm(lstm, x, "train")}, bench.repeats,
+    times, _ = measure({"clstm": peers.make_clstm(rnn, x, "train")}, bench.repeats,
                        bench.budget, warm=bench.warm)
-    gflops = FLOPS_PER_CELL["train"] * T * B * H * (I + H) / statistics.median(times["clstm"])
-    gflops /= 1e9
+    gflops = bench.flops("train", T * B, I, H) / statistics.median(times["clstm"]) / 1e9
     fractions = {f"of_{k.split()[0]}": gflops / v for k, v in best.items()}
     bench.record("sgemm", size=f"{T},{B},{I},{H}", mode="train", impl="clstm",
                  reps=len(times["clstm"]), median_ms=statistics.median(times["clstm"]) * 1e3,
@@ -500,6 +524,9 @@ def verdict(bench):
     if bench.torch is None or bench.ort is None:
         lines.append(f"# (not compared with {' and '.join(missing_peers(bench))}; to add "
                      f"the peers: {PEERS_INSTALL})")
+    if bench.reference_missing is not None:
+        lines.append(f"# (not compared with clstm's NumPy reference: "
+                     f"{bench.reference_missing})")
     return lines
 
 
@@ -510,17 +537,22 @@ def missing_peers(bench):
 
 def preamble(bench, args):
     """The first lines: what is measured, against what, and how to add missing peers."""
-    peers_found = ["clstm's NumPy reference (clstm.reference)"]
+    name = MODEL_NAMES[bench.model]
+    peers_found = []
+    if bench.reference_missing is None:
+        peers_found.append("clstm's NumPy reference (clstm.reference)")
     if bench.torch is not None:
-        peers_found.append(f"PyTorch {bench.torch.__version__} (torch.nn.LSTM)")
+        peers_found.append(f"PyTorch {bench.torch.__version__} (torch.nn.{name})")
     if bench.ort is not None:
-        peers_found.append(f"ONNX Runtime {bench.ort[1].__version__} (its LSTM operator)")
+        peers_found.append(f"ONNX Runtime {bench.ort[1].__version__} (its {name} operator"
+                           + (", linear_before_reset=1)" if bench.model == "gru" else ")"))
     lines = [
-        "# Measures: clstm's LSTM layer, inference and a training step (forward + backward), "
+        f"# Measures: clstm's {name} layer, inference and a training step (forward + backward), "
         f"on {args.threads} thread(s), median of {bench.repeats} timed calls per size "
         f"({'--quick: small sizes' if bench.quick else 'full sizes'}); the same weights and "
         "input for every implementation, each output checked against clstm's.",
-        "# Against: " + ", ".join(peers_found) + ".",
+        "# Against: " + (", ".join(peers_found) if peers_found
+                         else "nothing (no peer available: clstm's timings alone)") + ".",
     ]
     missing = missing_peers(bench)
     if missing:
@@ -530,6 +562,8 @@ def preamble(bench, args):
                      + (f"({', '.join(disabled)} set, or not installed)" if disabled
                         else "(not installed)")
                      + f". To add the peers: {PEERS_INSTALL}")
+    if bench.reference_missing is not None:
+        lines.append(f"# Not compared: clstm's NumPy reference ({bench.reference_missing}).")
     lines.append("# Ratios: t/clstm above 1 means clstm is faster; whether clstm won is "
                  "summed up in the verdict lines at the end.")
     return lines
@@ -539,10 +573,10 @@ def warm_up(bench, seconds=1.0):
     """Untimed calls of every implementation before the first section: the first run after
     a build otherwise pays for page faults, lazy imports, thread-pool start-up and a CPU
     still clocking up within its first timings."""
-    lstm = clstm.LSTM(32, 32, seed=0)
+    rnn = bench.layer(32, 32)
     x = np.random.default_rng(0).standard_normal((20, 4, 32)).astype(np.float32)
     fns = [fn for make in bench.factories.values() for mode in MODES
-           if (fn := make(lstm, x, mode)) is not None]
+           if (fn := make(rnn, x, mode)) is not None]
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         for fn in fns:
@@ -556,7 +590,8 @@ def write_markdown(bench, path):
     for r in bench.rows:
         by_section.setdefault(r["section"], []).append(r)
     for section, rows in by_section.items():
-        out.append(f"\n**{section}**\n")
+        out.append(f"\n**{section}**"
+                   + (f" ({MODEL_NAMES[bench.model]})\n" if bench.model != "lstm" else "\n"))
         if section in ("grid", "float64", "lengths", "bidirectional"):
             impls = list(dict.fromkeys(r["impl"] for r in rows))
             others = [i for i in impls if i != "clstm"]
@@ -677,6 +712,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 2)[2])
+    ap.add_argument("--model", choices=peers.MODELS, default="lstm",
+                    help="the layer to benchmark: clstm.LSTM (default) or clstm.GRU")
     ap.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
     ap.add_argument("--sections", type=section_list, default=list(SECTIONS),
                     help=f"comma-separated subset of {','.join(SECTIONS)}")
@@ -704,6 +741,10 @@ def main():
     print("# machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
     warm_up(bench)
     for name in args.sections:
+        skipped = SKIPPED.get(args.model, {}).get(name)
+        if skipped:
+            print(f"\n## {name}\n# {name}: {skipped}", flush=True)
+            continue
         print(f"\n## {name}\n{SECTION_HEADS[name]}", flush=True)
         globals()[f"section_{name}"](bench)
         gc.collect()

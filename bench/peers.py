@@ -1,8 +1,11 @@
 """The implementations bench_lstm.py compares: clstm, its NumPy reference, and (when
-installed) torch.nn.LSTM and ONNX Runtime's LSTM operator, all running one layer with the
-weights of a given ``clstm.LSTM``.
+installed) PyTorch's module and ONNX Runtime's operator, all running one layer with the
+weights of a given clstm layer: a ``clstm.LSTM`` (against ``torch.nn.LSTM`` and ONNX's
+``LSTM``) or a ``clstm.GRU`` (against ``torch.nn.GRU`` and ONNX's ``GRU`` with
+``linear_before_reset=1``, PyTorch's "reset after" semantics). Every factory looks at the
+layer's class (`kind`) to pick the model.
 
-Each factory takes ``(lstm, x, mode, lengths)`` and returns a zero-argument callable that
+Each factory takes ``(rnn, x, mode, lengths)`` and returns a zero-argument callable that
 runs one inference forward (``mode="inference"``) or one training step (``"train"``:
 forward + backward with dy = ones, all gradients) and returns a NumPy array to check
 against clstm's: y for inference, dx for a training step. A factory returns None for a
@@ -14,7 +17,20 @@ import os
 
 import numpy as np
 
+import clstm
 from clstm import reference
+
+MODELS = ("lstm", "gru")
+
+
+def kind(rnn):
+    """"gru" for a clstm.GRU, "lstm" for a clstm.LSTM."""
+    return "gru" if isinstance(rnn, clstm.GRU) else "lstm"
+
+
+def new_layer(model, input_size, hidden_size, **kw):
+    """A one-layer clstm.LSTM or clstm.GRU (``kw``: dtype, seed, bidirectional)."""
+    return {"lstm": clstm.LSTM, "gru": clstm.GRU}[model](input_size, hidden_size, **kw)
 
 
 def load_torch():
@@ -38,22 +54,35 @@ def load_onnxruntime():
     return onnx, onnxruntime
 
 
-def output_width(lstm):
-    return lstm.num_directions * lstm.output_size
+def output_width(rnn):
+    return rnn.num_directions * rnn.output_size
 
 
-def make_clstm(lstm, x, mode, lengths=None):
+def make_clstm(rnn, x, mode, lengths=None):
     if mode == "inference":
-        return lambda: lstm(x, lengths=lengths)[0]
-    dy = np.ones((x.shape[0], x.shape[1], output_width(lstm)), lstm.dtype)
+        return lambda: rnn(x, lengths=lengths)[0]
+    dy = np.ones((x.shape[0], x.shape[1], output_width(rnn)), rnn.dtype)
 
     def step():
-        _, backward = lstm.forward_train(x, lengths=lengths)
+        _, backward = rnn.forward_train(x, lengths=lengths)
         return backward(dy)[0]
     return step
 
 
-def make_reference(lstm, x, mode, lengths=None):
+def reference_missing(model):
+    """Why clstm's NumPy reference cannot run ``model`` here (None if it can): the GRU's
+    needs ``clstm.reference.gru_forward`` and ``gru_backward``."""
+    if model == "gru":
+        missing = [f for f in ("gru_forward", "gru_backward") if not hasattr(reference, f)]
+        if missing:
+            return f"clstm.reference has no {' or '.join(missing)} yet"
+    return None
+
+
+def make_reference(rnn, x, mode, lengths=None):
+    if kind(rnn) == "gru":
+        return make_reference_gru(rnn, x, mode, lengths)
+    lstm = rnn
     p = lstm.state_dict()
     if lstm.bidirectional:  # the reference's composition of layers and directions
         n = lstm.num_directions
@@ -78,14 +107,57 @@ def make_reference(lstm, x, mode, lengths=None):
     return step
 
 
+def _grad_dx(grads):
+    """dx out of the reference's backward result (a namedtuple with dx, or a dict)."""
+    if hasattr(grads, "dx"):
+        return grads.dx
+    if isinstance(grads, dict):
+        return grads["dx"] if "dx" in grads else grads["x"]
+    return grads[0]
+
+
+def make_reference_gru(gru, x, mode, lengths=None):
+    """The GRU through ``reference.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths,
+    reverse, train)`` (y first, the cache last in what it returns) and
+    ``reference.gru_backward(cache, dy)`` (dx as ``.dx``), lstm_forward's conventions; a
+    bidirectional layer runs both directions and concatenates (sums dx)."""
+    if reference_missing("gru"):
+        return None
+    p = gru.state_dict()
+    h0 = np.zeros((x.shape[1], gru.hidden_size), gru.dtype)
+    directions = [(s, s.endswith("_reverse")) for s in ("_l0", "_l0_reverse")
+                  [:gru.num_directions]]
+
+    def weights(s):
+        return tuple(p[f"{name}{s}"] for name in ("weight_ih", "weight_hh", "bias_ih",
+                                                 "bias_hh"))
+
+    if mode == "inference":
+        def forward():
+            return np.concatenate([
+                reference.gru_forward(x, *weights(s), h0, lengths=lengths, reverse=rev)[0]
+                for s, rev in directions], axis=2)
+        return forward
+
+    def step():
+        dx = 0
+        for s, rev in directions:
+            out = reference.gru_forward(x, *weights(s), h0, lengths=lengths, reverse=rev,
+                                        train=True)
+            dx = dx + _grad_dx(reference.gru_backward(out[-1], np.ones_like(out[0])))
+        return dx
+    return step
+
+
 def torch_factory(torch):
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-    def make_torch(lstm, x, mode, lengths=None):
-        dtype = torch.float64 if lstm.dtype == np.float64 else torch.float32
-        module = torch.nn.LSTM(lstm.input_size, lstm.hidden_size, dtype=dtype,
-                               bidirectional=lstm.bidirectional)
-        module.load_state_dict({k: torch.from_numpy(v) for k, v in lstm.state_dict().items()})
+    def make_torch(rnn, x, mode, lengths=None):
+        dtype = torch.float64 if rnn.dtype == np.float64 else torch.float32
+        cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind(rnn)]
+        module = cls(rnn.input_size, rnn.hidden_size, dtype=dtype,
+                     bidirectional=rnn.bidirectional)
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in rnn.state_dict().items()})
         xt = torch.from_numpy(x)
         T = x.shape[0]
         lengths_t = None if lengths is None else torch.as_tensor(lengths)
@@ -102,7 +174,7 @@ def torch_factory(torch):
                     return run().numpy()
             return forward
         xt.requires_grad_(True)
-        dy = torch.ones(x.shape[0], x.shape[1], output_width(lstm), dtype=dtype)
+        dy = torch.ones(x.shape[0], x.shape[1], output_width(rnn), dtype=dtype)
 
         def step():
             xt.grad = None
@@ -113,57 +185,66 @@ def torch_factory(torch):
     return make_torch
 
 
-def onnx_lstm_session(onnx, onnxruntime, lstm, x_shape, threads, with_lengths=False,
-                      with_state=False):
-    """An InferenceSession of a one-node model running ONNX's LSTM operator with the
-    weights of ``lstm`` (one layer, one or both directions). Inputs X (T, B, I), optionally
-    sequence_lens (B,) int32 and initial_h / initial_c (D, B, H); outputs Y (T, D, B, H),
-    Y_h, Y_c."""
+# PyTorch stacks the gate blocks i, f, g, o (LSTM) and r, z, n (GRU); ONNX wants i, o, f, c
+# and z, r, h: the PyTorch block at each ONNX position.
+ONNX_BLOCKS = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2)}
+
+
+def onnx_session(onnx, onnxruntime, rnn, x_shape, threads, with_lengths=False,
+                 with_state=False):
+    """An InferenceSession of a one-node model running ONNX's LSTM operator (for a
+    clstm.LSTM) or GRU operator (for a clstm.GRU, with ``linear_before_reset=1``) with the
+    weights of ``rnn`` (one layer, one or both directions). Inputs X (T, B, I), optionally
+    sequence_lens (B,) int32 and initial_h (and, for the LSTM, initial_c) (D, B, H);
+    outputs Y (T, D, B, H), Y_h (and Y_c)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    H = lstm.hidden_size
-    p = lstm.state_dict()
-    # PyTorch stacks gates i, f, g, o; ONNX wants i, o, f, c.
-    order = np.concatenate([np.arange(k * H, (k + 1) * H) for k in (0, 3, 1, 2)])
-    sfxs = ("_l0", "_l0_reverse")[:lstm.num_directions]
+    model = kind(rnn)
+    H = rnn.hidden_size
+    p = rnn.state_dict()
+    order = np.concatenate([np.arange(k * H, (k + 1) * H) for k in ONNX_BLOCKS[model]])
+    sfxs = ("_l0", "_l0_reverse")[:rnn.num_directions]
     weights = {"W": np.stack([p["weight_ih" + s][order] for s in sfxs]),
                "R": np.stack([p["weight_hh" + s][order] for s in sfxs]),
                "B": np.stack([np.concatenate([p["bias_ih" + s][order], p["bias_hh" + s][order]])
                               for s in sfxs])}
-    elem = TensorProto.DOUBLE if lstm.dtype == np.float64 else TensorProto.FLOAT
+    elem = TensorProto.DOUBLE if rnn.dtype == np.float64 else TensorProto.FLOAT
     B = x_shape[1]
     inputs = [helper.make_tensor_value_info("X", elem, list(x_shape))]
-    names = ["X", "W", "R", "B", "", "", ""]
+    states = ("initial_h", "initial_c") if model == "lstm" else ("initial_h",)
+    outputs = ["Y", "Y_h", "Y_c"] if model == "lstm" else ["Y", "Y_h"]
+    names = ["X", "W", "R", "B", ""] + [""] * len(states)
     if with_lengths:
         inputs.append(helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, [B]))
         names[4] = "sequence_lens"
     if with_state:
-        inputs += [helper.make_tensor_value_info(n, elem, [len(sfxs), B, H])
-                   for n in ("initial_h", "initial_c")]
-        names[5:] = ["initial_h", "initial_c"]
+        inputs += [helper.make_tensor_value_info(n, elem, [len(sfxs), B, H]) for n in states]
+        names[5:] = states
     while names[-1] == "":
         names.pop()
-    node = helper.make_node("LSTM", names, ["Y", "Y_h", "Y_c"], hidden_size=H,
-                            direction="bidirectional" if lstm.bidirectional else "forward")
+    attrs = dict(hidden_size=H, direction="bidirectional" if rnn.bidirectional else "forward")
+    if model == "gru":
+        attrs["linear_before_reset"] = 1  # PyTorch's: r multiplies (h W_hn.T + b_hn)
+    node = helper.make_node(model.upper(), names, outputs, **attrs)
     graph = helper.make_graph(
-        [node], "lstm", inputs, [helper.make_tensor_value_info(n, elem, None)
-                                 for n in ("Y", "Y_h", "Y_c")],
+        [node], model, inputs, [helper.make_tensor_value_info(n, elem, None)
+                                for n in outputs],
         [numpy_helper.from_array(a, name) for name, a in weights.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(model.SerializeToString(), options,
+    return onnxruntime.InferenceSession(onnx_model.SerializeToString(), options,
                                         providers=["CPUExecutionProvider"])
 
 
 def ort_factory(onnx, onnxruntime, threads):
-    """ONNX Runtime's CPU LSTM operator, inference only."""
-    def make_ort(lstm, x, mode, lengths=None):
-        if mode != "inference" or lstm.dtype != np.float32:
-            return None  # ONNX Runtime 1.32's LSTM runs float32 only
-        session = onnx_lstm_session(onnx, onnxruntime, lstm, x.shape, threads,
-                                    with_lengths=lengths is not None)
+    """ONNX Runtime's CPU LSTM or GRU operator, inference only."""
+    def make_ort(rnn, x, mode, lengths=None):
+        if mode != "inference" or rnn.dtype != np.float32:
+            return None  # ONNX Runtime 1.32's LSTM and GRU run float32 only
+        session = onnx_session(onnx, onnxruntime, rnn, x.shape, threads,
+                               with_lengths=lengths is not None)
         feed = {"X": x}
         if lengths is not None:
             feed["sequence_lens"] = np.asarray(lengths, np.int32)
@@ -173,9 +254,12 @@ def ort_factory(onnx, onnxruntime, threads):
     return make_ort
 
 
-def factories(threads):
-    """name -> factory for every implementation available here (clstm first)."""
-    found = {"clstm": make_clstm, "reference": make_reference}
+def factories(threads, model="lstm"):
+    """name -> factory for every implementation available here for ``model`` (clstm
+    first; the reference only if `reference_missing` says nothing)."""
+    found = {"clstm": make_clstm}
+    if reference_missing(model) is None:
+        found["reference"] = make_reference
     torch = load_torch()
     if torch is not None:
         found["torch"] = torch_factory(torch)

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from clstm import reference
+
 pytestmark = pytest.mark.slow
 
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_lstm.py"
@@ -38,7 +40,9 @@ def test_quick_benchmark_runs_every_section(tmp_path):
                  "float64  train     vs reference", "lengths  inference vs reference",
                  "bidirectional train     vs reference"):
         assert line in out.stdout
-    results = json.loads((tmp_path / "out.json").read_text())["results"]
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert saved["args"]["model"] == "lstm"  # the default
+    results = saved["results"]
     sections = {r["section"] for r in results}
     assert sections == {"grid", "float64", "lengths", "bidirectional", "cell", "threads",
                         "memory", "sgemm"}
@@ -75,3 +79,70 @@ def test_variants_benchmark_runs(tmp_path):
     assert {"plain", "peephole", "recurrent_dropout=0.25"} <= names
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
         assert "onnxruntime peephole" in names
+
+
+def test_quick_gru_benchmark_checks_every_peer(tmp_path):
+    """--model gru: every section but cell runs on clstm.GRU, against whichever of
+    torch.nn.GRU and ONNX Runtime's GRU operator are installed (here they are not disabled:
+    their outputs must agree with clstm's) and the NumPy reference once it has a GRU."""
+    has_torch = importlib.util.find_spec("torch") is not None
+    has_ort = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+    has_reference = hasattr(reference, "gru_forward") and hasattr(reference, "gru_backward")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CLSTM_BENCH_NO_TORCH", "CLSTM_BENCH_NO_ORT")}
+    out = subprocess.run([sys.executable, str(BENCH), "--model", "gru", "--quick",
+                          "--repeats", "3", "--json", "out.json", "--markdown", "out.md"],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "MISMATCH" not in out.stdout
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("# Measures: clstm's GRU layer, inference and a training step")
+    against = lines[1]
+    assert against.startswith("# Against: ")
+    assert ("torch.nn.GRU" in against) == has_torch
+    assert ("its GRU operator, linear_before_reset=1" in against) == has_ort
+    assert ("clstm's NumPy reference" in against) == has_reference
+    if not has_reference:  # said, first and last
+        assert ("# Not compared: clstm's NumPy reference (clstm.reference has no "
+                "gru_forward") in out.stdout
+        assert "# (not compared with clstm's NumPy reference: " in out.stdout
+    # the cell section says why it is skipped
+    assert "# cell: times clstm.LSTMCell" in out.stdout
+    assert "skipped for --model gru" in out.stdout
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert saved["args"]["model"] == "gru"
+    results = saved["results"]
+    assert {r["section"] for r in results} == {"grid", "float64", "lengths", "bidirectional",
+                                               "threads", "memory", "sgemm"}
+    # every available peer ran and agreed with clstm (ONNX Runtime: float32 inference only)
+    expected = {"clstm"} | {name for name, found in (("torch", has_torch),
+                                                      ("onnxruntime", has_ort),
+                                                      ("reference", has_reference)) if found}
+    for section in ("grid", "lengths", "bidirectional"):
+        rows = [r for r in results if r["section"] == section]
+        assert {r["impl"] for r in rows if r["mode"] == "inference"} == expected
+        assert {r["impl"] for r in rows if r["mode"] == "train"} == expected - {"onnxruntime"}
+        assert all(r["max_rel_diff"] <= 1e-3 for r in rows)
+    assert all(r["max_rel_diff"] <= 1e-9 for r in results if r["section"] == "float64")
+    # GFLOP/s counts the GRU's 3 gate blocks: 6 (inference) and 18 (train) x T*B*H*(I+H)
+    row = next(r for r in results if r["section"] == "grid" and r["impl"] == "clstm")
+    T, B, I, H = map(int, row["size"].split(","))
+    flops = {"inference": 6, "train": 18}[row["mode"]] * T * B * H * (I + H)
+    assert row["gflops"] == pytest.approx(flops / row["median_ms"] / 1e6, rel=1e-6)
+    markdown = (tmp_path / "out.md").read_text()
+    assert "**grid** (GRU)" in markdown and "| T, B, I, H |" in markdown
+
+
+def test_gru_without_peers_says_so(tmp_path):
+    env = dict(os.environ, CLSTM_BENCH_NO_TORCH="1", CLSTM_BENCH_NO_ORT="1")
+    out = subprocess.run([sys.executable, str(BENCH), "--model", "gru", "--quick",
+                          "--repeats", "3", "--sections", "grid,cell"],
+                         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("# Measures: clstm's GRU layer")
+    if not hasattr(reference, "gru_forward"):
+        assert lines[1] == ("# Against: nothing (no peer available: clstm's timings "
+                            "alone).")
+    assert lines[2].startswith("# Not compared: PyTorch and ONNX Runtime")
+    assert "skipped for --model gru" in out.stdout
