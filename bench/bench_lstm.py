@@ -79,7 +79,9 @@ SIZES = {
     "grid": ([(100, 1, 64, 64), (100, 1, 128, 128), (100, 1, 256, 256),  # streaming
               (100, 16, 128, 128),                                         # small batch
               (100, 64, 256, 256),                                         # medium
-              (50, 64, 512, 512), (50, 32, 1024, 1024)],                   # large
+              (50, 64, 512, 512), (50, 32, 1024, 1024),                    # large
+              (200, 256, 128, 128),                 # large batch, small hidden (issue 19)
+              (25, 32, 1024, 1024)],                # short sequence, large weights
              [(100, 1, 64, 64), (50, 16, 128, 128)]),
     "float64": ([(100, 1, 128, 128), (100, 16, 128, 128), (100, 64, 256, 256)],
                 [(50, 8, 64, 64)]),
@@ -541,6 +543,9 @@ def preamble(bench, args):
     peers_found = []
     if bench.reference_missing is None:
         peers_found.append("clstm's NumPy reference (clstm.reference)")
+    if bench.model == "lstm":
+        peers_found.append("a hoisted-GEMM NumPy LSTM on NumPy's BLAS (numpy; one "
+                           "direction, equal lengths)")
     if bench.torch is not None:
         peers_found.append(f"PyTorch {bench.torch.__version__} (torch.nn.{name})")
     if bench.ort is not None:

@@ -254,12 +254,75 @@ def ort_factory(onnx, onnxruntime, threads):
     return make_ort
 
 
+def _sigmoid(z):
+    return 0.5 * np.tanh(0.5 * z) + 0.5
+
+
+def numpy_lstm(x, w_ih, w_hh, b, dy=None):
+    """What a competent user writes in NumPy (on NumPy's own BLAS): the input projection of
+    every step in one GEMM, one GEMM per step, and in training the weight gradients as
+    whole-sequence GEMMs. One layer, zero initial state; returns y, or dx with ``dy``."""
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    gx = (x.reshape(T * B, I) @ w_ih.T + b).reshape(T, B, 4 * H)
+    acts = np.empty((T, B, 4 * H), x.dtype)
+    cs = np.zeros((T + 1, B, H), x.dtype)
+    hs = np.zeros((T + 1, B, H), x.dtype)
+    for t in range(T):
+        a = acts[t]
+        np.matmul(hs[t], w_hh.T, out=a)
+        a += gx[t]
+        a[:, :2 * H] = _sigmoid(a[:, :2 * H])
+        a[:, 2 * H:3 * H] = np.tanh(a[:, 2 * H:3 * H])
+        a[:, 3 * H:] = _sigmoid(a[:, 3 * H:])
+        cs[t + 1] = a[:, H:2 * H] * cs[t] + a[:, :H] * a[:, 2 * H:3 * H]
+        hs[t + 1] = a[:, 3 * H:] * np.tanh(cs[t + 1])
+    if dy is None:
+        return hs[1:]
+    dG = np.empty_like(acts)
+    dh = np.zeros((B, H), x.dtype)
+    dc = np.zeros((B, H), x.dtype)
+    for t in reversed(range(T)):
+        a, d = acts[t], dG[t]
+        i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+        dh += dy[t]
+        tc = np.tanh(cs[t + 1])
+        dc += dh * o * (1 - tc * tc)
+        d[:, :H] = dc * g * i * (1 - i)
+        d[:, H:2 * H] = dc * cs[t] * f * (1 - f)
+        d[:, 2 * H:3 * H] = dc * i * (1 - g * g)
+        d[:, 3 * H:] = dh * tc * o * (1 - o)
+        dc *= f
+        dh = d @ w_hh
+    dG2 = dG.reshape(T * B, 4 * H)
+    dG2.T @ x.reshape(T * B, I)             # dw_ih
+    dG2.T @ hs[:T].reshape(T * B, H)        # dw_hh
+    dG2.sum(axis=0)                         # db
+    return (dG2 @ w_ih).reshape(T, B, I)    # dx
+
+
+def make_numpy(rnn, x, mode, lengths=None):
+    """`numpy_lstm` on the layer's weights: one-directional LSTMs of equal lengths only."""
+    if kind(rnn) != "lstm" or rnn.bidirectional or lengths is not None or rnn.proj_size:
+        return None
+    p = rnn.state_dict()
+    w_ih, w_hh = p["weight_ih_l0"], p["weight_hh_l0"]
+    b = p["bias_ih_l0"] + p["bias_hh_l0"]
+    if mode == "inference":
+        return lambda: numpy_lstm(x, w_ih, w_hh, b)
+    dy = np.ones((x.shape[0], x.shape[1], rnn.hidden_size), rnn.dtype)
+    return lambda: numpy_lstm(x, w_ih, w_hh, b, dy)
+
+
 def factories(threads, model="lstm"):
     """name -> factory for every implementation available here for ``model`` (clstm
-    first; the reference only if `reference_missing` says nothing)."""
+    first; the reference only if `reference_missing` says nothing; "numpy", the
+    hoisted-GEMM NumPy LSTM, for LSTMs)."""
     found = {"clstm": make_clstm}
     if reference_missing(model) is None:
         found["reference"] = make_reference
+    if model == "lstm":
+        found["numpy"] = make_numpy
     torch = load_torch()
     if torch is not None:
         found["torch"] = torch_factory(torch)

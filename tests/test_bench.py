@@ -27,7 +27,8 @@ def test_quick_benchmark_runs_every_section(tmp_path):
     # the first lines: what is measured, against what, how to add the missing peers
     first = out.stdout.splitlines()[:4]
     assert first[0].startswith("# Measures: clstm's LSTM layer, inference and a training step")
-    assert first[1] == "# Against: clstm's NumPy reference (clstm.reference)."
+    assert first[1] == ("# Against: clstm's NumPy reference (clstm.reference), a hoisted-GEMM "
+                        "NumPy LSTM on NumPy's BLAS (numpy; one direction, equal lengths).")
     assert first[2].startswith("# Not compared: PyTorch and ONNX Runtime")
     assert first[2].endswith("To add the peers: pip install torch==2.13.0 onnxruntime onnx")
     assert first[3].startswith("# Ratios: t/clstm above 1 means clstm is faster")
@@ -36,13 +37,18 @@ def test_quick_benchmark_runs_every_section(tmp_path):
     assert "# t/LSTMCell = this row's time per step / clstm.LSTMCell's" in out.stdout
     # and whether clstm won
     assert "# verdict: clstm was faster than reference in " in out.stdout
-    for line in ("grid     inference vs reference", "grid     train     vs reference",
+    for line in ("grid     inference vs numpy", "grid     inference vs reference",
+                 "grid     train     vs reference",
                  "float64  train     vs reference", "lengths  inference vs reference",
                  "bidirectional train     vs reference"):
         assert line in out.stdout
     saved = json.loads((tmp_path / "out.json").read_text())
     assert saved["args"]["model"] == "lstm"  # the default
     results = saved["results"]
+    # the hoisted NumPy LSTM ran where it can (one direction, equal lengths), and agreed
+    grid = [r for r in results if r["section"] == "grid"]
+    assert {r["mode"] for r in grid if r["impl"] == "numpy"} == {"inference", "train"}
+    assert not [r for r in results if r["impl"] == "numpy" and r["section"] == "lengths"]
     sections = {r["section"] for r in results}
     assert sections == {"grid", "float64", "lengths", "bidirectional", "cell", "threads",
                         "memory", "sgemm"}
