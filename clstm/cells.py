@@ -13,9 +13,8 @@ from . import _packed, _threads, functional
 from ._checks import check_shape, float_array, float_dtype, generator, generator_from_seed, \
     positive_int
 from ._params import Parameterised
-from .reference import check_activation
 from ._threads import get_num_threads
-from .rnn import Array, State, _flag, _probability, _state_pair
+from .rnn import Array, State, _set_lstm_variant, _state_pair
 
 
 class _Cell(Parameterised):
@@ -87,13 +86,7 @@ class LSTMCell(_Cell):
                  dtype: Union[type, np.dtype, str] = np.float32, seed: Optional[int] = None,
                  peephole: bool = False, recurrent_dropout: float = 0.0,
                  activation: str = "tanh", recurrent_activation: str = "sigmoid"):
-        self.peephole = _flag("peephole", peephole)
-        self.recurrent_dropout = _probability("recurrent_dropout", recurrent_dropout)
-        self.activation = check_activation("activation", activation)
-        self.recurrent_activation = check_activation("recurrent_activation",
-                                                     recurrent_activation)
-        self._cell, self._cell_options = functional.lstm_cell_variant(
-            self.peephole, self.activation, self.recurrent_activation)
+        _set_lstm_variant(self, peephole, recurrent_dropout, activation, recurrent_activation)
         super().__init__(input_size, hidden_size, bias, dtype, seed,
                          {"weight_peephole": (3, hidden_size)} if self.peephole else {})
 

@@ -46,6 +46,18 @@ def _probability(name, value):
     return float(value)
 
 
+def _set_lstm_variant(module, peephole, recurrent_dropout, activation, recurrent_activation):
+    """Check and set an LSTM's (or LSTMCell's) variant arguments, and the compiled cell and
+    options they select."""
+    module.peephole = _flag("peephole", peephole)
+    module.recurrent_dropout = _probability("recurrent_dropout", recurrent_dropout)
+    module.activation = check_activation("activation", activation)
+    module.recurrent_activation = check_activation("recurrent_activation",
+                                                   recurrent_activation)
+    module._cell, module._cell_options = functional.lstm_cell_variant(
+        module.peephole, module.activation, module.recurrent_activation)
+
+
 def _keras_kernels(kernel, recurrent_kernel, n_gates, dtype):
     """Keras's ``kernel (I, n_gates*H)`` and ``recurrent_kernel (H, n_gates*H)``, checked;
     returns them, H and the dtype (default: the kernel's)."""
@@ -492,13 +504,7 @@ proj_size, dtype, seed
         if self.proj_size >= positive_int("hidden_size", hidden_size):
             raise ValueError(f"proj_size must be smaller than hidden_size ({hidden_size}), "
                              f"got {proj_size}")
-        self.peephole = _flag("peephole", peephole)
-        self.recurrent_dropout = _probability("recurrent_dropout", recurrent_dropout)
-        self.activation = check_activation("activation", activation)
-        self.recurrent_activation = check_activation("recurrent_activation",
-                                                     recurrent_activation)
-        self._cell, self._cell_options = functional.lstm_cell_variant(
-            self.peephole, self.activation, self.recurrent_activation)
+        _set_lstm_variant(self, peephole, recurrent_dropout, activation, recurrent_activation)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype=dtype, seed=seed)
 
