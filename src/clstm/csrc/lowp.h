@@ -204,6 +204,24 @@ static void clstm_lowp_pack(int format, const float* W, Py_ssize_t N, Py_ssize_t
         }                                                                               \
     }
 
+/* The end of a bfloat16 tile (float accumulators, KS sets): the sets summed in one order,
+   then added into C (a partial panel through a buffer). */
+#define CLSTM_LOWP_BF16_TILE_ADD(SFX, KS)                                               \
+    for (s = 1; s < KS; s++)                                                            \
+        for (i = 0; i < mr; i++)                                                        \
+            for (q = 0; q < NV; q++)                                                    \
+                acc[0][i][q] += acc[s][i][q];                                           \
+    for (i = 0; i < mr; i++) {                                                          \
+        if (ncols == NR) {                                                              \
+            for (q = 0; q < NV; q++)                                                    \
+                *(clstm_lvfu_##SFX*)(C + i * ldc + q * V) += acc[0][i][q];              \
+        } else {                                                                        \
+            memcpy(out, &acc[0][i][0], sizeof(out));                                    \
+            for (c = 0; c < ncols; c++)                                                 \
+                C[i * ldc + c] += out[c];                                               \
+        }                                                                               \
+    }
+
 /* A tile of constant height H (a literal, so its accumulators stay in registers) at row i
    of the block, the tail of a block as one tile (as pgemm.h). int8 sums are exact in any
    order, so its tiles of 1-2 rows take 4 accumulator sets (chains enough to cover the
@@ -402,20 +420,7 @@ static inline __attribute__((always_inline)) void clstm_lowp_tile_bf16_##SFX(   
                 DOT_BF16(clstm_lvf_##SFX, clstm_lvi_##SFX, acc[0][i][q], a, w[q]);      \
         }                                                                               \
     }                                                                                   \
-    for (s = 1; s < KS; s++)                                                            \
-        for (i = 0; i < mr; i++)                                                        \
-            for (q = 0; q < NV; q++)                                                    \
-                acc[0][i][q] += acc[s][i][q];                                           \
-    for (i = 0; i < mr; i++) {                                                          \
-        if (ncols == NR) {                                                              \
-            for (q = 0; q < NV; q++)                                                    \
-                *(clstm_lvfu_##SFX*)(C + i * ldc + q * V) += acc[0][i][q];              \
-        } else {                                                                        \
-            memcpy(out, &acc[0][i][0], sizeof(out));                                    \
-            for (c = 0; c < ncols; c++)                                                 \
-                C[i * ldc + c] += out[c];                                               \
-        }                                                                               \
-    }                                                                                   \
+    CLSTM_LOWP_BF16_TILE_ADD(SFX, KS)                                                   \
 }                                                                                       \
                                                                                         \
 /* bfloat16 with A as float32 (its values rounded to bfloat16, so the products are the    \
@@ -443,20 +448,7 @@ static inline __attribute__((always_inline)) void clstm_lowp_tile_bf16f_##SFX(  
             CLSTM_LOWP_BF16F_GROUP(SFX, FMA, g + s, s)                                  \
     for (; g < Kg; g++)                                                                 \
         CLSTM_LOWP_BF16F_GROUP(SFX, FMA, g, 0)                                          \
-    for (s = 1; s < KS; s++)                                                            \
-        for (i = 0; i < mr; i++)                                                        \
-            for (q = 0; q < NV; q++)                                                    \
-                acc[0][i][q] += acc[s][i][q];                                           \
-    for (i = 0; i < mr; i++) {                                                          \
-        if (ncols == NR) {                                                              \
-            for (q = 0; q < NV; q++)                                                    \
-                *(clstm_lvfu_##SFX*)(C + i * ldc + q * V) += acc[0][i][q];              \
-        } else {                                                                        \
-            memcpy(out, &acc[0][i][0], sizeof(out));                                    \
-            for (c = 0; c < ncols; c++)                                                 \
-                C[i * ldc + c] += out[c];                                               \
-        }                                                                               \
-    }                                                                                   \
+    CLSTM_LOWP_BF16_TILE_ADD(SFX, KS)                                                   \
 }                                                                                       \
                                                                                         \
 /* Rows [0, n) of A rounded to bfloat16, kept as float32: qf (n, ldf), zero padded. */  \
