@@ -369,7 +369,7 @@ def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
         _scratch_packed("w_ih_t", I, G, dtype), _scratch_packed("w_hh_t", P, G, dtype),
         scratch("rows", _recurrent.rows_length(N, schedule.first_step_rows, I, P,
                                                _packed.FORMATS[FORMATS[dtype]]), dtype),
-        scratch("dG_t", _recurrent.dG_t_length(N, schedule.n_threads), dtype),
+        scratch("dG_t", _recurrent.dG_t_length(schedule.n_threads), dtype),
         None if schedule.offsets is None else scratch("h_prev", (N - schedule.first_step_rows,
                                                                  P), dtype),
         scratch("dh_all", (N, P), dtype) if projection else None,

@@ -135,7 +135,7 @@ cdef enum:
     WGRAD_LD = WGRAD_ROWS + 16
 
 
-def dG_t_length(Py_ssize_t N, int n_threads):
+def dG_t_length(int n_threads):
     """Elements of BackwardWork.dG_t (independent of N: the weight gradients go through dG
     WGRAD_ROWS rows at a time)."""
     return max(n_threads, 1) * PGEMM_ROW_BLOCK * WGRAD_LD
@@ -338,7 +338,7 @@ cdef class Grads:
 cdef class BackwardWork:
     """Backward's workspaces: w_ih_t, w_hh_t PackedWeights for w_ih.T (I, G) and
     w_hh.T (P, G); rows (at least `rows_length` elements) for x and the recurrent
-    inputs packed; dG_t (at least dG_t_length(N, n_threads)) for row blocks of dG.T;
+    inputs packed; dG_t (at least dG_t_length(n_threads)) for row blocks of dG.T;
     h_prev (N - bs[0], P), the recurrent inputs of steps >= 1 when rows end early (else
     None: they are y's rows as they stand); with projection dh_all (N, P) and dr (B, H);
     with recurrent dropout h_masked (N, P), every step's masked recurrent input (for
@@ -922,7 +922,7 @@ def backward(Layer layer not None, Schedule sched not None, LayerIO io not None,
     check(cnp.PyArray_DIMS(<cnp.ndarray>work.rows)[0]
           >= rows_length(N, sched.first_step_rows, I, P, typenum), "rows workspace")
     p.dG_t = operand(work.dG_t, typenum, -1, -1, "dG_t", False, True)
-    check(cnp.PyArray_DIMS(<cnp.ndarray>work.dG_t)[0] >= dG_t_length(N, sched.n_threads),
+    check(cnp.PyArray_DIMS(<cnp.ndarray>work.dG_t)[0] >= dG_t_length(sched.n_threads),
           "dG_t workspace")
     p.h_prev = operand(work.h_prev, typenum, N - sched.first_step_rows, P, "h_prev",
                        sched.off == NULL, True)
