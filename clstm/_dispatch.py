@@ -15,10 +15,15 @@ from ._threads import openmp_enabled
 PATHS = ("step", "serial", "batch", "units")
 
 # The hidden-unit split pays for its barrier per step only when each thread's share of w_hh
-# is big and the batch cannot feed the threads.
+# is big and the batch cannot feed the threads; or when w_hh is too big for any cache a
+# thread has to itself, so that the batch split would stream all of it from memory into
+# every thread at every step, and the rows per thread are few enough that this stream,
+# not the multiply-adds, bounds the step.
 UNIT_SPLIT_MIN_BYTES = 1 << 18
 UNIT_SPLIT_MIN_UNITS_PER_THREAD = 64
 UNIT_SPLIT_MAX_ROWS_PER_THREAD = 2
+UNIT_SPLIT_STREAM_BYTES = 1 << 23
+UNIT_SPLIT_MAX_STREAM_ROWS_PER_THREAD = 16
 
 
 def _threads(n_threads):
@@ -48,9 +53,11 @@ def units_usable(H, projection, dtype):
 def _units_pay_off(packing, n_threads, H, dtype):
     n = min(_threads(n_threads), H // _panel_width(dtype))
     w_hh_bytes = 4 * H * H * np.dtype(dtype).itemsize
-    return (n >= 2 and w_hh_bytes >= UNIT_SPLIT_MIN_BYTES
-            and H >= UNIT_SPLIT_MIN_UNITS_PER_THREAD * n
-            and packing.B <= UNIT_SPLIT_MAX_ROWS_PER_THREAD * n)
+    if n < 2 or H < UNIT_SPLIT_MIN_UNITS_PER_THREAD * n:
+        return False
+    if w_hh_bytes >= UNIT_SPLIT_STREAM_BYTES:
+        return packing.B <= UNIT_SPLIT_MAX_STREAM_ROWS_PER_THREAD * n
+    return w_hh_bytes >= UNIT_SPLIT_MIN_BYTES and packing.B <= UNIT_SPLIT_MAX_ROWS_PER_THREAD * n
 
 
 def choose(packing, n_threads, H, projection, dtype, strategy=None, allow_step=True,

@@ -33,6 +33,22 @@ def test_packed_gemm_matches_numpy(dtype, N, K, transposed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, K", [(1000, 300), (4096, 64), (33, 8000)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_threaded_packing_is_the_serial_packing(dtype, N, K, transposed):
+    """Big enough to be split among threads (panels shared out, the last one partial)."""
+    w = np.random.default_rng(N + K).standard_normal((N, K)).astype(dtype)
+    src = np.ascontiguousarray(w.T) if transposed else w
+    fmt = np.dtype(dtype).name
+    serial = np.full(_packed.packed_length(N, K, fmt), np.nan, dtype)
+    _testing.pack_matrix(src, transposed, serial)
+    for n_threads in (2, 3):
+        threaded = np.full_like(serial, np.nan)
+        _testing.pack_matrix(src, transposed, threaded, n_threads)
+        np.testing.assert_array_equal(threaded, serial)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows, cols", ODD + [(16, 16), (64, 48)])
 def test_transpose_matches_numpy(dtype, rows, cols):
     src = np.arange(rows * cols, dtype=dtype).reshape(rows, cols)

@@ -96,6 +96,12 @@ def test_work_split_policy():
     assert choice(F.Packing(10, 5, None), 2, 512) == "batch"  # rows enough
     assert choice(F.Packing(1, 5, None), 2, 512) == "step"    # one step of a few rows
     assert choice(F.Packing(1, 9, None), 2, 512) == "batch"
+    # w_hh of 8 MB or more: every thread of the batch split would stream all of it per step
+    assert choice(F.Packing(10, 32, None), 2, 1024) == "units"      # 16 MB, 16 rows/thread
+    assert choice(F.Packing(10, 33, None), 2, 1024) == "batch"      # rows enough
+    assert choice(F.Packing(10, 32, None), 2, 512) == "batch"       # 4 MB
+    assert choice(F.Packing(10, 32, None), 2, 768, dtype=f64) == "units"  # 18 MB
+    assert choice(F.Packing(10, 32, None), 2, 1024, projection=True) == "batch"
     assert choice(F.Packing(1, 5, None), 2, 512, projection=True) == "batch"
 
 

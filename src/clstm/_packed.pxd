@@ -10,7 +10,7 @@ cdef class PackedWeights:
     cdef readonly int lowp  # 0 (float32/float64) or csrc/lowp.h's format code
     cdef clstm_lowp_weights lowp_w  # what ptr points to for a low-precision format
     cdef void* ptr
-    cdef int pack_nogil(self, const void* w, bint transposed) except -1 nogil
+    cdef int pack_nogil(self, const void* w, bint transposed, int n_threads=*) except -1 nogil
 
 
 cdef object new_array(int nd, Py_ssize_t rows, Py_ssize_t cols, int typenum)

@@ -26,7 +26,8 @@ from clstm._lowp cimport (CLSTM_LOWP_BF16, CLSTM_LOWP_INT8, CLSTM_LOWP_NR, clstm
                           clstm_lowp_kernel_name, clstm_lowp_padded_n,
                           clstm_lowp_panel_bytes)
 from clstm._lowp cimport lowp_gemm as lowp_gemm_c, packed_mul
-from clstm._pgemm cimport pack, packed_size, panel_width
+from clstm._pgemm cimport packed_size, panel_width
+from clstm._schedule cimport par_pack
 from clstm._runtime cimport blas_threads, blas_threads_enter, check
 
 cnp.import_array()
@@ -124,15 +125,17 @@ cdef class PackedWeights:
             self.lowp_w.colsum = <const int32_t*>cnp.PyArray_DATA(<cnp.ndarray>self.colsums)
             self.ptr = &self.lowp_w  # the driver hands this to lowp_gemm
 
-    cdef int pack_nogil(self, const void* w, bint transposed) except -1 nogil:
+    cdef int pack_nogil(self, const void* w, bint transposed, int n_threads=1) except -1 nogil:
         if self.lowp:  # (transposed is refused by pack, the only caller for these)
             clstm_lowp_pack(self.lowp, <const float*>w, self.n_out, self.n_in,
                             <void*>self.lowp_w.panels, <float*>self.lowp_w.scale,
                             <int32_t*>self.lowp_w.colsum)
         elif self.typenum == cnp.NPY_FLOAT:
-            pack(<const float*>w, self.n_out, self.n_in, transposed, <float*>self.ptr)
+            par_pack(n_threads, <const float*>w, self.n_out, self.n_in, transposed,
+                     <float*>self.ptr)
         else:
-            pack(<const double*>w, self.n_out, self.n_in, transposed, <double*>self.ptr)
+            par_pack(n_threads, <const double*>w, self.n_out, self.n_in, transposed,
+                     <double*>self.ptr)
         return 0
 
     def copy_from(self, data, scales=None, colsums=None):

@@ -5,10 +5,12 @@ cdef extern from "csrc/pgemm.h":
     int clstm_isa_level() noexcept nogil
     Py_ssize_t clstm_packed_size_f32(Py_ssize_t N, Py_ssize_t K) noexcept nogil
     Py_ssize_t clstm_packed_size_f64(Py_ssize_t N, Py_ssize_t K) noexcept nogil
-    void clstm_pack_f32(const float* W, Py_ssize_t N, Py_ssize_t K, int transposed,
-                        float* Wp) noexcept nogil
-    void clstm_pack_f64(const double* W, Py_ssize_t N, Py_ssize_t K, int transposed,
-                        double* Wp) noexcept nogil
+    Py_ssize_t clstm_panels_f32(Py_ssize_t N) noexcept nogil
+    Py_ssize_t clstm_panels_f64(Py_ssize_t N) noexcept nogil
+    void clstm_pack_panels_f32(const float* W, Py_ssize_t N, Py_ssize_t K, int transposed,
+                               float* Wp, Py_ssize_t jb0, Py_ssize_t jb1) noexcept nogil
+    void clstm_pack_panels_f64(const double* W, Py_ssize_t N, Py_ssize_t K, int transposed,
+                               double* Wp, Py_ssize_t jb0, Py_ssize_t jb1) noexcept nogil
     void clstm_transpose_matrix_f32(const float* src, Py_ssize_t rows, Py_ssize_t cols,
                                     Py_ssize_t lds, float* dst, Py_ssize_t ldd) noexcept nogil
     void clstm_transpose_matrix_f64(const double* src, Py_ssize_t rows, Py_ssize_t cols,
@@ -43,12 +45,26 @@ cdef inline Py_ssize_t panel_width(floating* like) noexcept nogil:
         return CLSTM_NR_f64
 
 
+cdef inline Py_ssize_t n_panels(Py_ssize_t N, floating* like) noexcept nogil:
+    """Panels of the packed copy of an (N, K) matrix."""
+    if floating is float:
+        return clstm_panels_f32(N)
+    else:
+        return clstm_panels_f64(N)
+
+
+cdef inline void pack_panels(const floating* W, Py_ssize_t N, Py_ssize_t K, bint transposed,
+                             floating* Wp, Py_ssize_t jb0, Py_ssize_t jb1) noexcept nogil:
+    """Pack panels [jb0, jb1) of W (N, K), or of W.T given as (K, N) when ``transposed``."""
+    if floating is float:
+        clstm_pack_panels_f32(W, N, K, transposed, Wp, jb0, jb1)
+    else:
+        clstm_pack_panels_f64(W, N, K, transposed, Wp, jb0, jb1)
+
+
 cdef inline void pack(const floating* W, Py_ssize_t N, Py_ssize_t K, bint transposed,
                       floating* Wp) noexcept nogil:
-    if floating is float:
-        clstm_pack_f32(W, N, K, transposed, Wp)
-    else:
-        clstm_pack_f64(W, N, K, transposed, Wp)
+    pack_panels(W, N, K, transposed, Wp, 0, n_panels(N, W))
 
 
 cdef inline void pgemm(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const floating* A,

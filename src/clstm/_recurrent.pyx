@@ -64,9 +64,9 @@ from clstm._packed cimport PackedWeights, operand
 
 from clstm._packed import kernel_ready
 from clstm._lowp cimport packed_mul
-from clstm._pgemm cimport pack, packed_size, pgemm_rows, pgemm_set, total, transpose
+from clstm._pgemm cimport packed_size, pgemm_rows, pgemm_set, total, transpose
 from clstm._runtime cimport blas_threads, blas_threads_enter, check
-from clstm._schedule cimport PGEMM_ROW_BLOCK, gemm_parts, par_gemm, par_pgemm
+from clstm._schedule cimport PGEMM_ROW_BLOCK, gemm_parts, par_gemm, par_pack, par_pgemm
 
 cnp.import_array()
 
@@ -751,7 +751,7 @@ cdef void backward_impl(floating* dG, const Dims* d, const Ptrs* p, const Split*
     x_rows = rows
     h0_rows = x_rows + packed_size(I, N, rows)
     h_rows = h0_rows + packed_size(P, bs0, rows)
-    pack(<const floating*>p.x, I, N, True, x_rows)
+    par_pack(s.n_threads, <const floating*>p.x, I, N, True, x_rows)
     if p.mask != NULL:
         # recurrent dropout: dw_hh from mask * h_{t-1}; step t's rows are the first bs[t]
         # sorted rows, so its mask is the mask's first bs[t] rows
@@ -762,11 +762,11 @@ cdef void backward_impl(floating* dG, const Dims* d, const Ptrs* p, const Split*
             dst = hm + step_row(off, B, t) * P
             for k in range((step_row(off, B, t + 1) - step_row(off, B, t)) * P):
                 dst[k] = src[k] * (<const floating*>p.mask)[k]
-        pack(hm, P, bs0, True, h0_rows)
+        par_pack(s.n_threads, hm, P, bs0, True, h0_rows)
         if d.T > 1:
-            pack(hm + bs0 * P, P, N - bs0, True, h_rows)
+            par_pack(s.n_threads, hm + bs0 * P, P, N - bs0, True, h_rows)
     else:
-        pack(<const floating*>p.h0, P, bs0, True, h0_rows)
+        par_pack(s.n_threads, <const floating*>p.h0, P, bs0, True, h0_rows)
     if d.T > 1 and p.mask == NULL:
         if off != NULL:
             for t in range(1, d.T):
@@ -774,7 +774,7 @@ cdef void backward_impl(floating* dG, const Dims* d, const Ptrs* p, const Split*
                        (<const floating*>p.y) + step_row(off, B, t - 1) * P,
                        (step_row(off, B, t + 1) - step_row(off, B, t)) * P * sizeof(floating))
             h_prev = <const floating*>p.h_prev
-        pack(h_prev, P, N - bs0, True, h_rows)
+        par_pack(s.n_threads, h_prev, P, N - bs0, True, h_rows)
     weight_grads(dG, d, p, s, cell, x_rows, h0_rows, h_rows, bs0)
     if p.w_hr != NULL:
         par_gemm(s.n_threads, True, False, P, d.H, N, <const floating*>p.dh_all, P,
@@ -866,8 +866,8 @@ def forward(Layer layer not None, Schedule sched not None, LayerIO io not None,
     with nogil:
         blas_saved = blas_threads_enter() if uses_blas else 0
         if layer.p_w_ih != NULL:
-            layer.w_ih_packed.pack_nogil(layer.p_w_ih, False)
-            layer.w_hh_packed.pack_nogil(layer.p_w_hh, False)
+            layer.w_ih_packed.pack_nogil(layer.p_w_ih, False, sched.n_threads)
+            layer.w_hh_packed.pack_nogil(layer.p_w_hh, False, sched.n_threads)
         if typenum == cnp.NPY_FLOAT:
             stopped = forward_impl(<float*>p.gates, &d, &p, &split, layer.spec, watching)
         else:
@@ -934,9 +934,9 @@ def backward(Layer layer not None, Schedule sched not None, LayerIO io not None,
     fill_split(&split, sched)
     with nogil:
         blas_saved = blas_threads_enter()
-        work.w_hh_t.pack_nogil(layer.p_w_hh, True)
+        work.w_hh_t.pack_nogil(layer.p_w_hh, True, sched.n_threads)
         if input_side_contiguous(layer.spec):  # (else dx is multiplied on w_ih itself)
-            work.w_ih_t.pack_nogil(layer.p_w_ih, True)  # w_ih.T, for dx = dG @ w_ih
+            work.w_ih_t.pack_nogil(layer.p_w_ih, True, sched.n_threads)  # for dx = dG @ w_ih
         if typenum == cnp.NPY_FLOAT:
             backward_impl(<float*>p.gates, &d, &p, &split, layer.spec)
         else:

@@ -8,6 +8,7 @@ from cython.parallel cimport prange
 
 from clstm._blas cimport blas_int, gemm
 from clstm._lowp cimport packed_mul
+from clstm._pgemm cimport n_panels, pack_panels
 from clstm._openmp cimport CLSTM_OPENMP_ENABLED, clstm_current_cpu, clstm_leave_master_cpu
 from clstm._runtime cimport blas_threads
 
@@ -17,6 +18,9 @@ cdef enum:
     # Rows per task of par_pgemm: 64 rows of A stay in cache while every weight panel
     # streams past them once.
     PGEMM_ROW_BLOCK = 64
+    # Elements of a matrix worth packing on several threads (a copy: cheaper per element
+    # than a multiply-add, so the bar is lower than MIN_PARALLEL_MACS).
+    MIN_PARALLEL_PACK = 1 << 18
 
 
 cdef inline int gemm_parts(int n_threads, Py_ssize_t n_units, Py_ssize_t macs) noexcept nogil:
@@ -70,3 +74,20 @@ cdef inline void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t
         r0 = blk * PGEMM_ROW_BLOCK
         r1 = min(r0 + PGEMM_ROW_BLOCK, m)
         packed_mul(lowp, r1 - r0, N, K, A + r0 * lda, lda, Wp, 0, C + r0 * ldc, ldc, True)
+
+
+cdef inline void par_pack(int n_threads, const floating* W, Py_ssize_t N, Py_ssize_t K,
+                          bint transposed, floating* Wp) noexcept nogil:
+    """`pack` with the panels shared among threads (the weights are packed on every call
+    of a live model: at H = 1024 that is 16 MB per matrix)."""
+    cdef Py_ssize_t panels = n_panels(N, W), jb0, jb1
+    cdef int parts = <int>min(<Py_ssize_t>n_threads, panels), part, master_cpu
+    if parts < 2 or N * K < MIN_PARALLEL_PACK:
+        pack_panels(W, N, K, transposed, Wp, 0, panels)
+        return
+    master_cpu = clstm_current_cpu()
+    for part in prange(parts, num_threads=parts, schedule='static'):
+        clstm_leave_master_cpu(master_cpu)
+        jb0 = part * panels // parts
+        jb1 = (part + 1) * panels // parts
+        pack_panels(W, N, K, transposed, Wp, jb0, jb1)

@@ -79,13 +79,16 @@ CLSTM_CLONES static void clstm_transpose_matrix_##SFX(const T* src, Py_ssize_t r
             dst[c * ldd + r] = src[r * lds + c];                                        \
 }                                                                                       \
                                                                                         \
-/* Wp[(jb*K + k)*NR + c] = W[jb*NR + c, k], zero past N. With transposed, the source    \
-   is W.T stored (K, N) instead: then each panel row is a plain copy. */                \
-CLSTM_CLONES static void clstm_pack_##SFX(const T* W, Py_ssize_t N, Py_ssize_t K,       \
-                                          int transposed, T* Wp) {                      \
+/* Wp[(jb*K + k)*NR + c] = W[jb*NR + c, k], zero past N, for the panels jb in [jb0,    \
+   jb1) (each depends on its own columns only: threads can pack disjoint ranges). With  \
+   transposed, the source is W.T stored (K, N) instead: then each panel row is a plain  \
+   copy. */                                                                             \
+CLSTM_CLONES static void clstm_pack_panels_##SFX(const T* W, Py_ssize_t N, Py_ssize_t K, \
+                                                 int transposed, T* Wp, Py_ssize_t jb0,  \
+                                                 Py_ssize_t jb1) {                       \
     const Py_ssize_t NR = CLSTM_NR_##SFX, V = 64 / sizeof(T);                           \
     Py_ssize_t jb, k, c, col, k_vec;                                                    \
-    for (jb = 0; jb * NR < N; jb++) {                                                   \
+    for (jb = jb0; jb < jb1 && jb * NR < N; jb++) {                                     \
         T* panel = Wp + jb * K * NR;                                                    \
         k_vec = 0;                                                                      \
         if (transposed && (jb + 1) * NR <= N) {                                         \
@@ -106,8 +109,11 @@ CLSTM_CLONES static void clstm_pack_##SFX(const T* W, Py_ssize_t N, Py_ssize_t K
                     : transposed ? W[k * N + col] : W[col * K + k];                     \
             }                                                                           \
     }                                                                                   \
+}                                                                                       \
+static Py_ssize_t clstm_panels_##SFX(Py_ssize_t N) {                                    \
+    return (N + CLSTM_NR_##SFX - 1) / CLSTM_NR_##SFX;                                   \
 }
-                                                                                        \
+
 /* The multiply kernel, defined once per instruction set (see the dispatch below) with its
    own vector width VB (bytes), tile height MR (rows) and KS. A panel row (NR columns,
    128 bytes) is NV = 128 / VB vectors. C[mr, :ncols] += A[mr, K] @ panel: a single row
