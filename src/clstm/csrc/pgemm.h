@@ -23,6 +23,11 @@
 #ifndef CLSTM_PGEMM_KC
 #define CLSTM_PGEMM_KC 256
 #endif
+/* Panel rows (128 bytes each) between the row a chunk's first tile reads and the one it
+   prefetches: far enough to cover a load from memory, near enough to stay in L1. */
+#ifndef CLSTM_PGEMM_PREFETCH
+#define CLSTM_PGEMM_PREFETCH 16
+#endif
 
 #define CLSTM_DEFINE_PACK(T, SFX, IDX)                                                  \
 typedef T clstm_v_##SFX __attribute__((vector_size(64)));                               \
@@ -122,13 +127,17 @@ static Py_ssize_t clstm_panels_##SFX(Py_ssize_t N) {                            
    added up in the same order whichever tile it lands in, and results do not depend on
    the thread count. MR * NV * KS accumulators plus the panel row must fit the registers:
    AVX-512 6 * 2 * 2 = 24 of 32; AVX2 2 * 4 * 1 = 8 of 16 (64-byte vectors there spilled
-   everything to the stack; docs/design.md). */
+   everything to the stack; docs/design.md). The first tile of a panel chunk is the one
+   that brings it in from L2 or memory (a w_hh bigger than L2 comes from memory at every
+   step): it prefetches CLSTM_PGEMM_PREFETCH panel rows ahead, which the hardware's
+   prefetcher, starting anew at every page, does not (docs/performance.md, "Issue 19"). */
 #define CLSTM_DEFINE_KERNEL(T, SFX, VB, MR, KS)                                         \
 typedef T clstm_kv_##SFX __attribute__((vector_size(VB)));                              \
 typedef T clstm_kvu_##SFX __attribute__((vector_size(VB), aligned(sizeof(T))));         \
 static inline __attribute__((always_inline)) void clstm_tile_##SFX(                     \
         const int mr, Py_ssize_t K, const T* A, Py_ssize_t lda,                         \
-        const T* Wp, T* C, Py_ssize_t ldc, Py_ssize_t ncols, int overwrite) {           \
+        const T* Wp, T* C, Py_ssize_t ldc, Py_ssize_t ncols, int overwrite,             \
+        int prefetch) {                                                                 \
     enum { NR = 128 / sizeof(T), V = VB / sizeof(T), NV = 128 / VB };                   \
     clstm_kv_##SFX acc[KS][8][NV], w[NV];                                               \
     T out[NR];                                                                          \
@@ -140,6 +149,10 @@ static inline __attribute__((always_inline)) void clstm_tile_##SFX(             
                 acc[s][i][q] = (clstm_kv_##SFX){0};                                     \
     for (k = 0; k + KS <= K; k += KS)                                                   \
         for (s = 0; s < KS; s++) {                                                      \
+            if (prefetch) {                                                             \
+                __builtin_prefetch(Wp + (k + s + CLSTM_PGEMM_PREFETCH) * NR);            \
+                __builtin_prefetch(Wp + (k + s + CLSTM_PGEMM_PREFETCH) * NR + NR / 2);   \
+            }                                                                           \
             for (q = 0; q < NV; q++)                                                    \
                 w[q] = *(const clstm_kvu_##SFX*)(Wp + (k + s) * NR + q * V);            \
             for (i = 0; i < mr; i++) {                                                  \
@@ -199,23 +212,23 @@ static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T*
         ncols = N - jb * NR < NR ? N - jb * NR : NR;                                    \
         for (i = 0; i + MR <= n; i += MR)                                               \
             clstm_tile_##SFX(MR, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols,\
-                             set);                                                      \
+                             set, i == 0);                                      \
         /* constant row counts, so each tile keeps its accumulators in registers */     \
         if (MR > 5 && n - i == 5)                                                       \
             clstm_tile_##SFX(5, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
-                             set);                                                      \
+                             set, i == 0);                                      \
         else if (MR > 4 && n - i == 4)                                                  \
             clstm_tile_##SFX(4, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
-                             set);                                                      \
+                             set, i == 0);                                      \
         else if (MR > 3 && n - i == 3)                                                  \
             clstm_tile_##SFX(3, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
-                             set);                                                      \
+                             set, i == 0);                                      \
         else if (MR > 2 && n - i == 2)                                                  \
             clstm_tile_##SFX(2, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
-                             set);                                                      \
+                             set, i == 0);                                      \
         else if (MR > 1 && n - i == 1)                                                  \
             clstm_tile_##SFX(1, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
-                             set);                                                      \
+                             set, i == 0);                                      \
     }                                                                                   \
 }
 
