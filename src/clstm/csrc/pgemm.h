@@ -129,8 +129,9 @@ static Py_ssize_t clstm_panels_##SFX(Py_ssize_t N) {                            
    AVX-512 6 * 2 * 2 = 24 of 32; AVX2 2 * 4 * 1 = 8 of 16 (64-byte vectors there spilled
    everything to the stack; docs/design.md). The first tile of a panel chunk is the one
    that brings it in from L2 or memory (a w_hh bigger than L2 comes from memory at every
-   step): it prefetches CLSTM_PGEMM_PREFETCH panel rows ahead, which the hardware's
-   prefetcher, starting anew at every page, does not (docs/performance.md, "Issue 19"). */
+   step): a full-height one prefetches CLSTM_PGEMM_PREFETCH panel rows ahead, which the
+   hardware's prefetcher, starting anew at every page, does not (docs/performance.md,
+   "Issue 19"). Not the short tiles of a few rows: they are bound by their loads already. */
 #define CLSTM_DEFINE_KERNEL(T, SFX, VB, MR, KS)                                         \
 typedef T clstm_kv_##SFX __attribute__((vector_size(VB)));                              \
 typedef T clstm_kvu_##SFX __attribute__((vector_size(VB), aligned(sizeof(T))));         \
@@ -192,18 +193,20 @@ static inline __attribute__((always_inline)) void clstm_tile_##SFX(             
 /* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack, its panels ldw rows apart (the \
    K of the packed matrix; a K range starting at k0 starts at Wp + k0 * NR); with        \
    overwrite, C = A @ W.T (C is then only written: no pass to zero it first, no read of  \
-   what it held). K is cut into chunks of KC, so the chunk of a panel every row tile     \
-   streams (KC * 128 bytes) stays in L1 for all the tiles: unchunked, a panel of a long  \
-   K comes from L2 or memory once per tile of rows (docs/performance.md, "Issue 19").   \
-   The chunks are the same whatever n, so a row's sum is still added up in one order. */\
+   what it held). Panel by panel, K cut into chunks of KC: the chunk every row tile      \
+   streams (KC * 128 bytes) stays in L1 for all the tiles (unchunked, a panel of a long  \
+   K comes from L2 or memory once per tile of rows), and so does the panel's block of C  \
+   (n * 128 bytes), finished before the next panel (chunks outermost sent all of C      \
+   through L2 once per chunk; docs/performance.md, "Issue 19"). The chunks are the same \
+   whatever n, so a row's sum is still added up in one order. */                        \
 static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A,     \
                              Py_ssize_t lda, const T* Wp, Py_ssize_t ldw, T* C,         \
                              Py_ssize_t ldc, int overwrite) {                           \
     const Py_ssize_t NR = 128 / sizeof(T), KC = CLSTM_PGEMM_KC;                         \
     Py_ssize_t jb, i, ncols, k0, kc;                                                    \
     int set;                                                                            \
-    for (k0 = 0; k0 < K; k0 += KC)                                                      \
-    for (jb = 0; jb * NR < N; jb++) {                                                   \
+    for (jb = 0; jb * NR < N; jb++)                                                     \
+    for (k0 = 0; k0 < K; k0 += KC) {                                                    \
         const T* panel = Wp + (jb * ldw + k0) * NR;                                     \
         const T* A0 = A + k0;                                                           \
         T* Cj = C + jb * NR;                                                            \
@@ -216,19 +219,19 @@ static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T*
         /* constant row counts, so each tile keeps its accumulators in registers */     \
         if (MR > 5 && n - i == 5)                                                       \
             clstm_tile_##SFX(5, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
-                             set, i == 0);                                      \
+                             set, 0);                                           \
         else if (MR > 4 && n - i == 4)                                                  \
             clstm_tile_##SFX(4, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
-                             set, i == 0);                                      \
+                             set, 0);                                           \
         else if (MR > 3 && n - i == 3)                                                  \
             clstm_tile_##SFX(3, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
-                             set, i == 0);                                      \
+                             set, 0);                                           \
         else if (MR > 2 && n - i == 2)                                                  \
             clstm_tile_##SFX(2, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
-                             set, i == 0);                                      \
+                             set, 0);                                           \
         else if (MR > 1 && n - i == 1)                                                  \
             clstm_tile_##SFX(1, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
-                             set, i == 0);                                      \
+                             set, 0);                                           \
     }                                                                                   \
 }
 
