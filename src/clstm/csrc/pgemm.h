@@ -148,6 +148,14 @@ static inline __attribute__((always_inline)) void clstm_tile_##SFX(             
         for (i = 0; i < mr; i++)                                                        \
             for (q = 0; q < NV; q++)                                                    \
                 acc[s][i][q] = (clstm_kv_##SFX){0};                                     \
+    /* The tile's block of C is added to at the end: fetch it while the sums run (in   \
+       the time loop it is the input projection, written long before, rows ldc apart,  \
+       where no hardware prefetcher looks). */                                          \
+    if (!overwrite)                                                                     \
+        for (i = 0; i < mr; i++) {                                                      \
+            __builtin_prefetch(C + i * ldc, 1);                                         \
+            __builtin_prefetch(C + i * ldc + NR / 2, 1);                                \
+        }                                                                               \
     for (k = 0; k + KS <= K; k += KS)                                                   \
         for (s = 0; s < KS; s++) {                                                      \
             if (prefetch) {                                                             \
