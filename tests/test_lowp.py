@@ -137,6 +137,32 @@ def test_kernel_column_ranges_are_the_whole_product_s_columns(fmt):
         np.testing.assert_array_equal(out, whole[:, col0:col0 + cols])
 
 
+@pytest.mark.parametrize("N,K", [(1, 3), (33, 17), (100, 64), (70, 100), (96, 130),
+                                 (64, 256), (40, 1000), (32, 4100)])
+def test_kernel_amx_int8_matches_the_numpy_emulation_at_every_tail(N, K):
+    """The AMX int8 kernel (csrc/amx.h) at every row count up to 70 (whole tiles, a row
+    tail, more rows than one stack block, the few rows it leaves to VNNI), K not a multiple
+    of a tile's 64 (B tiles running past a panel, the last panel's tail copy), N not a
+    multiple of the panel width, and column ranges from col0 > 0 up to the last panel."""
+    if _packed.lowp_kernel() != "amx":
+        pytest.skip(f"the int8 kernel here is {_packed.lowp_kernel()}, not AMX (the CPU or "
+                    "the OS has no AMX tiles, or CLSTM_ISA chose another)")
+    rng = np.random.default_rng(N * 7919 + K)
+    w = rng.standard_normal((N, K)).astype(F32)
+    packed = _packed.PackedWeights(N, K, "int8").pack(w)
+    ranges = [(0, N)] + [(col0, N - col0) for col0 in range(NR, N, NR)]
+    if N > 2 * NR:
+        ranges.append((NR, NR))
+    for n in range(1, 71):
+        a = rows_of_every_kind(rng, n, K)
+        c0 = rng.standard_normal((n, N)).astype(F32)
+        want = emulate_int8(a, w, c0)
+        for col0, cols in ranges:
+            got = _packed.lowp_gemm(packed, a, c0[:, col0:col0 + cols].copy(), col0, cols)
+            np.testing.assert_array_equal(got, want[:, col0:col0 + cols],
+                                          err_msg=f"n={n} col0={col0} cols={cols}")
+
+
 def test_kernel_int8_error_is_within_the_quantisation_steps():
     """|a @ w.T - int8| <= sum_k (|a_k| dw_k + |w_k| da_k + da_k dw_k) with half steps
     da = s_a / 2, dw = s_w / 2: the bound the tests of frozen models build on."""
@@ -182,7 +208,7 @@ def test_low_precision_packing_refuses_what_it_cannot_do():
         _packed.lowp_gemm(_packed.PackedWeights(4, 8, "float32"), w[:1, :], w[:1, :4])
 
 
-@pytest.mark.parametrize("isa", ["v4", "avxvnni", "v3", "base"])
+@pytest.mark.parametrize("isa", ["vnni512", "v4", "avxvnni", "v3", "base"])
 def test_kernel_tests_pass_under_every_isa(isa, tmp_path):
     """The kernel tests again with each lower kernel forced (skipped where it would be
     the same kernel as the default)."""

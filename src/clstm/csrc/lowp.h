@@ -260,8 +260,9 @@ static inline __attribute__((always_inline)) clstm_lvf_##SFX clstm_lsel_##SFX(  
     return (clstm_lvf_##SFX)((m & (clstm_lvi_##SFX)a) | (~m & (clstm_lvi_##SFX)b));     \
 }                                                                                       \
                                                                                         \
-/* Rows [0, n) of A (n, K) for the int8 kernel: qa (n, ldq bytes) u8, the padding taking  \
-   the zero point (it meets zero weights), sa[i], za[i] (see the top of the file). */   \
+/* Rows [0, n) of A (n, K) for the int8 kernel: qa (n, ldq bytes) u8, sa[i], za[i] (see  \
+   the top of the file). The padding is zero, not the zero point: the AMX kernel's B     \
+   tiles may run past a panel's groups into weights that are not zero. */               \
 static void clstm_lowp_quantize_u8_##SFX(Py_ssize_t n, Py_ssize_t K, const float* A,    \
         Py_ssize_t lda, uint8_t* qa, Py_ssize_t ldq, float* sa, int32_t* za) {          \
     enum { V = VB / 4 };                                                                \
@@ -305,7 +306,7 @@ static void clstm_lowp_quantize_u8_##SFX(Py_ssize_t n, Py_ssize_t K, const float
             q[k] = (uint8_t)(int)((y + CLSTM_RNE_MAGIC) - CLSTM_RNE_MAGIC);             \
         }                                                                               \
         for (; k < ldq; k++)                                                            \
-            q[k] = (uint8_t)zf;                                                         \
+            q[k] = 0;                                                                   \
         sa[i] = s;                                                                      \
         za[i] = (int32_t)zf;                                                            \
     }                                                                                   \
@@ -557,15 +558,19 @@ CLSTM_DEFINE_LOWP_KERNEL(v3, 32, 1, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_POR
                          CLSTM_FMA_PLAIN, 1 << 30)
 #pragma GCC pop_options
 #endif
+#include "amx.h"
 #pragma GCC pop_options
 
 enum { CLSTM_LK_BASE = 0, CLSTM_LK_V3 = 1, CLSTM_LK_AVXVNNI = 2, CLSTM_LK_V4 = 3,
-       CLSTM_LK_VNNI512 = 4 };
+       CLSTM_LK_VNNI512 = 4, CLSTM_LK_AMX = 5 };
 
 /* The low-precision kernel for this CPU and CLSTM_ISA (see the top of the file): the
    level of pgemm.h, refined by the VNNI/BF16 extensions x86-64-v4 does not include.
    The VNNI512 kernel needs both AVX512_VNNI and AVX512_BF16 (its bf16 half uses the
-   latter); a CPU with only one runs the portable AVX-512 kernel. */
+   latter); a CPU with only one runs the portable AVX-512 kernel. AMX (amx.h) comes on top
+   of VNNI512, by default or with CLSTM_ISA=amx, never with another CLSTM_ISA (so =vnni512
+   forces the vector kernel on an AMX machine); it serves int8 products of enough rows, the
+   VNNI512 kernel the rest. */
 static int clstm_lowp_kernel(void) {
 #if CLSTM_ISA_KERNELS && !defined(__clang__)
     static int kernel = -1;  /* a benign race, as clstm_isa_level */
@@ -583,6 +588,11 @@ static int clstm_lowp_kernel(void) {
             kernel = CLSTM_LK_V3;
         else
             kernel = CLSTM_LK_BASE;
+#if CLSTM_HAVE_AMX
+        if (kernel == CLSTM_LK_VNNI512 && (forced == NULL || strcmp(forced, "amx") == 0)
+                && clstm_amx_usable())
+            kernel = CLSTM_LK_AMX;
+#endif
         if (forced != NULL && strcmp(forced, "avxvnni") == 0
                 && __builtin_cpu_supports("avxvnni") && __builtin_cpu_supports("avx2"))
             kernel = CLSTM_LK_AVXVNNI;
@@ -594,7 +604,7 @@ static int clstm_lowp_kernel(void) {
 }
 
 static const char* clstm_lowp_kernel_name(void) {
-    static const char* names[] = {"base", "v3", "avxvnni", "v4", "vnni512"};
+    static const char* names[] = {"base", "v3", "avxvnni", "v4", "vnni512", "amx"};
     return names[clstm_lowp_kernel()];
 }
 
@@ -612,6 +622,40 @@ static const char* clstm_lowp_kernel_name(void) {
         clstm_lowp_quantize_bf16_##SFX(m, W->K, A + i * lda, lda, (uint16_t*)qa, Kg * 2);\
         clstm_lowp_block_##SFX(W, m, col0, ncols, qa, Kg, sa, za, C + i * ldc, ldc);    \
     }
+
+#if CLSTM_HAVE_AMX
+/* The int8 product on AMX tiles (amx.h), for products of at least CLSTM_AMX_MIN_ROWS rows
+   whose padded rows fit 16 to a block on the stack; 0 if it did not run (the caller then
+   runs the VNNI512 kernel). Rows are quantised by the VNNI512 quantiser (the same bits),
+   into rows padded to whole A tiles, and blocks padded with zero rows to whole tiles. */
+enum { CLSTM_AMX_MIN_ROWS = 8 };
+static int clstm_lowp_gemm_amx(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
+                               Py_ssize_t ncols, const float* A, Py_ssize_t lda, float* C,
+                               Py_ssize_t ldc) {
+    enum { MAX_ROWS = 64 };
+    uint8_t qa[CLSTM_LOWP_ROW_BYTES] __attribute__((aligned(64)));
+    float sa[MAX_ROWS];
+    int32_t za[MAX_ROWS];
+    const Py_ssize_t Kg = clstm_lowp_groups(CLSTM_LOWP_INT8, W->K);
+    const Py_ssize_t ldq = (Kg * 4 + CLSTM_AMX_KB - 1) / CLSTM_AMX_KB * CLSTM_AMX_KB;
+    Py_ssize_t rb = CLSTM_LOWP_ROW_BYTES / ldq, i, m, m16;
+    if (rb > MAX_ROWS)
+        rb = MAX_ROWS;
+    rb -= rb % CLSTM_AMX_MR;
+    if (n < CLSTM_AMX_MIN_ROWS || rb == 0)
+        return 0;
+    clstm_amx_begin();
+    for (i = 0; i < n; i += rb) {
+        m = n - i < rb ? n - i : rb;
+        m16 = (m + CLSTM_AMX_MR - 1) / CLSTM_AMX_MR * CLSTM_AMX_MR;
+        clstm_lowp_quantize_u8_vnni512(m, W->K, A + i * lda, lda, qa, ldq, sa, za);
+        memset(qa + m * ldq, 0, (m16 - m) * ldq);
+        clstm_amx_block_i8(W, m, col0, ncols, qa, ldq, sa, za, C + i * ldc, ldc);
+    }
+    clstm_amx_end();
+    return 1;
+}
+#endif
 
 /* C[n, ncols] += A[n, K] @ W[col0 : col0 + ncols].T (col0 a multiple of CLSTM_LOWP_NR).
    Rows of A are quantised in blocks that fit CLSTM_LOWP_ROW_BYTES on the stack (each
@@ -633,6 +677,14 @@ static int clstm_lowp_gemm(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t
     int kernel = clstm_lowp_kernel();
     if (n <= 0 || ncols <= 0)
         return 0;
+#if CLSTM_HAVE_AMX
+    if (kernel == CLSTM_LK_AMX) {
+        if (W->format == CLSTM_LOWP_INT8 && clstm_lowp_gemm_amx(W, n, col0, ncols, A, lda,
+                                                                C, ldc))
+            return 0;
+        kernel = CLSTM_LK_VNNI512;
+    }
+#endif
     if (rb > MAX_ROWS)
         rb = MAX_ROWS;
     if (rb < 1) {

@@ -1,0 +1,198 @@
+/* The int8 product on Intel AMX tiles (included by lowp.h after its kernels).
+
+   Why: `tdpbusd` multiplies a 16 x 64 u8 tile by a 64 x 16 s8 tile into 16 x 16 int32 sums
+   in one instruction, several times the multiply-adds per cycle of `vpdpbusd`, so the
+   int8 products with many rows (the hoisted input projection, the per-step product at
+   large batch) stop being bound by the vector units.
+
+   The same bits as every other kernel: the sums are integers, exact in any order, and the
+   float epilogue below is the one of lowp.h's int8 tile (the same operations in the same
+   order, uncontracted), so the AMX kernel needs no layout or emulation of its own.
+
+   Layout: lowp.h's panels already are AMX B tiles. A panel row group g is NR columns x 4 k
+   (128 bytes); sixteen consecutive groups (64 k) with a row stride of 128 bytes are the B
+   tile of the panel's first 16 columns, and the same rows from byte 64 on are the B tile of
+   its last 16. A tiles are 16 rows of 64 quantised bytes of A, row stride the padded row.
+
+   Tails. K: A's rows are padded with zeros up to a multiple of 64, so a B tile may run past
+   the panel's groups (into the next panel: any value times zero adds nothing); for the last
+   panel of W, whose next bytes are not ours, the last chunk is first copied into a zeroed
+   buffer. Rows: the block's rows are padded with zero rows up to a multiple of 16 (their
+   sums are computed and dropped). Columns: a partial panel goes through lowp.h's buffer
+   path (only its columns are written).
+
+   Tile state: the permission to use the tile registers is per process (asked once, at
+   kernel selection, with arch_prctl); the tile configuration is per thread, so every call
+   loads it and releases the tiles when done (a thread that does not use AMX again then
+   does not carry the tile state through context switches). */
+#ifndef CLSTM_AMX_H
+#define CLSTM_AMX_H
+
+#if CLSTM_ISA_KERNELS && !defined(__clang__)
+#define CLSTM_HAVE_AMX 1
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+enum {
+    CLSTM_AMX_KB = 64,   /* k per A tile row (bytes) and per B tile (16 groups of 4) */
+    CLSTM_AMX_MR = 16,   /* rows per A / C tile */
+    CLSTM_AMX_PERM = 0x1023,    /* ARCH_REQ_XCOMP_PERM */
+    CLSTM_AMX_XTILEDATA = 18    /* XFEATURE_XTILEDATA */
+};
+
+/* CPUID's AMX-TILE and AMX-INT8 bits, the OS saving the tile state (XCR0 bits 17 and 18),
+   and the kernel granting this process the tile data state: all three or no AMX. */
+static int clstm_amx_usable(void) {
+    unsigned a, b, c, d, xcr0_lo, xcr0_hi;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25)))
+        return 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27)))  /* OSXSAVE: xgetbv works */
+        return 0;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    (void)xcr0_hi;
+    if ((xcr0_lo & (3u << 17)) != (3u << 17))
+        return 0;
+    return syscall(SYS_arch_prctl, CLSTM_AMX_PERM, CLSTM_AMX_XTILEDATA) == 0;
+}
+
+/* The palette 1 tile configuration (64 bytes, as ldtilecfg reads it). */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((aligned(64))) clstm_amx_config;
+
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4,avx512vnni,amx-tile,amx-int8")
+#include <immintrin.h>
+
+/* Tiles: 0-3 the 2 x 2 C block (rows r, r + 16 by the panel's two column halves), 4-5 the
+   two A tiles, 6-7 the two B tiles. */
+static inline void clstm_amx_begin(void) {
+    clstm_amx_config cfg;
+    int t;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.palette = 1;
+    for (t = 0; t < 8; t++) {
+        cfg.rows[t] = CLSTM_AMX_MR;
+        cfg.colsb[t] = 64;
+    }
+    /* GCC does not see ldtilecfg read the struct and drops the stores above without this */
+    __asm__ volatile("" : : "m"(cfg) : "memory");
+    _tile_loadconfig(&cfg);
+}
+
+static inline void clstm_amx_end(void) { _tile_release(); }
+
+/* C[r, 0:ncols] += the epilogue of int32 sums acc (rows x NR, row stride NR) for rows with
+   scales sa, zero points za, against columns with scales sw and column sums colsum: the
+   arithmetic of lowp.h's int8 tile, operation for operation. */
+static inline __attribute__((always_inline)) void clstm_amx_epilogue(
+        int rows, const int32_t* acc, const float* sa, const int32_t* za, const float* sw,
+        const int32_t* colsum, float* C, Py_ssize_t ldc, Py_ssize_t ncols) {
+    enum { NR = CLSTM_LOWP_NR };
+    const __m512i cs0 = _mm512_loadu_si512(colsum), cs1 = _mm512_loadu_si512(colsum + 16);
+    const __m512 sw0 = _mm512_loadu_ps(sw), sw1 = _mm512_loadu_ps(sw + 16);
+    float out[NR];
+    Py_ssize_t c;
+    int r;
+    for (r = 0; r < rows; r++) {
+        __m512 s = _mm512_set1_ps(sa[r]);
+        __m512i z = _mm512_set1_epi32(za[r]);
+        __m512i a0 = _mm512_loadu_si512(acc + r * NR), a1 = _mm512_loadu_si512(acc + r * NR + 16);
+        __m512 v0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(
+                        a0, _mm512_mullo_epi32(z, cs0))), _mm512_mul_ps(s, sw0));
+        __m512 v1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(
+                        a1, _mm512_mullo_epi32(z, cs1))), _mm512_mul_ps(s, sw1));
+        float* Cr = C + r * ldc;
+        if (ncols == NR) {
+            _mm512_storeu_ps(Cr, _mm512_add_ps(_mm512_loadu_ps(Cr), v0));
+            _mm512_storeu_ps(Cr + 16, _mm512_add_ps(_mm512_loadu_ps(Cr + 16), v1));
+        } else {
+            _mm512_storeu_ps(out, v0);
+            _mm512_storeu_ps(out + 16, v1);
+            for (c = 0; c < ncols; c++)
+                Cr[c] += out[c];
+        }
+    }
+}
+
+/* One 16- or 32-row strip of quantised A (TWO: two A tiles) against one panel: the sums
+   of all K chunks in C tiles, stored to acc (32 x NR int32). */
+#define CLSTM_AMX_STRIP(TWO)                                                            \
+    do {                                                                                \
+        _tile_zero(0);                                                                  \
+        _tile_zero(1);                                                                  \
+        if (TWO) {                                                                      \
+            _tile_zero(2);                                                              \
+            _tile_zero(3);                                                              \
+        }                                                                               \
+        for (kc = 0; kc < nkc; kc++) {                                                  \
+            const int8_t* b = kc == nkc - 1 && tail_b != NULL && jb == last ? tail_b    \
+                              : panel + kc * (CLSTM_AMX_KB / 4) * NR * 4;               \
+            const uint8_t* a = qi + kc * CLSTM_AMX_KB;                                  \
+            _tile_loadd(4, a, ldq);                                                     \
+            _tile_loadd(6, b, NR * 4);                                                  \
+            _tile_loadd(7, b + 64, NR * 4);                                             \
+            _tile_dpbusd(0, 4, 6);                                                      \
+            _tile_dpbusd(1, 4, 7);                                                      \
+            if (TWO) {                                                                  \
+                _tile_loadd(5, a + CLSTM_AMX_MR * ldq, ldq);                           \
+                _tile_dpbusd(2, 5, 6);                                                  \
+                _tile_dpbusd(3, 5, 7);                                                  \
+            }                                                                           \
+        }                                                                               \
+        _tile_stored(0, acc, NR * 4);                                                   \
+        _tile_stored(1, acc + 16, NR * 4);                                              \
+        if (TWO) {                                                                      \
+            _tile_stored(2, acc + CLSTM_AMX_MR * NR, NR * 4);                           \
+            _tile_stored(3, acc + CLSTM_AMX_MR * NR + 16, NR * 4);                      \
+        }                                                                               \
+    } while (0)
+
+/* Rows [0, n) of quantised A, qa (rows padded with zero rows to a multiple of 16, each
+   padded with zeros to ldq bytes, a multiple of 64), against the columns [col0, col0 +
+   ncols) of W. The caller has loaded the tile configuration. Strips of 32 rows outside,
+   panels inside: the strip's A stays in L1 while the panels stream past it. */
+static void clstm_amx_block_i8(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
+                               Py_ssize_t ncols, const uint8_t* qa, Py_ssize_t ldq,
+                               const float* sa, const int32_t* za, float* C, Py_ssize_t ldc) {
+    enum { NR = CLSTM_LOWP_NR, GB = CLSTM_AMX_KB / 4 };
+    const Py_ssize_t Kg = clstm_lowp_groups(CLSTM_LOWP_INT8, W->K), nkc = ldq / CLSTM_AMX_KB;
+    const Py_ssize_t last = clstm_lowp_padded_n(W->N) / NR - 1;
+    int32_t acc[2 * CLSTM_AMX_MR * NR] __attribute__((aligned(64)));
+    int8_t tail[GB * NR * 4] __attribute__((aligned(64)));
+    const int8_t* tail_b = NULL;
+    Py_ssize_t i, j, kc, jb;
+    if (Kg % GB != 0) {  /* the last panel's last chunk, zero past its groups */
+        memset(tail, 0, sizeof(tail));
+        memcpy(tail, (const int8_t*)W->panels + (last * Kg + (nkc - 1) * GB) * NR * 4,
+               (Kg % GB) * NR * 4);
+        tail_b = tail;
+    }
+    for (i = 0; i < n; i += 2 * CLSTM_AMX_MR) {
+        const uint8_t* qi = qa + i * ldq;
+        const int two = n - i > CLSTM_AMX_MR;
+        const int rows = n - i < 2 * CLSTM_AMX_MR ? (int)(n - i) : 2 * CLSTM_AMX_MR;
+        for (j = 0; j < ncols; j += NR) {
+            const Py_ssize_t col = col0 + j, nc = ncols - j < NR ? ncols - j : NR;
+            const int8_t* panel;
+            jb = col / NR;
+            panel = (const int8_t*)W->panels + jb * Kg * NR * 4;
+            if (two)
+                CLSTM_AMX_STRIP(1);
+            else
+                CLSTM_AMX_STRIP(0);
+            clstm_amx_epilogue(rows, acc, sa + i, za + i, W->scale + col, W->colsum + col,
+                               C + i * ldc + j, ldc, nc);
+        }
+    }
+}
+
+#pragma GCC pop_options
+#else
+#define CLSTM_HAVE_AMX 0
+#endif
+
+#endif /* CLSTM_AMX_H */
