@@ -17,8 +17,9 @@
    Tails. K: A's rows are padded with zeros up to a multiple of 64, so a B tile may run past
    the panel's groups (into the next panel: any value times zero adds nothing); for the last
    panel of W, whose next bytes are not ours, the last chunk is first copied into a zeroed
-   buffer. Rows: the block's rows are padded with zero rows up to a multiple of 16 (their
-   sums are computed and dropped). Columns: a partial panel goes through lowp.h's buffer
+   buffer. Rows: a product of fewer than 16 rows configures A and C tiles of that many
+   rows; else the block's rows are padded with zero rows up to a multiple of 16 (their sums
+   are computed and dropped). Columns: a partial panel goes through lowp.h's buffer
    path (only its columns are written).
 
    Tile state: the permission to use the tile registers is per process (asked once, at
@@ -68,14 +69,14 @@ typedef struct {
 #include <immintrin.h>
 
 /* Tiles: 0-3 the 2 x 2 C block (rows r, r + 16 by the panel's two column halves), 4-5 the
-   two A tiles, 6-7 the two B tiles. */
-static inline void clstm_amx_begin(void) {
+   two A tiles, 6-7 the two B tiles; C and A tiles of `rows` rows. */
+static inline void clstm_amx_begin(int rows) {
     clstm_amx_config cfg;
     int t;
     memset(&cfg, 0, sizeof(cfg));
     cfg.palette = 1;
     for (t = 0; t < 8; t++) {
-        cfg.rows[t] = CLSTM_AMX_MR;
+        cfg.rows[t] = t < 6 ? rows : CLSTM_AMX_MR;
         cfg.colsb[t] = 64;
     }
     /* GCC does not see ldtilecfg read the struct and drops the stores above without this */
@@ -118,76 +119,88 @@ static inline __attribute__((always_inline)) void clstm_amx_epilogue(
     }
 }
 
-/* One 16- or 32-row strip of quantised A (TWO: two A tiles) against one panel: the sums
-   of all K chunks in C tiles, stored to acc (32 x NR int32). */
-#define CLSTM_AMX_STRIP(TWO)                                                            \
-    do {                                                                                \
-        _tile_zero(0);                                                                  \
-        _tile_zero(1);                                                                  \
-        if (TWO) {                                                                      \
-            _tile_zero(2);                                                              \
-            _tile_zero(3);                                                              \
-        }                                                                               \
-        for (kc = 0; kc < nkc; kc++) {                                                  \
-            const int8_t* b = kc == nkc - 1 && tail_b != NULL && jb == last ? tail_b    \
-                              : panel + kc * (CLSTM_AMX_KB / 4) * NR * 4;               \
-            const uint8_t* a = qi + kc * CLSTM_AMX_KB;                                  \
-            _tile_loadd(4, a, ldq);                                                     \
-            _tile_loadd(6, b, NR * 4);                                                  \
-            _tile_loadd(7, b + 64, NR * 4);                                             \
-            _tile_dpbusd(0, 4, 6);                                                      \
-            _tile_dpbusd(1, 4, 7);                                                      \
-            if (TWO) {                                                                  \
-                _tile_loadd(5, a + CLSTM_AMX_MR * ldq, ldq);                           \
-                _tile_dpbusd(2, 5, 6);                                                  \
-                _tile_dpbusd(3, 5, 7);                                                  \
-            }                                                                           \
-        }                                                                               \
-        _tile_stored(0, acc, NR * 4);                                                   \
-        _tile_stored(1, acc + 16, NR * 4);                                              \
-        if (TWO) {                                                                      \
-            _tile_stored(2, acc + CLSTM_AMX_MR * NR, NR * 4);                           \
-            _tile_stored(3, acc + CLSTM_AMX_MR * NR + 16, NR * 4);                      \
-        }                                                                               \
-    } while (0)
+/* One 16- or 32-row strip of quantised A (two: two A tiles) against one panel: the sums of
+   all K chunks in the C tiles. */
+static inline __attribute__((always_inline)) void clstm_amx_strip(
+        int two, const uint8_t* qi, Py_ssize_t ldq, const int8_t* panel, Py_ssize_t nkc,
+        const int8_t* tail_b) {
+    enum { NR = CLSTM_LOWP_NR, GB = CLSTM_AMX_KB / 4 };
+    Py_ssize_t kc;
+    _tile_zero(0);
+    _tile_zero(1);
+    if (two) {
+        _tile_zero(2);
+        _tile_zero(3);
+    }
+    for (kc = 0; kc < nkc; kc++) {
+        const int8_t* b = kc == nkc - 1 && tail_b != NULL ? tail_b : panel + kc * GB * NR * 4;
+        const uint8_t* a = qi + kc * CLSTM_AMX_KB;
+        _tile_loadd(4, a, ldq);
+        _tile_loadd(6, b, NR * 4);
+        _tile_loadd(7, b + 64, NR * 4);
+        _tile_dpbusd(0, 4, 6);
+        _tile_dpbusd(1, 4, 7);
+        if (two) {
+            _tile_loadd(5, a + CLSTM_AMX_MR * ldq, ldq);
+            _tile_dpbusd(2, 5, 6);
+            _tile_dpbusd(3, 5, 7);
+        }
+    }
+}
+
+/* The C tiles to acc (32 x NR int32; rows 16-31 only for two A tiles). */
+static inline __attribute__((always_inline)) void clstm_amx_store(int two, int32_t* acc) {
+    enum { NR = CLSTM_LOWP_NR };
+    _tile_stored(0, acc, NR * 4);
+    _tile_stored(1, acc + 16, NR * 4);
+    if (two) {
+        _tile_stored(2, acc + CLSTM_AMX_MR * NR, NR * 4);
+        _tile_stored(3, acc + CLSTM_AMX_MR * NR + 16, NR * 4);
+    }
+}
 
 /* Rows [0, n) of quantised A, qa (rows padded with zero rows to a multiple of 16, each
    padded with zeros to ldq bytes, a multiple of 64), against the columns [col0, col0 +
-   ncols) of W. The caller has loaded the tile configuration. Strips of 32 rows outside,
-   panels inside: the strip's A stays in L1 while the panels stream past it. */
+   ncols) of W. The caller has loaded the tile configuration. Panels outside, strips of 32
+   rows inside (as lowp.h's kernels): a panel is read from memory once per block and its
+   strips find it in L1. The epilogue of a strip runs after the next strip's tile
+   instructions are issued, so the vector units do it while the tile unit multiplies. */
 static void clstm_amx_block_i8(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
                                Py_ssize_t ncols, const uint8_t* qa, Py_ssize_t ldq,
                                const float* sa, const int32_t* za, float* C, Py_ssize_t ldc) {
-    enum { NR = CLSTM_LOWP_NR, GB = CLSTM_AMX_KB / 4 };
+    enum { NR = CLSTM_LOWP_NR, GB = CLSTM_AMX_KB / 4, SR = 2 * CLSTM_AMX_MR };
     const Py_ssize_t Kg = clstm_lowp_groups(CLSTM_LOWP_INT8, W->K), nkc = ldq / CLSTM_AMX_KB;
     const Py_ssize_t last = clstm_lowp_padded_n(W->N) / NR - 1;
-    int32_t acc[2 * CLSTM_AMX_MR * NR] __attribute__((aligned(64)));
+    int32_t acc[2][SR * NR] __attribute__((aligned(64)));
     int8_t tail[GB * NR * 4] __attribute__((aligned(64)));
     const int8_t* tail_b = NULL;
-    Py_ssize_t i, j, kc, jb;
+    Py_ssize_t i, j, pi = 0, pj = 0, pnc = 0;
+    int prows = 0, cur = 0;
     if (Kg % GB != 0) {  /* the last panel's last chunk, zero past its groups */
         memset(tail, 0, sizeof(tail));
         memcpy(tail, (const int8_t*)W->panels + (last * Kg + (nkc - 1) * GB) * NR * 4,
                (Kg % GB) * NR * 4);
         tail_b = tail;
     }
-    for (i = 0; i < n; i += 2 * CLSTM_AMX_MR) {
-        const uint8_t* qi = qa + i * ldq;
-        const int two = n - i > CLSTM_AMX_MR;
-        const int rows = n - i < 2 * CLSTM_AMX_MR ? (int)(n - i) : 2 * CLSTM_AMX_MR;
-        for (j = 0; j < ncols; j += NR) {
-            const Py_ssize_t col = col0 + j, nc = ncols - j < NR ? ncols - j : NR;
-            const int8_t* panel;
-            jb = col / NR;
-            panel = (const int8_t*)W->panels + jb * Kg * NR * 4;
-            if (two)
-                CLSTM_AMX_STRIP(1);
-            else
-                CLSTM_AMX_STRIP(0);
-            clstm_amx_epilogue(rows, acc, sa + i, za + i, W->scale + col, W->colsum + col,
-                               C + i * ldc + j, ldc, nc);
+    for (j = 0; j < ncols; j += NR) {
+        const Py_ssize_t col = col0 + j, nc = ncols - j < NR ? ncols - j : NR;
+        const int8_t* panel = (const int8_t*)W->panels + (col / NR) * Kg * NR * 4;
+        for (i = 0; i < n; i += SR) {
+            const int two = n - i > CLSTM_AMX_MR;
+            clstm_amx_strip(two, qa + i * ldq, ldq, panel, nkc,
+                            col / NR == last ? tail_b : NULL);
+            if (prows)
+                clstm_amx_epilogue(prows, acc[cur ^ 1], sa + pi, za + pi, W->scale + col0 + pj,
+                                   W->colsum + col0 + pj, C + pi * ldc + pj, ldc, pnc);
+            clstm_amx_store(two, acc[cur]);
+            prows = n - i < SR ? (int)(n - i) : SR;
+            pi = i, pj = j, pnc = nc;
+            cur ^= 1;
         }
     }
+    if (prows)
+        clstm_amx_epilogue(prows, acc[cur ^ 1], sa + pi, za + pi, W->scale + col0 + pj,
+                           W->colsum + col0 + pj, C + pi * ldc + pj, ldc, pnc);
 }
 
 #pragma GCC pop_options

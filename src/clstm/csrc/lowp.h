@@ -626,9 +626,11 @@ static const char* clstm_lowp_kernel_name(void) {
 #if CLSTM_HAVE_AMX
 /* The int8 product on AMX tiles (amx.h), for products of at least CLSTM_AMX_MIN_ROWS rows
    whose padded rows fit 16 to a block on the stack; 0 if it did not run (the caller then
-   runs the VNNI512 kernel). Rows are quantised by the VNNI512 quantiser (the same bits),
-   into rows padded to whole A tiles, and blocks padded with zero rows to whole tiles. */
-enum { CLSTM_AMX_MIN_ROWS = 8 };
+   runs the VNNI512 kernel). Rows are quantised by the VNNI512 quantiser (the same bits)
+   into rows padded to whole A tiles, blocks padded with zero rows to whole tiles. From
+   two rows on the tiles beat vpdpbusd at every K measured (bench_lowp.py --micro); one
+   row is a tie, left to the vector kernel. */
+enum { CLSTM_AMX_MIN_ROWS = 2 };
 static int clstm_lowp_gemm_amx(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
                                Py_ssize_t ncols, const float* A, Py_ssize_t lda, float* C,
                                Py_ssize_t ldc) {
@@ -644,7 +646,7 @@ static int clstm_lowp_gemm_amx(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssi
     rb -= rb % CLSTM_AMX_MR;
     if (n < CLSTM_AMX_MIN_ROWS || rb == 0)
         return 0;
-    clstm_amx_begin();
+    clstm_amx_begin(n < CLSTM_AMX_MR ? (int)n : CLSTM_AMX_MR);
     for (i = 0; i < n; i += rb) {
         m = n - i < rb ? n - i : rb;
         m16 = (m + CLSTM_AMX_MR - 1) / CLSTM_AMX_MR * CLSTM_AMX_MR;
