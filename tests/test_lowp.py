@@ -355,6 +355,46 @@ def test_frozen_low_precision_gives_the_same_bits_on_every_path(fmt):
     np.testing.assert_array_equal(y_step, y_driver)
 
 
+FROZEN_INT8_RUNS = """
+import sys
+import numpy as np
+import clstm
+from clstm import _packed
+rng = np.random.default_rng(5)
+outs = []
+for I, H, B, kw in ((100, 96, 37, {"num_layers": 2, "bidirectional": True}),
+                    (64, 64, 3, {}), (30, 40, 1, {"proj_size": 8}), (17, 128, 70, {})):
+    frozen = clstm.LSTM(I, H, seed=I, **kw).freeze(weights="int8")
+    x = rng.standard_normal((6, B, I)).astype(np.float32)
+    for threads in (1, 2):
+        clstm.set_num_threads(threads)
+        units = ("units",) if H % 32 == 0 and "proj_size" not in kw else ()
+        for strategy in (None, "serial", "batch") + units:
+            frozen._spec.strategy = strategy
+            y, (h, c) = frozen(x)
+            outs += [y.ravel(), h.ravel(), c.ravel()]
+np.concatenate(outs).astype(np.float32).tofile(sys.argv[1])
+print(_packed.lowp_kernel())
+"""
+
+
+def test_frozen_int8_gives_the_same_bits_under_amx_and_vnni512(tmp_path):
+    """Whole frozen int8 models (the hoisted input projection, which the AMX kernel
+    overwrites without reading, the per-step product, every work split, 1 and 2 threads)
+    under AMX and under the VNNI512 kernel: the same bits, signed zeros included."""
+    if _packed.lowp_kernel() != "amx":
+        pytest.skip(f"the int8 kernel here is {_packed.lowp_kernel()}, not AMX")
+    bits = {}
+    for isa in ("amx", "vnni512"):
+        out = tmp_path / f"{isa}.f32"
+        run = subprocess.run([sys.executable, "-c", FROZEN_INT8_RUNS, str(out)], cwd=tmp_path,
+                             env=dict(os.environ, CLSTM_ISA=isa), capture_output=True,
+                             text=True, timeout=600)
+        assert run.returncode == 0 and run.stdout.strip() == isa, run.stdout + run.stderr
+        bits[isa] = np.fromfile(out, np.uint32)
+    np.testing.assert_array_equal(bits["amx"], bits["vnni512"])
+
+
 def test_freeze_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="weights must be None, 'int8' or 'bfloat16', "
                                          "got 'int4'"):

@@ -88,10 +88,11 @@ static inline void clstm_amx_end(void) { _tile_release(); }
 
 /* C[r, 0:ncols] += the epilogue of int32 sums acc (rows x NR, row stride NR) for rows with
    scales sa, zero points za, against columns with scales sw and column sums colsum: the
-   arithmetic of lowp.h's int8 tile, operation for operation. */
+   arithmetic of lowp.h's int8 tile, operation for operation. overwrite: C = 0 + the
+   epilogue, the bits of zeroing C first (a -0 becomes +0) without reading C. */
 static inline __attribute__((always_inline)) void clstm_amx_epilogue(
         int rows, const int32_t* acc, const float* sa, const int32_t* za, const float* sw,
-        const int32_t* colsum, float* C, Py_ssize_t ldc, Py_ssize_t ncols) {
+        const int32_t* colsum, float* C, Py_ssize_t ldc, Py_ssize_t ncols, int overwrite) {
     enum { NR = CLSTM_LOWP_NR };
     const __m512i cs0 = _mm512_loadu_si512(colsum), cs1 = _mm512_loadu_si512(colsum + 16);
     const __m512 sw0 = _mm512_loadu_ps(sw), sw1 = _mm512_loadu_ps(sw + 16);
@@ -108,13 +109,15 @@ static inline __attribute__((always_inline)) void clstm_amx_epilogue(
                         a1, _mm512_mullo_epi32(z, cs1))), _mm512_mul_ps(s, sw1));
         float* Cr = C + r * ldc;
         if (ncols == NR) {
-            _mm512_storeu_ps(Cr, _mm512_add_ps(_mm512_loadu_ps(Cr), v0));
-            _mm512_storeu_ps(Cr + 16, _mm512_add_ps(_mm512_loadu_ps(Cr + 16), v1));
+            __m512 c0 = overwrite ? _mm512_setzero_ps() : _mm512_loadu_ps(Cr);
+            __m512 c1 = overwrite ? _mm512_setzero_ps() : _mm512_loadu_ps(Cr + 16);
+            _mm512_storeu_ps(Cr, _mm512_add_ps(c0, v0));
+            _mm512_storeu_ps(Cr + 16, _mm512_add_ps(c1, v1));
         } else {
             _mm512_storeu_ps(out, v0);
             _mm512_storeu_ps(out + 16, v1);
             for (c = 0; c < ncols; c++)
-                Cr[c] += out[c];
+                Cr[c] = (overwrite ? 0.0f : Cr[c]) + out[c];
         }
     }
 }
@@ -161,13 +164,14 @@ static inline __attribute__((always_inline)) void clstm_amx_store(int two, int32
 
 /* Rows [0, n) of quantised A, qa (rows padded with zero rows to a multiple of 16, each
    padded with zeros to ldq bytes, a multiple of 64), against the columns [col0, col0 +
-   ncols) of W. The caller has loaded the tile configuration. Panels outside, strips of 32
+   ncols) of W (overwrite: C = the product). The caller has loaded the tile configuration. Panels outside, strips of 32
    rows inside (as lowp.h's kernels): a panel is read from memory once per block and its
    strips find it in L1. The epilogue of a strip runs after the next strip's tile
    instructions are issued, so the vector units do it while the tile unit multiplies. */
 static void clstm_amx_block_i8(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
                                Py_ssize_t ncols, const uint8_t* qa, Py_ssize_t ldq,
-                               const float* sa, const int32_t* za, float* C, Py_ssize_t ldc) {
+                               const float* sa, const int32_t* za, float* C, Py_ssize_t ldc,
+                               int overwrite) {
     enum { NR = CLSTM_LOWP_NR, GB = CLSTM_AMX_KB / 4, SR = 2 * CLSTM_AMX_MR };
     const Py_ssize_t Kg = clstm_lowp_groups(CLSTM_LOWP_INT8, W->K), nkc = ldq / CLSTM_AMX_KB;
     const Py_ssize_t last = clstm_lowp_padded_n(W->N) / NR - 1;
@@ -191,7 +195,7 @@ static void clstm_amx_block_i8(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssi
                             col / NR == last ? tail_b : NULL);
             if (prows)
                 clstm_amx_epilogue(prows, acc[cur ^ 1], sa + pi, za + pi, W->scale + col0 + pj,
-                                   W->colsum + col0 + pj, C + pi * ldc + pj, ldc, pnc);
+                                   W->colsum + col0 + pj, C + pi * ldc + pj, ldc, pnc, overwrite);
             clstm_amx_store(two, acc[cur]);
             prows = n - i < SR ? (int)(n - i) : SR;
             pi = i, pj = j, pnc = nc;
@@ -200,7 +204,7 @@ static void clstm_amx_block_i8(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssi
     }
     if (prows)
         clstm_amx_epilogue(prows, acc[cur ^ 1], sa + pi, za + pi, W->scale + col0 + pj,
-                           W->colsum + col0 + pj, C + pi * ldc + pj, ldc, pnc);
+                           W->colsum + col0 + pj, C + pi * ldc + pj, ldc, pnc, overwrite);
 }
 
 #pragma GCC pop_options

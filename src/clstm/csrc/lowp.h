@@ -270,16 +270,32 @@ static void clstm_lowp_quantize_u8_##SFX(Py_ssize_t n, Py_ssize_t K, const float
     for (i = 0; i < n; i++) {                                                           \
         const float* a = A + i * lda;                                                   \
         uint8_t* q = qa + i * ldq;                                                      \
-        clstm_lvf_##SFX vlo = {0}, vhi = {0}, x, r;                                     \
-        float lo = 0, hi = 0, s, inv, zf;                                               \
-        for (k = 0; k + V <= K; k += V) {                                               \
+        clstm_lvf_##SFX vlo[4] = {{0}}, vhi[4] = {{0}}, x, r;                           \
+        float lo = 0, hi = 0, los[4] = {0}, his[4] = {0}, s, inv, zf;                   \
+        /* min and max are the same in any order (NaN never taken, no -0 from the +0    \
+           start), so four chains, the lanes too, cover the compare-select latency */   \
+        for (k = 0; k + 4 * V <= K; k += 4 * V)                                         \
+            for (l = 0; l < 4; l++) {                                                   \
+                x = *(const clstm_lvfu_##SFX*)(a + k + l * V);                          \
+                vlo[l] = clstm_lsel_##SFX(x < vlo[l], x, vlo[l]);                       \
+                vhi[l] = clstm_lsel_##SFX(x > vhi[l], x, vhi[l]);                       \
+            }                                                                           \
+        for (; k + V <= K; k += V) {                                                    \
             x = *(const clstm_lvfu_##SFX*)(a + k);                                      \
-            vlo = clstm_lsel_##SFX(x < vlo, x, vlo);                                    \
-            vhi = clstm_lsel_##SFX(x > vhi, x, vhi);                                    \
+            vlo[0] = clstm_lsel_##SFX(x < vlo[0], x, vlo[0]);                           \
+            vhi[0] = clstm_lsel_##SFX(x > vhi[0], x, vhi[0]);                           \
+        }                                                                               \
+        for (l = 1; l < 4; l++) {                                                       \
+            vlo[0] = clstm_lsel_##SFX(vlo[l] < vlo[0], vlo[l], vlo[0]);                 \
+            vhi[0] = clstm_lsel_##SFX(vhi[l] > vhi[0], vhi[l], vhi[0]);                 \
         }                                                                               \
         for (l = 0; l < V; l++) {                                                       \
-            lo = vlo[l] < lo ? vlo[l] : lo;                                             \
-            hi = vhi[l] > hi ? vhi[l] : hi;                                             \
+            los[l % 4] = vlo[0][l] < los[l % 4] ? vlo[0][l] : los[l % 4];               \
+            his[l % 4] = vhi[0][l] > his[l % 4] ? vhi[0][l] : his[l % 4];               \
+        }                                                                               \
+        for (l = 0; l < 4; l++) {                                                       \
+            lo = los[l] < lo ? los[l] : lo;                                             \
+            hi = his[l] > hi ? his[l] : hi;                                             \
         }                                                                               \
         for (; k < K; k++) {                                                            \
             lo = a[k] < lo ? a[k] : lo;                                                 \
@@ -626,14 +642,14 @@ static const char* clstm_lowp_kernel_name(void) {
 #if CLSTM_HAVE_AMX
 /* The int8 product on AMX tiles (amx.h), for products of at least CLSTM_AMX_MIN_ROWS rows
    whose padded rows fit 16 to a block on the stack; 0 if it did not run (the caller then
-   runs the VNNI512 kernel). Rows are quantised by the VNNI512 quantiser (the same bits)
+   runs the VNNI512 kernel; its stack is not the caller's: noinline). Rows are quantised by the VNNI512 quantiser (the same bits)
    into rows padded to whole A tiles, blocks padded with zero rows to whole tiles. From
    two rows on the tiles beat vpdpbusd at every K measured (bench_lowp.py --micro); one
    row is a tie, left to the vector kernel. */
 enum { CLSTM_AMX_MIN_ROWS = 2 };
-static int clstm_lowp_gemm_amx(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
-                               Py_ssize_t ncols, const float* A, Py_ssize_t lda, float* C,
-                               Py_ssize_t ldc) {
+static __attribute__((noinline)) int clstm_lowp_gemm_amx(
+        const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0, Py_ssize_t ncols,
+        const float* A, Py_ssize_t lda, float* C, Py_ssize_t ldc, int overwrite) {
     enum { MAX_ROWS = 64 };
     uint8_t qa[CLSTM_LOWP_ROW_BYTES] __attribute__((aligned(64)));
     float sa[MAX_ROWS];
@@ -652,21 +668,22 @@ static int clstm_lowp_gemm_amx(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssi
         m16 = (m + CLSTM_AMX_MR - 1) / CLSTM_AMX_MR * CLSTM_AMX_MR;
         clstm_lowp_quantize_u8_vnni512(m, W->K, A + i * lda, lda, qa, ldq, sa, za);
         memset(qa + m * ldq, 0, (m16 - m) * ldq);
-        clstm_amx_block_i8(W, m, col0, ncols, qa, ldq, sa, za, C + i * ldc, ldc);
+        clstm_amx_block_i8(W, m, col0, ncols, qa, ldq, sa, za, C + i * ldc, ldc, overwrite);
     }
     clstm_amx_end();
     return 1;
 }
 #endif
 
-/* C[n, ncols] += A[n, K] @ W[col0 : col0 + ncols].T (col0 a multiple of CLSTM_LOWP_NR).
-   Rows of A are quantised in blocks that fit CLSTM_LOWP_ROW_BYTES on the stack (each
+/* C[n, ncols] += A[n, K] @ W[col0 : col0 + ncols].T (col0 a multiple of CLSTM_LOWP_NR);
+   overwrite: C = the product, bit for bit C zeroed first (the AMX kernel never reads C,
+   the others zero it first). Rows of A are quantised in blocks that fit CLSTM_LOWP_ROW_BYTES on the stack (each
    block streams the weight panels once); rows of more than that take malloc. Returns -1
    only if that malloc fails (C is then NaN: the driver cannot raise, and must not be
    silently wrong). */
 static int clstm_lowp_gemm(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
                            Py_ssize_t ncols, const float* A, Py_ssize_t lda, float* C,
-                           Py_ssize_t ldc) {
+                           Py_ssize_t ldc, int overwrite) {
     enum { MAX_ROWS = 64 };
     uint32_t stack_rows[CLSTM_LOWP_ROW_BYTES / 4];
     float sa[MAX_ROWS];
@@ -682,11 +699,14 @@ static int clstm_lowp_gemm(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t
 #if CLSTM_HAVE_AMX
     if (kernel == CLSTM_LK_AMX) {
         if (W->format == CLSTM_LOWP_INT8 && clstm_lowp_gemm_amx(W, n, col0, ncols, A, lda,
-                                                                C, ldc))
+                                                                C, ldc, overwrite))
             return 0;
         kernel = CLSTM_LK_VNNI512;
     }
 #endif
+    if (overwrite)
+        for (i = 0; i < n; i++)
+            memset(C + i * ldc, 0, ncols * sizeof(float));
     if (rb > MAX_ROWS)
         rb = MAX_ROWS;
     if (rb < 1) {
