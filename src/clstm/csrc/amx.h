@@ -86,49 +86,77 @@ static inline void clstm_amx_begin(int rows) {
 
 static inline void clstm_amx_end(void) { _tile_release(); }
 
-/* C[r, 0:ncols] += the epilogue of int32 sums acc (rows x NR, row stride NR) for rows with
-   scales sa, zero points za, against columns with scales sw and column sums colsum: the
-   arithmetic of lowp.h's int8 tile, operation for operation. overwrite: C = 0 + the
-   epilogue, the bits of zeroing C first (a -0 becomes +0) without reading C. */
+/* A strip's sums waiting for their epilogue: rows of acc (row stride NR) with scales sa
+   and zero points za, against the columns [0, ncols) of C with scales sw and column sums
+   colsum; overwrite: C = 0 + the epilogue (the bits of zeroing C first, -0 becoming +0)
+   without reading C. rows 0: nothing waits. */
+typedef struct {
+    int rows, overwrite;
+    const int32_t* acc;
+    const float *sa, *sw;
+    const int32_t *za, *colsum;
+    float* C;
+    Py_ssize_t ldc, ncols;
+} clstm_amx_pending;
+
+/* One row of the epilogue: v0, v1 (the panel's two halves) from the int32 sums at acc. */
+#define CLSTM_AMX_ROW_VALUES(r)                                                          \
+    __m512 s = _mm512_set1_ps(p->sa[r]);                                                \
+    __m512i z = _mm512_set1_epi32(p->za[r]);                                            \
+    __m512 v0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(                      \
+        _mm512_load_si512(p->acc + (r) * NR), _mm512_mullo_epi32(z, cs0))),             \
+        _mm512_mul_ps(s, sw0));                                                         \
+    __m512 v1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(                      \
+        _mm512_load_si512(p->acc + (r) * NR + 16), _mm512_mullo_epi32(z, cs1))),        \
+        _mm512_mul_ps(s, sw1));
+
+/* The epilogue of rows [r0, r1) of p: the arithmetic of lowp.h's int8 tile, operation for
+   operation (each case its own loop, so the whole-panel ones stay in registers). */
 static inline __attribute__((always_inline)) void clstm_amx_epilogue(
-        int rows, const int32_t* acc, const float* sa, const int32_t* za, const float* sw,
-        const int32_t* colsum, float* C, Py_ssize_t ldc, Py_ssize_t ncols, int overwrite) {
+        const clstm_amx_pending* p, int r0, int r1) {
     enum { NR = CLSTM_LOWP_NR };
-    const __m512i cs0 = _mm512_loadu_si512(colsum), cs1 = _mm512_loadu_si512(colsum + 16);
-    const __m512 sw0 = _mm512_loadu_ps(sw), sw1 = _mm512_loadu_ps(sw + 16);
+    const __m512i cs0 = _mm512_loadu_si512(p->colsum), cs1 = _mm512_loadu_si512(p->colsum + 16);
+    const __m512 sw0 = _mm512_loadu_ps(p->sw), sw1 = _mm512_loadu_ps(p->sw + 16);
+    float* C = p->C;
+    const Py_ssize_t ldc = p->ldc, ncols = p->ncols;
     float out[NR];
-    Py_ssize_t c;
+    Py_ssize_t k;
     int r;
-    for (r = 0; r < rows; r++) {
-        __m512 s = _mm512_set1_ps(sa[r]);
-        __m512i z = _mm512_set1_epi32(za[r]);
-        __m512i a0 = _mm512_loadu_si512(acc + r * NR), a1 = _mm512_loadu_si512(acc + r * NR + 16);
-        __m512 v0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(
-                        a0, _mm512_mullo_epi32(z, cs0))), _mm512_mul_ps(s, sw0));
-        __m512 v1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(
-                        a1, _mm512_mullo_epi32(z, cs1))), _mm512_mul_ps(s, sw1));
-        float* Cr = C + r * ldc;
-        if (ncols == NR) {
-            __m512 c0 = overwrite ? _mm512_setzero_ps() : _mm512_loadu_ps(Cr);
-            __m512 c1 = overwrite ? _mm512_setzero_ps() : _mm512_loadu_ps(Cr + 16);
-            _mm512_storeu_ps(Cr, _mm512_add_ps(c0, v0));
-            _mm512_storeu_ps(Cr + 16, _mm512_add_ps(c1, v1));
-        } else {
+    if (ncols == NR && p->overwrite) {
+        for (r = r0; r < r1; r++) {
+            CLSTM_AMX_ROW_VALUES(r)
+            _mm512_storeu_ps(C + r * ldc, _mm512_add_ps(_mm512_setzero_ps(), v0));
+            _mm512_storeu_ps(C + r * ldc + 16, _mm512_add_ps(_mm512_setzero_ps(), v1));
+        }
+    } else if (ncols == NR) {
+        for (r = r0; r < r1; r++) {
+            CLSTM_AMX_ROW_VALUES(r)
+            _mm512_storeu_ps(C + r * ldc, _mm512_add_ps(_mm512_loadu_ps(C + r * ldc), v0));
+            _mm512_storeu_ps(C + r * ldc + 16,
+                             _mm512_add_ps(_mm512_loadu_ps(C + r * ldc + 16), v1));
+        }
+    } else {
+        for (r = r0; r < r1; r++) {
+            CLSTM_AMX_ROW_VALUES(r)
             _mm512_storeu_ps(out, v0);
             _mm512_storeu_ps(out + 16, v1);
-            for (c = 0; c < ncols; c++)
-                Cr[c] = (overwrite ? 0.0f : Cr[c]) + out[c];
+            for (k = 0; k < ncols; k++)
+                C[r * ldc + k] = (p->overwrite ? 0.0f : C[r * ldc + k]) + out[k];
         }
     }
 }
 
 /* One 16- or 32-row strip of quantised A (two: two A tiles) against one panel: the sums of
-   all K chunks in the C tiles. */
+   all K chunks in the C tiles. The epilogue of the previous strip (p) is done in slices
+   between the chunks, so that part of it overlaps the tile multiply (done right after its
+   own strip, it overlaps nothing: bench_lowp.py --micro at many rows). */
 static inline __attribute__((always_inline)) void clstm_amx_strip(
         int two, const uint8_t* qi, Py_ssize_t ldq, const int8_t* panel, Py_ssize_t nkc,
-        const int8_t* tail_b) {
+        const int8_t* tail_b, const clstm_amx_pending* p) {
     enum { NR = CLSTM_LOWP_NR, GB = CLSTM_AMX_KB / 4 };
+    const int slice = (int)((p->rows + nkc - 1) / nkc);
     Py_ssize_t kc;
+    int done = 0;
     _tile_zero(0);
     _tile_zero(1);
     if (two) {
@@ -148,6 +176,11 @@ static inline __attribute__((always_inline)) void clstm_amx_strip(
             _tile_dpbusd(2, 5, 6);
             _tile_dpbusd(3, 5, 7);
         }
+        if (done < p->rows) {
+            int end = done + slice < p->rows ? done + slice : p->rows;
+            clstm_amx_epilogue(p, done, end);
+            done = end;
+        }
     }
 }
 
@@ -164,10 +197,10 @@ static inline __attribute__((always_inline)) void clstm_amx_store(int two, int32
 
 /* Rows [0, n) of quantised A, qa (rows padded with zero rows to a multiple of 16, each
    padded with zeros to ldq bytes, a multiple of 64), against the columns [col0, col0 +
-   ncols) of W (overwrite: C = the product). The caller has loaded the tile configuration. Panels outside, strips of 32
-   rows inside (as lowp.h's kernels): a panel is read from memory once per block and its
-   strips find it in L1. The epilogue of a strip runs after the next strip's tile
-   instructions are issued, so the vector units do it while the tile unit multiplies. */
+   ncols) of W (overwrite: C = the product). The caller has loaded the tile configuration.
+   Panels outside, strips of 32 rows inside (as lowp.h's kernels): a panel is read from
+   memory once per block and its strips find it in L1. A strip's epilogue runs during the
+   next strip's multiply. */
 static void clstm_amx_block_i8(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
                                Py_ssize_t ncols, const uint8_t* qa, Py_ssize_t ldq,
                                const float* sa, const int32_t* za, float* C, Py_ssize_t ldc,
@@ -178,8 +211,9 @@ static void clstm_amx_block_i8(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssi
     int32_t acc[2][SR * NR] __attribute__((aligned(64)));
     int8_t tail[GB * NR * 4] __attribute__((aligned(64)));
     const int8_t* tail_b = NULL;
-    Py_ssize_t i, j, pi = 0, pj = 0, pnc = 0;
-    int prows = 0, cur = 0;
+    clstm_amx_pending p = {0, overwrite, NULL, NULL, NULL, NULL, NULL, NULL, ldc, 0};
+    Py_ssize_t i, j;
+    int cur = 0;
     if (Kg % GB != 0) {  /* the last panel's last chunk, zero past its groups */
         memset(tail, 0, sizeof(tail));
         memcpy(tail, (const int8_t*)W->panels + (last * Kg + (nkc - 1) * GB) * NR * 4,
@@ -187,24 +221,26 @@ static void clstm_amx_block_i8(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssi
         tail_b = tail;
     }
     for (j = 0; j < ncols; j += NR) {
-        const Py_ssize_t col = col0 + j, nc = ncols - j < NR ? ncols - j : NR;
+        const Py_ssize_t col = col0 + j;
         const int8_t* panel = (const int8_t*)W->panels + (col / NR) * Kg * NR * 4;
         for (i = 0; i < n; i += SR) {
             const int two = n - i > CLSTM_AMX_MR;
             clstm_amx_strip(two, qa + i * ldq, ldq, panel, nkc,
-                            col / NR == last ? tail_b : NULL);
-            if (prows)
-                clstm_amx_epilogue(prows, acc[cur ^ 1], sa + pi, za + pi, W->scale + col0 + pj,
-                                   W->colsum + col0 + pj, C + pi * ldc + pj, ldc, pnc, overwrite);
+                            col / NR == last ? tail_b : NULL, &p);
             clstm_amx_store(two, acc[cur]);
-            prows = n - i < SR ? (int)(n - i) : SR;
-            pi = i, pj = j, pnc = nc;
+            p.rows = n - i < SR ? (int)(n - i) : SR;
+            p.acc = acc[cur];
+            p.sa = sa + i;
+            p.za = za + i;
+            p.sw = W->scale + col;
+            p.colsum = W->colsum + col;
+            p.C = C + i * ldc + j;
+            p.ncols = ncols - j < NR ? ncols - j : NR;
             cur ^= 1;
         }
     }
-    if (prows)
-        clstm_amx_epilogue(prows, acc[cur ^ 1], sa + pi, za + pi, W->scale + col0 + pj,
-                           W->colsum + col0 + pj, C + pi * ldc + pj, ldc, pnc, overwrite);
+    if (p.rows)
+        clstm_amx_epilogue(&p, 0, p.rows);
 }
 
 #pragma GCC pop_options
