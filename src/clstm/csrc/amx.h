@@ -149,7 +149,7 @@ static inline __attribute__((always_inline)) void clstm_amx_epilogue(
 /* One 16- or 32-row strip of quantised A (two: two A tiles) against one panel: the sums of
    all K chunks in the C tiles. The epilogue of the previous strip (p) is done in slices
    between the chunks, so that part of it overlaps the tile multiply (done right after its
-   own strip, it overlaps nothing: bench_lowp.py --micro at many rows). */
+   own strip, it overlaps nothing: measured at many rows). */
 static inline __attribute__((always_inline)) void clstm_amx_strip(
         int two, const uint8_t* qi, Py_ssize_t ldq, const int8_t* panel, Py_ssize_t nkc,
         const int8_t* tail_b, const clstm_amx_pending* p) {
