@@ -373,6 +373,15 @@ for I, H, B, kw in ((100, 96, 37, {"num_layers": 2, "bidirectional": True}),
             frozen._spec.strategy = strategy
             y, (h, c) = frozen(x)
             outs += [y.ravel(), h.ravel(), c.ravel()]
+# rows the emulation does not cover: NaN, infinities, -0, subnormals, the float range
+w = rng.standard_normal((70, 100)).astype(np.float32)
+a = rng.standard_normal((20, 100)).astype(np.float32)
+a[0, 3], a[1, :] = np.nan, np.nan
+a[2, 5], a[3, 7], a[4, :] = np.inf, -np.inf, -0.0
+a[5, :] = rng.standard_normal(100) * 1e-40
+a[6, ::2], a[7, :] = 3e38, -3.4e38
+packed = _packed.PackedWeights(70, 100, "int8").pack(w)
+outs.append(_packed.lowp_gemm(packed, a, np.zeros((20, 70), np.float32)).ravel())
 np.concatenate(outs).astype(np.float32).tofile(sys.argv[1])
 print(_packed.lowp_kernel())
 """
@@ -380,8 +389,9 @@ print(_packed.lowp_kernel())
 
 def test_frozen_int8_gives_the_same_bits_under_amx_and_vnni512(tmp_path):
     """Whole frozen int8 models (the hoisted input projection, which the AMX kernel
-    overwrites without reading, the per-step product, every work split, 1 and 2 threads)
-    under AMX and under the VNNI512 kernel: the same bits, signed zeros included."""
+    overwrites without reading, the per-step product, every work split, 1 and 2 threads),
+    and rows of NaN, infinities, -0 and subnormals (AMX has its own quantiser), under AMX
+    and under the VNNI512 kernel: the same bits, signed zeros included."""
     if _packed.lowp_kernel() != "amx":
         pytest.skip(f"the int8 kernel here is {_packed.lowp_kernel()}, not AMX")
     bits = {}

@@ -86,6 +86,69 @@ static inline void clstm_amx_begin(int rows) {
 
 static inline void clstm_amx_end(void) { _tile_release(); }
 
+/* Rows [0, n) of A for the tiles: lowp.h's u8 quantiser (clstm_lowp_quantize_u8_*) in
+   AVX-512 instructions, value for value: min/max and the clamps as vminps/vmaxps (which,
+   like the selects there, return their second operand for a NaN, and +0 against -0), the
+   rounding as a round-to-nearest-even conversion (the magic-number sum there). Fewer
+   instructions per value, where the vector ports are shared with the tile unit's loads. */
+static void clstm_amx_quantize_u8(Py_ssize_t n, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                                  uint8_t* qa, Py_ssize_t ldq, float* sa, int32_t* za) {
+    enum { V = 16 };
+    Py_ssize_t i, k;
+    int l;
+    for (i = 0; i < n; i++) {
+        const float* a = A + i * lda;
+        uint8_t* q = qa + i * ldq;
+        __m512 vlo[4], vhi[4], x, vinv, vz;
+        float lo = 0, hi = 0, s, inv, zf;
+        for (l = 0; l < 4; l++)
+            vlo[l] = vhi[l] = _mm512_setzero_ps();
+        for (k = 0; k + 4 * V <= K; k += 4 * V)
+            for (l = 0; l < 4; l++) {
+                x = _mm512_loadu_ps(a + k + l * V);
+                vlo[l] = _mm512_min_ps(x, vlo[l]);
+                vhi[l] = _mm512_max_ps(x, vhi[l]);
+            }
+        for (; k + V <= K; k += V) {
+            x = _mm512_loadu_ps(a + k);
+            vlo[0] = _mm512_min_ps(x, vlo[0]);
+            vhi[0] = _mm512_max_ps(x, vhi[0]);
+        }
+        vlo[0] = _mm512_min_ps(_mm512_min_ps(vlo[1], vlo[0]), _mm512_min_ps(vlo[3], vlo[2]));
+        vhi[0] = _mm512_max_ps(_mm512_max_ps(vhi[1], vhi[0]), _mm512_max_ps(vhi[3], vhi[2]));
+        lo = _mm512_reduce_min_ps(vlo[0]);  /* no NaN in the lanes: any order */
+        hi = _mm512_reduce_max_ps(vhi[0]);
+        lo = lo < 0 ? lo : 0;  /* a -0 lane: the generic code keeps its +0 start */
+        hi = hi > 0 ? hi : 0;
+        for (; k < K; k++) {
+            lo = a[k] < lo ? a[k] : lo;
+            hi = a[k] > hi ? a[k] : hi;
+        }
+        s = (hi - lo) / 255.0f;
+        if (!(s > 0) || s > 3.0e38f)  /* all zero, or not finite: any scale will do */
+            s = 1.0f;
+        inv = 1.0f / s;
+        zf = (-lo * inv + CLSTM_RNE_MAGIC) - CLSTM_RNE_MAGIC;
+        zf = zf > 0 ? (zf < 255.0f ? zf : 255.0f) : 0.0f;
+        vinv = _mm512_set1_ps(inv);
+        vz = _mm512_set1_ps(zf);
+        for (k = 0; k + V <= K; k += V) {
+            x = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(a + k), vinv), vz);
+            x = _mm512_min_ps(_mm512_max_ps(x, _mm512_setzero_ps()), _mm512_set1_ps(255.0f));
+            _mm_storeu_si128((__m128i*)(q + k), _mm512_cvtepi32_epi8(_mm512_cvt_roundps_epi32(
+                x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+        }
+        for (; k < K; k++) {
+            float y = a[k] * inv + zf;
+            y = y > 0 ? (y < 255.0f ? y : 255.0f) : 0.0f;
+            q[k] = (uint8_t)(int)((y + CLSTM_RNE_MAGIC) - CLSTM_RNE_MAGIC);
+        }
+        memset(q + K, 0, ldq - K);
+        sa[i] = s;
+        za[i] = (int32_t)zf;
+    }
+}
+
 /* A strip's sums waiting for their epilogue: rows of acc (row stride NR) with scales sa
    and zero points za, against the columns [0, ncols) of C with scales sw and column sums
    colsum; overwrite: C = 0 + the epilogue (the bits of zeroing C first, -0 becoming +0)

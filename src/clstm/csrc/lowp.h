@@ -642,10 +642,11 @@ static const char* clstm_lowp_kernel_name(void) {
 #if CLSTM_HAVE_AMX
 /* The int8 product on AMX tiles (amx.h), for products of at least CLSTM_AMX_MIN_ROWS rows
    whose padded rows fit 16 to a block on the stack; 0 if it did not run (the caller then
-   runs the VNNI512 kernel; its stack is not the caller's: noinline). Rows are quantised by the VNNI512 quantiser (the same bits)
-   into rows padded to whole A tiles, blocks padded with zero rows to whole tiles. From
-   two rows on the tiles beat vpdpbusd at every K measured (bench_lowp.py --micro); one
-   row is a tie, left to the vector kernel. */
+   runs the VNNI512 kernel; its stack is not the caller's: noinline). Rows are quantised
+   (amx.h: the same bits as the other kernels' quantiser) into rows padded to whole A
+   tiles, blocks padded with zero rows to whole tiles. From two rows on the tiles beat
+   vpdpbusd at every K measured (bench_lowp.py --micro); one row is a tie, left to the
+   vector kernel. */
 enum { CLSTM_AMX_MIN_ROWS = 2 };
 static __attribute__((noinline)) int clstm_lowp_gemm_amx(
         const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0, Py_ssize_t ncols,
@@ -666,7 +667,7 @@ static __attribute__((noinline)) int clstm_lowp_gemm_amx(
     for (i = 0; i < n; i += rb) {
         m = n - i < rb ? n - i : rb;
         m16 = (m + CLSTM_AMX_MR - 1) / CLSTM_AMX_MR * CLSTM_AMX_MR;
-        clstm_lowp_quantize_u8_vnni512(m, W->K, A + i * lda, lda, qa, ldq, sa, za);
+        clstm_amx_quantize_u8(m, W->K, A + i * lda, lda, qa, ldq, sa, za);
         memset(qa + m * ldq, 0, (m16 - m) * ldq);
         clstm_amx_block_i8(W, m, col0, ncols, qa, ldq, sa, za, C + i * ldc, ldc, overwrite);
     }
