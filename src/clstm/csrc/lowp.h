@@ -642,17 +642,16 @@ static const char* clstm_lowp_kernel_name(void) {
 #if CLSTM_HAVE_AMX
 /* The int8 product on AMX tiles (amx.h), for products of at least CLSTM_AMX_MIN_ROWS rows
    whose padded rows fit 16 to a block on the stack; 0 if it did not run (the caller then
-   runs the VNNI512 kernel; its stack is not the caller's: noinline). Rows are quantised
+   runs the VNNI512 kernel), qa the caller's 64-byte aligned stack block. Rows are quantised
    (amx.h: the same bits as the other kernels' quantiser) into rows padded to whole A
    tiles, blocks padded with zero rows to whole tiles. From two rows on the tiles beat
    vpdpbusd at every K measured (bench_lowp.py --micro); one row is a tie, left to the
    vector kernel. */
 enum { CLSTM_AMX_MIN_ROWS = 2 };
-static __attribute__((noinline)) int clstm_lowp_gemm_amx(
-        const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0, Py_ssize_t ncols,
-        const float* A, Py_ssize_t lda, float* C, Py_ssize_t ldc, int overwrite) {
+static int clstm_lowp_gemm_amx(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
+                               Py_ssize_t ncols, const float* A, Py_ssize_t lda, float* C,
+                               Py_ssize_t ldc, int overwrite, uint8_t* qa) {
     enum { MAX_ROWS = 64 };
-    uint8_t qa[CLSTM_LOWP_ROW_BYTES] __attribute__((aligned(64)));
     float sa[MAX_ROWS];
     int32_t za[MAX_ROWS];
     const Py_ssize_t Kg = clstm_lowp_groups(CLSTM_LOWP_INT8, W->K);
@@ -678,15 +677,16 @@ static __attribute__((noinline)) int clstm_lowp_gemm_amx(
 
 /* C[n, ncols] += A[n, K] @ W[col0 : col0 + ncols].T (col0 a multiple of CLSTM_LOWP_NR);
    overwrite: C = the product, bit for bit C zeroed first (the AMX kernel never reads C,
-   the others zero it first). Rows of A are quantised in blocks that fit CLSTM_LOWP_ROW_BYTES on the stack (each
-   block streams the weight panels once); rows of more than that take malloc. Returns -1
+   the others zero it first). Rows of A are quantised in blocks that fit
+   CLSTM_LOWP_ROW_BYTES on the stack (each block streams the weight panels once); rows of
+   more than that take malloc. Returns -1
    only if that malloc fails (C is then NaN: the driver cannot raise, and must not be
    silently wrong). */
 static int clstm_lowp_gemm(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
                            Py_ssize_t ncols, const float* A, Py_ssize_t lda, float* C,
                            Py_ssize_t ldc, int overwrite) {
     enum { MAX_ROWS = 64 };
-    uint32_t stack_rows[CLSTM_LOWP_ROW_BYTES / 4];
+    uint32_t stack_rows[CLSTM_LOWP_ROW_BYTES / 4] __attribute__((aligned(64)));
     float sa[MAX_ROWS];
     int32_t za[MAX_ROWS];
     const Py_ssize_t Kg = clstm_lowp_groups(W->format, W->K);
@@ -700,7 +700,8 @@ static int clstm_lowp_gemm(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t
 #if CLSTM_HAVE_AMX
     if (kernel == CLSTM_LK_AMX) {
         if (W->format == CLSTM_LOWP_INT8 && clstm_lowp_gemm_amx(W, n, col0, ncols, A, lda,
-                                                                C, ldc, overwrite))
+                                                                C, ldc, overwrite,
+                                                                (uint8_t*)stack_rows))
             return 0;
         kernel = CLSTM_LK_VNNI512;
     }
