@@ -15,7 +15,9 @@ is not installed is left out (``pip install torch==2.13.0 onnxruntime onnx``).
 2-layer LSTM with H = 512), fp32 / int8 / bf16.
 
 ``--micro``: the low-precision GEMM alone against the float32 packed GEMM at the per-step
-shapes (n = 1..64 rows, K = H, N = 4H), one thread.
+shapes (n = 1..64 rows, K = H, N = 4H), one thread. The kernel is the process's: on an AMX
+machine, ``CLSTM_ISA=vnni512`` times the AVX-512 VNNI kernel instead (and the whole-model
+tables likewise), for before/after comparisons on one machine.
 """
 import argparse
 import os

@@ -137,6 +137,32 @@ def test_kernel_column_ranges_are_the_whole_product_s_columns(fmt):
         np.testing.assert_array_equal(out, whole[:, col0:col0 + cols])
 
 
+@pytest.mark.parametrize("N,K", [(1, 3), (33, 17), (100, 64), (70, 100), (96, 130),
+                                 (64, 256), (40, 1000), (32, 4100)])
+def test_kernel_amx_int8_matches_the_numpy_emulation_at_every_tail(N, K):
+    """The AMX int8 kernel (csrc/amx.h) at every row count up to 70 (whole tiles, a row
+    tail, more rows than one stack block, the few rows it leaves to VNNI), K not a multiple
+    of a tile's 64 (B tiles running past a panel, the last panel's tail copy), N not a
+    multiple of the panel width, and column ranges from col0 > 0 up to the last panel."""
+    if _packed.lowp_kernel() != "amx":
+        pytest.skip(f"the int8 kernel here is {_packed.lowp_kernel()}, not AMX (the CPU or "
+                    "the OS has no AMX tiles, or CLSTM_ISA chose another)")
+    rng = np.random.default_rng(N * 7919 + K)
+    w = rng.standard_normal((N, K)).astype(F32)
+    packed = _packed.PackedWeights(N, K, "int8").pack(w)
+    ranges = [(0, N)] + [(col0, N - col0) for col0 in range(NR, N, NR)]
+    if N > 2 * NR:
+        ranges.append((NR, NR))
+    for n in range(1, 71):
+        a = rows_of_every_kind(rng, n, K)
+        c0 = rng.standard_normal((n, N)).astype(F32)
+        want = emulate_int8(a, w, c0)
+        for col0, cols in ranges:
+            got = _packed.lowp_gemm(packed, a, c0[:, col0:col0 + cols].copy(), col0, cols)
+            np.testing.assert_array_equal(got, want[:, col0:col0 + cols],
+                                          err_msg=f"n={n} col0={col0} cols={cols}")
+
+
 def test_kernel_int8_error_is_within_the_quantisation_steps():
     """|a @ w.T - int8| <= sum_k (|a_k| dw_k + |w_k| da_k + da_k dw_k) with half steps
     da = s_a / 2, dw = s_w / 2: the bound the tests of frozen models build on."""
@@ -182,7 +208,7 @@ def test_low_precision_packing_refuses_what_it_cannot_do():
         _packed.lowp_gemm(_packed.PackedWeights(4, 8, "float32"), w[:1, :], w[:1, :4])
 
 
-@pytest.mark.parametrize("isa", ["v4", "avxvnni", "v3", "base"])
+@pytest.mark.parametrize("isa", ["vnni512", "v4", "avxvnni", "v3", "base"])
 def test_kernel_tests_pass_under_every_isa(isa, tmp_path):
     """The kernel tests again with each lower kernel forced (skipped where it would be
     the same kernel as the default)."""
@@ -327,6 +353,56 @@ def test_frozen_low_precision_gives_the_same_bits_on_every_path(fmt):
     y_step = frozen(x[:1])[0]
     y_driver = frozen(x[:1], None, np.ones(6, np.intp))[0]
     np.testing.assert_array_equal(y_step, y_driver)
+
+
+FROZEN_INT8_RUNS = """
+import sys
+import numpy as np
+import clstm
+from clstm import _packed
+rng = np.random.default_rng(5)
+outs = []
+for I, H, B, kw in ((100, 96, 37, {"num_layers": 2, "bidirectional": True}),
+                    (64, 64, 3, {}), (30, 40, 1, {"proj_size": 8}), (17, 128, 70, {})):
+    frozen = clstm.LSTM(I, H, seed=I, **kw).freeze(weights="int8")
+    x = rng.standard_normal((6, B, I)).astype(np.float32)
+    for threads in (1, 2):
+        clstm.set_num_threads(threads)
+        units = ("units",) if H % 32 == 0 and "proj_size" not in kw else ()
+        for strategy in (None, "serial", "batch") + units:
+            frozen._spec.strategy = strategy
+            y, (h, c) = frozen(x)
+            outs += [y.ravel(), h.ravel(), c.ravel()]
+# rows the emulation does not cover: NaN, infinities, -0, subnormals, the float range
+w = rng.standard_normal((70, 100)).astype(np.float32)
+a = rng.standard_normal((20, 100)).astype(np.float32)
+a[0, 3], a[1, :] = np.nan, np.nan
+a[2, 5], a[3, 7], a[4, :] = np.inf, -np.inf, -0.0
+a[5, :] = rng.standard_normal(100) * 1e-40
+a[6, ::2], a[7, :] = 3e38, -3.4e38
+packed = _packed.PackedWeights(70, 100, "int8").pack(w)
+outs.append(_packed.lowp_gemm(packed, a, np.zeros((20, 70), np.float32)).ravel())
+np.concatenate(outs).astype(np.float32).tofile(sys.argv[1])
+print(_packed.lowp_kernel())
+"""
+
+
+def test_frozen_int8_gives_the_same_bits_under_amx_and_vnni512(tmp_path):
+    """Whole frozen int8 models (the hoisted input projection, which the AMX kernel
+    overwrites without reading, the per-step product, every work split, 1 and 2 threads),
+    and rows of NaN, infinities, -0 and subnormals (AMX has its own quantiser), under AMX
+    and under the VNNI512 kernel: the same bits, signed zeros included."""
+    if _packed.lowp_kernel() != "amx":
+        pytest.skip(f"the int8 kernel here is {_packed.lowp_kernel()}, not AMX")
+    bits = {}
+    for isa in ("amx", "vnni512"):
+        out = tmp_path / f"{isa}.f32"
+        run = subprocess.run([sys.executable, "-c", FROZEN_INT8_RUNS, str(out)], cwd=tmp_path,
+                             env=dict(os.environ, CLSTM_ISA=isa), capture_output=True,
+                             text=True, timeout=600)
+        assert run.returncode == 0 and run.stdout.strip() == isa, run.stdout + run.stderr
+        bits[isa] = np.fromfile(out, np.uint32)
+    np.testing.assert_array_equal(bits["amx"], bits["vnni512"])
 
 
 def test_freeze_refuses_what_it_cannot_do():

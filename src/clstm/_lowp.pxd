@@ -3,7 +3,6 @@
 from cython cimport floating
 from libc.stdint cimport int32_t
 
-from libc.string cimport memset
 
 from clstm._pgemm cimport pgemm, pgemm_set
 
@@ -24,19 +23,20 @@ cdef extern from "csrc/lowp.h":
                          void* panels, float* scale, int32_t* colsum) noexcept nogil
     int clstm_lowp_gemm(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
                         Py_ssize_t ncols, const float* A, Py_ssize_t lda, float* C,
-                        Py_ssize_t ldc) noexcept nogil
+                        Py_ssize_t ldc, int overwrite) noexcept nogil
     const char* clstm_lowp_kernel_name() noexcept nogil
 
 
 cdef inline void lowp_gemm(Py_ssize_t n, Py_ssize_t N, const float* A, Py_ssize_t lda,
                            const void* Wp, Py_ssize_t col0, float* C,
-                           Py_ssize_t ldc) noexcept nogil:
+                           Py_ssize_t ldc, bint overwrite=False) noexcept nogil:
     """C[n, N] += A[n, K] @ W[col0 : col0 + N].T for low-precision packed weights (Wp a
     clstm_lowp_weights, as PackedWeights.ptr of an "int8" or "bfloat16" format; col0 a
     multiple of CLSTM_LOWP_NR). A's rows are quantised on the stack; only rows of more
     than 64 KB quantised (K > 16384 for bfloat16, 65536 for int8) take malloc, whose
-    failure (never seen) makes C NaN."""
-    clstm_lowp_gemm(<const clstm_lowp_weights*>Wp, n, col0, N, A, lda, C, ldc)
+    failure (never seen) makes C NaN. ``overwrite``: C = the product (the bits of zeroing C
+    first; the AMX kernel then never reads C)."""
+    clstm_lowp_gemm(<const clstm_lowp_weights*>Wp, n, col0, N, A, lda, C, ldc, overwrite)
 
 
 cdef inline void packed_mul(bint lowp, Py_ssize_t n, Py_ssize_t N, Py_ssize_t K,
@@ -47,13 +47,9 @@ cdef inline void packed_mul(bint lowp, Py_ssize_t n, Py_ssize_t N, Py_ssize_t K,
     ptr): the float packed GEMM, or with ``lowp`` the int8/bfloat16 one (float32 only).
     col0 is a multiple of the format's panel width. ``overwrite``: C = the product (the
     float GEMM then never reads C)."""
-    cdef Py_ssize_t r
     if floating is float:
         if lowp:
-            if overwrite:
-                for r in range(n):
-                    memset(C + r * ldc, 0, N * sizeof(float))
-            lowp_gemm(n, N, A, lda, Wp, col0, C, ldc)
+            lowp_gemm(n, N, A, lda, Wp, col0, C, ldc, overwrite)
             return
     if overwrite:
         pgemm_set(n, N, K, A, lda, (<const floating*>Wp) + col0 * K, C, ldc)

@@ -260,8 +260,9 @@ static inline __attribute__((always_inline)) clstm_lvf_##SFX clstm_lsel_##SFX(  
     return (clstm_lvf_##SFX)((m & (clstm_lvi_##SFX)a) | (~m & (clstm_lvi_##SFX)b));     \
 }                                                                                       \
                                                                                         \
-/* Rows [0, n) of A (n, K) for the int8 kernel: qa (n, ldq bytes) u8, the padding taking  \
-   the zero point (it meets zero weights), sa[i], za[i] (see the top of the file). */   \
+/* Rows [0, n) of A (n, K) for the int8 kernel: qa (n, ldq bytes) u8, sa[i], za[i] (see  \
+   the top of the file). The padding is zero, not the zero point: the AMX kernel's B     \
+   tiles may run past a panel's groups into weights that are not zero. */               \
 static void clstm_lowp_quantize_u8_##SFX(Py_ssize_t n, Py_ssize_t K, const float* A,    \
         Py_ssize_t lda, uint8_t* qa, Py_ssize_t ldq, float* sa, int32_t* za) {          \
     enum { V = VB / 4 };                                                                \
@@ -269,16 +270,32 @@ static void clstm_lowp_quantize_u8_##SFX(Py_ssize_t n, Py_ssize_t K, const float
     for (i = 0; i < n; i++) {                                                           \
         const float* a = A + i * lda;                                                   \
         uint8_t* q = qa + i * ldq;                                                      \
-        clstm_lvf_##SFX vlo = {0}, vhi = {0}, x, r;                                     \
-        float lo = 0, hi = 0, s, inv, zf;                                               \
-        for (k = 0; k + V <= K; k += V) {                                               \
+        clstm_lvf_##SFX vlo[4] = {{0}}, vhi[4] = {{0}}, x, r;                           \
+        float lo = 0, hi = 0, los[4] = {0}, his[4] = {0}, s, inv, zf;                   \
+        /* min and max are the same in any order (NaN never taken, no -0 from the +0    \
+           start), so four chains, the lanes too, cover the compare-select latency */   \
+        for (k = 0; k + 4 * V <= K; k += 4 * V)                                         \
+            for (l = 0; l < 4; l++) {                                                   \
+                x = *(const clstm_lvfu_##SFX*)(a + k + l * V);                          \
+                vlo[l] = clstm_lsel_##SFX(x < vlo[l], x, vlo[l]);                       \
+                vhi[l] = clstm_lsel_##SFX(x > vhi[l], x, vhi[l]);                       \
+            }                                                                           \
+        for (; k + V <= K; k += V) {                                                    \
             x = *(const clstm_lvfu_##SFX*)(a + k);                                      \
-            vlo = clstm_lsel_##SFX(x < vlo, x, vlo);                                    \
-            vhi = clstm_lsel_##SFX(x > vhi, x, vhi);                                    \
+            vlo[0] = clstm_lsel_##SFX(x < vlo[0], x, vlo[0]);                           \
+            vhi[0] = clstm_lsel_##SFX(x > vhi[0], x, vhi[0]);                           \
+        }                                                                               \
+        for (l = 1; l < 4; l++) {                                                       \
+            vlo[0] = clstm_lsel_##SFX(vlo[l] < vlo[0], vlo[l], vlo[0]);                 \
+            vhi[0] = clstm_lsel_##SFX(vhi[l] > vhi[0], vhi[l], vhi[0]);                 \
         }                                                                               \
         for (l = 0; l < V; l++) {                                                       \
-            lo = vlo[l] < lo ? vlo[l] : lo;                                             \
-            hi = vhi[l] > hi ? vhi[l] : hi;                                             \
+            los[l % 4] = vlo[0][l] < los[l % 4] ? vlo[0][l] : los[l % 4];               \
+            his[l % 4] = vhi[0][l] > his[l % 4] ? vhi[0][l] : his[l % 4];               \
+        }                                                                               \
+        for (l = 0; l < 4; l++) {                                                       \
+            lo = los[l] < lo ? los[l] : lo;                                             \
+            hi = his[l] > hi ? his[l] : hi;                                             \
         }                                                                               \
         for (; k < K; k++) {                                                            \
             lo = a[k] < lo ? a[k] : lo;                                                 \
@@ -305,7 +322,7 @@ static void clstm_lowp_quantize_u8_##SFX(Py_ssize_t n, Py_ssize_t K, const float
             q[k] = (uint8_t)(int)((y + CLSTM_RNE_MAGIC) - CLSTM_RNE_MAGIC);             \
         }                                                                               \
         for (; k < ldq; k++)                                                            \
-            q[k] = (uint8_t)zf;                                                         \
+            q[k] = 0;                                                                   \
         sa[i] = s;                                                                      \
         za[i] = (int32_t)zf;                                                            \
     }                                                                                   \
@@ -557,15 +574,19 @@ CLSTM_DEFINE_LOWP_KERNEL(v3, 32, 1, 2, CLSTM_DOT_I8_PORTABLE, CLSTM_DOT_BF16_POR
                          CLSTM_FMA_PLAIN, 1 << 30)
 #pragma GCC pop_options
 #endif
+#include "amx.h"
 #pragma GCC pop_options
 
 enum { CLSTM_LK_BASE = 0, CLSTM_LK_V3 = 1, CLSTM_LK_AVXVNNI = 2, CLSTM_LK_V4 = 3,
-       CLSTM_LK_VNNI512 = 4 };
+       CLSTM_LK_VNNI512 = 4, CLSTM_LK_AMX = 5 };
 
 /* The low-precision kernel for this CPU and CLSTM_ISA (see the top of the file): the
    level of pgemm.h, refined by the VNNI/BF16 extensions x86-64-v4 does not include.
    The VNNI512 kernel needs both AVX512_VNNI and AVX512_BF16 (its bf16 half uses the
-   latter); a CPU with only one runs the portable AVX-512 kernel. */
+   latter); a CPU with only one runs the portable AVX-512 kernel. AMX (amx.h) comes on top
+   of VNNI512, by default or with CLSTM_ISA=amx, never with another CLSTM_ISA (so =vnni512
+   forces the vector kernel on an AMX machine); it serves int8 products of enough rows, the
+   VNNI512 kernel the rest. */
 static int clstm_lowp_kernel(void) {
 #if CLSTM_ISA_KERNELS && !defined(__clang__)
     static int kernel = -1;  /* a benign race, as clstm_isa_level */
@@ -583,6 +604,11 @@ static int clstm_lowp_kernel(void) {
             kernel = CLSTM_LK_V3;
         else
             kernel = CLSTM_LK_BASE;
+#if CLSTM_HAVE_AMX
+        if (kernel == CLSTM_LK_VNNI512 && (forced == NULL || strcmp(forced, "amx") == 0)
+                && clstm_amx_usable())
+            kernel = CLSTM_LK_AMX;
+#endif
         if (forced != NULL && strcmp(forced, "avxvnni") == 0
                 && __builtin_cpu_supports("avxvnni") && __builtin_cpu_supports("avx2"))
             kernel = CLSTM_LK_AVXVNNI;
@@ -594,7 +620,7 @@ static int clstm_lowp_kernel(void) {
 }
 
 static const char* clstm_lowp_kernel_name(void) {
-    static const char* names[] = {"base", "v3", "avxvnni", "v4", "vnni512"};
+    static const char* names[] = {"base", "v3", "avxvnni", "v4", "vnni512", "amx"};
     return names[clstm_lowp_kernel()];
 }
 
@@ -613,16 +639,54 @@ static const char* clstm_lowp_kernel_name(void) {
         clstm_lowp_block_##SFX(W, m, col0, ncols, qa, Kg, sa, za, C + i * ldc, ldc);    \
     }
 
-/* C[n, ncols] += A[n, K] @ W[col0 : col0 + ncols].T (col0 a multiple of CLSTM_LOWP_NR).
-   Rows of A are quantised in blocks that fit CLSTM_LOWP_ROW_BYTES on the stack (each
-   block streams the weight panels once); rows of more than that take malloc. Returns -1
+#if CLSTM_HAVE_AMX
+/* The int8 product on AMX tiles (amx.h), for products of at least CLSTM_AMX_MIN_ROWS rows
+   whose padded rows fit 16 to a block on the stack; 0 if it did not run (the caller then
+   runs the VNNI512 kernel), qa the caller's 64-byte aligned stack block. Rows are quantised
+   (amx.h: the same bits as the other kernels' quantiser) into rows padded to whole A
+   tiles, blocks padded with zero rows to whole tiles. From two rows on the tiles beat
+   vpdpbusd at every K measured (bench_lowp.py --micro); one row is a tie, left to the
+   vector kernel. */
+enum { CLSTM_AMX_MIN_ROWS = 2 };
+static int clstm_lowp_gemm_amx(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
+                               Py_ssize_t ncols, const float* A, Py_ssize_t lda, float* C,
+                               Py_ssize_t ldc, int overwrite, uint8_t* qa) {
+    enum { MAX_ROWS = 64 };
+    float sa[MAX_ROWS];
+    int32_t za[MAX_ROWS];
+    const Py_ssize_t Kg = clstm_lowp_groups(CLSTM_LOWP_INT8, W->K);
+    const Py_ssize_t ldq = (Kg * 4 + CLSTM_AMX_KB - 1) / CLSTM_AMX_KB * CLSTM_AMX_KB;
+    Py_ssize_t rb = CLSTM_LOWP_ROW_BYTES / ldq, i, m, m16;
+    if (rb > MAX_ROWS)
+        rb = MAX_ROWS;
+    rb -= rb % CLSTM_AMX_MR;
+    if (n < CLSTM_AMX_MIN_ROWS || rb == 0)
+        return 0;
+    clstm_amx_begin(n < CLSTM_AMX_MR ? (int)n : CLSTM_AMX_MR);
+    for (i = 0; i < n; i += rb) {
+        m = n - i < rb ? n - i : rb;
+        m16 = (m + CLSTM_AMX_MR - 1) / CLSTM_AMX_MR * CLSTM_AMX_MR;
+        clstm_amx_quantize_u8(m, W->K, A + i * lda, lda, qa, ldq, sa, za);
+        memset(qa + m * ldq, 0, (m16 - m) * ldq);
+        clstm_amx_block_i8(W, m, col0, ncols, qa, ldq, sa, za, C + i * ldc, ldc, overwrite);
+    }
+    clstm_amx_end();
+    return 1;
+}
+#endif
+
+/* C[n, ncols] += A[n, K] @ W[col0 : col0 + ncols].T (col0 a multiple of CLSTM_LOWP_NR);
+   overwrite: C = the product, bit for bit C zeroed first (the AMX kernel never reads C,
+   the others zero it first). Rows of A are quantised in blocks that fit
+   CLSTM_LOWP_ROW_BYTES on the stack (each block streams the weight panels once); rows of
+   more than that take malloc. Returns -1
    only if that malloc fails (C is then NaN: the driver cannot raise, and must not be
    silently wrong). */
 static int clstm_lowp_gemm(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
                            Py_ssize_t ncols, const float* A, Py_ssize_t lda, float* C,
-                           Py_ssize_t ldc) {
+                           Py_ssize_t ldc, int overwrite) {
     enum { MAX_ROWS = 64 };
-    uint32_t stack_rows[CLSTM_LOWP_ROW_BYTES / 4];
+    uint32_t stack_rows[CLSTM_LOWP_ROW_BYTES / 4] __attribute__((aligned(64)));
     float sa[MAX_ROWS];
     int32_t za[MAX_ROWS];
     const Py_ssize_t Kg = clstm_lowp_groups(W->format, W->K);
@@ -633,6 +697,18 @@ static int clstm_lowp_gemm(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t
     int kernel = clstm_lowp_kernel();
     if (n <= 0 || ncols <= 0)
         return 0;
+#if CLSTM_HAVE_AMX
+    if (kernel == CLSTM_LK_AMX) {
+        if (W->format == CLSTM_LOWP_INT8 && clstm_lowp_gemm_amx(W, n, col0, ncols, A, lda,
+                                                                C, ldc, overwrite,
+                                                                (uint8_t*)stack_rows))
+            return 0;
+        kernel = CLSTM_LK_VNNI512;
+    }
+#endif
+    if (overwrite)
+        for (i = 0; i < n; i++)
+            memset(C + i * ldc, 0, ncols * sizeof(float));
     if (rb > MAX_ROWS)
         rb = MAX_ROWS;
     if (rb < 1) {
