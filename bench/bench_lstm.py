@@ -15,7 +15,8 @@ was compared); the cell section, which times clstm.LSTMCell, is skipped with a n
 
 Sections (``--sections``, comma-separated; default all):
   grid      float32 inference and training step over streaming, small-batch, medium and
-            large sizes
+            large sizes (inference also by the layer's frozen snapshot, "frozen": weights
+            packed once, as ONNX Runtime's session packs them)
   float64   the same at a few sizes in float64
   lengths   variable-length batches (PyTorch: pack_padded_sequence + pad_packed_sequence;
             ONNX Runtime: sequence_lens)
@@ -64,6 +65,8 @@ import clstm
 import peers
 from clstm import _runtime
 
+# clstm's own implementations: the live layer ("clstm") and its frozen snapshot
+OWN = ("clstm", "frozen")
 SETTLE_SECONDS = 0.05  # ONNX Runtime's and PyTorch's pools spin for more than 5 ms
 # x T*B*H*(I+H) per direction: a multiply-add (2 FLOPs) per weight per gate block (LSTM 4,
 # GRU 3) for inference; a training step adds the backward's two products of the same size
@@ -482,7 +485,7 @@ def summarise(bench):
     for section in ("grid", "float64", "lengths", "bidirectional"):
         for mode in MODES:
             mine = [r for r in rows if r["section"] == section and r["mode"] == mode]
-            for impl in dict.fromkeys(r["impl"] for r in mine if r["impl"] != "clstm"):
+            for impl in dict.fromkeys(r["impl"] for r in mine if r["impl"] not in OWN):
                 ratios = [r["speedup"] for r in mine if r["impl"] == impl]
                 summary[f"{section}/{mode}/vs_{impl}"] = geomean(ratios)
                 lines.append(f"{section:<8} {mode:<9} vs {impl:<12} {geomean(ratios):6.2f}x "
@@ -497,6 +500,14 @@ def summarise(bench):
                 summary[f"{section}/{mode}/vs_fastest_peer"] = geomean(ratios)
                 lines.append(f"{section:<8} {mode:<9} vs fastest peer {geomean(ratios):6.2f}x "
                              f"(min {min(ratios):.2f}x)")
+                # the frozen snapshot against the same peers (speed-ups are over the live
+                # layer's time, so the frozen one's is peer / frozen = theirs / its own)
+                frozen = {r["size"]: r["speedup"] for r in mine if r["impl"] == "frozen"}
+                ratios = [best[k] / frozen[k] for k in best if k in frozen]
+                if ratios:
+                    summary[f"{section}/{mode}/frozen_vs_fastest_peer"] = geomean(ratios)
+                    lines.append(f"{section:<8} {mode:<9} frozen vs fastest peer "
+                                 f"{geomean(ratios):6.2f}x (min {min(ratios):.2f}x)")
     for r in rows:
         if r["section"] == "cell":
             summary[f"cell/{r['impl']}_us"] = r["median_us"]
@@ -516,7 +527,7 @@ def verdict(bench):
     rows = [r for r in bench.rows
             if r["section"] in ("grid", "float64", "lengths", "bidirectional")]
     lines = []
-    for impl in dict.fromkeys(r["impl"] for r in rows if r["impl"] != "clstm"):
+    for impl in dict.fromkeys(r["impl"] for r in rows if r["impl"] not in OWN):
         mine = [r for r in rows if r["impl"] == impl]
         lost = [f"{r['section']} {r['size']} {r['mode']} ({r['speedup']:.2f}x)" for r in mine
                 if r["speedup"] < 1]
@@ -552,7 +563,8 @@ def preamble(bench, args):
         peers_found.append(f"ONNX Runtime {bench.ort[1].__version__} (its {name} operator"
                            + (", linear_before_reset=1)" if bench.model == "gru" else ")"))
     lines = [
-        f"# Measures: clstm's {name} layer, inference and a training step (forward + backward), "
+        f"# Measures: clstm's {name} layer, inference (also by its frozen snapshot, "
+        "\"frozen\") and a training step (forward + backward), "
         f"on {args.threads} thread(s), median of {bench.repeats} timed calls per size "
         f"({'--quick: small sizes' if bench.quick else 'full sizes'}); the same weights and "
         "input for every implementation, each output checked against clstm's.",

@@ -69,6 +69,16 @@ def make_clstm(rnn, x, mode, lengths=None):
     return step
 
 
+def make_frozen(rnn, x, mode, lengths=None):
+    """The layer's frozen snapshot (``rnn.freeze()``: weights packed once, as ONNX Runtime
+    packs them at session creation), inference only: what the docs tell a server to run.
+    The live layer packs its weights on every call, since training may change them."""
+    if mode != "inference":
+        return None
+    frozen = rnn.freeze()
+    return lambda: frozen(x, lengths=lengths)[0]
+
+
 def reference_missing(model):
     """Why clstm's NumPy reference cannot run ``model`` here (None if it can): the GRU's
     needs ``clstm.reference.gru_forward`` and ``gru_backward``."""
@@ -316,9 +326,9 @@ def make_numpy(rnn, x, mode, lengths=None):
 
 def factories(threads, model="lstm"):
     """name -> factory for every implementation available here for ``model`` (clstm
-    first; the reference only if `reference_missing` says nothing; "numpy", the
-    hoisted-GEMM NumPy LSTM, for LSTMs)."""
-    found = {"clstm": make_clstm}
+    first, then its frozen snapshot "frozen" (inference); the reference only if
+    `reference_missing` says nothing; "numpy", the hoisted-GEMM NumPy LSTM, for LSTMs)."""
+    found = {"clstm": make_clstm, "frozen": make_frozen}
     if reference_missing(model) is None:
         found["reference"] = make_reference
     if model == "lstm":

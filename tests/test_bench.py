@@ -26,7 +26,8 @@ def test_quick_benchmark_runs_every_section(tmp_path):
     assert "MISMATCH" not in out.stdout
     # the first lines: what is measured, against what, how to add the missing peers
     first = out.stdout.splitlines()[:4]
-    assert first[0].startswith("# Measures: clstm's LSTM layer, inference and a training step")
+    assert first[0].startswith("# Measures: clstm's LSTM layer, inference (also by its frozen "
+                               "snapshot, \"frozen\") and a training step")
     assert first[1] == ("# Against: clstm's NumPy reference (clstm.reference), a hoisted-GEMM "
                         "NumPy LSTM on NumPy's BLAS (numpy; one direction, equal lengths).")
     assert first[2].startswith("# Not compared: PyTorch and ONNX Runtime")
@@ -102,7 +103,8 @@ def test_quick_gru_benchmark_checks_every_peer(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "MISMATCH" not in out.stdout
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("# Measures: clstm's GRU layer, inference and a training step")
+    assert lines[0].startswith("# Measures: clstm's GRU layer, inference (also by its frozen "
+                               "snapshot, \"frozen\") and a training step")
     against = lines[1]
     assert against.startswith("# Against: ")
     assert ("torch.nn.GRU" in against) == has_torch
@@ -126,7 +128,7 @@ def test_quick_gru_benchmark_checks_every_peer(tmp_path):
                                                       ("reference", has_reference)) if found}
     for section in ("grid", "lengths", "bidirectional"):
         rows = [r for r in results if r["section"] == section]
-        assert {r["impl"] for r in rows if r["mode"] == "inference"} == expected
+        assert {r["impl"] for r in rows if r["mode"] == "inference"} == expected | {"frozen"}
         assert {r["impl"] for r in rows if r["mode"] == "train"} == expected - {"onnxruntime"}
         assert all(r["max_rel_diff"] <= 1e-3 for r in rows)
     assert all(r["max_rel_diff"] <= 1e-9 for r in results if r["section"] == "float64")
