@@ -61,19 +61,26 @@ cdef inline void par_gemm(int n_threads, bint trans_a, bint trans_b, Py_ssize_t 
 cdef inline void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t K,
                            const floating* A, Py_ssize_t lda, const floating* Wp, floating* C,
                            Py_ssize_t ldc, bint lowp=False) noexcept nogil:
-    """C[m, N] = A[m, K] @ W.T (W packed), row blocks shared among threads. ``lowp``: W is
-    packed in a low-precision format (Wp a clstm_lowp_weights; csrc/lowp.h)."""
-    cdef Py_ssize_t n_blocks = (m + PGEMM_ROW_BLOCK - 1) // PGEMM_ROW_BLOCK, blk, r0, r1
-    cdef int parts = gemm_parts(n_threads, n_blocks, m * N * K)
+    """C[m, N] = A[m, K] @ W.T (W packed), the rows shared evenly among threads, each
+    thread's in blocks of PGEMM_ROW_BLOCK (dealing out whole blocks left up to a block's
+    worth of rows more on one thread). ``lowp``: W is packed in a
+    low-precision format (Wp a clstm_lowp_weights; csrc/lowp.h). A row's sum does not
+    depend on where its block starts (pgemm.h), so neither does C on the thread count."""
+    cdef Py_ssize_t n_blocks = (m + PGEMM_ROW_BLOCK - 1) // PGEMM_ROW_BLOCK, r, r0, r1
+    cdef int parts = gemm_parts(n_threads, n_blocks, m * N * K), part
     cdef int master_cpu
     if n_blocks < 1:
         return
     master_cpu = clstm_current_cpu()
-    for blk in prange(n_blocks, num_threads=parts, schedule='static'):
+    for part in prange(parts, num_threads=parts, schedule='static'):
         clstm_leave_master_cpu(master_cpu)
-        r0 = blk * PGEMM_ROW_BLOCK
-        r1 = min(r0 + PGEMM_ROW_BLOCK, m)
-        packed_mul(lowp, r1 - r0, N, K, A + r0 * lda, lda, Wp, 0, C + r0 * ldc, ldc, True)
+        r0 = part * m // parts
+        r1 = (part + 1) * m // parts
+        r = r0
+        while r < r1:
+            packed_mul(lowp, min(PGEMM_ROW_BLOCK, r1 - r), N, K, A + r * lda, lda, Wp, 0,
+                       C + r * ldc, ldc, True)
+            r = r + PGEMM_ROW_BLOCK
 
 
 cdef inline void par_pack(int n_threads, const floating* W, Py_ssize_t N, Py_ssize_t K,
