@@ -28,6 +28,17 @@
    rounding). KS accumulator sets take turns over the pairs as in pgemm.h, the same KS for
    every tile height, so a row's result does not depend on its tile or thread.
 
+   bfloat16 on AMX tiles (amx.h) is opt-in (CLSTM_AMX_BF16=1): tdpbf16ps is several times
+   faster, but it does not round as a chain of float32 multiply-adds in any order, so no
+   vector kernel can give its bits at a cost worth paying. Probed on an AMX Xeon (a KVM
+   guest): within one instruction (32 k) products are aligned in blocks of four
+   consecutive k (a term far below the block's largest is lost before a cancellation
+   that would have kept it, where it survives in another block), the blocks are combined
+   with roundings of their own, then the chunk is added to the accumulator; bfloat16
+   subnormal inputs count as zero, and subnormal sums are flushed (the caller's C is added
+   afterwards, as by the other kernels). Its error stays within a few float32 roundings
+   per chunk (tests: amx_bf16_bound).
+
    Packed layout (both formats): panel jb holds output columns [jb*NR, (jb+1)*NR), NR = 32,
    as groups of KQ consecutive k (KQ = 4 int8, 2 bf16: one 32-bit lane), so that one vector
    load gives 16 columns x KQ k (AVX-512):
