@@ -181,7 +181,7 @@ def amx_bf16_bound(a, w, c):
 
 
 @pytest.mark.parametrize("N,K", [(1, 3), (33, 17), (100, 64), (70, 100), (96, 130),
-                                 (64, 256), (40, 1000), (3, 1)])
+                                 (64, 256), (40, 1000), (3, 1), (33, 4100)])
 def test_kernel_amx_bf16_at_every_tail_is_within_its_bound_and_path_free(N, K):
     """The opt-in AMX bfloat16 kernel (csrc/amx.h, CLSTM_AMX_BF16=1) at every row count up
     to 70, K not a multiple of a tile's 32 k, N not a multiple of the panel width, column

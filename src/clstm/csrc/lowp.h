@@ -664,8 +664,9 @@ enum { CLSTM_AMX_MIN_ROWS = 2 };
    once). tdpbf16ps does not round like a chain of float32 multiply-adds (it sums the
    products of each instruction's chunk of k in its own wider, aligned datapath), so its
    bits differ from the other kernels' and the NumPy emulation's; opt-in until that
-   contract is decided. When on, it serves every bfloat16 product (one row too), so the
-   results still do not depend on the path, tile or thread count. */
+   contract is decided. When on, it serves every bfloat16 product (one row too, any K), so
+   the results still do not depend on the path, tile or thread count; only a failed
+   allocation (K > 2048) leaves a product to the vector kernel. */
 static int clstm_amx_bf16_enabled(void) {
     static int on = -1;  /* a benign race, as clstm_lowp_kernel */
     if (on < 0) {
@@ -685,11 +686,21 @@ static int clstm_lowp_gemm_amx(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssi
     const Py_ssize_t Kg = clstm_lowp_groups(W->format, W->K);
     const Py_ssize_t ldq = (Kg * 4 + CLSTM_AMX_KB - 1) / CLSTM_AMX_KB * CLSTM_AMX_KB;
     Py_ssize_t rb = CLSTM_LOWP_ROW_BYTES / ldq, i, m, m16;
+    void* heap = NULL;
     if (rb > MAX_ROWS)
         rb = MAX_ROWS;
     rb -= rb % CLSTM_AMX_MR;
-    if (n < (bf16 ? 1 : CLSTM_AMX_MIN_ROWS) || rb == 0)
+    if (n < (bf16 ? 1 : CLSTM_AMX_MIN_ROWS))
         return 0;
+    /* rows too long for one tile of them on the stack: bfloat16 takes one such block from
+       the heap (so that, opted in, every K runs on the tiles: the same bits at any K);
+       int8 leaves them to VNNI512 (the same bits either way) */
+    if (rb == 0) {
+        if (!bf16 || (heap = malloc(CLSTM_AMX_MR * ldq + 63)) == NULL)
+            return 0;
+        qa = (uint8_t*)(((uintptr_t)heap + 63) & ~(uintptr_t)63);
+        rb = CLSTM_AMX_MR;
+    }
     clstm_amx_begin(n < CLSTM_AMX_MR ? (int)n : CLSTM_AMX_MR);
     for (i = 0; i < n; i += rb) {
         m = n - i < rb ? n - i : rb;
@@ -707,6 +718,7 @@ static int clstm_lowp_gemm_amx(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssi
         }
     }
     clstm_amx_end();
+    free(heap);
     return 1;
 }
 #endif
