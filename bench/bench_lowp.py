@@ -17,7 +17,9 @@ is not installed is left out (``pip install torch==2.13.0 onnxruntime onnx``).
 ``--micro``: the low-precision GEMM alone against the float32 packed GEMM at the per-step
 shapes (n = 1..64 rows, K = H, N = 4H), one thread. The kernel is the process's: on an AMX
 machine, ``CLSTM_ISA=vnni512`` times the AVX-512 VNNI kernel instead (and the whole-model
-tables likewise), for before/after comparisons on one machine.
+tables likewise), for before/after comparisons on one machine. ``CLSTM_AMX_BF16=1`` puts
+the bfloat16 products on the AMX tiles too (opt-in: other bits than the vector kernels,
+csrc/lowp.h); the machine line says which.
 """
 import argparse
 import os
@@ -263,6 +265,11 @@ def micro(rounds):
                   f"{ms['fp32'] / ms['bf16']:.2f}x |", flush=True)
 
 
+def amx_bf16():
+    """Whether this process runs bfloat16 on AMX tiles (csrc/lowp.h's opt-in)."""
+    return os.environ.get("CLSTM_AMX_BF16") == "1" and _packed.lowp_kernel() == "amx"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[2])
@@ -273,7 +280,9 @@ def main(argv=None):
     parser.add_argument("--markdown", help="write the tables here")
     args = parser.parse_args(argv)
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"low-precision kernel {_packed.lowp_kernel()}; python {sys.version.split()[0]}")
+          f"low-precision kernel {_packed.lowp_kernel()}"
+          f"{' (bf16 on AMX: CLSTM_AMX_BF16=1)' if amx_bf16() else ''}; "
+          f"python {sys.version.split()[0]}")
     if args.micro:
         micro(args.rounds)
         return

@@ -87,6 +87,11 @@ def emulate_bf16(a, w, c, ks=2):
 
 EMULATE = {"int8": emulate_int8, "bfloat16": emulate_bf16}
 
+# bfloat16 on AMX tiles (opt-in, CLSTM_AMX_BF16=1): tdpbf16ps rounds in its own way (csrc/
+# lowp.h, clstm_amx_bf16_enabled), so its bits are checked against bounds and against
+# themselves (every path, tile and thread count), not against emulate_bf16.
+AMX_BF16 = os.environ.get("CLSTM_AMX_BF16") == "1" and _packed.lowp_kernel() == "amx"
+
 
 def rows_of_every_kind(rng, n, K):
     a = rng.standard_normal((n, K)).astype(F32)
@@ -112,6 +117,8 @@ def test_kernel_matches_the_numpy_emulation_bit_for_bit(fmt, N, K):
     w = rng.standard_normal((N, K)).astype(F32)
     if N > 2:
         w[2] = 0  # a zero row: scale 0
+    if fmt == "bfloat16" and AMX_BF16:
+        pytest.skip("bfloat16 runs on AMX tiles (CLSTM_AMX_BF16=1): not emulate_bf16's bits")
     packed = _packed.PackedWeights(N, K, fmt).pack(w)
     for n in (1, 2, 3, 5, 6, 7, 13, 64, 70):
         a = rows_of_every_kind(rng, n, K)
@@ -161,6 +168,88 @@ def test_kernel_amx_int8_matches_the_numpy_emulation_at_every_tail(N, K):
             got = _packed.lowp_gemm(packed, a, c0[:, col0:col0 + cols].copy(), col0, cols)
             np.testing.assert_array_equal(got, want[:, col0:col0 + cols],
                                           err_msg=f"n={n} col0={col0} cols={cols}")
+
+
+def amx_bf16_bound(a, w, c):
+    """Bound on |tdpbf16ps's c + a @ w.T - the exact one| for bf16 a, w: each instruction
+    (32 k) rounds its products to its blocks' grids and sums them in a tree, a few float32
+    roundings of at most the sum of |terms| each, then one rounding per chunk into the
+    accumulator; flushed subnormals add 2^-126 per rounding."""
+    a64, w64 = np.abs(a).astype(np.float64), np.abs(w).astype(np.float64)
+    steps = -(-a.shape[1] // 32) + 8
+    return steps * 2.0 ** -24 * (a64 @ w64.T + np.abs(c)) + steps * 2.0 ** -126
+
+
+@pytest.mark.parametrize("N,K", [(1, 3), (33, 17), (100, 64), (70, 100), (96, 130),
+                                 (64, 256), (40, 1000), (3, 1), (33, 4100)])
+def test_kernel_amx_bf16_at_every_tail_is_within_its_bound_and_path_free(N, K):
+    """The opt-in AMX bfloat16 kernel (csrc/amx.h, CLSTM_AMX_BF16=1) at every row count up
+    to 70, K not a multiple of a tile's 32 k, N not a multiple of the panel width, column
+    ranges from col0 > 0: within amx_bf16_bound of the exact product of the bf16 values;
+    column ranges give the whole product's columns and one row alone gives its row of a
+    block (the bits depend on nothing but the row and the column)."""
+    if not AMX_BF16:
+        pytest.skip("bfloat16 is not on AMX tiles here (no AMX, another CLSTM_ISA, or "
+                    "CLSTM_AMX_BF16 is not 1)")
+    rng = np.random.default_rng(N * 7919 + K)
+    w = rng.standard_normal((N, K)).astype(F32)
+    packed = _packed.PackedWeights(N, K, "bfloat16").pack(w)
+    ranges = [(col0, N - col0) for col0 in range(NR, N, NR)]
+    if N > 2 * NR:
+        ranges.append((NR, NR))
+    wb = to_bf16(w).astype(np.float64)
+    for n in range(1, 71):
+        a = rows_of_every_kind(rng, n, K)
+        c0 = rng.standard_normal((n, N)).astype(F32)
+        exact = c0 + to_bf16(a).astype(np.float64) @ wb.T
+        got = _packed.lowp_gemm(packed, a, c0.copy())
+        assert np.all(np.abs(got - exact) <= amx_bf16_bound(to_bf16(a), to_bf16(w), c0)), n
+        for col0, cols in ranges:
+            part = _packed.lowp_gemm(packed, a, c0[:, col0:col0 + cols].copy(), col0, cols)
+            np.testing.assert_array_equal(part, got[:, col0:col0 + cols],
+                                          err_msg=f"n={n} col0={col0} cols={cols}")
+        i = n // 2
+        np.testing.assert_array_equal(_packed.lowp_gemm(packed, a[i:i + 1], c0[i:i + 1].copy()),
+                                      got[i:i + 1])
+
+
+def test_kernel_amx_bf16_reads_no_other_panel_and_flushes_subnormals():
+    """AMX bfloat16: a panel whose K ends inside a tile reads a zero-padded copy, so the
+    next panel's infinite or NaN weights (times A's zero padding) stay out of its columns;
+    subnormal bfloat16 inputs count as zero (tdpbf16ps), as their products would in float32
+    against these C values anyway."""
+    if not AMX_BF16:
+        pytest.skip("bfloat16 is not on AMX tiles here")
+    rng = np.random.default_rng(11)
+    for K in (3, 17, 33, 100):
+        w = rng.standard_normal((3 * NR, K)).astype(F32)
+        a = rng.standard_normal((5, K)).astype(F32)
+        clean = _packed.lowp_gemm(_packed.PackedWeights(3 * NR, K, "bfloat16").pack(w), a,
+                                  np.zeros((5, 3 * NR), F32))
+        w[NR:2 * NR:2], w[NR + 1:2 * NR:2] = np.inf, np.nan
+        w[2 * NR:, 0] = np.inf
+        dirty = _packed.lowp_gemm(_packed.PackedWeights(3 * NR, K, "bfloat16").pack(w), a,
+                                  np.zeros((5, 3 * NR), F32))
+        np.testing.assert_array_equal(dirty[:, :NR], clean[:, :NR], err_msg=f"K={K}")
+        assert np.all(~np.isfinite(dirty[:, NR:2 * NR]))
+    w = rng.standard_normal((NR, 64)).astype(F32)
+    a = (rng.standard_normal((3, 64)) * 1e-39).astype(F32)  # subnormal, also as bfloat16
+    c0 = rng.standard_normal((3, NR)).astype(F32)
+    packed = _packed.PackedWeights(NR, 64, "bfloat16").pack(w)
+    np.testing.assert_array_equal(_packed.lowp_gemm(packed, a, c0.copy()), c0)
+
+
+def test_amx_bf16_opt_in_passes_the_kernel_and_frozen_tests(tmp_path):
+    """The kernel and frozen-model tests again with CLSTM_AMX_BF16=1 (bounds, the same
+    bits on every path and thread count, pickling), on a machine with AMX."""
+    if _packed.lowp_kernel() != "amx" or AMX_BF16:
+        pytest.skip("no AMX kernel here" if not AMX_BF16 else "already running opt-in")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          "-k", "(kernel or frozen) and not every_isa and not onnx and not "
+                          "under_amx", str(TESTS / "test_lowp.py")],
+                         env=dict(os.environ, CLSTM_AMX_BF16="1"), capture_output=True,
+                         text=True, timeout=900, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 
 def test_kernel_int8_error_is_within_the_quantisation_steps():

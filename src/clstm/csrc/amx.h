@@ -65,7 +65,7 @@ typedef struct {
 } __attribute__((aligned(64))) clstm_amx_config;
 
 #pragma GCC push_options
-#pragma GCC target("arch=x86-64-v4,avx512vnni,amx-tile,amx-int8")
+#pragma GCC target("arch=x86-64-v4,avx512vnni,amx-tile,amx-int8,amx-bf16")
 #include <immintrin.h>
 
 /* Tiles: 0-3 the 2 x 2 C block (rows r, r + 16 by the panel's two column halves), 4-5 the
@@ -154,7 +154,7 @@ static void clstm_amx_quantize_u8(Py_ssize_t n, Py_ssize_t K, const float* A, Py
    colsum; overwrite: C = 0 + the epilogue (the bits of zeroing C first, -0 becoming +0)
    without reading C. rows 0: nothing waits. */
 typedef struct {
-    int rows, overwrite;
+    int rows, overwrite, bf16;  /* bf16: acc holds float sums, C (+)= acc, nothing else */
     const int32_t* acc;
     const float *sa, *sw;
     const int32_t *za, *colsum;
@@ -209,13 +209,39 @@ static inline __attribute__((always_inline)) void clstm_amx_epilogue(
     }
 }
 
+/* The bfloat16 epilogue of rows [r0, r1) of p: C + the float sums (overwrite: 0 + them,
+   the bits of zeroing C first), as lowp.h's bfloat16 tile ends. */
+static inline __attribute__((always_inline)) void clstm_amx_epilogue_bf16(
+        const clstm_amx_pending* p, int r0, int r1) {
+    enum { NR = CLSTM_LOWP_NR };
+    const float* acc = (const float*)p->acc;
+    float* C = p->C;
+    const Py_ssize_t ldc = p->ldc, ncols = p->ncols;
+    const __m512 base = _mm512_setzero_ps();
+    Py_ssize_t k;
+    int r;
+    if (ncols == NR) {
+        for (r = r0; r < r1; r++) {
+            float* c = C + r * ldc;
+            __m512 c0 = p->overwrite ? base : _mm512_loadu_ps(c);
+            __m512 c1 = p->overwrite ? base : _mm512_loadu_ps(c + 16);
+            _mm512_storeu_ps(c, _mm512_add_ps(c0, _mm512_load_ps(acc + r * NR)));
+            _mm512_storeu_ps(c + 16, _mm512_add_ps(c1, _mm512_load_ps(acc + r * NR + 16)));
+        }
+    } else {
+        for (r = r0; r < r1; r++)
+            for (k = 0; k < ncols; k++)
+                C[r * ldc + k] = (p->overwrite ? 0.0f : C[r * ldc + k]) + acc[r * NR + k];
+    }
+}
+
 /* One 16- or 32-row strip of quantised A (two: two A tiles) against one panel: the sums of
    all K chunks in the C tiles. The epilogue of the previous strip (p) is done in slices
    between the chunks, so that part of it overlaps the tile multiply (done right after its
    own strip, it overlaps nothing: measured at many rows). */
 static inline __attribute__((always_inline)) void clstm_amx_strip(
-        int two, const uint8_t* qi, Py_ssize_t ldq, const int8_t* panel, Py_ssize_t nkc,
-        const int8_t* tail_b, const clstm_amx_pending* p) {
+        int bf16, int two, const uint8_t* qi, Py_ssize_t ldq, const int8_t* panel,
+        Py_ssize_t nkc, const int8_t* tail_b, const clstm_amx_pending* p) {
     enum { NR = CLSTM_LOWP_NR, GB = CLSTM_AMX_KB / 4 };
     const int slice = (int)((p->rows + nkc - 1) / nkc);
     Py_ssize_t kc;
@@ -232,16 +258,29 @@ static inline __attribute__((always_inline)) void clstm_amx_strip(
         _tile_loadd(4, a, ldq);
         _tile_loadd(6, b, NR * 4);
         _tile_loadd(7, b + 64, NR * 4);
-        _tile_dpbusd(0, 4, 6);
-        _tile_dpbusd(1, 4, 7);
+        if (bf16) {
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+        } else {
+            _tile_dpbusd(0, 4, 6);
+            _tile_dpbusd(1, 4, 7);
+        }
         if (two) {
             _tile_loadd(5, a + CLSTM_AMX_MR * ldq, ldq);
-            _tile_dpbusd(2, 5, 6);
-            _tile_dpbusd(3, 5, 7);
+            if (bf16) {
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            } else {
+                _tile_dpbusd(2, 5, 6);
+                _tile_dpbusd(3, 5, 7);
+            }
         }
         if (done < p->rows) {
             int end = done + slice < p->rows ? done + slice : p->rows;
-            clstm_amx_epilogue(p, done, end);
+            if (bf16)
+                clstm_amx_epilogue_bf16(p, done, end);
+            else
+                clstm_amx_epilogue(p, done, end);
             done = end;
         }
     }
@@ -274,7 +313,7 @@ static void clstm_amx_block_i8(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssi
     int32_t acc[2][SR * NR] __attribute__((aligned(64)));
     int8_t tail[GB * NR * 4] __attribute__((aligned(64)));
     const int8_t* tail_b = NULL;
-    clstm_amx_pending p = {0, overwrite, NULL, NULL, NULL, NULL, NULL, NULL, ldc, 0};
+    clstm_amx_pending p = {0, overwrite, 0, NULL, NULL, NULL, NULL, NULL, NULL, ldc, 0};
     Py_ssize_t i, j;
     int cur = 0;
     if (Kg % GB != 0) {  /* the last panel's last chunk, zero past its groups */
@@ -288,7 +327,7 @@ static void clstm_amx_block_i8(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssi
         const int8_t* panel = (const int8_t*)W->panels + (col / NR) * Kg * NR * 4;
         for (i = 0; i < n; i += SR) {
             const int two = n - i > CLSTM_AMX_MR;
-            clstm_amx_strip(two, qa + i * ldq, ldq, panel, nkc,
+            clstm_amx_strip(0, two, qa + i * ldq, ldq, panel, nkc,
                             col / NR == last ? tail_b : NULL, &p);
             clstm_amx_store(two, acc[cur]);
             p.rows = n - i < SR ? (int)(n - i) : SR;
@@ -304,6 +343,76 @@ static void clstm_amx_block_i8(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssi
     }
     if (p.rows)
         clstm_amx_epilogue(&p, 0, p.rows);
+}
+
+/* Rows [0, n) of A rounded to bfloat16 for the tiles: clstm_to_bf16 value for value (the
+   integer rounding of lowp.h's bfloat16 quantisers, NaN kept quiet), rows padded with
+   zeros to ldq halves (a multiple of 32). */
+static void clstm_amx_quantize_bf16(Py_ssize_t n, Py_ssize_t K, const float* A,
+                                    Py_ssize_t lda, uint16_t* qa, Py_ssize_t ldq) {
+    Py_ssize_t i, k;
+    const __m512i one = _mm512_set1_epi32(1), round = _mm512_set1_epi32(0x7fff);
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    const __m512i quiet = _mm512_set1_epi32(0x40);
+    for (i = 0; i < n; i++) {
+        const float* a = A + i * lda;
+        uint16_t* q = qa + i * ldq;
+        for (k = 0; k + 16 <= K; k += 16) {
+            __m512i u = _mm512_loadu_si512(a + k);
+            __m512i hi = _mm512_srli_epi32(u, 16);
+            __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, round),
+                                                           _mm512_and_si512(hi, one)), 16);
+            __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, abs_mask), inf);
+            r = _mm512_mask_or_epi32(r, nan, hi, quiet);
+            _mm256_storeu_si256((__m256i*)(q + k), _mm512_cvtepi32_epi16(r));
+        }
+        for (; k < K; k++)
+            q[k] = clstm_to_bf16(a[k]);
+        memset(q + K, 0, (ldq - K) * 2);
+    }
+}
+
+/* Rows [0, n) of bfloat16 A, qa (rows padded with zero rows to a multiple of 16, each
+   padded with zeros to ldq halves, a multiple of 32), against the columns [col0, col0 +
+   ncols) of W (overwrite: C = the product): the tiles of clstm_amx_block_i8 with
+   tdpbf16ps (a chunk is 32 k: 16 groups of 2). Each panel's last chunk, when the panel
+   ends inside it, is read from a zero-padded copy: past the panel lie other columns'
+   weights, and zero times an infinite or NaN weight would not add nothing. */
+static void clstm_amx_block_bf16(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
+                                 Py_ssize_t ncols, const uint16_t* qa, Py_ssize_t ldq,
+                                 float* C, Py_ssize_t ldc, int overwrite) {
+    enum { NR = CLSTM_LOWP_NR, GB = CLSTM_AMX_KB / 4, SR = 2 * CLSTM_AMX_MR };
+    const Py_ssize_t Kg = clstm_lowp_groups(CLSTM_LOWP_BF16, W->K);
+    const Py_ssize_t ldb = ldq * 2, nkc = ldb / CLSTM_AMX_KB;
+    float acc[2][SR * NR] __attribute__((aligned(64)));
+    int8_t tail[GB * NR * 4] __attribute__((aligned(64)));
+    clstm_amx_pending p = {0, overwrite, 1, NULL, NULL, NULL, NULL, NULL, NULL, ldc, 0};
+    Py_ssize_t i, j;
+    int cur = 0;
+    if (Kg % GB != 0)
+        memset(tail, 0, sizeof(tail));
+    for (j = 0; j < ncols; j += NR) {
+        const Py_ssize_t col = col0 + j;
+        const int8_t* panel = (const int8_t*)W->panels + (col / NR) * Kg * NR * 4;
+        const int8_t* tail_b = NULL;
+        if (Kg % GB != 0) {  /* the previous strip's epilogue reads acc, never tail */
+            memcpy(tail, panel + (nkc - 1) * GB * NR * 4, (Kg % GB) * NR * 4);
+            tail_b = tail;
+        }
+        for (i = 0; i < n; i += SR) {
+            const int two = n - i > CLSTM_AMX_MR;
+            clstm_amx_strip(1, two, (const uint8_t*)(qa + i * ldq), ldb, panel, nkc, tail_b,
+                            &p);
+            clstm_amx_store(two, (int32_t*)acc[cur]);
+            p.rows = n - i < SR ? (int)(n - i) : SR;
+            p.acc = (const int32_t*)acc[cur];
+            p.C = C + i * ldc + j;
+            p.ncols = ncols - j < NR ? ncols - j : NR;
+            cur ^= 1;
+        }
+    }
+    if (p.rows)
+        clstm_amx_epilogue_bf16(&p, 0, p.rows);
 }
 
 #pragma GCC pop_options

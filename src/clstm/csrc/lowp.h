@@ -28,6 +28,17 @@
    rounding). KS accumulator sets take turns over the pairs as in pgemm.h, the same KS for
    every tile height, so a row's result does not depend on its tile or thread.
 
+   bfloat16 on AMX tiles (amx.h) is opt-in (CLSTM_AMX_BF16=1): tdpbf16ps is several times
+   faster, but it does not round as a chain of float32 multiply-adds in any order, so no
+   vector kernel can give its bits at a cost worth paying. Probed on an AMX Xeon (a KVM
+   guest): within one instruction (32 k) products are aligned in blocks of four
+   consecutive k (a term far below the block's largest is lost before a cancellation
+   that would have kept it, where it survives in another block), the blocks are combined
+   with roundings of their own, then the chunk is added to the accumulator; bfloat16
+   subnormal inputs count as zero, and subnormal sums are flushed (the caller's C is added
+   afterwards, as by the other kernels). Its error stays within a few float32 roundings
+   per chunk (tests: amx_bf16_bound).
+
    Packed layout (both formats): panel jb holds output columns [jb*NR, (jb+1)*NR), NR = 32,
    as groups of KQ consecutive k (KQ = 4 int8, 2 bf16: one 32-bit lane), so that one vector
    load gives 16 columns x KQ k (AVX-512):
@@ -648,29 +659,66 @@ static const char* clstm_lowp_kernel_name(void) {
    vpdpbusd at every K measured (bench_lowp.py --micro); one row is a tie, left to the
    vector kernel. */
 enum { CLSTM_AMX_MIN_ROWS = 2 };
+
+/* bfloat16 products on AMX tiles: only with CLSTM_AMX_BF16=1 in the environment (read
+   once). tdpbf16ps does not round like a chain of float32 multiply-adds (it sums the
+   products of each instruction's chunk of k in its own wider, aligned datapath), so its
+   bits differ from the other kernels' and the NumPy emulation's; opt-in until that
+   contract is decided. When on, it serves every bfloat16 product (one row too, any K), so
+   the results still do not depend on the path, tile or thread count; only a failed
+   allocation (K > 2048) leaves a product to the vector kernel. */
+static int clstm_amx_bf16_enabled(void) {
+    static int on = -1;  /* a benign race, as clstm_lowp_kernel */
+    if (on < 0) {
+        const char* v = getenv("CLSTM_AMX_BF16");
+        on = v != NULL && strcmp(v, "1") == 0;
+    }
+    return on;
+}
+
 static int clstm_lowp_gemm_amx(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t col0,
                                Py_ssize_t ncols, const float* A, Py_ssize_t lda, float* C,
                                Py_ssize_t ldc, int overwrite, uint8_t* qa) {
     enum { MAX_ROWS = 64 };
     float sa[MAX_ROWS];
     int32_t za[MAX_ROWS];
-    const Py_ssize_t Kg = clstm_lowp_groups(CLSTM_LOWP_INT8, W->K);
+    const int bf16 = W->format == CLSTM_LOWP_BF16;
+    const Py_ssize_t Kg = clstm_lowp_groups(W->format, W->K);
     const Py_ssize_t ldq = (Kg * 4 + CLSTM_AMX_KB - 1) / CLSTM_AMX_KB * CLSTM_AMX_KB;
     Py_ssize_t rb = CLSTM_LOWP_ROW_BYTES / ldq, i, m, m16;
+    void* heap = NULL;
     if (rb > MAX_ROWS)
         rb = MAX_ROWS;
     rb -= rb % CLSTM_AMX_MR;
-    if (n < CLSTM_AMX_MIN_ROWS || rb == 0)
+    if (n < (bf16 ? 1 : CLSTM_AMX_MIN_ROWS))
         return 0;
+    /* rows too long for one tile of them on the stack: bfloat16 takes one such block from
+       the heap (so that, opted in, every K runs on the tiles: the same bits at any K);
+       int8 leaves them to VNNI512 (the same bits either way) */
+    if (rb == 0) {
+        if (!bf16 || (heap = malloc(CLSTM_AMX_MR * ldq + 63)) == NULL)
+            return 0;
+        qa = (uint8_t*)(((uintptr_t)heap + 63) & ~(uintptr_t)63);
+        rb = CLSTM_AMX_MR;
+    }
     clstm_amx_begin(n < CLSTM_AMX_MR ? (int)n : CLSTM_AMX_MR);
     for (i = 0; i < n; i += rb) {
         m = n - i < rb ? n - i : rb;
         m16 = (m + CLSTM_AMX_MR - 1) / CLSTM_AMX_MR * CLSTM_AMX_MR;
-        clstm_amx_quantize_u8(m, W->K, A + i * lda, lda, qa, ldq, sa, za);
-        memset(qa + m * ldq, 0, (m16 - m) * ldq);
-        clstm_amx_block_i8(W, m, col0, ncols, qa, ldq, sa, za, C + i * ldc, ldc, overwrite);
+        if (bf16) {
+            clstm_amx_quantize_bf16(m, W->K, A + i * lda, lda, (uint16_t*)qa, ldq / 2);
+            memset(qa + m * ldq, 0, (m16 - m) * ldq);
+            clstm_amx_block_bf16(W, m, col0, ncols, (const uint16_t*)qa, ldq / 2,
+                                 C + i * ldc, ldc, overwrite);
+        } else {
+            clstm_amx_quantize_u8(m, W->K, A + i * lda, lda, qa, ldq, sa, za);
+            memset(qa + m * ldq, 0, (m16 - m) * ldq);
+            clstm_amx_block_i8(W, m, col0, ncols, qa, ldq, sa, za, C + i * ldc, ldc,
+                               overwrite);
+        }
     }
     clstm_amx_end();
+    free(heap);
     return 1;
 }
 #endif
@@ -699,9 +747,9 @@ static int clstm_lowp_gemm(const clstm_lowp_weights* W, Py_ssize_t n, Py_ssize_t
         return 0;
 #if CLSTM_HAVE_AMX
     if (kernel == CLSTM_LK_AMX) {
-        if (W->format == CLSTM_LOWP_INT8 && clstm_lowp_gemm_amx(W, n, col0, ncols, A, lda,
-                                                                C, ldc, overwrite,
-                                                                (uint8_t*)stack_rows))
+        if ((W->format == CLSTM_LOWP_INT8 || clstm_amx_bf16_enabled())
+                && clstm_lowp_gemm_amx(W, n, col0, ncols, A, lda, C, ldc, overwrite,
+                                       (uint8_t*)stack_rows))
             return 0;
         kernel = CLSTM_LK_VNNI512;
     }
