@@ -17,9 +17,9 @@ is not installed is left out (``pip install torch==2.13.0 onnxruntime onnx``).
 ``--micro``: the low-precision GEMM alone against the float32 packed GEMM at the per-step
 shapes (n = 1..64 rows, K = H, N = 4H), one thread. The kernel is the process's: on an AMX
 machine, ``CLSTM_ISA=vnni512`` times the AVX-512 VNNI kernel instead (and the whole-model
-tables likewise), for before/after comparisons on one machine. ``CLSTM_AMX_BF16=1`` puts
-the bfloat16 products on the AMX tiles too (opt-in: other bits than the vector kernels,
-csrc/lowp.h); the machine line says which.
+tables likewise), for before/after comparisons on one machine. There the bfloat16
+products run on the AMX tiles too unless ``CLSTM_AMX_BF16=0`` (which keeps the vector
+kernels' bits, csrc/lowp.h); the machine line says which.
 """
 import argparse
 import os
@@ -266,8 +266,8 @@ def micro(rounds):
 
 
 def amx_bf16():
-    """Whether this process runs bfloat16 on AMX tiles (csrc/lowp.h's opt-in)."""
-    return os.environ.get("CLSTM_AMX_BF16") == "1" and _packed.lowp_kernel() == "amx"
+    """Whether this process runs bfloat16 on AMX tiles (csrc/lowp.h: unless CLSTM_AMX_BF16=0)."""
+    return os.environ.get("CLSTM_AMX_BF16") != "0" and _packed.lowp_kernel() == "amx"
 
 
 def main(argv=None):
@@ -281,7 +281,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"low-precision kernel {_packed.lowp_kernel()}"
-          f"{' (bf16 on AMX: CLSTM_AMX_BF16=1)' if amx_bf16() else ''}; "
+          f"{' (bf16 on AMX too)' if amx_bf16() else ''}; "
           f"python {sys.version.split()[0]}")
     if args.micro:
         micro(args.rounds)

@@ -87,10 +87,12 @@ def emulate_bf16(a, w, c, ks=2):
 
 EMULATE = {"int8": emulate_int8, "bfloat16": emulate_bf16}
 
-# bfloat16 on AMX tiles (opt-in, CLSTM_AMX_BF16=1): tdpbf16ps rounds in its own way (csrc/
-# lowp.h, clstm_amx_bf16_enabled), so its bits are checked against bounds and against
-# themselves (every path, tile and thread count), not against emulate_bf16.
-AMX_BF16 = os.environ.get("CLSTM_AMX_BF16") == "1" and _packed.lowp_kernel() == "amx"
+# bfloat16 on AMX tiles (the default with the AMX kernel; CLSTM_AMX_BF16=0 turns it off):
+# tdpbf16ps rounds in its own way (csrc/lowp.h, clstm_amx_bf16_enabled), so its bits are
+# checked against bounds and against themselves (every path, tile and thread count), not
+# against emulate_bf16; the vector kernels' bits are, under every other CLSTM_ISA level and
+# with CLSTM_AMX_BF16=0.
+AMX_BF16 = os.environ.get("CLSTM_AMX_BF16") != "0" and _packed.lowp_kernel() == "amx"
 
 
 def rows_of_every_kind(rng, n, K):
@@ -118,7 +120,8 @@ def test_kernel_matches_the_numpy_emulation_bit_for_bit(fmt, N, K):
     if N > 2:
         w[2] = 0  # a zero row: scale 0
     if fmt == "bfloat16" and AMX_BF16:
-        pytest.skip("bfloat16 runs on AMX tiles (CLSTM_AMX_BF16=1): not emulate_bf16's bits")
+        pytest.skip("bfloat16 runs on AMX tiles here: not emulate_bf16's bits (checked "
+                    "with CLSTM_AMX_BF16=0 and under the other CLSTM_ISA levels)")
     packed = _packed.PackedWeights(N, K, fmt).pack(w)
     for n in (1, 2, 3, 5, 6, 7, 13, 64, 70):
         a = rows_of_every_kind(rng, n, K)
@@ -183,14 +186,14 @@ def amx_bf16_bound(a, w, c):
 @pytest.mark.parametrize("N,K", [(1, 3), (33, 17), (100, 64), (70, 100), (96, 130),
                                  (64, 256), (40, 1000), (3, 1), (33, 4100)])
 def test_kernel_amx_bf16_at_every_tail_is_within_its_bound_and_path_free(N, K):
-    """The opt-in AMX bfloat16 kernel (csrc/amx.h, CLSTM_AMX_BF16=1) at every row count up
+    """The AMX bfloat16 kernel (csrc/amx.h; CLSTM_AMX_BF16=0 turns it off) at every row count up
     to 70, K not a multiple of a tile's 32 k, N not a multiple of the panel width, column
     ranges from col0 > 0: within amx_bf16_bound of the exact product of the bf16 values;
     column ranges give the whole product's columns and one row alone gives its row of a
     block (the bits depend on nothing but the row and the column)."""
     if not AMX_BF16:
         pytest.skip("bfloat16 is not on AMX tiles here (no AMX, another CLSTM_ISA, or "
-                    "CLSTM_AMX_BF16 is not 1)")
+                    "CLSTM_AMX_BF16=0)")
     rng = np.random.default_rng(N * 7919 + K)
     w = rng.standard_normal((N, K)).astype(F32)
     packed = _packed.PackedWeights(N, K, "bfloat16").pack(w)
@@ -239,15 +242,17 @@ def test_kernel_amx_bf16_reads_no_other_panel_and_flushes_subnormals():
     np.testing.assert_array_equal(_packed.lowp_gemm(packed, a, c0.copy()), c0)
 
 
-def test_amx_bf16_opt_in_passes_the_kernel_and_frozen_tests(tmp_path):
-    """The kernel and frozen-model tests again with CLSTM_AMX_BF16=1 (bounds, the same
-    bits on every path and thread count, pickling), on a machine with AMX."""
-    if _packed.lowp_kernel() != "amx" or AMX_BF16:
-        pytest.skip("no AMX kernel here" if not AMX_BF16 else "already running opt-in")
+def test_vector_bf16_on_an_amx_machine_passes_the_kernel_and_frozen_tests(tmp_path):
+    """The kernel and frozen-model tests again with CLSTM_AMX_BF16=0 (the vector kernels'
+    bfloat16 next to AMX int8: emulate_bf16's bits, bounds, the same bits on every path and
+    thread count, pickling), on a machine with AMX."""
+    if not AMX_BF16:
+        pytest.skip("no AMX kernel here" if _packed.lowp_kernel() != "amx"
+                    else "already running with CLSTM_AMX_BF16=0")
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                           "-k", "(kernel or frozen) and not every_isa and not onnx and not "
                           "under_amx", str(TESTS / "test_lowp.py")],
-                         env=dict(os.environ, CLSTM_AMX_BF16="1"), capture_output=True,
+                         env=dict(os.environ, CLSTM_AMX_BF16="0"), capture_output=True,
                          text=True, timeout=900, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 

@@ -565,5 +565,6 @@ def lowp_gemm(PackedWeights w not None, a, c, Py_ssize_t col0=0, Py_ssize_t n_co
 def lowp_kernel():
     """The low-precision kernel this process runs ("amx", "vnni512", "v4", "avxvnni", "v3"
     or "base"; CLSTM_ISA chooses a lower one, csrc/lowp.h). "amx" multiplies int8 products
-    of two rows or more on AMX tiles (csrc/amx.h), and the rest with "vnni512"."""
+    of two rows or more and every bfloat16 product (unless CLSTM_AMX_BF16=0) on AMX tiles
+    (csrc/amx.h), and the rest with "vnni512"."""
     return clstm_lowp_kernel_name().decode()

@@ -28,9 +28,12 @@
    rounding). KS accumulator sets take turns over the pairs as in pgemm.h, the same KS for
    every tile height, so a row's result does not depend on its tile or thread.
 
-   bfloat16 on AMX tiles (amx.h) is opt-in (CLSTM_AMX_BF16=1): tdpbf16ps is several times
-   faster, but it does not round as a chain of float32 multiply-adds in any order, so no
-   vector kernel can give its bits at a cost worth paying. Probed on an AMX Xeon (a KVM
+   bfloat16 on AMX tiles (amx.h; the default where the AMX kernel runs, CLSTM_AMX_BF16=0
+   turns it off): tdpbf16ps is several times faster, but it does not round as a chain of
+   float32 multiply-adds in any order, so no vector kernel can give its bits at a cost
+   worth paying: on an AMX machine bfloat16 results are AMX's bits (the same on every
+   path, tile and thread count), elsewhere the vector kernels' (the same as the NumPy
+   emulation's). The two agree to float32 rounding. Probed on an AMX Xeon (a KVM
    guest): within one instruction (32 k) products are aligned in blocks of four
    consecutive k (a term far below the block's largest is lost before a cancellation
    that would have kept it, where it survives in another block), the blocks are combined
@@ -660,18 +663,19 @@ static const char* clstm_lowp_kernel_name(void) {
    vector kernel. */
 enum { CLSTM_AMX_MIN_ROWS = 2 };
 
-/* bfloat16 products on AMX tiles: only with CLSTM_AMX_BF16=1 in the environment (read
-   once). tdpbf16ps does not round like a chain of float32 multiply-adds (it sums the
-   products of each instruction's chunk of k in its own wider, aligned datapath), so its
-   bits differ from the other kernels' and the NumPy emulation's; opt-in until that
-   contract is decided. When on, it serves every bfloat16 product (one row too, any K), so
-   the results still do not depend on the path, tile or thread count; only a failed
-   allocation (K > 2048) leaves a product to the vector kernel. */
+/* bfloat16 products on AMX tiles: on wherever the AMX kernel runs, unless
+   CLSTM_AMX_BF16=0 in the environment (read once). tdpbf16ps does not round like a chain
+   of float32 multiply-adds (it sums the products of each instruction's chunk of k in its
+   own wider, aligned datapath), so its bits differ from the other kernels' and the NumPy
+   emulation's, within float32 rounding (the top of this file); =0 keeps the vector
+   kernels' bits on an AMX machine. When on, it serves every bfloat16 product (one row too,
+   any K), so the results still do not depend on the path, tile or thread count; only a
+   failed allocation (K > 2048) leaves a product to the vector kernel. */
 static int clstm_amx_bf16_enabled(void) {
     static int on = -1;  /* a benign race, as clstm_lowp_kernel */
     if (on < 0) {
         const char* v = getenv("CLSTM_AMX_BF16");
-        on = v != NULL && strcmp(v, "1") == 0;
+        on = !(v != NULL && strcmp(v, "0") == 0);
     }
     return on;
 }
