@@ -310,7 +310,10 @@ class RNNBase(Parameterised):
             scales), the inputs of each step's multiplies quantised per row on the fly;
             "bfloat16": rounded to bfloat16 (nearest even) and multiplied with float32
             accumulation. Both are for float32 models; activations, states, outputs and
-            the projection stay float32 (docs/performance.md gives the accuracy).
+            the projection stay float32 (docs/performance.md gives the accuracy). On a CPU
+            with Intel AMX the multiplies run on AMX tiles: int8 gives the same bits as on
+            any other CPU, bfloat16 its own last bits (the environment variable
+            ``CLSTM_AMX_BF16=0`` keeps the other CPUs' bits).
 
         Returns
         -------
