@@ -62,15 +62,11 @@ cdef inline void pack_panels(const floating* W, Py_ssize_t N, Py_ssize_t K, bint
         clstm_pack_panels_f64(W, N, K, transposed, Wp, jb0, jb1)
 
 
-cdef inline void pack(const floating* W, Py_ssize_t N, Py_ssize_t K, bint transposed,
-                      floating* Wp) noexcept nogil:
-    pack_panels(W, N, K, transposed, Wp, 0, n_panels(N, W))
-
 
 cdef inline void pgemm(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const floating* A,
                        Py_ssize_t lda, const floating* Wp, floating* C,
                        Py_ssize_t ldc) noexcept nogil:
-    """C[n, N] += A[n, K] @ W.T, W packed by `pack`."""
+    """C[n, N] += A[n, K] @ W.T, W packed by `pack_panels`."""
     if floating is float:
         clstm_pgemm_f32(n, N, K, A, lda, Wp, K, C, ldc, 0)
     else:
@@ -80,7 +76,7 @@ cdef inline void pgemm(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const floating*
 cdef inline void pgemm_set(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const floating* A,
                            Py_ssize_t lda, const floating* Wp, floating* C,
                            Py_ssize_t ldc) noexcept nogil:
-    """C[n, N] = A[n, K] @ W.T (C only written), W packed by `pack`."""
+    """C[n, N] = A[n, K] @ W.T (C only written), W packed by `pack_panels`."""
     if floating is float:
         clstm_pgemm_f32(n, N, K, A, lda, Wp, K, C, ldc, 1)
     else:
@@ -90,8 +86,8 @@ cdef inline void pgemm_set(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float
 cdef inline void pgemm_rows(Py_ssize_t n, Py_ssize_t N, Py_ssize_t k0, Py_ssize_t K,
                             const floating* A, Py_ssize_t lda, const floating* Wp,
                             Py_ssize_t ldw, floating* C, Py_ssize_t ldc) noexcept nogil:
-    """C[n, N] += A[n, K] @ W[:, k0:k0 + K].T: a range of the K = ldw of W packed by `pack`
-    (A holds just those K columns)."""
+    """C[n, N] += A[n, K] @ W[:, k0:k0 + K].T: a range of the K = ldw of W packed by
+    `pack_panels` (A holds just those K columns)."""
     if floating is float:
         clstm_pgemm_f32(n, N, K, A, lda, Wp + k0 * CLSTM_NR_f32, ldw, C, ldc, 0)
     else:

@@ -85,8 +85,8 @@ cdef inline void par_pgemm(int n_threads, Py_ssize_t m, Py_ssize_t N, Py_ssize_t
 
 cdef inline void par_pack(int n_threads, const floating* W, Py_ssize_t N, Py_ssize_t K,
                           bint transposed, floating* Wp) noexcept nogil:
-    """`pack` with the panels shared among threads (the weights are packed on every call
-    of a live model: at H = 1024 that is 16 MB per matrix)."""
+    """Pack W (N, K), or W.T given as (K, N) when ``transposed`` (pgemm.h), the panels
+    shared among threads: a live model packs its weights on every call."""
     cdef Py_ssize_t panels = n_panels(N, W), jb0, jb1
     cdef int parts = <int>min(<Py_ssize_t>n_threads, panels), part, master_cpu
     if parts < 2 or N * K < MIN_PARALLEL_PACK:

@@ -5,7 +5,7 @@ from libc.string cimport memcpy
 
 from clstm._cells cimport (cell_backward, cell_forward, clstm_cell, clstm_sigmoid, clstm_sigmoidf,
                            clstm_tanh, clstm_tanhf)
-from clstm._pgemm cimport pack, packed_size, pgemm, transpose
+from clstm._pgemm cimport packed_size, pgemm, transpose
 from clstm._recurrent cimport cell_named
 from clstm._runtime cimport check
 from clstm._schedule cimport par_pack
@@ -13,16 +13,13 @@ from clstm._schedule cimport par_pack
 
 def pack_matrix(const floating[:, ::1] w not None, bint transposed, floating[::1] out not None,
                 int n_threads=1):
-    """out = op(W) packed, W (N, K) given as w (N, K), or as w = W.T (K, N) if transposed;
-    with n_threads > 1, the panels shared among threads as the drivers do (`par_pack`)."""
+    """out = op(W) packed, W (N, K) given as w (N, K), or as w = W.T (K, N) if transposed,
+    by `par_pack` as the drivers pack (panels shared among n_threads threads)."""
     cdef Py_ssize_t N = w.shape[1] if transposed else w.shape[0]
     cdef Py_ssize_t K = w.shape[0] if transposed else w.shape[1]
     check(out.shape[0] >= packed_size(N, K, &out[0]), "packed length")
     with nogil:
-        if n_threads > 1:
-            par_pack(n_threads, &w[0, 0], N, K, transposed, &out[0])
-        else:
-            pack(&w[0, 0], N, K, transposed, &out[0])
+        par_pack(n_threads, &w[0, 0], N, K, transposed, &out[0])
 
 
 def packed_gemm(const floating[:, ::1] a not None, const floating[::1] w_packed not None,

@@ -198,9 +198,9 @@ static inline __attribute__((always_inline)) void clstm_tile_##SFX(             
     }                                                                                   \
 }                                                                                       \
                                                                                         \
-/* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack, its panels ldw rows apart (the \
-   K of the packed matrix; a K range starting at k0 starts at Wp + k0 * NR); with        \
-   overwrite, C = A @ W.T (C is then only written: no pass to zero it first, no read of  \
+/* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack_panels, its panels ldw rows    \
+   apart (the K of the packed matrix; a K range starting at k0 starts at Wp + k0 * NR);  \
+   with overwrite, C = A @ W.T (C is only written: no pass to zero it first, no read of \
    what it held). Panel by panel, K cut into chunks of KC: the chunk every row tile      \
    streams (KC * 128 bytes) stays in L1 for all the tiles (unchunked, a panel of a long  \
    K comes from L2 or memory once per tile of rows), and so does the panel's block of C  \
