@@ -20,7 +20,8 @@ import time
 
 # (T, B, I, H): bench_lstm.py's grid
 SIZES = [(100, 1, 64, 64), (100, 1, 128, 128), (100, 1, 256, 256), (100, 16, 128, 128),
-         (100, 64, 256, 256), (50, 64, 512, 512), (50, 32, 1024, 1024)]
+         (100, 64, 256, 256), (50, 64, 512, 512), (50, 32, 1024, 1024), (200, 256, 128, 128),
+         (25, 32, 1024, 1024)]
 
 CHILD = r"""
 import json, sys, time
@@ -52,6 +53,9 @@ for T, B, I, H in sizes:
         backward(np.ones_like(y))
 
     out[f"{T},{B},{I},{H} inference"] = timed(lambda: m(x), repeats)
+    if hasattr(m, "freeze"):
+        frozen_m = m.freeze()
+        out[f"{T},{B},{I},{H} frozen inference"] = timed(lambda: frozen_m(x), repeats)
     out[f"{T},{B},{I},{H} train"] = timed(train, repeats)
 cell = clstm.LSTMCell(128, 128, dtype=np.float32, seed=0)
 frozen = cell.freeze()
@@ -98,8 +102,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per size per child")
     ap.add_argument("--quick", action="store_true", help="the two smallest sizes only")
+    ap.add_argument("--sizes", nargs="+", metavar="T,B,I,H",
+                    help="these sizes instead of the grid")
     args = ap.parse_args()
     sizes = SIZES[:2] if args.quick else SIZES
+    if args.sizes:
+        sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes]
     payload = json.dumps([sizes, args.threads, args.repeats])
     runs = {py: [] for py in args.python}
     for r in range(args.rounds):

@@ -8,7 +8,7 @@ frozen models run through here; they differ only in the `LayerWeights` they pass
 """
 import numpy as np
 
-from .functional import bias_grads, layer_backward, layer_forward, scratch
+from .functional import bias_grads, layer_backward, layer_forward, pooled_empty, scratch
 
 
 class Tape:
@@ -61,7 +61,7 @@ def forward(weights, packing, x, h0, c0, *, train, n_threads, dropout=0.0, rng=N
         if D == 1:
             layer_in = outputs[0]
         else:  # [forward | reverse], the reverse direction's steps put back in order
-            layer_in = np.empty((N, 2 * P), dtype)
+            layer_in = pooled_empty((N, 2 * P), dtype)
             layer_in[:, :P] = outputs[0]
             packing.reverse(outputs[1], layer_in[:, P:])
         if train and dropout > 0 and layer < L - 1:

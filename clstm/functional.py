@@ -11,6 +11,7 @@ the path `clstm._dispatch` picks; `clstm._stack` runs whole stacks through them.
 """
 import itertools
 import math
+import sys
 import threading
 import weakref
 
@@ -47,6 +48,102 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
+class _Pool:
+    """Large arrays a call hands on (a training cache's gates and weight snapshot, the
+    gradients) come from here: memory of earlier ones that nothing references any more.
+    A new multi-megabyte array costs page faults on every call (the kernel zeroes each
+    page at first touch), worth 5-7% of a training step at large weights
+    (docs/performance.md). Whether a buffer is free is read off its reference count: the
+    pool's own reference is its only one once every view of it has gone, so a result the
+    caller keeps is never handed out again. Sizes are rounded up to a class (a quarter of
+    their power of two) so sequences of varying length reuse the same buffers."""
+
+    MIN_BYTES = 1 << 20  # below this, malloc's own free lists serve as well
+    FREE_BYTES = 1 << 28  # free memory kept for reuse at most (release_memory drops it)
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.buffers = [np.empty(1, np.uint8)]  # raw uint8 arrays, least recently used first
+        self.free_refs = 0
+        self.free_refs = self._refs(0)  # what the same call reads of a buffer held by no one
+        self.buffers = []
+
+    def _refs(self, i):
+        return sys.getrefcount(self.buffers[i])
+
+    @staticmethod
+    def size_class(nbytes):
+        quarter = 1 << max(0, nbytes.bit_length() - 3)
+        return -(-nbytes // quarter) * quarter
+
+    def empty(self, shape, dtype):
+        """An uninitialised array of ``shape`` (a tuple) and ``dtype`` (an np.dtype)."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes < self.MIN_BYTES:
+            return np.empty(shape, dtype)
+        size = self.size_class(nbytes) + CACHE_LINE
+        with self.lock:
+            found = None
+            for i in range(len(self.buffers) - 1, -1, -1):
+                if self.buffers[i].shape[0] == size and self._refs(i) == self.free_refs:
+                    found = self.buffers.pop(i)
+                    break
+            if found is None:
+                found = np.empty(size, np.uint8)
+                self._trim(self.FREE_BYTES - size)
+            self.buffers.append(found)
+            start = -found.ctypes.data % CACHE_LINE
+            return found[start:start + nbytes].view(dtype).reshape(shape)
+
+    def _free(self):
+        return [i for i in range(len(self.buffers)) if self._refs(i) == self.free_refs]
+
+    def free_bytes(self):
+        """Bytes of the buffers nothing but the pool references."""
+        with self.lock:
+            return sum(self.buffers[i].shape[0] for i in self._free())
+
+    def _trim(self, keep):
+        """Drop the least recently used free buffers beyond ``keep`` free bytes."""
+        free = self._free()
+        total = sum(self.buffers[i].shape[0] for i in free)
+        drop = set()
+        for i in free:
+            if total <= keep:
+                break
+            total -= self.buffers[i].shape[0]
+            drop.add(i)
+        self.buffers = [b for i, b in enumerate(self.buffers) if i not in drop]
+
+    def release(self):
+        """Drop every free buffer; returns their bytes."""
+        with self.lock:
+            before = sum(b.shape[0] for b in self.buffers)
+            self._trim(0)
+            return before - sum(b.shape[0] for b in self.buffers)
+
+
+_pool = _Pool()
+
+
+def pooled_empty(shape, dtype):
+    """An uninitialised C-contiguous array from the pool (`_Pool`)."""
+    return _pool.empty(shape, dtype)
+
+
+def pooled_zeros(shape, dtype):
+    a = _pool.empty(shape, dtype)
+    a.fill(0)
+    return a
+
+
+def pooled_copy(a):
+    """A C-contiguous copy of ``a`` in pooled memory."""
+    out = _pool.empty(a.shape, a.dtype)
+    np.copyto(out, a)
+    return out
+
+
 def release_memory() -> int:
     """Free the scratch buffers clstm keeps between calls, in every Python thread.
 
@@ -59,7 +156,9 @@ def release_memory() -> int:
     and, with a projection or bidirectional, a few ``(T*B, H)`` arrays; and the packed
     weights of the last few layer shapes (4 per kind). A thread's buffers also go when the
     thread ends. A buffer in use by a call running in another thread lives on until that
-    call returns.
+    call returns. Also freed: the large arrays of earlier calls that nothing references
+    any more (training caches, weight snapshots, gradients, up to 256 MB), kept so the
+    next call of the same size reuses their memory.
 
     Returns
     -------
@@ -72,7 +171,7 @@ def release_memory() -> int:
         for value in list(buffers.values()):
             released += value.nbytes if isinstance(value, np.ndarray) else value.data.nbytes
         buffers.clear()
-    return released
+    return released + _pool.release()
 
 
 def scratch(slot, shape, dtype):
@@ -154,8 +253,8 @@ class LayerWeights:
     def __init__(self, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, copy=False,
                  cell="lstm", extra=None, options=(0, 0)):
         if copy:
-            w_ih, w_hh = w_ih.copy(), w_hh.copy()
-            w_hr = None if w_hr is None else w_hr.copy()
+            w_ih, w_hh = pooled_copy(w_ih), pooled_copy(w_hh)
+            w_hr = None if w_hr is None else pooled_copy(w_hr)
             extra = None if extra is None else extra.copy()
         self.w_ih, self.w_hh, self.w_hr = w_ih, w_hh, w_hr
         self.extra, self.options = extra, tuple(options)
@@ -299,7 +398,7 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
         return io.y, io.h_n, io.c_n, LayerCache(
             io, weights.driver_layer(), _dispatch.schedule(packing, path, n_threads, H, dtype))
     if y is None or train:
-        y = np.empty((N, P), dtype)
+        y = pooled_empty((N, P), dtype)
     c_n = None if c0 is None else np.empty((B, H), dtype)
     if N == 0:  # nothing to run: the state passes through unchanged (and back)
         io = _recurrent.LayerIO(x, h0, c0, y, h0.copy(), None if c0 is None else c0.copy(),
@@ -307,9 +406,9 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
         return y, io.h_n, io.c_n, LayerCache(io, weights.driver_layer(), None) if train else None
     check_blas_sizes(N, x.shape[1], H)
     if train:
-        gates = np.empty((N, R), dtype)
-        cells = None if c0 is None else np.empty((N, H), dtype)
-        r = np.empty((N, H), dtype) if projection else None
+        gates = pooled_empty((N, R), dtype)
+        cells = None if c0 is None else pooled_empty((N, H), dtype)
+        r = pooled_empty((N, H), dtype) if projection else None
     else:
         rows = min(N, max(packing.first_step_rows, GATES_CHUNK_ELEMENTS // R))
         gates = scratch("gates", (rows, R), dtype)
@@ -330,12 +429,12 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
 
 def _accumulator(into, like):
     """``into`` if the kernels can add a gradient shaped like ``like`` straight into it, else
-    a new zero array (fresh multi-megabyte arrays cost page faults, and adding them in
-    afterwards another pass over memory)."""
+    a new zero array (from the pool: fresh multi-megabyte arrays cost page faults; and
+    adding them in afterwards would be another pass over memory)."""
     if (isinstance(into, np.ndarray) and into.dtype == like.dtype and into.shape == like.shape
             and into.flags.c_contiguous and into.flags.writeable and into.flags.aligned):
         return into
-    return np.zeros_like(like)
+    return pooled_zeros(like.shape, like.dtype)
 
 
 def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
@@ -354,7 +453,7 @@ def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
     I, H, P = layer.n_input, layer.n_hidden, layer.n_out
     G, R = layer.w_ih.shape[0], layer.bias.shape[0]
     dtype = io.x.dtype
-    dx = np.empty_like(io.x)
+    dx = pooled_empty(io.x.shape, dtype)
     dw_ih = _accumulator(dw_into[0], layer.w_ih)
     dw_hh = _accumulator(dw_into[1], layer.w_hh)
     dbias = np.zeros(R, dtype)
