@@ -25,6 +25,16 @@ UNIT_SPLIT_MAX_ROWS_PER_THREAD = 2
 UNIT_SPLIT_STREAM_BYTES = 1 << 23
 UNIT_SPLIT_MAX_STREAM_ROWS_PER_THREAD = 16
 
+# Backward's dx = dG @ w_ih multiplied step by step in the time loop, while each step's
+# dG_t is in cache, rather than over all rows after it, which reads dG back from memory:
+# when dG is too big for the caches, w_ih small enough to stay in a thread's L2 next to w_hh
+# at every step, and each thread's rows per step many enough for whole register tiles (the
+# batch and serial splits only). (The forward's input projection in the loop measured
+# slower than hoisted, at every size tried: docs/performance.md.)
+STEP_DX_MIN_DG_BYTES = 1 << 25
+STEP_DX_MAX_W_IH_BYTES = 1 << 19
+STEP_DX_MIN_ROWS_PER_THREAD = 32
+
 
 def _threads(n_threads):
     return n_threads if openmp_enabled() else 1
@@ -88,8 +98,10 @@ def choose(packing, n_threads, H, projection, dtype, strategy=None, allow_step=T
     return "batch" if _threads(n_threads) > 1 and packing.B > 1 else "serial"
 
 
-def schedule(packing, path, n_threads, H, dtype):
-    """The driver's `_recurrent.Schedule` for a time-loop path (not "step")."""
+def schedule(packing, path, n_threads, H, dtype, n_input=None, G=None, R=None):
+    """The driver's `_recurrent.Schedule` for a time-loop path (not "step"); given the
+    layer's input size and gate widths, with backward's dx in the loop where `step_dx`
+    says."""
     n = _threads(n_threads)
     if path == "units":
         width = _panel_width(dtype)
@@ -100,5 +112,16 @@ def schedule(packing, path, n_threads, H, dtype):
         bounds = packing.batch_bounds(n)
     else:
         bounds = None
+    in_loop = n_input is not None and step_dx(packing, path, n_threads, n_input, G, R, dtype)
     return _recurrent.Schedule(packing.steps, packing.offsets, packing.sorted_lengths, path,
-                               bounds, n_threads)
+                               bounds, n_threads, in_loop)
+
+
+def step_dx(packing, path, n_threads, n_input, G, R, dtype):
+    """Whether backward multiplies dx inside the time loop (`_recurrent.Schedule`)."""
+    item = np.dtype(dtype).itemsize
+    parts = 1 if path == "serial" else _threads(n_threads)
+    return (path in ("serial", "batch")
+            and packing.n_rows * R * item >= STEP_DX_MIN_DG_BYTES
+            and n_input * G * item <= STEP_DX_MAX_W_IH_BYTES
+            and packing.B >= STEP_DX_MIN_ROWS_PER_THREAD * parts)

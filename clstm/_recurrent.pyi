@@ -26,9 +26,11 @@ class Schedule:
     strategy: str
     n_threads: int
     n_parts: int
+    step_dx: bool
     def __init__(self, n_steps: int, offsets: Optional[NDArray[np.intp]],
                  lengths: NDArray[np.intp], strategy: Literal["serial", "batch", "units"],
-                 bounds: Optional[NDArray[np.intp]], n_threads: int) -> None: ...
+                 bounds: Optional[NDArray[np.intp]], n_threads: int,
+                 step_dx: bool = False) -> None: ...
 
 class Layer:
     w_ih_packed: PackedWeights

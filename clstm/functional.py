@@ -418,7 +418,7 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
     io = _recurrent.LayerIO(x, h0, c0, y, np.empty((B, P), dtype), c_n, gates, cells, r, hg,
                             train, mask, None if mask is None else np.empty((B, P), dtype))
     layer = weights.driver_layer()
-    schedule = _dispatch.schedule(packing, path, n_threads, H, dtype)
+    schedule = _dispatch.schedule(packing, path, n_threads, H, dtype, x.shape[1], G, R)
     # A call of several chunks can take seconds: Ctrl-C may end it between chunks (Python
     # runs signal handlers in the main thread only, so only a call from there).
     interruptible = gates.shape[0] < N and threading.current_thread() is threading.main_thread()

@@ -105,6 +105,88 @@ def test_work_split_policy():
     assert choice(F.Packing(1, 5, None), 2, 512, projection=True) == "batch"
 
 
+def test_step_dx_policy():
+    """Backward's dx in the time loop: dG beyond the caches (32 MB), w_ih within 512 KB,
+    32 rows per thread per step, batch or serial split (docs/performance.md)."""
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+
+    def step_dx(T, B, I, H, path="batch", n_threads=2, dtype=f32):
+        return _dispatch.step_dx(F.Packing(T, B, None), path, n_threads, I, 4 * H, 4 * H,
+                                 dtype)
+
+    threads = 2 if clstm.openmp_enabled() else 1
+    assert step_dx(200, 256, 128, 128)                           # dG 105 MB, w_ih 256 KB
+    assert step_dx(200, 256, 128, 128, "serial", 1)
+    assert not step_dx(200, 256, 128, 128, "units")
+    assert not step_dx(100, 64, 256, 256)                        # dG 26 MB, w_ih 1 MB
+    assert step_dx(200, 256, 256, 128)                           # w_ih 512 KB
+    assert not step_dx(200, 256, 257, 128)                       # just over
+    assert step_dx(200, 256, 128, 64, dtype=f64)
+    assert not step_dx(1000, 32 * threads - 1, 128, 128, n_threads=threads)  # rows per thread
+    assert step_dx(1000, 32 * threads, 128, 128, n_threads=threads)
+    assert step_dx(100, 256, 128, 128)                           # dG 52 MB
+    assert not step_dx(30, 256, 128, 128)                        # dG 16 MB
+    assert _dispatch.schedule(F.Packing(200, 256, None), "batch", 2, 128, f32, 128, 512,
+                              512).step_dx
+    assert not _dispatch.schedule(F.Packing(200, 256, None), "batch", 2, 128, f32).step_dx
+
+
+def _force_step_dx(monkeypatch, on):
+    monkeypatch.setattr(_dispatch, "STEP_DX_MIN_DG_BYTES", 0 if on else 1 << 62)
+    monkeypatch.setattr(_dispatch, "STEP_DX_MIN_ROWS_PER_THREAD", 1)
+    monkeypatch.setattr(_dispatch, "STEP_DX_MAX_W_IH_BYTES", 1 << 62)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("strategy", ["serial", "batch"])
+@pytest.mark.parametrize("case", ["plain", "lengths", "projection"])
+def test_dx_in_the_time_loop_gives_the_same_bits(monkeypatch, case, strategy, dtype):
+    """Backward's dx step by step in the time loop (Schedule.step_dx) adds up each row's
+    sum as the product over all rows after the loop does: every gradient bit for bit."""
+    p = make_problem(7, 11, 5, 32, dtype=dtype, seed=4, P=16 if case == "projection" else None)
+    kwargs = dict(w_hr=p.get("w_hr"), strategy=strategy, n_threads=3, train=True)
+    if case == "lengths":
+        kwargs["lengths"] = np.array([7, 3, 7, 1, 5, 6, 2, 7, 4, 0, 7])
+    results = []
+    for on in (False, True):
+        _force_step_dx(monkeypatch, on)
+        assert _dispatch.schedule(F.Packing(7, 11, None), strategy, 3, 32, np.dtype(dtype), 5,
+                                  128, 128).step_dx == on
+        y, h, c, cache = F.lstm_forward(*(p[k] for k in INPUTS), **kwargs)
+        g = F.lstm_backward(cache, p["dy"], p["dh_n"], p["dc_n"])
+        results.append([y, h, c, *(v for v in g if v is not None)])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    ref = R.lstm_backward(R.lstm_forward(*(p[k] for k in INPUTS), w_hr=p.get("w_hr"),
+                                         lengths=kwargs.get("lengths"), train=True)[3],
+                          p["dy"], p["dh_n"], p["dc_n"])
+    assert_close(results[1][3], ref.dx, dtype, 1, "dx")
+
+
+@pytest.mark.parametrize("model", ["bidirectional", "recurrent_dropout", "gru"])
+def test_dx_in_the_time_loop_in_models(monkeypatch, model):
+    """The same through whole models: stacked bidirectional, recurrent dropout (the masked
+    batch split) and the GRU (its input side is not dG's first columns: dx stays after the
+    loop)."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((9, 40, 24)).astype(np.float32)
+    results = []
+    for on in (False, True):
+        _force_step_dx(monkeypatch, on)
+        if model == "gru":
+            m = clstm.GRU(24, 32, seed=1)
+        else:
+            m = clstm.LSTM(24, 32, num_layers=2, bidirectional=model == "bidirectional",
+                           recurrent_dropout=0.3 if model == "recurrent_dropout" else 0.0,
+                           seed=1)
+        m.strategy = "batch"
+        (y, _), backward = m.forward_train(x, rng=np.random.default_rng(5))
+        dx, _ = backward(np.ones_like(y))
+        results.append([y, dx, *(m.grads[k] for k in sorted(m.grads))])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_forcing_an_unusable_path_is_an_error():
     p = make_problem(3, 2, 2, 3)
     args = [p[k] for k in INPUTS]

@@ -170,22 +170,30 @@ cdef class Schedule:
         bounds [0, ..., H], multiples of the packed panel width; "serial": None.
     n_threads : int
         Threads for the GEMMs outside the time loop (and at most this many parts).
+    step_dx : bool
+        Backward multiplies dx = dG @ w_ih step by step inside the time loop, each step's
+        rows while their dG_t is in cache, instead of over all rows after it (the same sums
+        either way, so the same bits); `clstm._dispatch.schedule` decides. Only the batch
+        and serial splits and a cell whose input side is dG's first G columns; ignored
+        otherwise.
     """
     cdef readonly Py_ssize_t n_steps, n_batch, n_rows, first_step_rows
     cdef readonly object offsets, lengths, bounds
     cdef readonly str strategy
     cdef readonly int n_threads, n_parts
+    cdef readonly bint step_dx
     cdef int kind
     cdef const Py_ssize_t* off
     cdef const Py_ssize_t* len_p
     cdef const Py_ssize_t* bnd
 
     def __init__(self, Py_ssize_t n_steps, offsets, lengths not None, str strategy, bounds,
-                 int n_threads):
+                 int n_threads, bint step_dx=False):
         cdef Py_ssize_t t, b, B, n
         check(n_steps >= 1 and n_threads >= 1 and strategy in STRATEGIES, "schedule")
         self.n_steps, self.strategy, self.n_threads = n_steps, strategy, n_threads
         self.kind = STRATEGIES.index(strategy)
+        self.step_dx = step_dx and self.kind != UNITS
         check(cnp.PyArray_Check(lengths) and cnp.PyArray_NDIM(<cnp.ndarray>lengths) == 1,
               "lengths")
         B = self.n_batch = cnp.PyArray_DIMS(<cnp.ndarray>lengths)[0]
@@ -398,6 +406,7 @@ cdef struct Ptrs:
     void* h_masked
     void* dh_all
     void* dr
+    bint step_dx           # dx's rows multiplied in the time loop (Schedule.step_dx)
 
 
 cdef struct Split:
@@ -559,6 +568,9 @@ cdef void backward_slice(floating* gates, const Dims* d, const Ptrs* p, const Sp
         # dh_{t-1}[:, j0:j1] = dG_t @ w_hh[:, j0:j1]
         pgemm_set(n, j1 - j0, G, dG_t, R, (<const floating*>p.w_hh_t) + j0 * G, dh + b0 * P + j0,
                   P)
+        if p.step_dx:  # dx's rows of this step, dG_t still in cache (not the units split)
+            pgemm_set(n, d.n_in, G, dG_t, R, <const floating*>p.w_ih_t,
+                      (<floating*>p.dx) + row * d.n_in, d.n_in)
         if mask != NULL:  # recurrent dropout: h_{t-1} entered the product masked
             for i in range(n):
                 for k in range(j0, j1):
@@ -780,7 +792,9 @@ cdef void backward_impl(floating* dG, const Dims* d, const Ptrs* p, const Split*
         par_gemm(s.n_threads, True, False, P, d.H, N, <const floating*>p.dh_all, P,
                  <const floating*>p.r, d.H, <floating>1, <floating*>p.dw_hr, d.H)
     if x_contiguous:
-        par_pgemm(s.n_threads, N, I, G, dG, R, <const floating*>p.w_ih_t, <floating*>p.dx, I)
+        if not p.step_dx:
+            par_pgemm(s.n_threads, N, I, G, dG, R, <const floating*>p.w_ih_t, <floating*>p.dx,
+                      I)
         return
     # dx = the sum over the input side's runs of blocks of dG[:, run] @ w_ih[run], on the
     # unpacked weights (their K ranges are not whole packed panels)
@@ -931,6 +945,7 @@ def backward(Layer layer not None, Schedule sched not None, LayerIO io not None,
     p.mask = operand(io.mask, typenum, B, P, "mask", True, False)
     p.h_masked = operand(work.h_masked, typenum, N, P, "h_masked", io.mask is None, True)
     check(io.mask is None or sched.kind != UNITS, "recurrent mask (batch or serial split)")
+    p.step_dx = sched.step_dx and input_side_contiguous(layer.spec)
     fill_split(&split, sched)
     with nogil:
         blas_saved = blas_threads_enter()
