@@ -14,7 +14,6 @@ numbers are for comparing phases and builds, not for the headline tables (bench_
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -102,10 +101,11 @@ def build(target):
         if text.count(anchor) != 1:
             sys.exit(f"phase_times.py: the driver changed; update the anchor {anchor!r}")
         text = text.replace(anchor, insert + anchor)
-    # dx's phase ends with the call: time it where backward_impl returns
-    text = re.sub(r"(\n        par_pgemm\(s\.n_threads, N, I, G, dG, R, <const floating\*>p\.w_ih_t, "
-                  r"<floating\*>p\.dx, I\)\n)", r"\1        phase_clock[5] += now() - phase_clock[7]\n",
-                  text)
+    # dx's phase ends where backward_impl returns (dx is then done, after the loop or in it)
+    anchor = "        return\n    # dx = the sum over the input side's runs"
+    if text.count(anchor) != 1:
+        sys.exit(f"phase_times.py: the driver changed; update the anchor {anchor!r}")
+    text = text.replace(anchor, "        phase_clock[5] += now() - phase_clock[7]\n" + anchor)
     open(path, "w").write(text)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", target,
                     src], check=True)
@@ -135,10 +135,20 @@ def main():
         N, G = T * B, 4 * H
         flops = [2 * N * G * I, 2 * N * G * H, 2 * N * G * H, 0, 2 * N * G * (I + H),
                  2 * N * G * I]
-        print(f"\nT={T}, B={B}, I={I}, H={H}: forward_train + backward {row['total'] * 1e3:.1f} ms")
-        for name, t, f in zip(PHASES, row["phases"], flops):
+        phases = list(row["phases"][:len(PHASES)])
+        in_loop = phases[5] < 1e-6  # dx ran in the backward time loop (Schedule.step_dx)
+        if in_loop:
+            flops[2] += flops[5]
+        print(f"\nT={T}, B={B}, I={I}, H={H}: forward_train + backward {row['total'] * 1e3:.1f} ms"
+              f", backward {sum(phases[2:]) * 1e3:.1f} ms")
+        for k, (name, t, f) in enumerate(zip(PHASES, phases, flops)):
+            if k == 2:
+                name = "backward: time loop" + (" and dx" if in_loop else "")
+            if k == 5 and in_loop:
+                print(f"  {name:32s} (in the time loop)")
+                continue
             rate = f" ({f / t / 1e9:.0f} GFLOP/s)" if f and t > 0 else ""
-            print(f"  {name:28s} {t * 1e3:8.1f}{rate}")
+            print(f"  {name:32s} {t * 1e3:8.1f}{rate}")
 
 
 if __name__ == "__main__":
