@@ -132,6 +132,7 @@ def pooled_empty(shape, dtype):
 
 
 def pooled_zeros(shape, dtype):
+    """A zeroed C-contiguous array from the pool."""
     a = _pool.empty(shape, dtype)
     a.fill(0)
     return a
