@@ -11,6 +11,7 @@ the path `clstm._dispatch` picks; `clstm._stack` runs whole stacks through them.
 """
 import itertools
 import math
+import os
 import sys
 import threading
 import weakref
@@ -124,6 +125,14 @@ class _Pool:
 
 
 _pool = _Pool()
+
+
+def _pool_after_fork_in_child():
+    _pool.lock = threading.Lock()  # a thread of the parent may have held it
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_pool_after_fork_in_child)
 
 
 def pooled_empty(shape, dtype):

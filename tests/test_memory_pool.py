@@ -2,6 +2,8 @@
 nothing references it, results of earlier calls never change under later ones, and the free
 memory it keeps stays bounded."""
 import gc
+import os
+import time
 
 import numpy as np
 import pytest
@@ -113,3 +115,27 @@ def test_earlier_results_do_not_change_under_later_calls(bidirectional):
     assert summed.keys() == fresh.grads.keys()
     for name, g in fresh.grads.items():  # (added in another order: to rounding)
         np.testing.assert_allclose(summed[name], g, rtol=1e-5, atol=1e-5 * np.abs(g).max())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_can_use_the_pool_while_a_parent_thread_held_it():
+    """The child of a fork taken while another thread held the pool's lock gets a new lock
+    (a held one would hang its first large array)."""
+    with functional._pool.lock:  # as another thread of the parent could be
+        pid = os.fork()
+        if pid == 0:  # the child: a large array, then out without running pytest's exit
+            try:
+                functional.pooled_empty(BIG, F32)[:] = 1
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung on the pool's lock")
