@@ -235,6 +235,11 @@ static inline __attribute__((always_inline)) void clstm_amx_epilogue_bf16(
     }
 }
 
+/* C tile c += A tile a @ B tile b: bfloat16 pairs or uint8 x int8 quads (the tile numbers
+   are immediates, hence a macro) */
+#define CLSTM_AMX_DOT(bf16, c, a, b) \
+    do { if (bf16) _tile_dpbf16ps(c, a, b); else _tile_dpbusd(c, a, b); } while (0)
+
 /* One 16- or 32-row strip of quantised A (two: two A tiles) against one panel: the sums of
    all K chunks in the C tiles. The epilogue of the previous strip (p) is done in slices
    between the chunks, so that part of it overlaps the tile multiply (done right after its
@@ -258,22 +263,12 @@ static inline __attribute__((always_inline)) void clstm_amx_strip(
         _tile_loadd(4, a, ldq);
         _tile_loadd(6, b, NR * 4);
         _tile_loadd(7, b + 64, NR * 4);
-        if (bf16) {
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-        } else {
-            _tile_dpbusd(0, 4, 6);
-            _tile_dpbusd(1, 4, 7);
-        }
+        CLSTM_AMX_DOT(bf16, 0, 4, 6);
+        CLSTM_AMX_DOT(bf16, 1, 4, 7);
         if (two) {
             _tile_loadd(5, a + CLSTM_AMX_MR * ldq, ldq);
-            if (bf16) {
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            } else {
-                _tile_dpbusd(2, 5, 6);
-                _tile_dpbusd(3, 5, 7);
-            }
+            CLSTM_AMX_DOT(bf16, 2, 5, 6);
+            CLSTM_AMX_DOT(bf16, 3, 5, 7);
         }
         if (done < p->rows) {
             int end = done + slice < p->rows ? done + slice : p->rows;
