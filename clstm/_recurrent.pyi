@@ -13,6 +13,7 @@ CELLS: tuple
 def n_gates(cell: str) -> int: ...
 def row_blocks(cell: str) -> int: ...
 def dG_t_length(n_threads: int) -> int: ...
+def dx_from_packed(cell: str) -> bool: ...
 def rows_length(N: int, first_step_rows: int, n_input: int, n_out: int, typenum: int) -> int: ...
 
 class Schedule:
@@ -39,6 +40,8 @@ class Layer:
     w_hr: Optional[Array]
     w_ih: Optional[Array]
     w_hh: Optional[Array]
+    w_ih_t: Optional[PackedWeights]
+    w_hh_t: Optional[PackedWeights]
     extra: Optional[Array]
     cell: str
     n_input: int
@@ -50,7 +53,9 @@ class Layer:
     def __init__(self, cell: str, w_ih_packed: PackedWeights, w_hh_packed: PackedWeights,
                  bias: Array, w_hr: Optional[Array] = ..., w_ih: Optional[Array] = ...,
                  w_hh: Optional[Array] = ..., extra: Optional[Array] = ...,
-                 options: tuple = ...) -> None: ...
+                 options: tuple = ..., w_ih_t: Optional[PackedWeights] = ...,
+                 w_hh_t: Optional[PackedWeights] = ...) -> None: ...
+    def pack_backward(self, n_threads: int = ...) -> None: ...
 
 class LayerIO:
     x: Array
@@ -85,17 +90,15 @@ class Grads:
                  dw_hh: Array, dbias: Array, dw_hr: Optional[Array] = ...) -> None: ...
 
 class BackwardWork:
-    w_ih_t: PackedWeights
-    w_hh_t: PackedWeights
     rows: Array
     dG_t: Array
     h_prev: Optional[Array]
     dh_all: Optional[Array]
     dr: Optional[Array]
     h_masked: Optional[Array]
-    def __init__(self, w_ih_t: PackedWeights, w_hh_t: PackedWeights, rows: Array, dG_t: Array,
-                 h_prev: Optional[Array] = ..., dh_all: Optional[Array] = ...,
-                 dr: Optional[Array] = ..., h_masked: Optional[Array] = ...) -> None: ...
+    def __init__(self, rows: Array, dG_t: Array, h_prev: Optional[Array] = ...,
+                 dh_all: Optional[Array] = ..., dr: Optional[Array] = ...,
+                 h_masked: Optional[Array] = ...) -> None: ...
 
 def forward(layer: Layer, sched: Schedule, io: LayerIO, interruptible: bool = ...) -> None: ...
 def backward(layer: Layer, sched: Schedule, io: LayerIO, grads: Grads,

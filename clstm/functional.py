@@ -231,6 +231,13 @@ def _scratch_packed(slot, n_out, n_in, dtype):
     return packed
 
 
+def _pooled_packed(n_out, n_in, dtype):
+    """A `PackedWeights` (n_out, n_in) of dtype in pooled memory (not yet packed)."""
+    fmt = FORMATS[dtype]
+    return _packed.PackedWeights(n_out, n_in, fmt, pooled_empty(
+        (_packed.packed_length(n_out, n_in, fmt),), dtype))
+
+
 # The LSTM variants' activations, by Keras's names, as the cells know them (the CLSTM_ACT_*
 # ids of csrc/cells.h; clstm/reference.py has their NumPy definitions).
 ACTIVATION_IDS = {"tanh": 0, "sigmoid": 1, "hard_sigmoid": 2, "relu": 3, "linear": 4}
@@ -250,20 +257,25 @@ class LayerWeights:
     """One layer-direction's weights as the kernels take them: ``w_ih (G, I)``,
     ``w_hh (G, P)``, ``bias (R,)`` (`cell_bias`), ``w_hr (P, H)`` or None.
 
-    The one home of the cell's bias and of the training copy: ``copy=True`` snapshots the
-    weights, so a training cache does not see an optimiser step taken before backward.
+    The one home of the cell's bias and of the training snapshot: with ``copy=True`` a
+    training cache does not see an optimiser step taken before backward. w_ih and w_hh
+    are then not copied: the layer `driver_layer` builds packs them at the forward as
+    backward multiplies by them (`clstm._recurrent.Layer`'s w_ih_t, w_hh_t), which is
+    their snapshot, and only a cell whose dx multiplies on w_ih itself keeps a copy of it.
     ``packed`` is a prepacked `clstm._recurrent.Layer` (a frozen model's), else the weights
     are packed into scratch on every call (they may change in place between calls).
     ``cell`` names the compiled cell (`clstm._recurrent.CELLS`), ``extra`` its extra
     per-unit weights (the peepholes ``(3, H)``) or None, ``options`` its option ids
     (`lstm_cell_variant`).
     """
-    __slots__ = ("w_ih", "w_hh", "bias", "w_hr", "packed", "cell", "extra", "options")
+    __slots__ = ("w_ih", "w_hh", "bias", "w_hr", "packed", "cell", "extra", "options",
+                 "training")
 
     def __init__(self, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, copy=False,
                  cell="lstm", extra=None, options=(0, 0)):
+        self.training = copy
         if copy:
-            w_ih, w_hh = pooled_copy(w_ih), pooled_copy(w_hh)
+            w_ih = w_ih if _recurrent.dx_from_packed(cell) else pooled_copy(w_ih)
             w_hr = None if w_hr is None else pooled_copy(w_hr)
             extra = None if extra is None else extra.copy()
         self.w_ih, self.w_hh, self.w_hr = w_ih, w_hh, w_hr
@@ -277,11 +289,16 @@ class LayerWeights:
         if self.packed is not None:
             return self.packed
         G, I = self.w_ih.shape
+        P = self.w_hh.shape[1]
         dtype = self.w_hh.dtype
+        w_ih_t = w_hh_t = None
+        if self.training:  # (pooled: the cache holds them until backward)
+            w_hh_t = _pooled_packed(P, G, dtype)
+            w_ih_t = _pooled_packed(I, G, dtype) if _recurrent.dx_from_packed(self.cell) else None
         return _recurrent.Layer(self.cell, _scratch_packed("w_ih", G, I, dtype),
-                                _scratch_packed("w_hh", G, self.w_hh.shape[1], dtype),
+                                _scratch_packed("w_hh", G, P, dtype),
                                 self.bias, self.w_hr, self.w_ih, self.w_hh, self.extra,
-                                self.options)
+                                self.options, w_ih_t, w_hh_t)
 
     def freeze(self, weights=None):
         """Pack once: later calls use the packed copies (and a copy of the projection), not
@@ -363,10 +380,6 @@ class LayerCache:
     def x(self):
         return self.io.x
 
-    @property
-    def w_hh(self):
-        return self.layer.w_hh
-
 
 def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strategy=None,
                   mask=None):
@@ -405,8 +418,11 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
         io = _recurrent.LayerIO(x, h0, c0, h_n, h_n.copy(), c_n, gates, c_n.copy())
         path = _dispatch.choose(packing, n_threads, H, projection, dtype, allow_step=False,
                                 allow_units=False)
-        return io.y, io.h_n, io.c_n, LayerCache(
-            io, weights.driver_layer(), _dispatch.schedule(packing, path, n_threads, H, dtype))
+        schedule = _dispatch.schedule(packing, path, n_threads, H, dtype)
+        layer = weights.driver_layer()
+        with kernel_call(schedule.n_threads):
+            layer.pack_backward(schedule.n_threads)
+        return io.y, io.h_n, io.c_n, LayerCache(io, layer, schedule)
     if y is None or train:
         y = pooled_empty((N, P), dtype)
     c_n = None if c0 is None else np.empty((B, H), dtype)
@@ -475,7 +491,6 @@ def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
     N, B = schedule.n_rows, schedule.n_batch
     projection = layer.w_hr is not None
     work = _recurrent.BackwardWork(
-        _scratch_packed("w_ih_t", I, G, dtype), _scratch_packed("w_hh_t", P, G, dtype),
         scratch("rows", _recurrent.rows_length(N, schedule.first_step_rows, I, P,
                                                _packed.FORMATS[FORMATS[dtype]]), dtype),
         scratch("dG_t", _recurrent.dG_t_length(schedule.n_threads), dtype),

@@ -161,25 +161,41 @@ def test_state_dict_round_trip_and_load_errors():
     assert not np.any(dst.weight_ih_l0)
 
 
-def test_training_cache_is_isolated_from_later_writes():
+MODELS_FOR_WRITES = {
+    "lstm": lambda: make_lstm(num_layers=2, bidirectional=True),
+    "projection": lambda: make_lstm(proj_size=2),
+    "gru": lambda: clstm.GRU(I, H, num_layers=2, dtype=np.float64, seed=0),
+}
+
+
+@pytest.mark.parametrize("model", sorted(MODELS_FOR_WRITES))
+@pytest.mark.parametrize("T,B", [(4, 3), (1, 2)], ids=["steps", "one step"])
+def test_training_cache_is_isolated_from_later_writes(model, T, B):
+    """The caller reuses its input buffer and an optimiser steps in place, both between
+    forward_train and backward: backward must give what it gives without them. (The
+    weights' snapshot is backward's packed copy, taken at the forward; the GRU's w_ih is a
+    plain copy, its dx multiplying on w_ih itself; T=1 of an LSTM runs the one-step
+    kernel, which packs that snapshot apart.)"""
+    make = MODELS_FOR_WRITES[model]
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((4, 3, I))
-    dy = rng.standard_normal((4, 3, H))
-    expected = make_lstm()
+    x = rng.standard_normal((T, B, I))
+    expected = make()
     (y_ref, _), back = expected.forward_train(x)
+    dy = rng.standard_normal(y_ref.shape)
     dx_ref, _ = back(dy)
 
-    lstm = make_lstm()
+    trained = make()
     x_mutable = x.copy()
-    (y, _), back = lstm.forward_train(x_mutable)
+    (y, _), back = trained.forward_train(x_mutable)
     with pytest.raises(ValueError, match="read-only"):
         y[0] = 0
-    x_mutable[...] = 7  # the caller writes to its input and the weights before backward
-    lstm.weight_hh_l0[...] = 0
+    x_mutable[...] = 7
+    for p in trained.params.values():
+        p *= -3
     dx, _ = back(dy)
     assert_close(dx, dx_ref, np.float64)
     for k in expected.grads:
-        assert_close(lstm.grads[k], expected.grads[k], np.float64)
+        assert_close(trained.grads[k], expected.grads[k], np.float64)
 
 
 @pytest.mark.parametrize("lengths", [None, [4, 1, 3]])

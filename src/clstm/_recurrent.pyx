@@ -249,13 +249,20 @@ cdef class Layer:
     w_hr : ndarray (P, H) or None
         The projection (cells with a state of their own only).
     w_ih, w_hh : ndarray or None
-        The unpacked weights (training needs them for backward).
+        The unpacked weights.
+    w_ih_t, w_hh_t : PackedWeights or None
+        A training layer's: w_ih.T (I, G) and w_hh.T (P, G) packed as backward multiplies
+        by them, from w_ih and w_hh at the training forward (`pack_backward`): they are
+        backward's snapshot of the weights, so an optimiser step taken in place before
+        backward does not reach it. w_ih_t only for a cell whose dx is one packed product
+        (`dx_from_packed`; otherwise backward multiplies on w_ih itself, which must then
+        be a snapshot).
     extra : ndarray or None
         The cell's extra per-unit weights (n_extra blocks of H, e.g. peepholes), if it has.
     options : tuple of two ints
         The cell's options (0: its defaults), handed to its row functions.
     """
-    cdef readonly PackedWeights w_ih_packed, w_hh_packed
+    cdef readonly PackedWeights w_ih_packed, w_hh_packed, w_ih_t, w_hh_t
     cdef readonly object bias, w_hr, w_ih, w_hh, extra
     cdef readonly str cell
     cdef readonly Py_ssize_t n_input, n_hidden, n_out
@@ -269,7 +276,8 @@ cdef class Layer:
 
     def __init__(self, str cell, PackedWeights w_ih_packed not None,
                  PackedWeights w_hh_packed not None, bias, w_hr=None, w_ih=None, w_hh=None,
-                 extra=None, tuple options=(0, 0)):
+                 extra=None, tuple options=(0, 0), PackedWeights w_ih_t=None,
+                 PackedWeights w_hh_t=None):
         cdef const clstm_cell* spec = cell_named(cell)
         cdef Py_ssize_t G = w_hh_packed.n_out, P = w_hh_packed.n_in, I = w_ih_packed.n_in
         cdef Py_ssize_t H = G // spec.n_gates
@@ -287,6 +295,13 @@ cdef class Layer:
         self.p_w_ih = operand(w_ih, typenum, G, I, "w_ih", True, False)
         self.p_w_hh = operand(w_hh, typenum, G, P, "w_hh", True, False)
         check((w_ih is None) == (w_hh is None), "unpacked weights")
+        check(w_hh_t is None or (w_ih is not None and w_hh_t.typenum == typenum
+                                 and not w_hh_t.lowp and w_hh_t.n_out == P
+                                 and w_hh_t.n_in == G), "backward's packed w_hh")
+        check((w_ih_t is not None) == (w_hh_t is not None and input_side_contiguous(spec))
+              and (w_ih_t is None or (w_ih_t.typenum == typenum and w_ih_t.n_out == I
+                                      and w_ih_t.n_in == G)), "backward's packed w_ih")
+        self.w_ih_t, self.w_hh_t = w_ih_t, w_hh_t
         self.cfg.extra = operand(extra, typenum, spec.n_extra, H, "extra cell weights",
                                  spec.n_extra == 0, False)
         check(len(options) == 2, "cell options")
@@ -300,15 +315,35 @@ cdef class Layer:
     def options(self):
         return (self.cfg.options[0], self.cfg.options[1])
 
+    cdef int pack_backward_nogil(self, int n_threads) except -1 nogil:
+        self.w_hh_t.pack_nogil(self.p_w_hh, True, n_threads)
+        if input_side_contiguous(self.spec):
+            self.w_ih_t.pack_nogil(self.p_w_ih, True, n_threads)
+        return 0
+
+    def pack_backward(self, int n_threads=1):
+        """Pack w_ih_t and w_hh_t now (a training forward run by `forward` packs them
+        itself; one taken some other way, e.g. the one-step kernel, calls this)."""
+        check(self.w_hh_t is not None, "a training layer (backward's packed weights)")
+        with nogil:
+            self.pack_backward_nogil(n_threads)
+
     def __reduce__(self):
         return (_restore_layer, (self.cell, self.w_ih_packed, self.w_hh_packed, self.options,
-                                 self.bias, self.w_hr, self.w_ih, self.w_hh, self.extra))
+                                 self.w_ih_t, self.w_hh_t, self.bias, self.w_hr, self.w_ih,
+                                 self.w_hh, self.extra))
 
 
-def _restore_layer(cell, w_ih_packed, w_hh_packed, options, *arrays):
+def _restore_layer(cell, w_ih_packed, w_hh_packed, options, w_ih_t, w_hh_t, *arrays):
     """Unpickle a Layer: its arrays may arrive unaligned (pickle protocol 5 buffers)."""
     return Layer(cell, w_ih_packed, w_hh_packed, *(kernel_ready(a) for a in arrays),
-                 options=options)
+                 options=options, w_ih_t=w_ih_t, w_hh_t=w_hh_t)
+
+
+def dx_from_packed(str cell):
+    """Whether the cell's dx is one packed product on w_ih.T (`Layer`'s w_ih_t): its input
+    side's gradient is dG's first G columns."""
+    return input_side_contiguous(cell_named(cell))
 
 
 cdef class LayerIO:
@@ -344,19 +379,16 @@ cdef class Grads:
 
 
 cdef class BackwardWork:
-    """Backward's workspaces: w_ih_t, w_hh_t PackedWeights for w_ih.T (I, G) and
-    w_hh.T (P, G); rows (at least `rows_length` elements) for x and the recurrent
+    """Backward's workspaces: rows (at least `rows_length` elements) for x and the recurrent
     inputs packed; dG_t (at least dG_t_length(n_threads)) for row blocks of dG.T;
     h_prev (N - bs[0], P), the recurrent inputs of steps >= 1 when rows end early (else
     None: they are y's rows as they stand); with projection dh_all (N, P) and dr (B, H);
     with recurrent dropout h_masked (N, P), every step's masked recurrent input (for
     dw_hh)."""
-    cdef readonly PackedWeights w_ih_t, w_hh_t
     cdef readonly object rows, dG_t, h_prev, dh_all, dr, h_masked
 
-    def __init__(self, PackedWeights w_ih_t not None, PackedWeights w_hh_t not None, rows,
-                 dG_t, h_prev=None, dh_all=None, dr=None, h_masked=None):
-        self.w_ih_t, self.w_hh_t, self.rows, self.dG_t = w_ih_t, w_hh_t, rows, dG_t
+    def __init__(self, rows, dG_t, h_prev=None, dh_all=None, dr=None, h_masked=None):
+        self.rows, self.dG_t = rows, dG_t
         self.h_prev, self.dh_all, self.dr, self.h_masked = h_prev, dh_all, dr, h_masked
 
 
@@ -882,6 +914,8 @@ def forward(Layer layer not None, Schedule sched not None, LayerIO io not None,
         if layer.p_w_ih != NULL:
             layer.w_ih_packed.pack_nogil(layer.p_w_ih, False, sched.n_threads)
             layer.w_hh_packed.pack_nogil(layer.p_w_hh, False, sched.n_threads)
+        if d.train and layer.w_hh_t is not None:
+            layer.pack_backward_nogil(sched.n_threads)
         if typenum == cnp.NPY_FLOAT:
             stopped = forward_impl(<float*>p.gates, &d, &p, &split, layer.spec, watching)
         else:
@@ -928,10 +962,9 @@ def backward(Layer layer not None, Schedule sched not None, LayerIO io not None,
     p.dw_hh = operand(grads.dw_hh, typenum, G, P, "dw_hh", False, True)
     p.dbias = operand(grads.dbias, typenum, R, -1, "dbias", False, True)
     p.dw_hr = operand(grads.dw_hr, typenum, P, H, "dw_hr", not proj, True)
-    check(work.w_ih_t.typenum == typenum and work.w_ih_t.n_out == I and work.w_ih_t.n_in == G
-          and work.w_hh_t.typenum == typenum and work.w_hh_t.n_out == P
-          and work.w_hh_t.n_in == G, "transposed weights")
-    p.w_ih_t, p.w_hh_t = work.w_ih_t.ptr, work.w_hh_t.ptr
+    check(layer.w_hh_t is not None, "a training layer (backward's packed weights)")
+    p.w_hh_t = layer.w_hh_t.ptr
+    p.w_ih_t = layer.w_ih_t.ptr if layer.w_ih_t is not None else NULL
     p.rows = operand(work.rows, typenum, -1, -1, "rows", False, True)
     check(cnp.PyArray_DIMS(<cnp.ndarray>work.rows)[0]
           >= rows_length(N, sched.first_step_rows, I, P, typenum), "rows workspace")
@@ -949,9 +982,6 @@ def backward(Layer layer not None, Schedule sched not None, LayerIO io not None,
     fill_split(&split, sched)
     with nogil:
         blas_saved = blas_threads_enter()
-        work.w_hh_t.pack_nogil(layer.p_w_hh, True, sched.n_threads)
-        if input_side_contiguous(layer.spec):  # (else dx is multiplied on w_ih itself)
-            work.w_ih_t.pack_nogil(layer.p_w_ih, True, sched.n_threads)  # for dx = dG @ w_ih
         if typenum == cnp.NPY_FLOAT:
             backward_impl(<float*>p.gates, &d, &p, &split, layer.spec)
         else:
