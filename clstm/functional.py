@@ -232,10 +232,13 @@ def _scratch_packed(slot, n_out, n_in, dtype):
 
 
 def _pooled_packed(n_out, n_in, dtype):
-    """A `PackedWeights` (n_out, n_in) of dtype in pooled memory (not yet packed)."""
+    """A `PackedWeights` (n_out, n_in) of dtype, not yet packed: in pooled memory when
+    large, else in its own array (which starts on a cache line, as the pool's buffers do
+    and a small np.empty need not: vector loads across two lines cost two)."""
     fmt = FORMATS[dtype]
-    return _packed.PackedWeights(n_out, n_in, fmt, pooled_empty(
-        (_packed.packed_length(n_out, n_in, fmt),), dtype))
+    n = _packed.packed_length(n_out, n_in, fmt)
+    large = n * dtype.itemsize >= _Pool.MIN_BYTES
+    return _packed.PackedWeights(n_out, n_in, fmt, pooled_empty((n,), dtype) if large else None)
 
 
 # The LSTM variants' activations, by Keras's names, as the cells know them (the CLSTM_ACT_*
