@@ -47,17 +47,25 @@ def alias(src, dest, name):
                 fh.write(data)
 
 
-def calls(pkg, T, B, I, H):
-    """mode -> a function running one call of that mode."""
-    m = pkg.LSTM(I, H, dtype=np.float32, seed=0)
-    x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
+def calls(pkg, T, B, I, H, dtype):
+    """mode -> a function running one call of that mode ("cell": T steps of a frozen
+    LSTMCell from Python, the state fed back)."""
+    m = pkg.LSTM(I, H, dtype=dtype, seed=0)
+    x = np.random.default_rng(0).standard_normal((T, B, I)).astype(dtype)
     frozen = m.freeze()
-    dy = np.ones((T, B, H), np.float32)
+    cell = pkg.LSTMCell(I, H, dtype=dtype, seed=0).freeze()
+    dy = np.ones((T, B, H), dtype)
 
     def train():
         _, backward = m.forward_train(x)
         backward(dy)
-    return {"inference": lambda: m(x), "frozen inference": lambda: frozen(x), "train": train}
+
+    def steps():
+        state = None
+        for t in range(T):
+            state = cell(x[t], state)
+    return {"inference": lambda: m(x), "frozen inference": lambda: frozen(x), "train": train,
+            "cell": steps}
 
 
 def main():
@@ -68,7 +76,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--sizes", nargs="+", metavar="T,B,I,H",
                     default=["25,32,1024,1024", "50,64,512,512", "200,256,128,128"])
-    ap.add_argument("--modes", nargs="+", default=["inference", "frozen inference", "train"])
+    ap.add_argument("--modes", nargs="+", default=["inference", "frozen inference", "train"],
+                    help="any of inference, 'frozen inference', train, cell")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = ap.parse_args()
     if len(args.build) != 2:
         ap.error("give --build twice")
@@ -81,12 +91,12 @@ def main():
         pkgs = [importlib.import_module(n) for n in names]
         for pkg in pkgs:
             pkg.set_num_threads(args.threads)
-        print(f"threads={args.threads}, rounds={args.rounds}; medians (ms), ratio = "
-              "median over rounds of second/first")
+        print(f"{args.dtype}, threads={args.threads}, rounds={args.rounds}; medians (ms), "
+              "ratio = median over rounds of second/first")
         print("| size | mode | first | second | ratio |\n|---|---|---:|---:|---:|")
         for size in args.sizes:
             T, B, I, H = (int(v) for v in size.split(","))
-            fns = [calls(pkg, T, B, I, H) for pkg in pkgs]
+            fns = [calls(pkg, T, B, I, H, np.dtype(args.dtype)) for pkg in pkgs]
             for mode in args.modes:
                 for f in fns:  # warm: scratch, pools, first-touch pages
                     f[mode]()

@@ -69,20 +69,24 @@ import json, sys, time
 import numpy as np
 import clstm
 from clstm import _recurrent
-sizes, threads, rounds = json.loads(sys.argv[1])
+sizes, threads, rounds, frozen = json.loads(sys.argv[1])
 clstm.set_num_threads(threads)
 out = []
 for T, B, I, H in sizes:
     m = clstm.LSTM(I, H, seed=0)
     x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
     dy = np.ones((T, B, H), np.float32)
+    snapshot = m.freeze()
     best, total = None, None
     for r in range(rounds + 1):
         time.sleep(0.05)
         _recurrent.reset_phase_times()
         t = time.perf_counter()
-        _, backward = m.forward_train(x)
-        backward(dy)
+        if frozen:
+            snapshot(x)
+        else:
+            _, backward = m.forward_train(x)
+            backward(dy)
         elapsed = time.perf_counter() - t
         if r and (total is None or elapsed < total):
             total, best = elapsed, _recurrent.phase_times()
@@ -117,6 +121,8 @@ def main():
     ap.add_argument("--sizes", nargs="+", default=["200,256,128,128", "50,64,512,512"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--frozen", action="store_true",
+                    help="time the layer's frozen snapshot's inference instead of training")
     args = ap.parse_args()
     sizes = [[int(v) for v in s.split(",")] for s in args.sizes]
     target = tempfile.mkdtemp(prefix="clstm-phases-")
@@ -124,12 +130,12 @@ def main():
         build(target)
         env = dict(os.environ, PYTHONPATH=target)
         res = subprocess.run([sys.executable, "-c", CHILD,
-                              json.dumps([sizes, args.threads, args.rounds])],
+                              json.dumps([sizes, args.threads, args.rounds, args.frozen])],
                              check=True, capture_output=True, text=True, env=env, cwd=target)
     finally:
         shutil.rmtree(target, ignore_errors=True)
-    print(f"threads={args.threads}, best of {args.rounds} forward_train + backward calls; ms "
-          f"(GFLOP/s)")
+    calls = "frozen inference" if args.frozen else "forward_train + backward"
+    print(f"threads={args.threads}, best of {args.rounds} {calls} calls; ms (GFLOP/s)")
     for row in json.loads(res.stdout):
         T, B, I, H = row["size"]
         N, G = T * B, 4 * H
@@ -139,8 +145,10 @@ def main():
         in_loop = phases[5] < 1e-6  # dx ran in the backward time loop (Schedule.step_dx)
         if in_loop:
             flops[2] += flops[5]
-        print(f"\nT={T}, B={B}, I={I}, H={H}: forward_train + backward {row['total'] * 1e3:.1f} ms"
-              f", backward {sum(phases[2:]) * 1e3:.1f} ms")
+        print(f"\nT={T}, B={B}, I={I}, H={H}: {calls} {row['total'] * 1e3:.1f} ms"
+              + ("" if args.frozen else f", backward {sum(phases[2:]) * 1e3:.1f} ms"))
+        if args.frozen:
+            phases, flops = phases[:2], flops[:2]
         for k, (name, t, f) in enumerate(zip(PHASES, phases, flops)):
             if k == 2:
                 name = "backward: time loop" + (" and dx" if in_loop else "")

@@ -10,7 +10,11 @@ from clstm import reference as R
 from _helpers import assert_close
 
 DTYPES = (np.float32, np.float64)
-ODD = [(1, 1), (1, 7), (5, 1), (31, 17), (32, 16), (33, 65), (100, 3), (7, 130)]
+ODD = [(1, 1), (1, 7), (5, 1), (31, 17), (32, 16), (33, 65), (100, 3), (7, 130),
+       (290, 300), (33, 520)]
+# Row counts reaching every tile shape: 1-3 rows over several panels, 4-8 rows, and the
+# even cuts (9 = 5 + 4, 17 = 6 + 6 + 5 or 9 + 8 ...)
+ROWS = (1, 2, 3, 4, 5, 7, 8, 9, 17, 40)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -23,13 +27,31 @@ def test_packed_gemm_matches_numpy(dtype, N, K, transposed):
     packed = np.full(_packed.packed_length(N, K, fmt), np.nan, dtype)
     _testing.pack_matrix(np.ascontiguousarray(w.T) if transposed else w, transposed, packed)
     assert not np.isnan(packed).any()  # every element written, padding zeroed
-    for n in (1, 2, 3, 4, 5, 9):
+    for n in ROWS:
         a = rng.standard_normal((n, K)).astype(dtype)
         c = rng.standard_normal((n, N + 3)).astype(dtype)  # ldc > N: columns past N untouched
         expected = c.copy()
         expected[:, :N] += a @ w.T
         _testing.packed_gemm(a, packed, N, c)
         assert_close(c, expected, dtype, factor=max(1, K / 16))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, K", [(130, 300), (290, 70)])
+def test_a_rows_sum_does_not_depend_on_its_tile(dtype, N, K):
+    """Each output is added up in one order whichever tile of rows (or group of panels)
+    it falls in: what keeps results independent of how threads split the rows."""
+    rng = np.random.default_rng(N + K)
+    w = rng.standard_normal((N, K)).astype(dtype)
+    packed = np.zeros(_packed.packed_length(N, K, np.dtype(dtype).name), dtype)
+    _testing.pack_matrix(w, False, packed)
+    a = rng.standard_normal((40, K)).astype(dtype)
+    whole = np.zeros((40, N), dtype)
+    _testing.packed_gemm(a, packed, N, whole)
+    for lo, hi in [(0, 1), (5, 7), (9, 12), (3, 9), (13, 30), (0, 17)]:
+        part = np.zeros((hi - lo, N), dtype)
+        _testing.packed_gemm(np.ascontiguousarray(a[lo:hi]), packed, N, part)
+        np.testing.assert_array_equal(part, whole[lo:hi])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

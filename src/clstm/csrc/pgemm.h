@@ -120,80 +120,76 @@ static Py_ssize_t clstm_panels_##SFX(Py_ssize_t N) {                            
 }
 
 /* The multiply kernel, defined once per instruction set (see the dispatch below) with its
-   own vector width VB (bytes), tile height MR (rows) and KS. A panel row (NR columns,
-   128 bytes) is NV = 128 / VB vectors. C[mr, :ncols] += A[mr, K] @ panel: a single row
-   would wait on the FMA latency (a chain of K dependent adds per accumulator), so KS sets
-   of accumulators take turns over k. KS is the same for every mr: a row's sum is then
-   added up in the same order whichever tile it lands in, and results do not depend on
-   the thread count. MR * NV * KS accumulators plus the panel row must fit the registers:
-   AVX-512 6 * 2 * 2 = 24 of 32; AVX2 2 * 4 * 1 = 8 of 16 (64-byte vectors there spilled
-   everything to the stack; docs/design.md). The first tile of a panel chunk is the one
-   that brings it in from L2 or memory (a w_hh bigger than L2 comes from memory at every
-   step): a full-height one prefetches CLSTM_PGEMM_PREFETCH panel rows ahead, which the
-   hardware's prefetcher, starting anew at every page, does not (docs/performance.md,
-   "Issue 19"). Not the short tiles of a few rows: they are bound by their loads already. */
-#define CLSTM_DEFINE_KERNEL(T, SFX, VB, MR, KS)                                         \
+   own vector width VB (bytes) and tile height MR (rows). A panel row (NR columns, 128
+   bytes) is NV = 128 / VB vectors. C[mr, cols of np panels] += A[mr, K] @ those panels:
+   each accumulator adds up its k in order, one chain, so a row's sum has one order
+   whichever tile it lands in and results do not depend on the thread count. A chain waits
+   on the FMA's latency: a tile needs about 8 of them (2 FMA ports x 4 cycles) to keep
+   the multiply-adds busy, so a tile of 1-3 rows takes np panels side by side (ACC
+   accumulators at most); a taller one takes one panel. MR * NV accumulators plus the
+   panel row fit the registers: AVX-512 8 * 2 = 16 of 32 (a chunk of panel is read from
+   L2 or L3 by the first tile of rows; 8 rows instead of 6 ask 25% fewer of its bytes per
+   multiply-add of it, docs/performance.md "Issue 19, fifth pass"); AVX2 2 * 4 = 8 of 16
+   (64-byte vectors there spilled everything to the stack; docs/design.md). The first
+   tile of a panel chunk is the one that brings it in from L2 or memory (a w_hh bigger than
+   L2 comes from memory at every step): it prefetches CLSTM_PGEMM_PREFETCH panel rows
+   ahead, which the hardware's prefetcher, starting anew at every page, does not
+   (docs/performance.md, "Issue 19"). */
+#define CLSTM_DEFINE_KERNEL(T, SFX, VB, MR, ACC)                                        \
 typedef T clstm_kv_##SFX __attribute__((vector_size(VB)));                              \
 typedef T clstm_kvu_##SFX __attribute__((vector_size(VB), aligned(sizeof(T))));         \
 static inline __attribute__((always_inline)) void clstm_tile_##SFX(                     \
-        const int mr, Py_ssize_t K, const T* A, Py_ssize_t lda,                         \
-        const T* Wp, T* C, Py_ssize_t ldc, Py_ssize_t ncols, int overwrite,             \
-        int prefetch) {                                                                 \
-    enum { NR = 128 / sizeof(T), V = VB / sizeof(T), NV = 128 / VB };                   \
-    clstm_kv_##SFX acc[KS][8][NV], w[NV];                                               \
+        const int mr, const int np, Py_ssize_t K, const T* A, Py_ssize_t lda,           \
+        const T* Wp, Py_ssize_t panel_stride, T* C, Py_ssize_t ldc,                     \
+        Py_ssize_t last_cols, int overwrite, int prefetch) {                            \
+    enum { NR = 128 / sizeof(T), V = VB / sizeof(T), NV = 128 / VB,                     \
+           WIDE = ACC / NV > 4 ? 4 : ACC / NV };                                        \
+    clstm_kv_##SFX acc[MR][WIDE * NV], w[WIDE * NV];                                    \
     T out[NR];                                                                          \
-    Py_ssize_t k, c;                                                                    \
-    int i, s, q;                                                                        \
-    for (s = 0; s < KS; s++)                                                            \
-        for (i = 0; i < mr; i++)                                                        \
-            for (q = 0; q < NV; q++)                                                    \
-                acc[s][i][q] = (clstm_kv_##SFX){0};                                     \
-    /* The tile's block of C is added to at the end: fetch it while the sums run (in   \
-       the time loop it is the input projection, written long before, rows ldc apart,  \
-       where no hardware prefetcher looks). */                                          \
-    if (!overwrite)                                                                     \
-        for (i = 0; i < mr; i++) {                                                      \
-            __builtin_prefetch(C + i * ldc, 1);                                         \
-            __builtin_prefetch(C + i * ldc + NR / 2, 1);                                \
+    Py_ssize_t k, c, ncols;                                                             \
+    int i, j, p, q;                                                                     \
+    for (i = 0; i < mr; i++)                                                            \
+        for (j = 0; j < np * NV; j++)                                                   \
+            acc[i][j] = (clstm_kv_##SFX){0};                                            \
+    /* The tile's block of C is written at the end: fetch it for writing while the    \
+       sums run. Rows ldc apart, where no hardware prefetcher looks; in the time loop   \
+       it is the input projection, written long before, and a product that overwrites  \
+       C (the input projection) would wait for each line to come from memory. */         \
+    for (i = 0; i < mr; i++)                                                            \
+        for (p = 0; p < np; p++) {                                                      \
+            __builtin_prefetch(C + i * ldc + p * NR, 1);                                \
+            __builtin_prefetch(C + i * ldc + p * NR + NR / 2, 1);                       \
         }                                                                               \
-    for (k = 0; k + KS <= K; k += KS)                                                   \
-        for (s = 0; s < KS; s++) {                                                      \
-            if (prefetch) {                                                             \
-                __builtin_prefetch(Wp + (k + s + CLSTM_PGEMM_PREFETCH) * NR);            \
-                __builtin_prefetch(Wp + (k + s + CLSTM_PGEMM_PREFETCH) * NR + NR / 2);   \
-            }                                                                           \
-            for (q = 0; q < NV; q++)                                                    \
-                w[q] = *(const clstm_kvu_##SFX*)(Wp + (k + s) * NR + q * V);            \
-            for (i = 0; i < mr; i++) {                                                  \
-                T a = A[i * lda + k + s];                                               \
-                for (q = 0; q < NV; q++)                                                \
-                    acc[s][i][q] += a * w[q];                                           \
-            }                                                                           \
+    for (k = 0; k < K; k++) {                                                           \
+        if (prefetch) {                                                                 \
+            __builtin_prefetch(Wp + (k + CLSTM_PGEMM_PREFETCH) * NR);                   \
+            __builtin_prefetch(Wp + (k + CLSTM_PGEMM_PREFETCH) * NR + NR / 2);          \
         }                                                                               \
-    for (; k < K; k++) {                                                                \
-        for (q = 0; q < NV; q++)                                                        \
-            w[q] = *(const clstm_kvu_##SFX*)(Wp + k * NR + q * V);                      \
+        for (p = 0; p < np; p++)                                                        \
+            for (q = 0; q < NV; q++)                                                    \
+                w[p * NV + q] = *(const clstm_kvu_##SFX*)(Wp + p * panel_stride         \
+                                                           + k * NR + q * V);           \
         for (i = 0; i < mr; i++) {                                                      \
             T a = A[i * lda + k];                                                       \
-            for (q = 0; q < NV; q++)                                                    \
-                acc[0][i][q] += a * w[q];                                               \
+            for (j = 0; j < np * NV; j++)                                               \
+                acc[i][j] += a * w[j];                                                  \
         }                                                                               \
     }                                                                                   \
-    for (s = 1; s < KS; s++)                                                            \
-        for (i = 0; i < mr; i++)                                                        \
-            for (q = 0; q < NV; q++)                                                    \
-                acc[0][i][q] += acc[s][i][q];                                           \
-    for (i = 0; i < mr; i++) {                                                          \
-        if (ncols == NR && overwrite) {                                                 \
-            for (q = 0; q < NV; q++)                                                    \
-                *(clstm_kvu_##SFX*)(C + i * ldc + q * V) = acc[0][i][q];                \
-        } else if (ncols == NR) {                                                       \
-            for (q = 0; q < NV; q++)                                                    \
-                *(clstm_kvu_##SFX*)(C + i * ldc + q * V) += acc[0][i][q];               \
-        } else {                                                                        \
-            memcpy(out, &acc[0][i][0], sizeof(out));                                    \
-            for (c = 0; c < ncols; c++)                                                 \
-                C[i * ldc + c] = overwrite ? out[c] : C[i * ldc + c] + out[c];          \
+    for (p = 0; p < np; p++) {                                                          \
+        ncols = p == np - 1 ? last_cols : NR;                                           \
+        for (i = 0; i < mr; i++) {                                                      \
+            T* Ci = C + i * ldc + p * NR;                                               \
+            if (ncols == NR && overwrite) {                                             \
+                for (q = 0; q < NV; q++)                                                \
+                    *(clstm_kvu_##SFX*)(Ci + q * V) = acc[i][p * NV + q];               \
+            } else if (ncols == NR) {                                                   \
+                for (q = 0; q < NV; q++)                                                \
+                    *(clstm_kvu_##SFX*)(Ci + q * V) += acc[i][p * NV + q];              \
+            } else {                                                                    \
+                memcpy(out, &acc[i][p * NV], sizeof(out));                              \
+                for (c = 0; c < ncols; c++)                                             \
+                    Ci[c] = overwrite ? out[c] : Ci[c] + out[c];                        \
+            }                                                                           \
         }                                                                               \
     }                                                                                   \
 }                                                                                       \
@@ -205,43 +201,57 @@ static inline __attribute__((always_inline)) void clstm_tile_##SFX(             
    streams (KC * 128 bytes) stays in L1 for all the tiles (unchunked, a panel of a long  \
    K comes from L2 or memory once per tile of rows), and so does the panel's block of C  \
    (n * 128 bytes), finished before the next panel (chunks outermost sent all of C      \
-   through L2 once per chunk; docs/performance.md, "Issue 19"). The chunks are the same \
-   whatever n, so a row's sum is still added up in one order. */                        \
+   through L2 once per chunk; docs/performance.md, "Issue 19"). The rows are cut into   \
+   the fewest tiles of at most MR rows (6 when K < KC: measured faster there), of even  \
+   heights (9 rows: 5 and 4, not 8 and 1, whose one row would wait on its two chains);  \
+   1-3 rows are one tile over np panels. */                                             \
 static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A,     \
                              Py_ssize_t lda, const T* Wp, Py_ssize_t ldw, T* C,         \
                              Py_ssize_t ldc, int overwrite) {                           \
-    const Py_ssize_t NR = 128 / sizeof(T), KC = CLSTM_PGEMM_KC;                         \
-    Py_ssize_t jb, i, ncols, k0, kc;                                                    \
-    int set;                                                                            \
-    for (jb = 0; jb * NR < N; jb++)                                                     \
+    enum { NR = 128 / sizeof(T), NV = 128 / VB, WIDE = ACC / NV > 4 ? 4 : ACC / NV };   \
+    const Py_ssize_t KC = CLSTM_PGEMM_KC, panels = (N + NR - 1) / NR;                   \
+    const Py_ssize_t rows = MR > 6 && K < KC ? 6 : MR, tiles = (n + rows - 1) / rows;   \
+    const int np = n >= 4 || n > MR || n <= 0 ? 1                                       \
+                   : ACC / (n * NV) < WIDE ? (int)(ACC / (n * NV)) : WIDE;              \
+    Py_ssize_t jb, i, t, h, k0, kc, cols;                                               \
+    int set, group;                                                                     \
+    for (jb = 0; jb < panels; jb += np)                                                 \
     for (k0 = 0; k0 < K; k0 += KC) {                                                    \
         const T* panel = Wp + (jb * ldw + k0) * NR;                                     \
-        const T* A0 = A + k0;                                                           \
         T* Cj = C + jb * NR;                                                            \
         kc = K - k0 < KC ? K - k0 : KC;                                                 \
         set = overwrite && k0 == 0;                                                     \
-        ncols = N - jb * NR < NR ? N - jb * NR : NR;                                    \
-        for (i = 0; i + MR <= n; i += MR)                                               \
-            clstm_tile_##SFX(MR, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols,\
-                             set, i == 0);                                      \
-        /* constant row counts, so each tile keeps its accumulators in registers */     \
-        if (MR > 5 && n - i == 5)                                                       \
-            clstm_tile_##SFX(5, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
-                             set, 0);                                           \
-        else if (MR > 4 && n - i == 4)                                                  \
-            clstm_tile_##SFX(4, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
-                             set, 0);                                           \
-        else if (MR > 3 && n - i == 3)                                                  \
-            clstm_tile_##SFX(3, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
-                             set, 0);                                           \
-        else if (MR > 2 && n - i == 2)                                                  \
-            clstm_tile_##SFX(2, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
-                             set, 0);                                           \
-        else if (MR > 1 && n - i == 1)                                                  \
-            clstm_tile_##SFX(1, kc, A0 + i * lda, lda, panel, Cj + i * ldc, ldc, ncols, \
-                             set, 0);                                           \
+        group = panels - jb < np ? (int)(panels - jb) : np;                             \
+        cols = N - (jb + group - 1) * NR < NR ? N - (jb + group - 1) * NR : NR;         \
+        for (t = 0, i = 0; t < tiles; t++, i += h) {                                    \
+            h = n / tiles + (t < n % tiles);                                            \
+            CLSTM_ANY_TILE(SFX, MR, WIDE, h, group, kc, A + k0 + i * lda, lda, panel,   \
+                           ldw * NR, Cj + i * ldc, ldc, cols, set, t == 0 && h >= 4)    \
+        }                                                                               \
     }                                                                                   \
 }
+
+/* The tile of h rows and np panels as constants (so its accumulators stay in registers),
+   from the shapes a kernel of MR rows and WIDE panels can take; never another. */
+#define CLSTM_TILE_IF(SFX, MR, WIDE, H, NP, h, np, ...)                                 \
+    if ((H) <= (MR) && (NP) <= (WIDE) && h == (H) && np == (NP))                        \
+        clstm_tile_##SFX((H) <= (MR) ? (H) : 1, (NP) <= (WIDE) ? (NP) : 1, __VA_ARGS__);
+#define CLSTM_ANY_TILE(SFX, MR, WIDE, h, np, ...)                                       \
+    CLSTM_TILE_IF(SFX, MR, WIDE, 8, 1, h, np, __VA_ARGS__)                              \
+    else CLSTM_TILE_IF(SFX, MR, WIDE, 7, 1, h, np, __VA_ARGS__)                         \
+    else CLSTM_TILE_IF(SFX, MR, WIDE, 6, 1, h, np, __VA_ARGS__)                         \
+    else CLSTM_TILE_IF(SFX, MR, WIDE, 5, 1, h, np, __VA_ARGS__)                         \
+    else CLSTM_TILE_IF(SFX, MR, WIDE, 4, 1, h, np, __VA_ARGS__)                         \
+    else CLSTM_TILE_IF(SFX, MR, WIDE, 3, 1, h, np, __VA_ARGS__)                         \
+    else CLSTM_TILE_IF(SFX, MR, WIDE, 3, 2, h, np, __VA_ARGS__)                         \
+    else CLSTM_TILE_IF(SFX, MR, WIDE, 2, 1, h, np, __VA_ARGS__)                         \
+    else CLSTM_TILE_IF(SFX, MR, WIDE, 2, 2, h, np, __VA_ARGS__)                         \
+    else CLSTM_TILE_IF(SFX, MR, WIDE, 2, 3, h, np, __VA_ARGS__)                         \
+    else CLSTM_TILE_IF(SFX, MR, WIDE, 2, 4, h, np, __VA_ARGS__)                         \
+    else CLSTM_TILE_IF(SFX, MR, WIDE, 1, 2, h, np, __VA_ARGS__)                         \
+    else CLSTM_TILE_IF(SFX, MR, WIDE, 1, 3, h, np, __VA_ARGS__)                         \
+    else CLSTM_TILE_IF(SFX, MR, WIDE, 1, 4, h, np, __VA_ARGS__)                         \
+    else clstm_tile_##SFX(1, 1, __VA_ARGS__);
 
 CLSTM_DEFINE_PACK(float, f32, int)
 CLSTM_DEFINE_PACK(double, f64, long long)
@@ -276,26 +286,26 @@ CLSTM_DEFINE_SUM(double, f64)
    (another compiler or OS, or CLSTM_NO_TARGET_CLONES) only the base kernel exists,
    shaped for what the build flags enable. */
 #if defined(__AVX512F__)
-CLSTM_DEFINE_KERNEL(float, base_f32, 64, 4, 2)
-CLSTM_DEFINE_KERNEL(double, base_f64, 64, 4, 2)
+CLSTM_DEFINE_KERNEL(float, base_f32, 64, 8, 16)
+CLSTM_DEFINE_KERNEL(double, base_f64, 64, 8, 16)
 #elif defined(__AVX2__) || defined(__aarch64__)
-CLSTM_DEFINE_KERNEL(float, base_f32, 32, 2, 1)
-CLSTM_DEFINE_KERNEL(double, base_f64, 32, 2, 1)
+CLSTM_DEFINE_KERNEL(float, base_f32, 32, 2, 8)
+CLSTM_DEFINE_KERNEL(double, base_f64, 32, 2, 8)
 #else
-CLSTM_DEFINE_KERNEL(float, base_f32, 16, 1, 1)
-CLSTM_DEFINE_KERNEL(double, base_f64, 16, 1, 1)
+CLSTM_DEFINE_KERNEL(float, base_f32, 16, 1, 8)
+CLSTM_DEFINE_KERNEL(double, base_f64, 16, 1, 8)
 #endif
 
 #if CLSTM_ISA_KERNELS && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4")
-CLSTM_DEFINE_KERNEL(float, v4_f32, 64, 6, 2)
-CLSTM_DEFINE_KERNEL(double, v4_f64, 64, 6, 2)
+CLSTM_DEFINE_KERNEL(float, v4_f32, 64, 8, 16)
+CLSTM_DEFINE_KERNEL(double, v4_f64, 64, 8, 16)
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v3")
-CLSTM_DEFINE_KERNEL(float, v3_f32, 32, 2, 1)
-CLSTM_DEFINE_KERNEL(double, v3_f64, 32, 2, 1)
+CLSTM_DEFINE_KERNEL(float, v3_f32, 32, 2, 8)
+CLSTM_DEFINE_KERNEL(double, v3_f64, 32, 2, 8)
 #pragma GCC pop_options
 
 /* 2: x86-64-v4, 1: x86-64-v3, 0: older. CLSTM_ISA=v3 or =base picks a lower kernel
