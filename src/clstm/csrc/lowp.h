@@ -25,8 +25,9 @@
    bfloat16 ("bfloat16"): weights and each A row rounded to bfloat16 (nearest even), products
    accumulated in float32 in `vdpbf16ps`'s order: per 32-bit lane, the odd k of the pair
    first, then the even one (a bf16 x bf16 product is exact in float32, so each is one
-   rounding). KS accumulator sets take turns over the pairs as in pgemm.h, the same KS for
-   every tile height, so a row's result does not depend on its tile or thread.
+   rounding). KS accumulator sets take turns over the pairs (chains enough to cover the
+   latency), the same KS for every tile height, so a row's result does not depend on its
+   tile or thread.
 
    bfloat16 on AMX tiles (amx.h; the default where the AMX kernel runs, CLSTM_AMX_BF16=0
    turns it off): tdpbf16ps is several times faster, but it does not round as a chain of
@@ -255,7 +256,7 @@ static void clstm_lowp_pack(int format, const float* W, Py_ssize_t N, Py_ssize_t
     else TILE(SFX, 1);
 
 /* One kernel per instruction set: SFX names it, VB is its vector width in bytes, MR its
-   tile height, KS its accumulator sets (see pgemm.h). NV = NR * 4 / VB vectors per panel
+   tile height, KS its accumulator sets. NV = NR * 4 / VB vectors per panel
    row group. Rows of A arrive quantised: qa (n, ldq) as 32-bit lanes. The quantisers are
    per instruction set too (vector code: at B = 1 they are a step's only work besides the
    multiply). */
