@@ -120,21 +120,20 @@ static Py_ssize_t clstm_panels_##SFX(Py_ssize_t N) {                            
 }
 
 /* The multiply kernel, defined once per instruction set (see the dispatch below) with its
-   own vector width VB (bytes) and tile height MR (rows). A panel row (NR columns, 128
-   bytes) is NV = 128 / VB vectors. C[mr, cols of np panels] += A[mr, K] @ those panels:
-   each accumulator adds up its k in order, one chain, so a row's sum has one order
-   whichever tile it lands in and results do not depend on the thread count. A chain waits
-   on the FMA's latency: a tile needs about 8 of them (2 FMA ports x 4 cycles) to keep
-   the multiply-adds busy, so a tile of 1-3 rows takes np panels side by side (ACC
-   accumulators at most); a taller one takes one panel. MR * NV accumulators plus the
-   panel row fit the registers: AVX-512 8 * 2 = 16 of 32 (a chunk of panel is read from
-   L2 or L3 by the first tile of rows; 8 rows instead of 6 ask 25% fewer of its bytes per
-   multiply-add of it, docs/performance.md "Issue 19, fifth pass"); AVX2 2 * 4 = 8 of 16
-   (64-byte vectors there spilled everything to the stack; docs/design.md). The first
-   tile of a panel chunk is the one that brings it in from L2 or memory (a w_hh bigger than
-   L2 comes from memory at every step): it prefetches CLSTM_PGEMM_PREFETCH panel rows
-   ahead, which the hardware's prefetcher, starting anew at every page, does not
-   (docs/performance.md, "Issue 19"). */
+   own vector width VB (bytes), tile height MR (rows) and accumulator budget ACC. A panel
+   row (NR columns, 128 bytes) is NV = 128 / VB vectors. C[mr, columns of np panels] +=
+   A[mr, K] @ those panels: each accumulator adds up its k in order, one chain, so a row's
+   sum has one order whichever tile it lands in, and results do not depend on the thread
+   count. A chain waits on the FMA's latency and a tile needs about 8 of them (2 FMA ports
+   x 4 cycles): a tile of 1-3 rows therefore spans np panels side by side (ACC accumulators
+   at most), a taller one a single panel. MR * NV accumulators plus the panel row fit the
+   registers: AVX-512 8 * 2 = 16 of 32; AVX2 2 * 4 = 8 of 16 (64-byte vectors there
+   spilled everything to the stack; docs/design.md). Why 8 rows: the first tile of a panel
+   chunk is the one that reads it from L2 or L3 (a w_hh bigger than L2 comes from L3 at
+   every step), at 64 / MR bytes per multiply-add, faster than a core reads L3 at 6 rows
+   (docs/performance.md, "Issue 19, fifth pass"). That tile also prefetches
+   CLSTM_PGEMM_PREFETCH panel rows ahead, which the hardware's prefetcher, starting anew at
+   every page, does not (docs/performance.md, "Issue 19"). */
 #define CLSTM_DEFINE_KERNEL(T, SFX, VB, MR, ACC)                                        \
 typedef T clstm_kv_##SFX __attribute__((vector_size(VB)));                              \
 typedef T clstm_kvu_##SFX __attribute__((vector_size(VB), aligned(sizeof(T))));         \
