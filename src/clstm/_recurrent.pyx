@@ -666,20 +666,35 @@ cdef void final_states(floating* y, const Dims* d, const Ptrs* p, const Split* s
                        H * sizeof(floating))
 
 
+cdef inline Py_ssize_t chunk_end(const Py_ssize_t* off, Py_ssize_t B, Py_ssize_t T,
+                                 Py_ssize_t t0, Py_ssize_t rows) noexcept nogil:
+    """The end of the run of steps from t0 that fits in ``rows`` rows (one step at least)."""
+    cdef Py_ssize_t t1 = t0 + 1
+    while t1 < T and step_row(off, B, t1 + 1) - step_row(off, B, t0) <= rows:
+        t1 = t1 + 1
+    return t1
+
+
 cdef bint forward_impl(floating* gates, const Dims* d, const Ptrs* p, const Split* s,
                        const clstm_cell* cell, bint watching) noexcept nogil:
     """The forward pass, hoisting the input projection in chunks of steps; True if it
     stopped early for an interrupt (`interrupted`, read only by the ``watching`` call: the
     flag is process-wide, and a call from another thread must not take it)."""
-    cdef Py_ssize_t B = d.B, G = d.G, t0 = 0, t1, row0
+    cdef Py_ssize_t B = d.B, G = d.G, t0 = 0, t1, row0, chunks = 0, rows
     cdef const Py_ssize_t* off = s.offsets
     if not d.train and p.c_n != NULL:
         memcpy(p.c_n, p.c0, B * d.H * sizeof(floating))
+    # The input projection is hoisted in chunks of steps that fit in gates: as few chunks
+    # as filling each would make, their steps shared out evenly (a last chunk of a few
+    # steps would stream all of w_ih for a few rows).
     while t0 < d.T:
-        # hoist the input projection of steps [t0, t1): as many as fit in gates
-        t1 = t0 + 1
-        while t1 < d.T and step_row(off, B, t1 + 1) - step_row(off, B, t0) <= d.cap:
-            t1 = t1 + 1
+        t0 = chunk_end(off, B, d.T, t0, d.cap)
+        chunks = chunks + 1
+    t0 = 0
+    while t0 < d.T:
+        rows = step_row(off, B, d.T) - step_row(off, B, t0)
+        t1 = chunk_end(off, B, d.T, t0, min(d.cap, (rows + chunks - 1) // chunks))
+        chunks = max(chunks - 1, 1)
         row0 = 0 if d.train else step_row(off, B, t0)
         par_pgemm(s.n_threads, step_row(off, B, t1) - step_row(off, B, t0), G, d.n_in,
                   (<const floating*>p.x) + step_row(off, B, t0) * d.n_in, d.n_in,
