@@ -6,6 +6,9 @@ installed clstm is not touched), and runs it on the given sizes.
 
     python bench/phase_times.py --threads 1 --sizes 200,256,128,128 50,64,512,512
 
+With --frozen it times the layer's frozen snapshot's inference (the forward's two phases)
+instead of a training step.
+
 Prints, per size, the best of --rounds calls of each phase in ms and its GFLOP/s (the
 phases' multiply-adds: 2*N*G*I for the projection and dx, 2*N*G*P for each time loop's
 products, 2*N*G*(I+P) for the weight gradients). The timers cost nothing measurable; the
