@@ -137,12 +137,14 @@ static Py_ssize_t clstm_panels_##SFX(Py_ssize_t N) {                            
 #define CLSTM_DEFINE_KERNEL(T, SFX, VB, MR, ACC)                                        \
 typedef T clstm_kv_##SFX __attribute__((vector_size(VB)));                              \
 typedef T clstm_kvu_##SFX __attribute__((vector_size(VB), aligned(sizeof(T))));         \
+/* panels a tile of 1-3 rows may span: ACC accumulators of NV vectors each, 4 at most */ \
+enum { CLSTM_WIDE_##SFX = ACC / (128 / VB) > 4 ? 4 : ACC / (128 / VB) };                \
 static inline __attribute__((always_inline)) void clstm_tile_##SFX(                     \
         const int mr, const int np, Py_ssize_t K, const T* A, Py_ssize_t lda,           \
         const T* Wp, Py_ssize_t panel_stride, T* C, Py_ssize_t ldc,                     \
         Py_ssize_t last_cols, int overwrite, int prefetch) {                            \
     enum { NR = 128 / sizeof(T), V = VB / sizeof(T), NV = 128 / VB,                     \
-           WIDE = ACC / NV > 4 ? 4 : ACC / NV };                                        \
+           WIDE = CLSTM_WIDE_##SFX };                                                   \
     clstm_kv_##SFX acc[MR][WIDE * NV], w[WIDE * NV];                                    \
     T out[NR];                                                                          \
     Py_ssize_t k, c, ncols;                                                             \
@@ -207,7 +209,7 @@ static inline __attribute__((always_inline)) void clstm_tile_##SFX(             
 static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A,     \
                              Py_ssize_t lda, const T* Wp, Py_ssize_t ldw, T* C,         \
                              Py_ssize_t ldc, int overwrite) {                           \
-    enum { NR = 128 / sizeof(T), NV = 128 / VB, WIDE = ACC / NV > 4 ? 4 : ACC / NV };   \
+    enum { NR = 128 / sizeof(T), NV = 128 / VB, WIDE = CLSTM_WIDE_##SFX };              \
     const Py_ssize_t KC = CLSTM_PGEMM_KC, panels = (N + NR - 1) / NR;                   \
     const Py_ssize_t rows = MR > 6 && K < KC ? 6 : MR, tiles = (n + rows - 1) / rows;   \
     const int np = n >= 4 || n > MR || n <= 0 ? 1                                       \
