@@ -127,13 +127,13 @@ static Py_ssize_t clstm_panels_##SFX(Py_ssize_t N) {                            
    count. A chain waits on the FMA's latency and a tile needs about 8 of them (2 FMA ports
    x 4 cycles): a tile of 1-3 rows therefore spans np panels side by side (ACC accumulators
    at most), a taller one a single panel. MR * NV accumulators plus the panel row fit the
-   registers: AVX-512 8 * 2 = 16 of 32; AVX2 2 * 4 = 8 of 16 (64-byte vectors there
-   spilled everything to the stack; docs/design.md). Why 8 rows: the first tile of a panel
-   chunk is the one that reads it from L2 or L3 (a w_hh bigger than L2 comes from L3 at
-   every step), at 64 / MR bytes per multiply-add, faster than a core reads L3 at 6 rows
-   (docs/performance.md, "Issue 19, fifth pass"). That tile also prefetches
-   CLSTM_PGEMM_PREFETCH panel rows ahead, which the hardware's prefetcher, starting anew at
-   every page, does not (docs/performance.md, "Issue 19"). */
+   registers: AVX-512 12 * 2 = 24 of 32; AVX2 2 * 4 = 8 of 16 (64-byte vectors there
+   spilled everything to the stack; docs/design.md). Why 12 rows: the first tile of a
+   panel chunk is the one that reads it from L2 or L3 (a w_hh bigger than L2 comes from
+   L3 at every step), at 64 / MR bytes per vector multiply-add, and the fewer bytes the
+   less that tile waits (docs/performance.md, "Issue 19", fifth and sixth passes). That
+   tile also prefetches CLSTM_PGEMM_PREFETCH panel rows ahead, which the hardware's
+   prefetcher, starting anew at every page, does not (docs/performance.md, "Issue 19"). */
 #define CLSTM_DEFINE_KERNEL(T, SFX, VB, MR, ACC)                                        \
 typedef T clstm_kv_##SFX __attribute__((vector_size(VB)));                              \
 typedef T clstm_kvu_##SFX __attribute__((vector_size(VB), aligned(sizeof(T))));         \
@@ -195,6 +195,14 @@ static inline __attribute__((always_inline)) void clstm_tile_##SFX(             
     }                                                                                   \
 }                                                                                       \
                                                                                         \
+CLSTM_TILE_SHAPES(CLSTM_DEFINE_TILE, T, SFX, MR, CLSTM_WIDE_##SFX)                      \
+CLSTM_DEFINE_TILE(1, 1, T, SFX, MR, CLSTM_WIDE_##SFX)                                   \
+typedef __typeof__(&clstm_tile_##SFX##_1x1) clstm_tile_fn_##SFX;                        \
+static inline clstm_tile_fn_##SFX clstm_pick_tile_##SFX(Py_ssize_t h, int np) {         \
+    CLSTM_TILE_SHAPES(CLSTM_TILE_PICK, SFX, MR, CLSTM_WIDE_##SFX, h, np)                \
+    return clstm_tile_##SFX##_1x1;                                                      \
+}                                                                                       \
+                                                                                        \
 /* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack_panels, its panels ldw rows    \
    apart (the K of the packed matrix; a K range starting at k0 starts at Wp + k0 * NR);  \
    with overwrite, C = A @ W.T (C is only written: no pass to zero it first, no read of \
@@ -204,7 +212,7 @@ static inline __attribute__((always_inline)) void clstm_tile_##SFX(             
    (n * 128 bytes), finished before the next panel (chunks outermost sent all of C      \
    through L2 once per chunk; docs/performance.md, "Issue 19"). The rows are cut into   \
    the fewest tiles of at most MR rows (6 when K < KC: measured faster there), of even  \
-   heights (9 rows: 5 and 4, not 8 and 1, whose one row would wait on its two chains);  \
+   heights (13 rows: 7 and 6, not 12 and 1, whose one row would wait on its two chains);\
    1-3 rows are one tile over np panels. */                                             \
 static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A,     \
                              Py_ssize_t lda, const T* Wp, Py_ssize_t ldw, T* C,         \
@@ -216,43 +224,50 @@ static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T*
                    : ACC / (n * NV) < WIDE ? (int)(ACC / (n * NV)) : WIDE;              \
     Py_ssize_t jb, i, t, h, k0, kc, cols;                                               \
     int set, group;                                                                     \
-    for (jb = 0; jb < panels; jb += np)                                                 \
-    for (k0 = 0; k0 < K; k0 += KC) {                                                    \
-        const T* panel = Wp + (jb * ldw + k0) * NR;                                     \
-        T* Cj = C + jb * NR;                                                            \
-        kc = K - k0 < KC ? K - k0 : KC;                                                 \
-        set = overwrite && k0 == 0;                                                     \
+    clstm_tile_fn_##SFX taller, tile;                                                   \
+    if (n <= 0)                                                                         \
+        return;                                                                         \
+    for (jb = 0; jb < panels; jb += np) {                                               \
         group = panels - jb < np ? (int)(panels - jb) : np;                             \
         cols = N - (jb + group - 1) * NR < NR ? N - (jb + group - 1) * NR : NR;         \
-        for (t = 0, i = 0; t < tiles; t++, i += h) {                                    \
-            h = n / tiles + (t < n % tiles);                                            \
-            CLSTM_ANY_TILE(SFX, MR, WIDE, h, group, kc, A + k0 + i * lda, lda, panel,   \
-                           ldw * NR, Cj + i * ldc, ldc, cols, set, t == 0 && h >= 4)    \
+        taller = clstm_pick_tile_##SFX(n / tiles + 1, group);  /* the first n % tiles */ \
+        tile = clstm_pick_tile_##SFX(n / tiles, group);                                 \
+        for (k0 = 0; k0 < K; k0 += KC) {                                                \
+            const T* panel = Wp + (jb * ldw + k0) * NR;                                 \
+            kc = K - k0 < KC ? K - k0 : KC;                                             \
+            set = overwrite && k0 == 0;                                                 \
+            for (t = 0, i = 0; t < tiles; t++, i += h) {                                \
+                h = n / tiles + (t < n % tiles);                                        \
+                (t < n % tiles ? taller : tile)(kc, A + k0 + i * lda, lda, panel,       \
+                                                ldw * NR, C + jb * NR + i * ldc, ldc,   \
+                                                cols, set, t == 0 && h >= 4);           \
+            }                                                                           \
         }                                                                               \
     }                                                                                   \
 }
 
-/* The tile of h rows and np panels as constants (so its accumulators stay in registers),
-   from the shapes a kernel of MR rows and WIDE panels can take; never another. */
-#define CLSTM_TILE_IF(SFX, MR, WIDE, H, NP, h, np, ...)                                 \
+/* The tile shapes (rows, panels) a kernel may run besides 1 x 1, for X-macros. Each is
+   its own function with its sizes as constants, so its accumulators stay in registers;
+   not inlined into the driver, where GCC kept every shape's row offsets live at once and
+   spilled them to the stack inside the inner loops once the tiles had 12 rows. */
+#define CLSTM_TILE_SHAPES(X, ...)                                                       \
+    X(12, 1, __VA_ARGS__) X(11, 1, __VA_ARGS__) X(10, 1, __VA_ARGS__)                   \
+    X(9, 1, __VA_ARGS__) X(8, 1, __VA_ARGS__) X(7, 1, __VA_ARGS__) X(6, 1, __VA_ARGS__) \
+    X(5, 1, __VA_ARGS__) X(4, 1, __VA_ARGS__) X(3, 1, __VA_ARGS__) X(3, 2, __VA_ARGS__) \
+    X(2, 1, __VA_ARGS__) X(2, 2, __VA_ARGS__) X(2, 3, __VA_ARGS__) X(2, 4, __VA_ARGS__) \
+    X(1, 2, __VA_ARGS__) X(1, 3, __VA_ARGS__) X(1, 4, __VA_ARGS__)
+/* A shape a kernel of MR rows and WIDE panels cannot take is still defined (as 1 x 1),
+   never picked. */
+#define CLSTM_DEFINE_TILE(H, NP, T, SFX, MR, WIDE)                                      \
+static __attribute__((noinline)) void clstm_tile_##SFX##_##H##x##NP(                    \
+        Py_ssize_t K, const T* A, Py_ssize_t lda, const T* Wp, Py_ssize_t panel_stride, \
+        T* C, Py_ssize_t ldc, Py_ssize_t last_cols, int overwrite, int prefetch) {      \
+    clstm_tile_##SFX((H) <= (MR) ? (H) : 1, (NP) <= (WIDE) ? (NP) : 1, K, A, lda, Wp,   \
+                     panel_stride, C, ldc, last_cols, overwrite, prefetch);             \
+}
+#define CLSTM_TILE_PICK(H, NP, SFX, MR, WIDE, h, np)                                    \
     if ((H) <= (MR) && (NP) <= (WIDE) && h == (H) && np == (NP))                        \
-        clstm_tile_##SFX((H) <= (MR) ? (H) : 1, (NP) <= (WIDE) ? (NP) : 1, __VA_ARGS__);
-#define CLSTM_ANY_TILE(SFX, MR, WIDE, h, np, ...)                                       \
-    CLSTM_TILE_IF(SFX, MR, WIDE, 8, 1, h, np, __VA_ARGS__)                              \
-    else CLSTM_TILE_IF(SFX, MR, WIDE, 7, 1, h, np, __VA_ARGS__)                         \
-    else CLSTM_TILE_IF(SFX, MR, WIDE, 6, 1, h, np, __VA_ARGS__)                         \
-    else CLSTM_TILE_IF(SFX, MR, WIDE, 5, 1, h, np, __VA_ARGS__)                         \
-    else CLSTM_TILE_IF(SFX, MR, WIDE, 4, 1, h, np, __VA_ARGS__)                         \
-    else CLSTM_TILE_IF(SFX, MR, WIDE, 3, 1, h, np, __VA_ARGS__)                         \
-    else CLSTM_TILE_IF(SFX, MR, WIDE, 3, 2, h, np, __VA_ARGS__)                         \
-    else CLSTM_TILE_IF(SFX, MR, WIDE, 2, 1, h, np, __VA_ARGS__)                         \
-    else CLSTM_TILE_IF(SFX, MR, WIDE, 2, 2, h, np, __VA_ARGS__)                         \
-    else CLSTM_TILE_IF(SFX, MR, WIDE, 2, 3, h, np, __VA_ARGS__)                         \
-    else CLSTM_TILE_IF(SFX, MR, WIDE, 2, 4, h, np, __VA_ARGS__)                         \
-    else CLSTM_TILE_IF(SFX, MR, WIDE, 1, 2, h, np, __VA_ARGS__)                         \
-    else CLSTM_TILE_IF(SFX, MR, WIDE, 1, 3, h, np, __VA_ARGS__)                         \
-    else CLSTM_TILE_IF(SFX, MR, WIDE, 1, 4, h, np, __VA_ARGS__)                         \
-    else clstm_tile_##SFX(1, 1, __VA_ARGS__);
+        return clstm_tile_##SFX##_##H##x##NP;
 
 CLSTM_DEFINE_PACK(float, f32, int)
 CLSTM_DEFINE_PACK(double, f64, long long)
@@ -287,8 +302,8 @@ CLSTM_DEFINE_SUM(double, f64)
    (another compiler or OS, or CLSTM_NO_TARGET_CLONES) only the base kernel exists,
    shaped for what the build flags enable. */
 #if defined(__AVX512F__)
-CLSTM_DEFINE_KERNEL(float, base_f32, 64, 8, 16)
-CLSTM_DEFINE_KERNEL(double, base_f64, 64, 8, 16)
+CLSTM_DEFINE_KERNEL(float, base_f32, 64, 12, 16)
+CLSTM_DEFINE_KERNEL(double, base_f64, 64, 12, 16)
 #elif defined(__AVX2__) || defined(__aarch64__)
 CLSTM_DEFINE_KERNEL(float, base_f32, 32, 2, 8)
 CLSTM_DEFINE_KERNEL(double, base_f64, 32, 2, 8)
@@ -300,8 +315,8 @@ CLSTM_DEFINE_KERNEL(double, base_f64, 16, 1, 8)
 #if CLSTM_ISA_KERNELS && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4")
-CLSTM_DEFINE_KERNEL(float, v4_f32, 64, 8, 16)
-CLSTM_DEFINE_KERNEL(double, v4_f64, 64, 8, 16)
+CLSTM_DEFINE_KERNEL(float, v4_f32, 64, 12, 16)
+CLSTM_DEFINE_KERNEL(double, v4_f64, 64, 12, 16)
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v3")
