@@ -87,21 +87,23 @@ CLSTM_CLONES static void clstm_transpose_matrix_##SFX(const T* src, Py_ssize_t r
 /* Wp[(jb*K + k)*NR + c] = W[jb*NR + c, k], zero past N, for the panels jb in [jb0,    \
    jb1) (each depends on its own columns only: threads can pack disjoint ranges). With  \
    transposed, the source is W.T stored (K, N) instead: then each panel row is a plain  \
-   copy. */                                                                             \
+   copy, done for 32 rows of W.T at a time across the panels (panel by panel, every row \
+   copied was on a new page; docs/performance.md, "Issue 19, sixth pass"). */            \
 CLSTM_CLONES static void clstm_pack_panels_##SFX(const T* W, Py_ssize_t N, Py_ssize_t K, \
                                                  int transposed, T* Wp, Py_ssize_t jb0,  \
                                                  Py_ssize_t jb1) {                       \
     const Py_ssize_t NR = CLSTM_NR_##SFX, V = 64 / sizeof(T);                           \
-    Py_ssize_t jb, k, c, col, k_vec;                                                    \
-    for (jb = jb0; jb < jb1 && jb * NR < N; jb++) {                                     \
+    const Py_ssize_t full = N / NR < jb1 ? N / NR : jb1;  /* panels without padding */  \
+    Py_ssize_t jb, k, k0, c, col, k_vec;                                                \
+    if (transposed)                                                                     \
+        for (k0 = 0; k0 < K; k0 += 32)                                                  \
+            for (jb = jb0; jb < full; jb++)                                             \
+                for (k = k0; k < K && k < k0 + 32; k++)                                 \
+                    memcpy(Wp + (jb * K + k) * NR, W + k * N + jb * NR, NR * sizeof(T)); \
+    for (jb = transposed && full > jb0 ? full : jb0; jb < jb1 && jb * NR < N; jb++) {   \
         T* panel = Wp + jb * K * NR;                                                    \
         k_vec = 0;                                                                      \
-        if (transposed && (jb + 1) * NR <= N) {                                         \
-            for (k = 0; k < K; k++)                                                     \
-                memcpy(panel + k * NR, W + k * N + jb * NR, NR * sizeof(T));            \
-            continue;                                                                   \
-        }                                                                               \
-        if (CLSTM_VECTOR_TRANSPOSE && !transposed && (jb + 1) * NR <= N) {              \
+        if (CLSTM_VECTOR_TRANSPOSE && !transposed && jb < full) {                       \
             for (k_vec = 0; k_vec + V <= K; k_vec += V)                                 \
                 for (c = 0; c < NR; c += V)                                             \
                     clstm_transpose_##SFX(W + (jb * NR + c) * K + k_vec, K,             \
