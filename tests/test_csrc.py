@@ -13,9 +13,9 @@ DTYPES = (np.float32, np.float64)
 ODD = [(1, 1), (1, 7), (5, 1), (31, 17), (32, 16), (33, 65), (100, 3), (7, 130),
        (290, 300), (33, 520)]
 # Row counts reaching every tile shape: 1-3 rows over several panels, 4-12 rows, and the
-# even cuts (13 = 7 + 6, 25 = 9 + 8 + 8, 40 = 4 x 10 with 12-row tiles; 17 = 6 + 6 + 5
-# with 6-row ones ...)
-ROWS = (1, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 17, 25, 40)
+# even cuts (13 = 7 + 6, 25 = 9 + 8 + 8, 40 = 4 x 10); past 64 rows a short K takes tiles
+# of at most 6 (70 = 10 x 6 + 2 x 5)
+ROWS = (1, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 17, 25, 40, 70)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -46,8 +46,8 @@ def test_a_rows_sum_does_not_depend_on_its_tile(dtype, N, K):
     w = rng.standard_normal((N, K)).astype(dtype)
     packed = np.zeros(_packed.packed_length(N, K, np.dtype(dtype).name), dtype)
     _testing.pack_matrix(w, False, packed)
-    a = rng.standard_normal((40, K)).astype(dtype)
-    whole = np.zeros((40, N), dtype)
+    a = rng.standard_normal((80, K)).astype(dtype)  # 6-row tiles when K is short
+    whole = np.zeros((80, N), dtype)
     _testing.packed_gemm(a, packed, N, whole)
     for lo, hi in [(0, 1), (5, 7), (9, 12), (3, 9), (13, 30), (0, 17), (1, 13), (3, 40)]:
         part = np.zeros((hi - lo, N), dtype)

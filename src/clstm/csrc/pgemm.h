@@ -213,7 +213,8 @@ static inline clstm_tile_fn_##SFX clstm_pick_tile_##SFX(Py_ssize_t h, int np) { 
    K comes from L2 or memory once per tile of rows), and so does the panel's block of C  \
    (n * 128 bytes), finished before the next panel (chunks outermost sent all of C      \
    through L2 once per chunk; docs/performance.md, "Issue 19"). The rows are cut into   \
-   the fewest tiles of at most MR rows (6 when K < KC: measured faster there), of even  \
+   the fewest tiles of at most MR rows (6 when K < KC and n > 64: measured faster only  \
+   there; docs/performance.md, "Issue 19, sixth pass"), of even                        \
    heights (13 rows: 7 and 6, not 12 and 1, whose one row would wait on its two chains);\
    1-3 rows are one tile over np panels. */                                             \
 static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A,     \
@@ -221,7 +222,8 @@ static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T*
                              Py_ssize_t ldc, int overwrite) {                           \
     enum { NR = 128 / sizeof(T), NV = 128 / VB, WIDE = CLSTM_WIDE_##SFX };              \
     const Py_ssize_t KC = CLSTM_PGEMM_KC, panels = (N + NR - 1) / NR;                   \
-    const Py_ssize_t rows = MR > 6 && K < KC ? 6 : MR, tiles = (n + rows - 1) / rows;   \
+    const Py_ssize_t rows = MR > 6 && K < KC && n > 64 ? 6 : MR;                        \
+    const Py_ssize_t tiles = (n + rows - 1) / rows;                                     \
     const int np = n >= 4 || n > MR || n <= 0 ? 1                                       \
                    : ACC / (n * NV) < WIDE ? (int)(ACC / (n * NV)) : WIDE;              \
     Py_ssize_t jb, i, t, h, k0, kc, cols;                                               \
