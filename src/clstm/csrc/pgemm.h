@@ -213,10 +213,10 @@ static inline clstm_tile_fn_##SFX clstm_pick_tile_##SFX(Py_ssize_t h, int np) { 
    K comes from L2 or memory once per tile of rows), and so does the panel's block of C  \
    (n * 128 bytes), finished before the next panel (chunks outermost sent all of C      \
    through L2 once per chunk; docs/performance.md, "Issue 19"). The rows are cut into   \
-   the fewest tiles of at most MR rows (6 when K < KC and n > 64: measured faster only  \
-   there; docs/performance.md, "Issue 19, sixth pass"), of even                        \
-   heights (13 rows: 7 and 6, not 12 and 1, whose one row would wait on its two chains);\
-   1-3 rows are one tile over np panels. */                                             \
+   the fewest tiles of at most MR rows (6 when K < KC and n > 64, measured faster only   \
+   there: docs/performance.md, "Issue 19, sixth pass"), of even heights (13 rows: 7 and  \
+   6, not 12 and 1, whose one row would wait on its two chains); 1-3 rows are one tile  \
+   over np panels. */                                                                   \
 static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A,     \
                              Py_ssize_t lda, const T* Wp, Py_ssize_t ldw, T* C,         \
                              Py_ssize_t ldc, int overwrite) {                           \
