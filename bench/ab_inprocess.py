@@ -49,15 +49,20 @@ def alias(src, dest, name):
 
 def calls(pkg, T, B, I, H, dtype):
     """mode -> a function running one call of that mode ("cell": T steps of a frozen
-    LSTMCell from Python, the state fed back)."""
+    LSTMCell from Python, the state fed back; "lengths": a training step on rows of
+    lengths uniform in [T/4, T], as bench_lstm.py's lengths section; "bidirectional": a
+    bidirectional layer's training step)."""
     m = pkg.LSTM(I, H, dtype=dtype, seed=0)
-    x = np.random.default_rng(0).standard_normal((T, B, I)).astype(dtype)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    lengths = rng.integers(max(1, T // 4), T + 1, B)
     frozen = m.freeze()
     cell = pkg.LSTMCell(I, H, dtype=dtype, seed=0).freeze()
+    both = pkg.LSTM(I, H, dtype=dtype, seed=0, bidirectional=True)
     dy = np.ones((T, B, H), dtype)
 
-    def train():
-        _, backward = m.forward_train(x)
+    def train(model=m, dy=dy, **kw):
+        _, backward = model.forward_train(x, **kw)
         backward(dy)
 
     def steps():
@@ -65,7 +70,8 @@ def calls(pkg, T, B, I, H, dtype):
         for t in range(T):
             state = cell(x[t], state)
     return {"inference": lambda: m(x), "frozen inference": lambda: frozen(x), "train": train,
-            "cell": steps}
+            "cell": steps, "lengths": lambda: train(lengths=lengths),
+            "bidirectional": lambda: train(both, np.ones((T, B, 2 * H), dtype))}
 
 
 def main():
@@ -77,7 +83,8 @@ def main():
     ap.add_argument("--sizes", nargs="+", metavar="T,B,I,H",
                     default=["25,32,1024,1024", "50,64,512,512", "200,256,128,128"])
     ap.add_argument("--modes", nargs="+", default=["inference", "frozen inference", "train"],
-                    help="any of inference, 'frozen inference', train, cell")
+                    help="any of inference, 'frozen inference', train, cell, lengths, "
+                    "bidirectional")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = ap.parse_args()
     if len(args.build) != 2:
