@@ -197,13 +197,7 @@ static inline __attribute__((always_inline)) void clstm_tile_##SFX(             
     }                                                                                   \
 }                                                                                       \
                                                                                         \
-CLSTM_TILE_SHAPES(CLSTM_DEFINE_TILE, T, SFX, MR, CLSTM_WIDE_##SFX)                      \
-CLSTM_DEFINE_TILE(1, 1, T, SFX, MR, CLSTM_WIDE_##SFX)                                   \
-typedef __typeof__(&clstm_tile_##SFX##_1x1) clstm_tile_fn_##SFX;                        \
-static inline clstm_tile_fn_##SFX clstm_pick_tile_##SFX(Py_ssize_t h, int np) {         \
-    CLSTM_TILE_SHAPES(CLSTM_TILE_PICK, SFX, MR, CLSTM_WIDE_##SFX, h, np)                \
-    return clstm_tile_##SFX##_1x1;                                                      \
-}                                                                                       \
+CLSTM_HEIGHTS(CLSTM_DEFINE_DRIVER, T, SFX, MR, ACC, VB)                                 \
                                                                                         \
 /* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack_panels, its panels ldw rows    \
    apart (the K of the packed matrix; a K range starting at k0 starts at Wp + k0 * NR);  \
@@ -220,58 +214,76 @@ static inline clstm_tile_fn_##SFX clstm_pick_tile_##SFX(Py_ssize_t h, int np) { 
 static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A,     \
                              Py_ssize_t lda, const T* Wp, Py_ssize_t ldw, T* C,         \
                              Py_ssize_t ldc, int overwrite) {                           \
-    enum { NR = 128 / sizeof(T), NV = 128 / VB, WIDE = CLSTM_WIDE_##SFX };              \
-    const Py_ssize_t KC = CLSTM_PGEMM_KC, panels = (N + NR - 1) / NR;                   \
-    const Py_ssize_t rows = MR > 6 && K < KC && n > 64 ? 6 : MR;                        \
+    enum { NV = 128 / VB, WIDE = CLSTM_WIDE_##SFX };                                    \
+    const Py_ssize_t rows = MR > 6 && K < CLSTM_PGEMM_KC && n > 64 ? 6 : MR;            \
     const Py_ssize_t tiles = (n + rows - 1) / rows;                                     \
     const int np = n >= 4 || n > MR || n <= 0 ? 1                                       \
                    : ACC / (n * NV) < WIDE ? (int)(ACC / (n * NV)) : WIDE;              \
-    Py_ssize_t jb, i, t, h, k0, kc, cols;                                               \
-    int set, group;                                                                     \
-    clstm_tile_fn_##SFX taller, tile;                                                   \
     if (n <= 0)                                                                         \
         return;                                                                         \
+    switch ((n + tiles - 1) / tiles) {  /* the tallest tile */                          \
+    CLSTM_HEIGHTS(CLSTM_DRIVER_CASE, SFX, (n, N, K, A, lda, Wp, ldw, C, ldc, overwrite, \
+                                           tiles, np))                                  \
+    }                                                                                   \
+}
+
+/* Tile heights, for X-macros: each has its own driver (below). */
+#define CLSTM_HEIGHTS(X, ...)                                                           \
+    X(1, __VA_ARGS__) X(2, __VA_ARGS__) X(3, __VA_ARGS__) X(4, __VA_ARGS__)             \
+    X(5, __VA_ARGS__) X(6, __VA_ARGS__) X(7, __VA_ARGS__) X(8, __VA_ARGS__)             \
+    X(9, __VA_ARGS__) X(10, __VA_ARGS__) X(11, __VA_ARGS__) X(12, __VA_ARGS__)
+#define CLSTM_DRIVER_CASE(H, SFX, ARGS)                                                 \
+    case H:                                                                             \
+        clstm_pgemm_##SFX##_##H ARGS;                                                   \
+        break;
+/* The loops of clstm_pgemm for products whose tiles have H rows, the last of them H - 1
+   (the even cut), on one panel; or one tile of H <= 3 rows on np panels. One function per
+   H, its tiles inlined with their sizes as constants (accumulators in registers) and no
+   call per tile: with all heights in one function GCC kept every height's row offsets
+   live at once and spilled them inside the 12-row tiles' inner loops, and a call per
+   tile cost up to 10% at B = 1 (docs/performance.md, "Issue 19, sixth pass"). A height
+   a kernel of MR rows never reaches is still defined (as 1 row), never called. */
+#define CLSTM_DEFINE_DRIVER(H, T, SFX, MR, ACC, VB)                                     \
+static __attribute__((noinline)) void clstm_pgemm_##SFX##_##H(                          \
+        Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A, Py_ssize_t lda,           \
+        const T* Wp, Py_ssize_t ldw, T* C, Py_ssize_t ldc, int overwrite,               \
+        Py_ssize_t tiles, int np) {                                                     \
+    enum { NR = 128 / sizeof(T), HI = (H) <= (MR) ? (H) : 1, LO = HI > 1 ? HI - 1 : 1,  \
+           NPMAX = CLSTM_WIDE_##SFX < ACC / (HI * (128 / VB))                          \
+                   ? CLSTM_WIDE_##SFX : ACC / (HI * (128 / VB)) };                      \
+    const Py_ssize_t KC = CLSTM_PGEMM_KC, panels = (N + NR - 1) / NR;                   \
+    Py_ssize_t jb, i, t, h, k0, kc, cols;                                               \
+    int set, group;                                                                     \
     for (jb = 0; jb < panels; jb += np) {                                               \
         group = panels - jb < np ? (int)(panels - jb) : np;                             \
         cols = N - (jb + group - 1) * NR < NR ? N - (jb + group - 1) * NR : NR;         \
-        taller = clstm_pick_tile_##SFX(n / tiles + 1, group);  /* the first n % tiles */ \
-        tile = clstm_pick_tile_##SFX(n / tiles, group);                                 \
         for (k0 = 0; k0 < K; k0 += KC) {                                                \
             const T* panel = Wp + (jb * ldw + k0) * NR;                                 \
             kc = K - k0 < KC ? K - k0 : KC;                                             \
             set = overwrite && k0 == 0;                                                 \
             for (t = 0, i = 0; t < tiles; t++, i += h) {                                \
+                const T* a = A + k0 + i * lda;                                          \
+                T* c = C + jb * NR + i * ldc;                                           \
                 h = n / tiles + (t < n % tiles);                                        \
-                (t < n % tiles ? taller : tile)(kc, A + k0 + i * lda, lda, panel,       \
-                                                ldw * NR, C + jb * NR + i * ldc, ldc,   \
-                                                cols, set, t == 0 && h >= 4);           \
+                if (h != HI)                                                            \
+                    clstm_tile_##SFX(LO, 1, kc, a, lda, panel, ldw * NR, c, ldc, cols,  \
+                                     set, t == 0 && LO >= 4);                           \
+                else if (NPMAX >= 4 && group == 4)                                      \
+                    clstm_tile_##SFX(HI, NPMAX >= 4 ? 4 : 1, kc, a, lda, panel,         \
+                                     ldw * NR, c, ldc, cols, set, 0);                   \
+                else if (NPMAX >= 3 && group == 3)                                      \
+                    clstm_tile_##SFX(HI, NPMAX >= 3 ? 3 : 1, kc, a, lda, panel,         \
+                                     ldw * NR, c, ldc, cols, set, 0);                   \
+                else if (NPMAX >= 2 && group == 2)                                      \
+                    clstm_tile_##SFX(HI, NPMAX >= 2 ? 2 : 1, kc, a, lda, panel,         \
+                                     ldw * NR, c, ldc, cols, set, 0);                   \
+                else                                                                    \
+                    clstm_tile_##SFX(HI, 1, kc, a, lda, panel, ldw * NR, c, ldc, cols,  \
+                                     set, t == 0 && HI >= 4);                           \
             }                                                                           \
         }                                                                               \
     }                                                                                   \
 }
-
-/* The tile shapes (rows, panels) a kernel may run besides 1 x 1, for X-macros. Each is
-   its own function with its sizes as constants, so its accumulators stay in registers;
-   not inlined into the driver, where GCC kept every shape's row offsets live at once and
-   spilled them to the stack inside the inner loops once the tiles had 12 rows. */
-#define CLSTM_TILE_SHAPES(X, ...)                                                       \
-    X(12, 1, __VA_ARGS__) X(11, 1, __VA_ARGS__) X(10, 1, __VA_ARGS__)                   \
-    X(9, 1, __VA_ARGS__) X(8, 1, __VA_ARGS__) X(7, 1, __VA_ARGS__) X(6, 1, __VA_ARGS__) \
-    X(5, 1, __VA_ARGS__) X(4, 1, __VA_ARGS__) X(3, 1, __VA_ARGS__) X(3, 2, __VA_ARGS__) \
-    X(2, 1, __VA_ARGS__) X(2, 2, __VA_ARGS__) X(2, 3, __VA_ARGS__) X(2, 4, __VA_ARGS__) \
-    X(1, 2, __VA_ARGS__) X(1, 3, __VA_ARGS__) X(1, 4, __VA_ARGS__)
-/* A shape a kernel of MR rows and WIDE panels cannot take is still defined (as 1 x 1),
-   never picked. */
-#define CLSTM_DEFINE_TILE(H, NP, T, SFX, MR, WIDE)                                      \
-static __attribute__((noinline)) void clstm_tile_##SFX##_##H##x##NP(                    \
-        Py_ssize_t K, const T* A, Py_ssize_t lda, const T* Wp, Py_ssize_t panel_stride, \
-        T* C, Py_ssize_t ldc, Py_ssize_t last_cols, int overwrite, int prefetch) {      \
-    clstm_tile_##SFX((H) <= (MR) ? (H) : 1, (NP) <= (WIDE) ? (NP) : 1, K, A, lda, Wp,   \
-                     panel_stride, C, ldc, last_cols, overwrite, prefetch);             \
-}
-#define CLSTM_TILE_PICK(H, NP, SFX, MR, WIDE, h, np)                                    \
-    if ((H) <= (MR) && (NP) <= (WIDE) && h == (H) && np == (NP))                        \
-        return clstm_tile_##SFX##_##H##x##NP;
 
 CLSTM_DEFINE_PACK(float, f32, int)
 CLSTM_DEFINE_PACK(double, f64, long long)
