@@ -45,7 +45,7 @@ cdef inline Py_ssize_t panel_width(floating* like) noexcept nogil:
         return CLSTM_NR_f64
 
 
-cdef inline Py_ssize_t n_panels(Py_ssize_t N, floating* like) noexcept nogil:
+cdef inline Py_ssize_t n_panels(Py_ssize_t N, const floating* like) noexcept nogil:
     """Panels of the packed copy of an (N, K) matrix."""
     if floating is float:
         return clstm_panels_f32(N)
