@@ -214,16 +214,13 @@ CLSTM_HEIGHTS(CLSTM_DEFINE_DRIVER, T, SFX, MR, ACC, VB)                         
 static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A,     \
                              Py_ssize_t lda, const T* Wp, Py_ssize_t ldw, T* C,         \
                              Py_ssize_t ldc, int overwrite) {                           \
-    enum { NV = 128 / VB, WIDE = CLSTM_WIDE_##SFX };                                    \
     const Py_ssize_t rows = MR > 6 && K < CLSTM_PGEMM_KC && n > 64 ? 6 : MR;            \
     const Py_ssize_t tiles = (n + rows - 1) / rows;                                     \
-    const int np = n >= 4 || n > MR || n <= 0 ? 1                                       \
-                   : ACC / (n * NV) < WIDE ? (int)(ACC / (n * NV)) : WIDE;              \
     if (n <= 0)                                                                         \
         return;                                                                         \
     switch ((n + tiles - 1) / tiles) {  /* the tallest tile */                          \
     CLSTM_HEIGHTS(CLSTM_DRIVER_CASE, SFX, (n, N, K, A, lda, Wp, ldw, C, ldc, overwrite, \
-                                           tiles, np))                                  \
+                                           tiles))                                      \
     }                                                                                   \
 }
 
@@ -247,11 +244,12 @@ static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T*
 static __attribute__((noinline)) void clstm_pgemm_##SFX##_##H(                          \
         Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A, Py_ssize_t lda,           \
         const T* Wp, Py_ssize_t ldw, T* C, Py_ssize_t ldc, int overwrite,               \
-        Py_ssize_t tiles, int np) {                                                     \
+        Py_ssize_t tiles) {                                                             \
     enum { NR = 128 / sizeof(T), HI = (H) <= (MR) ? (H) : 1, LO = HI > 1 ? HI - 1 : 1,  \
-           NPMAX = CLSTM_WIDE_##SFX < ACC / (HI * (128 / VB))                          \
+           NPMAX = HI >= 4 ? 1 : CLSTM_WIDE_##SFX < ACC / (HI * (128 / VB))            \
                    ? CLSTM_WIDE_##SFX : ACC / (HI * (128 / VB)) };                      \
     const Py_ssize_t KC = CLSTM_PGEMM_KC, panels = (N + NR - 1) / NR;                   \
+    const int np = tiles == 1 ? NPMAX : 1;  /* panels per tile */                       \
     Py_ssize_t jb, i, t, h, k0, kc, cols;                                               \
     int set, group;                                                                     \
     for (jb = 0; jb < panels; jb += np) {                                               \
