@@ -33,8 +33,12 @@ def test_packed_gemm_matches_numpy(dtype, N, K, transposed):
         c = rng.standard_normal((n, N + 3)).astype(dtype)  # ldc > N: columns past N untouched
         expected = c.copy()
         expected[:, :N] += a @ w.T
+        backwards = c.copy()
         _testing.packed_gemm(a, packed, N, c)
         assert_close(c, expected, dtype, factor=max(1, K / 16))
+        # the panels in descending order (the time loops' odd steps): the same bits
+        _testing.packed_gemm(a, packed, N, backwards, descending=True)
+        np.testing.assert_array_equal(backwards, c)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

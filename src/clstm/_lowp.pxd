@@ -42,16 +42,17 @@ cdef inline void lowp_gemm(Py_ssize_t n, Py_ssize_t N, const float* A, Py_ssize_
 cdef inline void packed_mul(bint lowp, Py_ssize_t n, Py_ssize_t N, Py_ssize_t K,
                             const floating* A, Py_ssize_t lda, const void* Wp,
                             Py_ssize_t col0, floating* C, Py_ssize_t ldc,
-                            bint overwrite=False) noexcept nogil:
+                            bint overwrite=False, bint descending=False) noexcept nogil:
     """C[n, N] += A[n, K] @ W[col0 : col0 + N].T for W packed in any format (PackedWeights'
     ptr): the float packed GEMM, or with ``lowp`` the int8/bfloat16 one (float32 only).
     col0 is a multiple of the format's panel width. ``overwrite``: C = the product (the
-    float GEMM then never reads C)."""
+    float GEMM then never reads C). ``descending``: the float GEMM's `pgemm` flag (the
+    low-precision GEMM keeps its order)."""
     if floating is float:
         if lowp:
             lowp_gemm(n, N, A, lda, Wp, col0, C, ldc, overwrite)
             return
     if overwrite:
-        pgemm_set(n, N, K, A, lda, (<const floating*>Wp) + col0 * K, C, ldc)
+        pgemm_set(n, N, K, A, lda, (<const floating*>Wp) + col0 * K, C, ldc, descending)
     else:
-        pgemm(n, N, K, A, lda, (<const floating*>Wp) + col0 * K, C, ldc)
+        pgemm(n, N, K, A, lda, (<const floating*>Wp) + col0 * K, C, ldc, descending)

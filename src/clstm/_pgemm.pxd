@@ -1,6 +1,9 @@
 # The packed GEMM (C in csrc/pgemm.h): C[n, N] += A[n, K] @ W.T with W packed once into
 # column panels, one multiply kernel per instruction set; typed for `floating` here.
 cdef extern from "csrc/pgemm.h":
+    enum:
+        CLSTM_PGEMM_OVERWRITE
+        CLSTM_PGEMM_DESCENDING
     Py_ssize_t CLSTM_NR_f32, CLSTM_NR_f64
     int clstm_isa_level() noexcept nogil
     Py_ssize_t clstm_packed_size_f32(Py_ssize_t N, Py_ssize_t K) noexcept nogil
@@ -19,10 +22,10 @@ cdef extern from "csrc/pgemm.h":
     double clstm_sum_f64(const double* a, Py_ssize_t n) noexcept nogil
     void clstm_pgemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float* A,
                          Py_ssize_t lda, const float* Wp, Py_ssize_t ldw, float* C,
-                         Py_ssize_t ldc, int overwrite) noexcept nogil
+                         Py_ssize_t ldc, int flags) noexcept nogil
     void clstm_pgemm_f64(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const double* A,
                          Py_ssize_t lda, const double* Wp, Py_ssize_t ldw, double* C,
-                         Py_ssize_t ldc, int overwrite) noexcept nogil
+                         Py_ssize_t ldc, int flags) noexcept nogil
 
 
 from cython cimport floating
@@ -65,22 +68,26 @@ cdef inline void pack_panels(const floating* W, Py_ssize_t N, Py_ssize_t K, bint
 
 cdef inline void pgemm(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const floating* A,
                        Py_ssize_t lda, const floating* Wp, floating* C,
-                       Py_ssize_t ldc) noexcept nogil:
-    """C[n, N] += A[n, K] @ W.T, W packed by `pack_panels`."""
+                       Py_ssize_t ldc, bint descending=False) noexcept nogil:
+    """C[n, N] += A[n, K] @ W.T, W packed by `pack_panels`; ``descending``: its panels
+    in descending order, the same bits (csrc/pgemm.h)."""
+    cdef int flags = CLSTM_PGEMM_DESCENDING if descending else 0
     if floating is float:
-        clstm_pgemm_f32(n, N, K, A, lda, Wp, K, C, ldc, 0)
+        clstm_pgemm_f32(n, N, K, A, lda, Wp, K, C, ldc, flags)
     else:
-        clstm_pgemm_f64(n, N, K, A, lda, Wp, K, C, ldc, 0)
+        clstm_pgemm_f64(n, N, K, A, lda, Wp, K, C, ldc, flags)
 
 
 cdef inline void pgemm_set(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const floating* A,
                            Py_ssize_t lda, const floating* Wp, floating* C,
-                           Py_ssize_t ldc) noexcept nogil:
-    """C[n, N] = A[n, K] @ W.T (C only written), W packed by `pack_panels`."""
+                           Py_ssize_t ldc, bint descending=False) noexcept nogil:
+    """C[n, N] = A[n, K] @ W.T (C only written), W packed by `pack_panels`;
+    ``descending`` as in `pgemm`."""
+    cdef int flags = CLSTM_PGEMM_OVERWRITE | (CLSTM_PGEMM_DESCENDING if descending else 0)
     if floating is float:
-        clstm_pgemm_f32(n, N, K, A, lda, Wp, K, C, ldc, 1)
+        clstm_pgemm_f32(n, N, K, A, lda, Wp, K, C, ldc, flags)
     else:
-        clstm_pgemm_f64(n, N, K, A, lda, Wp, K, C, ldc, 1)
+        clstm_pgemm_f64(n, N, K, A, lda, Wp, K, C, ldc, flags)
 
 
 cdef inline void pgemm_rows(Py_ssize_t n, Py_ssize_t N, Py_ssize_t k0, Py_ssize_t K,

@@ -477,7 +477,7 @@ cdef void forward_slice(floating* gates, const Dims* d, const Ptrs* p, const Spl
     hg's rows [b0, b1).
     """
     cdef Py_ssize_t B = d.B, H = d.H, P = d.P, G = d.G, R = d.R, t, n, row, q, i
-    cdef bint stateless = cell.state_is_output, separate = cell.separate_recurrent
+    cdef bint stateless = cell.state_is_output, separate = cell.separate_recurrent, descending
     cdef const Py_ssize_t* off = s.offsets
     cdef const floating* y = <const floating*>p.y
     cdef const floating* w_hr = <const floating*>p.w_hr
@@ -522,13 +522,18 @@ cdef void forward_slice(floating* gates, const Dims* d, const Ptrs* p, const Spl
         g_t = gates + (row - gates_row0) * R
         # h_{t-1} @ w_hh.T: added to the input projection, or into hg for the cell to add
         product = hg_t if separate else g_t
+        # Odd steps walk w_hh backwards: they start with what the last step read last,
+        # still in L1 (or L2) when w_hh is a little bigger than it.
+        descending = t & 1
         if j0 == 0 and j1 == H:
             packed_mul(d.lowp, n, G, P, h_rec, P, p.w_hh_p, 0, product,
-                       G if separate else R, separate)
+                       G if separate else R, separate, descending)
         else:
-            for q in range(cell.n_gates):  # the [j0, j1) columns of each gate block
+            for i in range(cell.n_gates):  # the [j0, j1) columns of each gate block
+                q = cell.n_gates - 1 - i if descending else i
                 packed_mul(d.lowp, n, j1 - j0, P, h_rec, P, p.w_hh_p, q * H + j0,
-                           product + q * H + j0, G if separate else R, separate)
+                           product + q * H + j0, G if separate else R, separate,
+                           descending)
         cell_forward(cell, n, H, j0, j1, g_t, hg_t, <const floating*>p.bias, p.cfg, c_prev,
                      c_out, r_t)
         if w_hr != NULL:
@@ -597,12 +602,17 @@ cdef void backward_slice(floating* gates, const Dims* d, const Ptrs* p, const Sp
                           dc + b0 * H)
         if barrier:
             clstm_barrier()  # dG_t complete before anyone multiplies it
-        # dh_{t-1}[:, j0:j1] = dG_t @ w_hh[:, j0:j1]
-        pgemm_set(n, j1 - j0, G, dG_t, R, (<const floating*>p.w_hh_t) + j0 * G, dh + b0 * P + j0,
-                  P)
-        if p.step_dx:  # dx's rows of this step, dG_t still in cache (not the units split)
-            pgemm_set(n, d.n_in, G, dG_t, R, <const floating*>p.w_ih_t,
-                      (<floating*>p.dx) + row * d.n_in, d.n_in)
+        # dh_{t-1}[:, j0:j1] = dG_t @ w_hh[:, j0:j1], and with step_dx dx's rows of this
+        # step while dG_t is in cache (not the units split). Odd steps walk the weights
+        # backwards (as forward_slice) and take the two products in the other order: each
+        # product then starts with what its last run read last.
+        for k in range(2):
+            if k == (t & 1):
+                pgemm_set(n, j1 - j0, G, dG_t, R, (<const floating*>p.w_hh_t) + j0 * G,
+                          dh + b0 * P + j0, P, t & 1)
+            elif p.step_dx:
+                pgemm_set(n, d.n_in, G, dG_t, R, <const floating*>p.w_ih_t,
+                          (<floating*>p.dx) + row * d.n_in, d.n_in, t & 1)
         if mask != NULL:  # recurrent dropout: h_{t-1} entered the product masked
             for i in range(n):
                 for k in range(j0, j1):

@@ -23,13 +23,14 @@ def pack_matrix(const floating[:, ::1] w not None, bint transposed, floating[::1
 
 
 def packed_gemm(const floating[:, ::1] a not None, const floating[::1] w_packed not None,
-                Py_ssize_t n_out, floating[:, ::1] c not None):
-    """c += a @ W.T with W (n_out, K) packed by pack_matrix; a (n, K), c (n, >= n_out)."""
+                Py_ssize_t n_out, floating[:, ::1] c not None, bint descending=False):
+    """c += a @ W.T with W (n_out, K) packed by pack_matrix; a (n, K), c (n, >= n_out);
+    ``descending``: the panels in descending order."""
     cdef Py_ssize_t n = a.shape[0], K = a.shape[1]
     check(c.shape[0] == n and c.shape[1] >= n_out and n >= 1 and K >= 1
           and w_packed.shape[0] >= packed_size(n_out, K, &c[0, 0]), "packed gemm")
     with nogil:
-        pgemm(n, n_out, K, &a[0, 0], K, &w_packed[0], &c[0, 0], c.shape[1])
+        pgemm(n, n_out, K, &a[0, 0], K, &w_packed[0], &c[0, 0], c.shape[1], descending)
 
 
 def transpose_matrix(const floating[:, ::1] src not None, floating[:, ::1] dst not None):

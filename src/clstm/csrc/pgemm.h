@@ -25,6 +25,10 @@
 #endif
 /* Panel rows (128 bytes each) between the row a chunk's first tile reads and the one it
    prefetches: far enough to cover a load from memory, near enough to stay in L1. */
+/* clstm_pgemm's flags: C = the product instead of C += it; the panels in descending
+   order (the same sums, so the same bits: a time loop alternating the order starts each
+   step with the panels the last step read last, still in L1 or L2). */
+enum { CLSTM_PGEMM_OVERWRITE = 1, CLSTM_PGEMM_DESCENDING = 2 };
 #ifndef CLSTM_PGEMM_PREFETCH
 #define CLSTM_PGEMM_PREFETCH 16
 #endif
@@ -201,8 +205,8 @@ CLSTM_HEIGHTS(CLSTM_DEFINE_DRIVER, T, SFX, MR, ACC, VB)                         
                                                                                         \
 /* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack_panels, its panels ldw rows    \
    apart (the K of the packed matrix; a K range starting at k0 starts at Wp + k0 * NR);  \
-   with overwrite, C = A @ W.T (C is only written: no pass to zero it first, no read of \
-   what it held). Panel by panel, K cut into chunks of KC: the chunk every row tile      \
+   flags: CLSTM_PGEMM_OVERWRITE, C = A @ W.T (C is only written: no pass to zero it     \
+   first, no read of what it held); CLSTM_PGEMM_DESCENDING. Panel by panel, K cut into chunks of KC: the chunk every row tile      \
    streams (KC * 128 bytes) stays in L1 for all the tiles (unchunked, a panel of a long  \
    K comes from L2 or memory once per tile of rows), and so does the panel's block of C  \
    (n * 128 bytes), finished before the next panel (chunks outermost sent all of C      \
@@ -213,13 +217,13 @@ CLSTM_HEIGHTS(CLSTM_DEFINE_DRIVER, T, SFX, MR, ACC, VB)                         
    over np panels. */                                                                   \
 static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A,     \
                              Py_ssize_t lda, const T* Wp, Py_ssize_t ldw, T* C,         \
-                             Py_ssize_t ldc, int overwrite) {                           \
+                             Py_ssize_t ldc, int flags) {                               \
     const Py_ssize_t rows = MR > 6 && K < CLSTM_PGEMM_KC && n > 64 ? 6 : MR;            \
     const Py_ssize_t tiles = (n + rows - 1) / rows;                                     \
     if (n <= 0)                                                                         \
         return;                                                                         \
     switch ((n + tiles - 1) / tiles) {  /* the tallest tile */                          \
-    CLSTM_HEIGHTS(CLSTM_DRIVER_CASE, SFX, (n, N, K, A, lda, Wp, ldw, C, ldc, overwrite, \
+    CLSTM_HEIGHTS(CLSTM_DRIVER_CASE, SFX, (n, N, K, A, lda, Wp, ldw, C, ldc, flags,     \
                                            tiles))                                      \
     }                                                                                   \
 }
@@ -243,16 +247,19 @@ static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T*
 #define CLSTM_DEFINE_DRIVER(H, T, SFX, MR, ACC, VB)                                     \
 static __attribute__((noinline)) void clstm_pgemm_##SFX##_##H(                          \
         Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A, Py_ssize_t lda,           \
-        const T* Wp, Py_ssize_t ldw, T* C, Py_ssize_t ldc, int overwrite,               \
+        const T* Wp, Py_ssize_t ldw, T* C, Py_ssize_t ldc, int flags,                   \
         Py_ssize_t tiles) {                                                             \
     enum { NR = 128 / sizeof(T), HI = (H) <= (MR) ? (H) : 1, LO = HI > 1 ? HI - 1 : 1,  \
            NPMAX = HI >= 4 ? 1 : CLSTM_WIDE_##SFX < ACC / (HI * (128 / VB))            \
                    ? CLSTM_WIDE_##SFX : ACC / (HI * (128 / VB)) };                      \
     const Py_ssize_t KC = CLSTM_PGEMM_KC, panels = (N + NR - 1) / NR;                   \
     const int np = tiles == 1 ? NPMAX : 1;  /* panels per tile */                       \
-    Py_ssize_t jb, i, t, h, k0, kc, cols;                                               \
+    const Py_ssize_t groups = (panels + np - 1) / np;                                   \
+    const int overwrite = flags & CLSTM_PGEMM_OVERWRITE;                                \
+    Py_ssize_t g, jb, i, t, h, k0, kc, cols;                                            \
     int set, group;                                                                     \
-    for (jb = 0; jb < panels; jb += np) {                                               \
+    for (g = 0; g < groups; g++) {                                                      \
+        jb = (flags & CLSTM_PGEMM_DESCENDING ? groups - 1 - g : g) * np;                \
         group = panels - jb < np ? (int)(panels - jb) : np;                             \
         cols = N - (jb + group - 1) * NR < NR ? N - (jb + group - 1) * NR : NR;         \
         for (k0 = 0; k0 < K; k0 += KC) {                                                \
@@ -366,13 +373,13 @@ static int clstm_isa_level(void) { return 0; }
 
 static void clstm_pgemm_f32(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const float* A,
                             Py_ssize_t lda, const float* Wp, Py_ssize_t ldw, float* C,
-                            Py_ssize_t ldc, int overwrite) {
-    CLSTM_DISPATCH(f32, (n, N, K, A, lda, Wp, ldw, C, ldc, overwrite))
+                            Py_ssize_t ldc, int flags) {
+    CLSTM_DISPATCH(f32, (n, N, K, A, lda, Wp, ldw, C, ldc, flags))
 }
 static void clstm_pgemm_f64(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const double* A,
                             Py_ssize_t lda, const double* Wp, Py_ssize_t ldw, double* C,
-                            Py_ssize_t ldc, int overwrite) {
-    CLSTM_DISPATCH(f64, (n, N, K, A, lda, Wp, ldw, C, ldc, overwrite))
+                            Py_ssize_t ldc, int flags) {
+    CLSTM_DISPATCH(f64, (n, N, K, A, lda, Wp, ldw, C, ldc, flags))
 }
 
 static Py_ssize_t clstm_packed_size_f32(Py_ssize_t N, Py_ssize_t K) {
