@@ -7,9 +7,12 @@ hidden units, meeting at a barrier per step). `choose` picks one automatically; 
 can be forced (``strategy=``), which is how the tests run each of them. Measurements behind
 the thresholds: docs/performance.md ("Work splits").
 """
+import functools
+
 import numpy as np
 
 from . import _packed, _recurrent
+from ._packing import Packing
 from ._threads import openmp_enabled
 
 PATHS = ("step", "serial", "batch", "units")
@@ -115,6 +118,33 @@ def schedule(packing, path, n_threads, H, dtype, n_input=None, G=None, R=None):
     in_loop = n_input is not None and step_dx(packing, path, n_threads, n_input, G, R, dtype)
     return _recurrent.Schedule(packing.steps, packing.offsets, packing.sorted_lengths, path,
                                bounds, n_threads, in_loop)
+
+
+def plan(packing, n_threads, H, projection, dtype, strategy=None, allow_step=True,
+         cell="lstm", allow_units=True, n_input=None, G=None, R=None):
+    """``(path, schedule)`` for one layer call: `choose`'s path and, for a time-loop path,
+    its `schedule` (None for "step", and when no row has a step). Remembered for full-length batches, which need only
+    (T, B) of the packing: choosing costs more than a short call's multiply-adds."""
+    args = (n_threads, H, projection, np.dtype(dtype), strategy, allow_step, cell,
+            allow_units, n_input, G, R)
+    if packing.uniform:
+        return _uniform_plan(packing.T, packing.B, *args)
+    return _plan(packing, *args)
+
+
+def _plan(packing, n_threads, H, projection, dtype, strategy, allow_step, cell, allow_units,
+          n_input, G, R):
+    path = choose(packing, n_threads, H, projection, dtype, strategy, allow_step, cell,
+                  allow_units)
+    if path == "step" or packing.n_rows == 0:
+        return path, None
+    return path, schedule(packing, path, n_threads, H, dtype, n_input, G, R)
+
+
+@functools.lru_cache(maxsize=256)
+def _uniform_plan(T, B, *args):
+    # (a Schedule is read-only, so calls and threads can share one)
+    return _plan(Packing(T, B), *args)
 
 
 def step_dx(packing, path, n_threads, n_input, G, R, dtype):

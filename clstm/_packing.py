@@ -5,6 +5,17 @@ import functools
 import numpy as np
 
 
+def packing(T, B, lengths=None):
+    """``Packing(T, B, lengths)``; one shared object per (T, B) without lengths (nothing
+    changes a Packing, and a short call feels the 1 µs of making one)."""
+    return _plain(T, B) if lengths is None else Packing(T, B, lengths)
+
+
+@functools.lru_cache(maxsize=256)
+def _plain(T, B):
+    return Packing(T, B)
+
+
 @functools.lru_cache(maxsize=256)
 def _even_bounds(B, n):
     """[0, B/n, 2B/n, ..., B] (n >= 1 parts; read-only, shared between calls)."""

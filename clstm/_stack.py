@@ -8,7 +8,10 @@ frozen models run through here; they differ only in the `LayerWeights` they pass
 """
 import numpy as np
 
-from .functional import bias_grads, layer_backward, layer_forward, pooled_empty, scratch
+from . import _dispatch, _packing, _recurrent
+from ._checks import check_blas_sizes
+from .functional import bias_grads, layer_backward, layer_forward, layer_infer, pooled_empty, \
+    scratch
 
 
 class Tape:
@@ -70,6 +73,36 @@ def forward(weights, packing, x, h0, c0, *, train, n_threads, dropout=0.0, rng=N
             layer_in = layer_in * mask
             masks.append(mask)
     return layer_in, h_n, c_n, (Tape(packing, caches, masks, D) if train else None)
+
+
+def infer(weights, x, h0, c0, *, n_threads, strategy=None):
+    """Inference of a one-direction stack (``weights[layer]``: `LayerWeights`) on
+    full-length rows, ``x (T, B, I)`` time-major and C-contiguous, states as `forward`'s:
+    `forward`'s results bit for bit, without its packing and sorting, which cost a short
+    call more than its steps. Returns ``y (T, B, P)``, ``h_n``, ``c_n``; None when a layer
+    would take the step path (then `forward`)."""
+    T, B, I = x.shape
+    N, P, dtype = T * B, h0.shape[-1], h0.dtype
+    H = P if c0 is None else c0.shape[-1]
+    packing = _packing.packing(T, B)
+    y = np.empty((T, B, P), dtype)
+    h_n, c_n = np.empty_like(h0), None if c0 is None else np.empty_like(c0)
+    layer_in = x.reshape(N, I)
+    for k, w in enumerate(weights):
+        cell = w.cell
+        _, schedule = _dispatch.plan(
+            packing, n_threads, H, w.w_hr is not None, dtype, strategy,
+            allow_step=w.packed is None, cell=cell, n_input=layer_in.shape[1],
+            G=_recurrent.n_gates(cell) * H, R=_recurrent.row_blocks(cell) * H)
+        if schedule is None:
+            return None
+        check_blas_sizes(N, layer_in.shape[1], H)
+        # (the layers between write alternate scratch buffers: one reads, the next writes)
+        out = y.reshape(N, P) if k == len(weights) - 1 else scratch(f"y{k % 2}", (N, P), dtype)
+        layer_infer(layer_in, w, h0[k], None if c0 is None else c0[k], out, h_n[k],
+                    None if c0 is None else c_n[k], schedule)
+        layer_in = out
+    return y, h_n, c_n
 
 
 def backward(tape, dy, dh, dc, grads_into):

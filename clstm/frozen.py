@@ -109,7 +109,8 @@ class FrozenLSTM:
                  ) -> Tuple[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         """Inference: ``y, (h_n, c_n)``, exactly as `clstm.LSTM.__call__` (same
         parameters, returns and errors)."""
-        if self._step_weights is not None and lengths is None:
+        if (self._step_weights is not None and lengths is None and type(x) is np.ndarray
+                and x.ndim == 3 and x.shape[int(self._spec.batch_first)] == 1):
             if state is None:
                 state = self._spec._zero_state(x)
             if type(state) is tuple and len(state) == 2:

@@ -405,9 +405,10 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
     cell = weights.cell
     G, R = _recurrent.n_gates(cell) * H, _recurrent.row_blocks(cell) * H
     # (a frozen layer has only its packed weights: the step on plain ones is not for it)
-    path = _dispatch.choose(packing, n_threads, H, projection, dtype, strategy,
-                            allow_step=weights.packed is None and mask is None, cell=cell,
-                            allow_units=mask is None)
+    path, schedule = _dispatch.plan(packing, n_threads, H, projection, dtype, strategy,
+                                    allow_step=weights.packed is None and mask is None,
+                                    cell=cell, allow_units=mask is None, n_input=x.shape[1],
+                                    G=G, R=R)
     if path == "step":
         # One step of a few rows (a layer stepped token by token): the step on the weights
         # as they are, since packing them would cost more than the step. Training takes
@@ -419,9 +420,8 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
         if not train:
             return h_n, h_n.copy(), c_n, None
         io = _recurrent.LayerIO(x, h0, c0, h_n, h_n.copy(), c_n, gates, c_n.copy())
-        path = _dispatch.choose(packing, n_threads, H, projection, dtype, allow_step=False,
-                                allow_units=False)
-        schedule = _dispatch.schedule(packing, path, n_threads, H, dtype)
+        path, schedule = _dispatch.plan(packing, n_threads, H, projection, dtype,
+                                        allow_step=False, allow_units=False)
         layer = weights.driver_layer()
         with kernel_call(schedule.n_threads):
             layer.pack_backward(schedule.n_threads)
@@ -434,26 +434,44 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
                                 None)
         return y, io.h_n, io.c_n, LayerCache(io, weights.driver_layer(), None) if train else None
     check_blas_sizes(N, x.shape[1], H)
-    if train:
-        gates = pooled_empty((N, R), dtype)
-        cells = None if c0 is None else pooled_empty((N, H), dtype)
-        r = pooled_empty((N, H), dtype) if projection else None
-    else:
-        rows = min(N, max(packing.first_step_rows, GATES_CHUNK_ELEMENTS // R))
-        gates = scratch("gates", (rows, R), dtype)
-        cells = None
-        r = scratch("r", (B, H), dtype) if projection else None
+    if not train:
+        h_n = np.empty((B, P), dtype)
+        layer_infer(x, weights, h0, c0, y, h_n, c_n, schedule)
+        return y, h_n, c_n, None
+    gates = pooled_empty((N, R), dtype)
+    cells = None if c0 is None else pooled_empty((N, H), dtype)
+    r = pooled_empty((N, H), dtype) if projection else None
     hg = scratch("hg", (B, G), dtype) if G != R else None
     io = _recurrent.LayerIO(x, h0, c0, y, np.empty((B, P), dtype), c_n, gates, cells, r, hg,
                             train, mask, None if mask is None else np.empty((B, P), dtype))
     layer = weights.driver_layer()
-    schedule = _dispatch.schedule(packing, path, n_threads, H, dtype, x.shape[1], G, R)
-    # A call of several chunks can take seconds: Ctrl-C may end it between chunks (Python
-    # runs signal handlers in the main thread only, so only a call from there).
-    interruptible = gates.shape[0] < N and threading.current_thread() is threading.main_thread()
     with forward_call(schedule.n_threads, projection):
-        _recurrent.forward(layer, schedule, io, interruptible)
-    return y, io.h_n, io.c_n, (LayerCache(io, layer, schedule) if train else None)
+        _recurrent.forward(layer, schedule, io, _interruptible(gates, N))
+    return y, io.h_n, io.c_n, LayerCache(io, layer, schedule)
+
+
+def _interruptible(gates, N):
+    """A call of several chunks can take seconds: Ctrl-C may end it between chunks (Python
+    runs signal handlers in the main thread only, so only a call from there)."""
+    return gates.shape[0] < N and threading.current_thread() is threading.main_thread()
+
+
+def layer_infer(x, weights, h0, c0, y, h_n, c_n, schedule):
+    """Inference through one layer (the driver's time loop): `layer_forward`'s arguments,
+    checked as there, its outputs given (``y (N, P)``, ``h_n (B, P)``, ``c_n (B, H)`` or
+    None, C-contiguous) and its `_dispatch.plan` schedule."""
+    B, P = h0.shape
+    H = P if c0 is None else c0.shape[1]
+    dtype, cell, projection = h0.dtype, weights.cell, weights.w_hr is not None
+    G, R = _recurrent.n_gates(cell) * H, _recurrent.row_blocks(cell) * H
+    N = x.shape[0]
+    gates = scratch("gates", (min(N, max(schedule.first_step_rows, GATES_CHUNK_ELEMENTS // R)),
+                              R), dtype)
+    io = _recurrent.LayerIO(x, h0, c0, y, h_n, c_n, gates, None,
+                            scratch("r", (B, H), dtype) if projection else None,
+                            scratch("hg", (B, G), dtype) if G != R else None, False)
+    with forward_call(schedule.n_threads, projection):
+        _recurrent.forward(weights.driver_layer(), schedule, io, _interruptible(gates, N))
 
 
 def _accumulator(into, like):

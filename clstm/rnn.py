@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Tuple, Union
 
 import numpy as np
 
-from . import _packed, _stack, _threads, functional
+from . import _packed, _packing, _stack, _threads, functional
 from ._checks import check_lengths, check_shape, float_array, float_dtype, generator, \
     generator_from_seed, positive_int, private_copy
 from .reference import check_activation
@@ -237,8 +237,13 @@ class RNNBase(Parameterised):
         x, h0, c0, lengths, batched = self._prepare(x, state, lengths)
         if weights is None:
             weights = self._layer_weights(copy=train)
+        if not train and lengths is None and self.num_directions == 1:
+            out = _stack.infer([w for (w,) in weights], x, h0, c0,
+                               n_threads=get_num_threads(), strategy=self.strategy)
+            if out is not None:
+                return self._to_caller(*out, batched), (None, batched)
         T, B = x.shape[:2]
-        packing = functional.Packing(T, B, lengths)
+        packing = _packing.packing(T, B, lengths)
         layer_in = packing.pack(x)
         if train:
             layer_in = private_copy(layer_in, x_in)

@@ -99,3 +99,43 @@ def test_one_step_inference_matches_reference_stack(dtype, config, B, lengths):
     for a, b, name in ((y, y_r, "y"), (h_n, h_r, "h_n"), (c_n, c_r, "c_n")):
         assert_close(a, b, dtype, factor, name)
     assert not np.shares_memory(y, h_n)
+
+
+MODELS = {
+    "lstm": lambda: clstm.LSTM(6, 32, num_layers=3, seed=3),
+    "projection": lambda: clstm.LSTM(6, 32, num_layers=2, proj_size=5, dtype=np.float64,
+                                     seed=3),
+    "frozen": lambda: clstm.LSTM(6, 32, num_layers=2, seed=3).freeze(),
+    "frozen-int8": lambda: clstm.LSTM(6, 64, num_layers=2, seed=3).freeze(weights="int8"),
+    "frozen-gru": lambda: clstm.GRU(6, 32, num_layers=2, seed=3).freeze(),
+    "batch-first": lambda: clstm.LSTM(6, 32, num_layers=2, batch_first=True, seed=3),
+}
+
+
+@pytest.mark.parametrize("name, strategy", [
+    (name, strategy) for name in MODELS for strategy in (None, "serial", "batch", "units")
+    if not (name == "projection" and strategy == "units")])  # (units: no projection)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_inference_without_lengths_is_the_general_path(name, strategy, n_threads):
+    """Inference on full-length rows skips the packing (`_stack.infer`); with lengths (all
+    T, so the same rows) it goes the general way: the same bits, states included."""
+    m = MODELS[name]()
+    spec = getattr(m, "_spec", m)
+    spec.strategy = strategy
+    T, B = 7, 3
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((B, T, 6) if spec.batch_first else (T, B, 6)).astype(spec.dtype)
+    n_states = spec.num_layers
+    h0 = rng.standard_normal((n_states, B, spec.output_size)).astype(spec.dtype)
+    c0 = rng.standard_normal((n_states, B, spec.hidden_size)).astype(spec.dtype)
+    state = h0 if isinstance(spec, clstm.GRU) else (h0, c0)
+    clstm.set_num_threads(n_threads)
+    try:
+        fast = m(x, state)
+        general = m(x, state, lengths=np.full(B, T))
+    finally:
+        clstm.set_num_threads(None)
+    np.testing.assert_array_equal(fast[0], general[0])
+    for a, b in zip(np.atleast_1d(fast[1]) if isinstance(spec, clstm.GRU) else fast[1],
+                    np.atleast_1d(general[1]) if isinstance(spec, clstm.GRU) else general[1]):
+        np.testing.assert_array_equal(a, b)
