@@ -123,8 +123,9 @@ def schedule(packing, path, n_threads, H, dtype, n_input=None, G=None, R=None):
 def plan(packing, n_threads, H, projection, dtype, strategy=None, allow_step=True,
          cell="lstm", allow_units=True, n_input=None, G=None, R=None):
     """``(path, schedule)`` for one layer call: `choose`'s path and, for a time-loop path,
-    its `schedule` (None for "step", and when no row has a step). Remembered for full-length batches, which need only
-    (T, B) of the packing: choosing costs more than a short call's multiply-adds."""
+    its `schedule` (None for "step", and when no row has a step). Remembered for
+    full-length batches, which need only (T, B) of the packing: choosing costs more than a
+    short call's multiply-adds."""
     args = (n_threads, H, projection, np.dtype(dtype), strategy, allow_step, cell,
             allow_units, n_input, G, R)
     if packing.uniform:

@@ -203,17 +203,18 @@ static inline __attribute__((always_inline)) void clstm_tile_##SFX(             
                                                                                         \
 CLSTM_HEIGHTS(CLSTM_DEFINE_DRIVER, T, SFX, MR, ACC, VB)                                 \
                                                                                         \
-/* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack_panels, its panels ldw rows    \
-   apart (the K of the packed matrix; a K range starting at k0 starts at Wp + k0 * NR);  \
-   flags: CLSTM_PGEMM_OVERWRITE, C = A @ W.T (C is only written: no pass to zero it     \
-   first, no read of what it held); CLSTM_PGEMM_DESCENDING. Panel by panel, K cut into chunks of KC: the chunk every row tile      \
-   streams (KC * 128 bytes) stays in L1 for all the tiles (unchunked, a panel of a long  \
-   K comes from L2 or memory once per tile of rows), and so does the panel's block of C  \
-   (n * 128 bytes), finished before the next panel (chunks outermost sent all of C      \
-   through L2 once per chunk; docs/performance.md, "Issue 19"). The rows are cut into   \
-   the fewest tiles of at most MR rows (6 when K < KC and n > 64, measured faster only   \
-   there: docs/performance.md, "Issue 19, sixth pass"), of even heights (13 rows: 7 and  \
-   6, not 12 and 1, whose one row would wait on its two chains); 1-3 rows are one tile  \
+/* C[n, N] += A[n, K] @ W.T with W packed by clstm_pack_panels, its panels ldw rows     \
+   apart (the K of the packed matrix; a K range starting at k0 starts at Wp + k0 *      \
+   NR); flags: CLSTM_PGEMM_OVERWRITE, C = A @ W.T (C is only written: no pass to        \
+   zero it first, no read of what it held); CLSTM_PGEMM_DESCENDING. Panel by panel,     \
+   K cut into chunks of KC: the chunk every row tile streams (KC * 128 bytes) stays     \
+   in L1 for all the tiles (unchunked, a panel of a long K comes from L2 or memory      \
+   once per tile of rows), and so does the panel's block of C (n * 128 bytes),          \
+   finished before the next panel (chunks outermost sent all of C through L2 once       \
+   per chunk; docs/performance.md, "Issue 19"). The rows are cut into the fewest        \
+   tiles of at most MR rows (6 when K < KC and n > 64, measured faster only there:      \
+   docs/performance.md, "Issue 19, sixth pass"), of even heights (13 rows: 7 and 6,     \
+   not 12 and 1, whose one row would wait on its two chains); 1-3 rows are one tile     \
    over np panels. */                                                                   \
 static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A,     \
                              Py_ssize_t lda, const T* Wp, Py_ssize_t ldw, T* C,         \
