@@ -23,12 +23,12 @@
 #ifndef CLSTM_PGEMM_KC
 #define CLSTM_PGEMM_KC 256
 #endif
-/* Panel rows (128 bytes each) between the row a chunk's first tile reads and the one it
-   prefetches: far enough to cover a load from memory, near enough to stay in L1. */
 /* clstm_pgemm's flags: C = the product instead of C += it; the panels in descending
    order (the same sums, so the same bits: a time loop alternating the order starts each
    step with the panels the last step read last, still in L1 or L2). */
 enum { CLSTM_PGEMM_OVERWRITE = 1, CLSTM_PGEMM_DESCENDING = 2 };
+/* Panel rows (128 bytes each) between the row a chunk's first tile reads and the one it
+   prefetches: far enough to cover a load from memory, near enough to stay in L1. */
 #ifndef CLSTM_PGEMM_PREFETCH
 #define CLSTM_PGEMM_PREFETCH 16
 #endif
