@@ -60,6 +60,7 @@ import time
 import numpy as np
 import scipy
 from scipy.linalg import blas as scipy_blas
+from threadpoolctl import threadpool_limits
 
 import clstm
 import peers
@@ -746,11 +747,9 @@ def main():
 
     bench = Bench(args)
     clstm.set_num_threads(args.threads)
-    try:  # the reference's matmuls and SciPy's SGEMM get the same number of BLAS threads
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(limits=args.threads, user_api="blas")
-    except ImportError:
-        pass
+    # The reference's matmuls and SciPy's SGEMM get the same number of BLAS threads
+    # (threadpoolctl is a dependency of clstm's: a missing one fails here, not silently).
+    threadpool_limits(limits=args.threads, user_api="blas")
     if bench.torch is not None:
         bench.torch.set_num_threads(args.threads)
     info = machine_info(bench)
