@@ -80,7 +80,42 @@ static double gflops(Py_ssize_t B, Py_ssize_t H, Py_ssize_t T, int split) {
     return 2.0 * B * G * H * T / best / 1e9;
 }
 
+/* A big product as par_pgemm runs it on one thread: C[M, N] = A[M, K] @ W.T in blocks of
+   64 rows (the input projection, dx and the weight gradients). */
+static double blocks_gflops(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K) {
+    float* w = aligned_alloc(64, N * K * sizeof(float));
+    float* Wp = aligned_alloc(64, clstm_packed_size_f32(N, K) * sizeof(float));
+    float* A = aligned_alloc(64, M * K * sizeof(float));
+    float* C = aligned_alloc(64, M * N * sizeof(float));
+    double best = 1e30, t0;
+    Py_ssize_t i, r;
+    int pass;
+    for (i = 0; i < N * K; i++)
+        w[i] = (float)(i % 13) * 0.01f;
+    for (i = 0; i < M * K; i++)
+        A[i] = (float)(i % 11) * 0.01f;
+    for (i = 0; i < M * N; i++)
+        C[i] = 0.5f;
+    clstm_pack_panels_f32(w, N, K, 0, Wp, 0, clstm_panels_f32(N));
+    for (pass = 0; pass < 5; pass++) {
+        t0 = now();
+        for (r = 0; r < M; r += 64)
+            clstm_pgemm_f32(M - r < 64 ? M - r : 64, N, K, A + r * K, K, Wp, K, C + r * N, N,
+                            CLSTM_PGEMM_OVERWRITE);
+        t0 = now() - t0;
+        best = t0 < best ? t0 : best;
+    }
+    free(w);
+    free(Wp);
+    free(A);
+    free(C);
+    return 2.0 * M * N * K / best / 1e9;
+}
+
 int main(void) {
+    static const Py_ssize_t big[][3] = {  /* M, N, K */
+        {3200, 2048, 512}, {3200, 512, 2048}, {800, 4096, 1024}, {800, 1024, 4096},
+        {6400, 1024, 256}, {51200, 512, 128}};
     static const Py_ssize_t shapes[][3] = {  /* B, H, T */
         {16, 1024, 25}, {32, 1024, 25}, {64, 1024, 25}, {32, 512, 50},
         {64, 512, 50},  {64, 256, 100}, {256, 128, 200}};
@@ -92,5 +127,10 @@ int main(void) {
         printf("%5zd %5zd %4zd  %8.1f  %8.1f  %8.1f\n", B, H, T, gflops(B, H, T, SERIAL),
                gflops(B, H, T, BATCH), gflops(B, H, T, UNITS));
     }
+    printf("GFLOP/s of a big product in 64-row blocks, 1 thread (best of 5)\n");
+    printf("%6s %5s %5s  %8s\n", "M", "N", "K", "1 thread");
+    for (s = 0; s < sizeof(big) / sizeof(big[0]); s++)
+        printf("%6zd %5zd %5zd  %8.1f\n", big[s][0], big[s][1], big[s][2],
+               blocks_gflops(big[s][0], big[s][1], big[s][2]));
     return 0;
 }

@@ -132,9 +132,12 @@ static Py_ssize_t clstm_panels_##SFX(Py_ssize_t N) {                            
    sum has one order whichever tile it lands in, and results do not depend on the thread
    count. A chain waits on the FMA's latency and a tile needs about 8 of them (2 FMA ports
    x 4 cycles): a tile of 1-3 rows therefore spans np panels side by side (ACC accumulators
-   at most), a taller one a single panel. MR * NV accumulators plus the panel row fit the
-   registers: AVX-512 12 * 2 = 24 of 32; AVX2 2 * 4 = 8 of 16 (64-byte vectors there
-   spilled everything to the stack; docs/design.md). Why 12 rows: the first tile of a
+   at most), a taller one (or one whose rows fill ACC on a single panel) a single panel.
+   MR * NV accumulators plus the panel row fit the registers: AVX-512 12 * 2 = 24 of 32;
+   AVX2 3 * 4 = 12 of 16, the broadcast of A and 3 vectors of the panel row in the rest
+   (GCC reads the fourth from memory in the multiply-add). 64-byte vectors there spilled
+   everything to the stack (docs/design.md); 2 rows (8 chains) ran at ~70% of 3 rows'
+   rate (docs/performance.md, "Issue 19, eighth pass"). Why 12 rows: the first tile of a
    panel chunk is the one that reads it from L2 or L3 (a w_hh bigger than L2 comes from
    L3 at every step), at 64 / MR bytes per vector multiply-add, and the fewer bytes the
    less that tile waits (docs/performance.md, "Issue 19", fifth and sixth passes). That
@@ -251,8 +254,9 @@ static __attribute__((noinline)) void clstm_pgemm_##SFX##_##H(                  
         const T* Wp, Py_ssize_t ldw, T* C, Py_ssize_t ldc, int flags,                   \
         Py_ssize_t tiles) {                                                             \
     enum { NR = 128 / sizeof(T), HI = (H) <= (MR) ? (H) : 1, LO = HI > 1 ? HI - 1 : 1,  \
-           NPMAX = HI >= 4 ? 1 : CLSTM_WIDE_##SFX < ACC / (HI * (128 / VB))            \
-                   ? CLSTM_WIDE_##SFX : ACC / (HI * (128 / VB)) };                      \
+           FIT = ACC / (HI * (128 / VB)),  /* panels within the accumulator budget */   \
+           NPMAX = HI >= 4 || FIT < 1 ? 1 : CLSTM_WIDE_##SFX < FIT ? CLSTM_WIDE_##SFX   \
+                                                                     : FIT };           \
     const Py_ssize_t KC = CLSTM_PGEMM_KC, panels = (N + NR - 1) / NR;                   \
     const int np = tiles == 1 ? NPMAX : 1;  /* panels per tile */                       \
     const Py_ssize_t groups = (panels + np - 1) / np;                                   \
@@ -327,8 +331,8 @@ CLSTM_DEFINE_SUM(double, f64)
 CLSTM_DEFINE_KERNEL(float, base_f32, 64, 12, 16)
 CLSTM_DEFINE_KERNEL(double, base_f64, 64, 12, 16)
 #elif defined(__AVX2__) || defined(__aarch64__)
-CLSTM_DEFINE_KERNEL(float, base_f32, 32, 2, 8)
-CLSTM_DEFINE_KERNEL(double, base_f64, 32, 2, 8)
+CLSTM_DEFINE_KERNEL(float, base_f32, 32, 3, 8)
+CLSTM_DEFINE_KERNEL(double, base_f64, 32, 3, 8)
 #else
 CLSTM_DEFINE_KERNEL(float, base_f32, 16, 1, 8)
 CLSTM_DEFINE_KERNEL(double, base_f64, 16, 1, 8)
@@ -342,8 +346,8 @@ CLSTM_DEFINE_KERNEL(double, v4_f64, 64, 12, 16)
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v3")
-CLSTM_DEFINE_KERNEL(float, v3_f32, 32, 2, 8)
-CLSTM_DEFINE_KERNEL(double, v3_f64, 32, 2, 8)
+CLSTM_DEFINE_KERNEL(float, v3_f32, 32, 3, 8)
+CLSTM_DEFINE_KERNEL(double, v3_f64, 32, 3, 8)
 #pragma GCC pop_options
 
 /* 2: x86-64-v4, 1: x86-64-v3, 0: older. CLSTM_ISA=v3 or =base picks a lower kernel
