@@ -43,72 +43,75 @@ static void step(Py_ssize_t B, Py_ssize_t H, const float* h, const float* Wp, fl
     clstm_pgemm_f32(b1 - b0, G, H, h + b0 * H, H, Wp, H, C + b0 * G, G, 0);
 }
 
+/* The operands of C[m_c, N] (+)= A[m_a, K] @ W.T: W packed (then dropped), A and C
+   filled with fixed values. */
+typedef struct {
+    float *Wp, *A, *C;
+} operands;
+
+static operands make_operands(Py_ssize_t m_a, Py_ssize_t m_c, Py_ssize_t N, Py_ssize_t K) {
+    float* w = aligned_alloc(64, N * K * sizeof(float));
+    operands o = {aligned_alloc(64, clstm_packed_size_f32(N, K) * sizeof(float)),
+                  aligned_alloc(64, m_a * K * sizeof(float)),
+                  aligned_alloc(64, m_c * N * sizeof(float))};
+    Py_ssize_t i;
+    for (i = 0; i < N * K; i++)
+        w[i] = (float)(i % 13) * 0.01f;
+    for (i = 0; i < m_a * K; i++)
+        o.A[i] = (float)(i % 11) * 0.01f;
+    for (i = 0; i < m_c * N; i++)
+        o.C[i] = 0.5f;
+    clstm_pack_panels_f32(w, N, K, 0, o.Wp, 0, clstm_panels_f32(N));
+    free(w);
+    return o;
+}
+
+static void free_operands(operands o) {
+    free(o.Wp);
+    free(o.A);
+    free(o.C);
+}
+
 static double gflops(Py_ssize_t B, Py_ssize_t H, Py_ssize_t T, int split) {
     Py_ssize_t G = 4 * H, i;
-    float* w = aligned_alloc(64, G * H * sizeof(float));
-    float* Wp = aligned_alloc(64, clstm_packed_size_f32(G, H) * sizeof(float));
-    float* h = aligned_alloc(64, B * H * sizeof(float));
-    float* C = aligned_alloc(64, T * B * G * sizeof(float));
+    operands o = make_operands(B, T * B, G, H);  /* A: h, C: T steps' gates */
     double best = 1e30, t0;
     int pass;
-    for (i = 0; i < G * H; i++)
-        w[i] = (float)(i % 13) * 0.01f;
-    for (i = 0; i < B * H; i++)
-        h[i] = (float)(i % 11) * 0.01f;
-    for (i = 0; i < T * B * G; i++)
-        C[i] = 0.5f;
-    clstm_pack_panels_f32(w, G, H, 0, Wp, 0, clstm_panels_f32(G));
     for (pass = 0; pass < 5; pass++) {
         t0 = now();
         if (split == SERIAL) {
             for (i = 0; i < T; i++)
-                step(B, H, h, Wp, C + i * B * G, SERIAL, 0);
+                step(B, H, o.A, o.Wp, o.C + i * B * G, SERIAL, 0);
         } else {
 #pragma omp parallel num_threads(2) private(i)
             for (i = 0; i < T; i++) {
-                step(B, H, h, Wp, C + i * B * G, split, omp_get_thread_num());
+                step(B, H, o.A, o.Wp, o.C + i * B * G, split, omp_get_thread_num());
 #pragma omp barrier
             }
         }
         t0 = now() - t0;
         best = t0 < best ? t0 : best;
     }
-    free(w);
-    free(Wp);
-    free(h);
-    free(C);
+    free_operands(o);
     return 2.0 * B * G * H * T / best / 1e9;
 }
 
 /* A big product as par_pgemm runs it on one thread: C[M, N] = A[M, K] @ W.T in blocks of
    64 rows (the input projection, dx and the weight gradients). */
 static double blocks_gflops(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K) {
-    float* w = aligned_alloc(64, N * K * sizeof(float));
-    float* Wp = aligned_alloc(64, clstm_packed_size_f32(N, K) * sizeof(float));
-    float* A = aligned_alloc(64, M * K * sizeof(float));
-    float* C = aligned_alloc(64, M * N * sizeof(float));
+    operands o = make_operands(M, M, N, K);
     double best = 1e30, t0;
-    Py_ssize_t i, r;
+    Py_ssize_t r;
     int pass;
-    for (i = 0; i < N * K; i++)
-        w[i] = (float)(i % 13) * 0.01f;
-    for (i = 0; i < M * K; i++)
-        A[i] = (float)(i % 11) * 0.01f;
-    for (i = 0; i < M * N; i++)
-        C[i] = 0.5f;
-    clstm_pack_panels_f32(w, N, K, 0, Wp, 0, clstm_panels_f32(N));
     for (pass = 0; pass < 5; pass++) {
         t0 = now();
         for (r = 0; r < M; r += 64)
-            clstm_pgemm_f32(M - r < 64 ? M - r : 64, N, K, A + r * K, K, Wp, K, C + r * N, N,
-                            CLSTM_PGEMM_OVERWRITE);
+            clstm_pgemm_f32(M - r < 64 ? M - r : 64, N, K, o.A + r * K, K, o.Wp, K,
+                            o.C + r * N, N, CLSTM_PGEMM_OVERWRITE);
         t0 = now() - t0;
         best = t0 < best ? t0 : best;
     }
-    free(w);
-    free(Wp);
-    free(A);
-    free(C);
+    free_operands(o);
     return 2.0 * M * N * K / best / 1e9;
 }
 
