@@ -136,13 +136,14 @@ static Py_ssize_t clstm_panels_##SFX(Py_ssize_t N) {                            
    MR * NV accumulators plus the panel row fit the registers: AVX-512 12 * 2 = 24 of 32;
    AVX2 3 * 4 = 12 of 16, the broadcast of A and 3 vectors of the panel row in the rest
    (GCC reads the fourth from memory in the multiply-add). 64-byte vectors there spilled
-   everything to the stack (docs/design.md); 2 rows (8 chains) ran at ~70% of 3 rows'
-   rate (docs/performance.md, "Issue 19, eighth pass"). Why 12 rows: the first tile of a
-   panel chunk is the one that reads it from L2 or L3 (a w_hh bigger than L2 comes from
-   L3 at every step), at 64 / MR bytes per vector multiply-add, and the fewer bytes the
-   less that tile waits (docs/performance.md, "Issue 19", fifth and sixth passes). That
-   tile also prefetches CLSTM_PGEMM_PREFETCH panel rows ahead, which the hardware's
-   prefetcher, starting anew at every page, does not (docs/performance.md, "Issue 19"). */
+   everything to the stack (docs/design.md); 2 rows (8 chains, no slack over the FMA
+   latency) ran slower (docs/performance.md, "Issue 19, eighth pass"). Why 12 rows: the
+   first tile of a panel chunk is the one that reads it from L2 or L3 (a w_hh bigger
+   than L2 comes from L3 at every step), at 64 / MR bytes per vector multiply-add, and
+   the fewer bytes the less that tile waits (docs/performance.md, "Issue 19", fifth and
+   sixth passes). That tile also prefetches CLSTM_PGEMM_PREFETCH panel rows ahead, which
+   the hardware's prefetcher, starting anew at every page, does not
+   (docs/performance.md, "Issue 19"). */
 #define CLSTM_DEFINE_KERNEL(T, SFX, VB, MR, ACC)                                        \
 typedef T clstm_kv_##SFX __attribute__((vector_size(VB)));                              \
 typedef T clstm_kvu_##SFX __attribute__((vector_size(VB), aligned(sizeof(T))));         \
