@@ -32,6 +32,12 @@ enum { CLSTM_PGEMM_OVERWRITE = 1, CLSTM_PGEMM_DESCENDING = 2 };
 #ifndef CLSTM_PGEMM_PREFETCH
 #define CLSTM_PGEMM_PREFETCH 16
 #endif
+/* And the row it prefetches into L2 only: a second stream, far enough ahead to cover L3's
+   latency on a core that multiplies a row in half the time (Zen 5's 512-bit FMAs), without
+   crowding L1 (docs/performance.md, "Issue 19, ninth pass"). */
+#ifndef CLSTM_PGEMM_PREFETCH_L2
+#define CLSTM_PGEMM_PREFETCH_L2 128
+#endif
 
 #define CLSTM_DEFINE_PACK(T, SFX, IDX)                                                  \
 typedef T clstm_v_##SFX __attribute__((vector_size(64)));                               \
@@ -141,9 +147,9 @@ static Py_ssize_t clstm_panels_##SFX(Py_ssize_t N) {                            
    first tile of a panel chunk is the one that reads it from L2 or L3 (a w_hh bigger
    than L2 comes from L3 at every step), at 64 / MR bytes per vector multiply-add, and
    the fewer bytes the less that tile waits (docs/performance.md, "Issue 19", fifth and
-   sixth passes). That tile also prefetches CLSTM_PGEMM_PREFETCH panel rows ahead, which
-   the hardware's prefetcher, starting anew at every page, does not
-   (docs/performance.md, "Issue 19"). */
+   sixth passes). That tile also prefetches CLSTM_PGEMM_PREFETCH panel rows ahead (and
+   CLSTM_PGEMM_PREFETCH_L2 into L2), which the hardware's prefetcher, starting anew at
+   every page, does not (docs/performance.md, "Issue 19"). */
 #define CLSTM_DEFINE_KERNEL(T, SFX, VB, MR, ACC)                                        \
 typedef T clstm_kv_##SFX __attribute__((vector_size(VB)));                              \
 typedef T clstm_kvu_##SFX __attribute__((vector_size(VB), aligned(sizeof(T))));         \
@@ -175,6 +181,8 @@ static inline __attribute__((always_inline)) void clstm_tile_##SFX(             
         if (prefetch) {                                                                 \
             __builtin_prefetch(Wp + (k + CLSTM_PGEMM_PREFETCH) * NR);                   \
             __builtin_prefetch(Wp + (k + CLSTM_PGEMM_PREFETCH) * NR + NR / 2);          \
+            __builtin_prefetch(Wp + (k + CLSTM_PGEMM_PREFETCH_L2) * NR, 0, 2);          \
+            __builtin_prefetch(Wp + (k + CLSTM_PGEMM_PREFETCH_L2) * NR + NR / 2, 0, 2); \
         }                                                                               \
         for (p = 0; p < np; p++)                                                        \
             for (q = 0; q < NV; q++)                                                    \
