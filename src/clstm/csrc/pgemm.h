@@ -32,11 +32,16 @@ enum { CLSTM_PGEMM_OVERWRITE = 1, CLSTM_PGEMM_DESCENDING = 2 };
 #ifndef CLSTM_PGEMM_PREFETCH
 #define CLSTM_PGEMM_PREFETCH 16
 #endif
-/* And the row it prefetches into L2 only: a second stream, far enough ahead to cover L3's
+/* And the row it prefetches into L2 only, when the packed matrix is bigger than
+   CLSTM_PGEMM_L2_BYTES (so comes from L3): a second stream, far enough ahead to cover L3's
    latency on a core that multiplies a row in half the time (Zen 5's 512-bit FMAs), without
-   crowding L1 (docs/performance.md, "Issue 19, ninth pass"). */
+   crowding L1. On a matrix that L2 holds it only costs load slots: 4-row tiles ran 20-30%
+   slower with it (docs/performance.md, "Issue 19, ninth pass"). */
 #ifndef CLSTM_PGEMM_PREFETCH_L2
 #define CLSTM_PGEMM_PREFETCH_L2 128
+#endif
+#ifndef CLSTM_PGEMM_L2_BYTES
+#define CLSTM_PGEMM_L2_BYTES (1 << 20)
 #endif
 
 #define CLSTM_DEFINE_PACK(T, SFX, IDX)                                                  \
@@ -147,9 +152,9 @@ static Py_ssize_t clstm_panels_##SFX(Py_ssize_t N) {                            
    first tile of a panel chunk is the one that reads it from L2 or L3 (a w_hh bigger
    than L2 comes from L3 at every step), at 64 / MR bytes per vector multiply-add, and
    the fewer bytes the less that tile waits (docs/performance.md, "Issue 19", fifth and
-   sixth passes). That tile also prefetches CLSTM_PGEMM_PREFETCH panel rows ahead (and
-   CLSTM_PGEMM_PREFETCH_L2 into L2), which the hardware's prefetcher, starting anew at
-   every page, does not (docs/performance.md, "Issue 19"). */
+   sixth passes). That tile also prefetches CLSTM_PGEMM_PREFETCH panel rows ahead (and,
+   with prefetch 2, CLSTM_PGEMM_PREFETCH_L2 into L2), which the hardware's prefetcher,
+   starting anew at every page, does not (docs/performance.md, "Issue 19"). */
 #define CLSTM_DEFINE_KERNEL(T, SFX, VB, MR, ACC)                                        \
 typedef T clstm_kv_##SFX __attribute__((vector_size(VB)));                              \
 typedef T clstm_kvu_##SFX __attribute__((vector_size(VB), aligned(sizeof(T))));         \
@@ -181,6 +186,8 @@ static inline __attribute__((always_inline)) void clstm_tile_##SFX(             
         if (prefetch) {                                                                 \
             __builtin_prefetch(Wp + (k + CLSTM_PGEMM_PREFETCH) * NR);                   \
             __builtin_prefetch(Wp + (k + CLSTM_PGEMM_PREFETCH) * NR + NR / 2);          \
+        }                                                                               \
+        if (prefetch > 1) {                                                             \
             __builtin_prefetch(Wp + (k + CLSTM_PGEMM_PREFETCH_L2) * NR, 0, 2);          \
             __builtin_prefetch(Wp + (k + CLSTM_PGEMM_PREFETCH_L2) * NR + NR / 2, 0, 2); \
         }                                                                               \
@@ -270,6 +277,8 @@ static __attribute__((noinline)) void clstm_pgemm_##SFX##_##H(                  
     const int np = tiles == 1 ? NPMAX : 1;  /* panels per tile */                       \
     const Py_ssize_t groups = (panels + np - 1) / np;                                   \
     const int overwrite = flags & CLSTM_PGEMM_OVERWRITE;                                \
+    /* the first tile's prefetch: 1 into L1, 2 into L2 as well (from L3) */              \
+    const int fetch = (double)ldw * panels * 128 > CLSTM_PGEMM_L2_BYTES ? 2 : 1;        \
     Py_ssize_t g, jb, i, t, h, k0, kc, cols;                                            \
     int set, group;                                                                     \
     for (g = 0; g < groups; g++) {                                                      \
@@ -286,7 +295,7 @@ static __attribute__((noinline)) void clstm_pgemm_##SFX##_##H(                  
                 h = n / tiles + (t < n % tiles);                                        \
                 if (h != HI)                                                            \
                     clstm_tile_##SFX(LO, 1, kc, a, lda, panel, ldw * NR, c, ldc, cols,  \
-                                     set, t == 0 && LO >= 4);                           \
+                                     set, t == 0 && LO >= 4 ? fetch : 0);               \
                 else if (NPMAX >= 4 && group == 4)                                      \
                     clstm_tile_##SFX(HI, NPMAX >= 4 ? 4 : 1, kc, a, lda, panel,         \
                                      ldw * NR, c, ldc, cols, set, 0);                   \
@@ -298,7 +307,7 @@ static __attribute__((noinline)) void clstm_pgemm_##SFX##_##H(                  
                                      ldw * NR, c, ldc, cols, set, 0);                   \
                 else                                                                    \
                     clstm_tile_##SFX(HI, 1, kc, a, lda, panel, ldw * NR, c, ldc, cols,  \
-                                     set, t == 0 && HI >= 4);                           \
+                                     set, t == 0 && HI >= 4 ? fetch : 0);               \
             }                                                                           \
         }                                                                               \
     }                                                                                   \
