@@ -35,8 +35,8 @@ enum { CLSTM_PGEMM_OVERWRITE = 1, CLSTM_PGEMM_DESCENDING = 2 };
 /* And the row it prefetches into L2 only, when the packed matrix is bigger than
    CLSTM_PGEMM_L2_BYTES (so comes from L3): a second stream, far enough ahead to cover L3's
    latency on a core that multiplies a row in half the time (Zen 5's 512-bit FMAs), without
-   crowding L1. On a matrix that L2 holds it only costs load slots: 4-row tiles ran 20-30%
-   slower with it (docs/performance.md, "Issue 19, ninth pass"). */
+   crowding L1. On a matrix that L2 holds it only takes load slots, which short tiles
+   miss (docs/performance.md, "Issue 19, ninth pass"). */
 #ifndef CLSTM_PGEMM_PREFETCH_L2
 #define CLSTM_PGEMM_PREFETCH_L2 128
 #endif
