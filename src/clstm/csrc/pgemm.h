@@ -28,15 +28,16 @@
    step with the panels the last step read last, still in L1 or L2). */
 enum { CLSTM_PGEMM_OVERWRITE = 1, CLSTM_PGEMM_DESCENDING = 2 };
 /* Panel rows (128 bytes each) between the row a chunk's first tile reads and the one it
-   prefetches: far enough to cover a load from memory, near enough to stay in L1. */
+   prefetches into L1: far enough to cover a load from L2 (and from L3 on the Intel cores
+   it was tuned on), near enough to stay in L1. */
 #ifndef CLSTM_PGEMM_PREFETCH
 #define CLSTM_PGEMM_PREFETCH 16
 #endif
-/* And the row it prefetches into L2 only, when the packed matrix is bigger than
-   CLSTM_PGEMM_L2_BYTES (so comes from L3): a second stream, far enough ahead to cover L3's
-   latency on a core that multiplies a row in half the time (Zen 5's 512-bit FMAs), without
-   crowding L1. On a matrix that L2 holds it only takes load slots, which short tiles
-   miss (docs/performance.md, "Issue 19, ninth pass"). */
+/* And the row it prefetches into L2 only, when the call's panels (all their rows) are
+   bigger than CLSTM_PGEMM_L2_BYTES, so come from L3: a second stream, far enough ahead to
+   cover L3's latency on a core that multiplies a row in half the time (Zen 5's 512-bit
+   FMAs), without crowding L1. On panels that L2 holds it only takes load slots, which
+   short tiles miss (docs/performance.md, "Issue 19, ninth pass"). */
 #ifndef CLSTM_PGEMM_PREFETCH_L2
 #define CLSTM_PGEMM_PREFETCH_L2 128
 #endif
