@@ -10,26 +10,39 @@
 
 #include <stdint.h>
 
-static inline float clstm_expf(float x) {
-    /* Cephes expf: exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln(2) / 2, with
-       ln 2 split in two for an exact reduction and a degree-6 polynomial for exp(r). */
-    const float shifter = 12582912.0f;            /* 1.5 * 2^23: adding it rounds */
-    union { float f; int32_t i; } scale;
-    float n, r, p;
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    n = (x * 1.44269504088896341f + shifter) - shifter;
-    r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    p = 1.9875691500e-4f;
+/* The degree-5 polynomial of Cephes's expf: exp(r) = 1 + r + r^2 P(r) for
+   |r| <= ln(2) / 2, so expm1(r) = r + r^2 P(r) with no cancellation near 0. */
+static inline float clstm_expf_poly(float r) {
+    float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
     p = p * r + 4.1665795894e-2f;
     p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    scale.i = ((int32_t)n + 127) << 23;
-    return p * scale.f;
+    return p * r + 5.0000001201e-1f;
+}
+
+/* Round-to-nearest of y by adding and subtracting 1.5 * 2^23 (|y| < 2^22). The sum's
+   bits hold the integer n in their low mantissa bits, so 2^n's bits are one integer add
+   and shift away (no float-to-int conversion: one vector instruction fewer). */
+#define CLSTM_EXPF_SHIFTER 12582912.0f
+static inline float clstm_exp2_of_shifted(float shifted) {
+    union { float f; int32_t i; } u;
+    u.f = shifted;
+    u.i = (u.i - 0x4B400000 + 127) << 23;
+    return u.f;
+}
+
+static inline float clstm_expf(float x) {
+    /* Cephes expf: exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln(2) / 2, with
+       ln 2 split in two for an exact reduction. */
+    float shifted, n, r;
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    shifted = x * 1.44269504088896341f + CLSTM_EXPF_SHIFTER;
+    n = shifted - CLSTM_EXPF_SHIFTER;
+    r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    return (clstm_expf_poly(r) * r * r + r + 1.0f) * clstm_exp2_of_shifted(shifted);
 }
 
 static inline float clstm_sigmoidf(float x) {
@@ -37,17 +50,22 @@ static inline float clstm_sigmoidf(float x) {
 }
 
 static inline float clstm_tanhf(float x) {
-    /* Small |x|: Cephes's odd polynomial (1 - 2/(e^2x + 1) would cancel badly there);
-       otherwise 1 - 2/(e^(2|x|) + 1) with the sign put back. Both are computed and one
-       is selected, so the loop has no branch to stop vectorisation. */
-    float ax = x < 0.0f ? -x : x;
-    float z = x * x;
-    float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z
-                     - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z
-                   - 3.33332819422e-1f) * z * x + x;
-    float large = 1.0f - 2.0f / (clstm_expf(2.0f * ax) + 1.0f);
-    large = x < 0.0f ? -large : large;
-    return ax < 0.625f ? small : large;
+    /* tanh|x| = e / (e + 2), e = expm1(2|x|) = 2^n (expm1(r) + 1) - 1, computed as
+       2^n expm1(r) + (2^n - 1): one exponential and no cancellation at small |x| (where
+       1 - 2 / (e^2x + 1) loses every bit), so no second branch to compute and select.
+       The sign goes back at the end; |x| is clamped where tanh rounds to 1 and NaN
+       passes through. The two-branch form cost a third more of the LSTM cell
+       (docs/performance.md, "Issue 19, tenth pass"). */
+    float ax = __builtin_fabsf(x), shifted, n, r, expm1_r, scale, e;
+    ax = ax > 10.0f ? 10.0f : ax;
+    shifted = ax * 2.88539008177792681f + CLSTM_EXPF_SHIFTER;  /* 2|x| / ln 2 */
+    n = shifted - CLSTM_EXPF_SHIFTER;
+    r = (ax + ax) - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    expm1_r = clstm_expf_poly(r) * (r * r) + r;
+    scale = clstm_exp2_of_shifted(shifted);
+    e = scale * expm1_r + (scale - 1.0f);
+    return __builtin_copysignf(e / (e + 2.0f), x);
 }
 
 static inline double clstm_exp(double x) {
