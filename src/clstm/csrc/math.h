@@ -23,13 +23,14 @@ static inline float clstm_expf_poly(float r) {
 
 /* Round-to-nearest of y by adding and subtracting 1.5 * 2^23 (|y| < 2^22). The sum's
    bits hold the integer n in their low mantissa bits, so 2^n's bits are one integer add
-   and shift away (no float-to-int conversion: one vector instruction fewer). */
+   and shift away (no float-to-int conversion: one vector instruction fewer). Unsigned,
+   so a NaN's bits wrap instead of overflowing (the result is NaN either way). */
 #define CLSTM_EXPF_SHIFTER 12582912.0f
 static inline float clstm_exp2_of_shifted(float shifted) {
-    union { float f; int32_t i; } u;
-    u.f = shifted;
-    u.i = (u.i - 0x4B400000 + 127) << 23;
-    return u.f;
+    union { float f; uint32_t u; } bits;
+    bits.f = shifted;
+    bits.u = (bits.u - 0x4B400000u + 127u) << 23;
+    return bits.f;
 }
 
 static inline float clstm_expf(float x) {
