@@ -55,7 +55,8 @@ static inline float clstm_tanhf(float x) {
        2^n expm1(r) + (2^n - 1): one exponential and no cancellation at small |x| (where
        1 - 2 / (e^2x + 1) loses every bit), so no second branch to compute and select.
        The sign goes back at the end; |x| is clamped where tanh rounds to 1 and NaN
-       passes through. The two-branch form cost a third more of the LSTM cell
+       passes through. The cell is bound by its count of vector instructions, and the
+       two-branch form paid for a polynomial, an exponential and a select in every lane
        (docs/performance.md, "Issue 19, tenth pass"). */
     float ax = __builtin_fabsf(x), shifted, n, r, expm1_r, scale, e;
     ax = ax > 10.0f ? 10.0f : ax;
