@@ -33,16 +33,20 @@ static inline float clstm_exp2_of_shifted(float shifted) {
     return bits.f;
 }
 
+/* The reduction of exp(y) = 2^n * exp(r), n = round(y / ln 2), |r| <= ln(2) / 2, ln 2
+   split in two so that r is exact (Cephes); returns the rounding sum (see above). */
+static inline float clstm_expf_reduce(float y, float* r) {
+    float shifted = y * 1.44269504088896341f + CLSTM_EXPF_SHIFTER;
+    float n = shifted - CLSTM_EXPF_SHIFTER;
+    *r = (y - n * 0.693359375f) - n * -2.12194440e-4f;
+    return shifted;
+}
+
 static inline float clstm_expf(float x) {
-    /* Cephes expf: exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln(2) / 2, with
-       ln 2 split in two for an exact reduction. */
-    float shifted, n, r;
+    float shifted, r;
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
-    shifted = x * 1.44269504088896341f + CLSTM_EXPF_SHIFTER;
-    n = shifted - CLSTM_EXPF_SHIFTER;
-    r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
+    shifted = clstm_expf_reduce(x, &r);
     return (clstm_expf_poly(r) * r * r + r + 1.0f) * clstm_exp2_of_shifted(shifted);
 }
 
@@ -58,12 +62,9 @@ static inline float clstm_tanhf(float x) {
        passes through. The cell is bound by its count of vector instructions, and the
        two-branch form paid for a polynomial, an exponential and a select in every lane
        (docs/performance.md, "Issue 19, tenth pass"). */
-    float ax = __builtin_fabsf(x), shifted, n, r, expm1_r, scale, e;
+    float ax = __builtin_fabsf(x), shifted, r, expm1_r, scale, e;
     ax = ax > 10.0f ? 10.0f : ax;
-    shifted = ax * 2.88539008177792681f + CLSTM_EXPF_SHIFTER;  /* 2|x| / ln 2 */
-    n = shifted - CLSTM_EXPF_SHIFTER;
-    r = (ax + ax) - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
+    shifted = clstm_expf_reduce(ax + ax, &r);
     expm1_r = clstm_expf_poly(r) * (r * r) + r;
     scale = clstm_exp2_of_shifted(shifted);
     e = scale * expm1_r + (scale - 1.0f);
