@@ -8,8 +8,10 @@ layer's class (`kind`) to pick the model.
 Each factory takes ``(rnn, x, mode, lengths)`` and returns a zero-argument callable that
 runs one inference forward (``mode="inference"``) or one training step (``"train"``:
 forward + backward with dy = ones, all gradients) and returns a NumPy array to check
-against clstm's: y for inference, dx for a training step. A factory returns None for a
-mode it cannot run. ``lengths`` (ints, (B,), or None) gives variable-length rows: PyTorch
+against clstm's: y for inference, dx for a training step. clstm's and PyTorch's also run
+``"train_no_dx"``: a training step that needs no gradient of x (clstm's
+``input_grad=False``, PyTorch's x without ``requires_grad``), returning dh0. A factory
+returns None for a mode it cannot run. ``lengths`` (ints, (B,), or None) gives variable-length rows: PyTorch
 then runs ``pack_padded_sequence`` / ``pad_packed_sequence`` around the module (as its
 users must), ONNX Runtime takes ``sequence_lens``.
 """
@@ -62,10 +64,12 @@ def make_clstm(rnn, x, mode, lengths=None):
     if mode == "inference":
         return lambda: rnn(x, lengths=lengths)[0]
     dy = np.ones((x.shape[0], x.shape[1], output_width(rnn)), rnn.dtype)
+    with_dx = mode != "train_no_dx"
 
     def step():
-        _, backward = rnn.forward_train(x, lengths=lengths)
-        return backward(dy)[0]
+        _, backward = rnn.forward_train(x, lengths=lengths, input_grad=with_dx)
+        dx, dstate = backward(dy)
+        return dx if with_dx else (dstate[0] if isinstance(dstate, tuple) else dstate)
     return step
 
 
@@ -183,8 +187,22 @@ def torch_factory(torch):
                 with torch.no_grad():
                     return run().numpy()
             return forward
-        xt.requires_grad_(True)
         dy = torch.ones(x.shape[0], x.shape[1], output_width(rnn), dtype=dtype)
+        if mode == "train_no_dx":
+            if lengths_t is not None:
+                return None
+            n_states = rnn.num_directions
+            h0 = torch.zeros(n_states, x.shape[1], rnn.hidden_size, dtype=dtype,
+                             requires_grad=True)
+            state = (h0, torch.zeros_like(h0)) if kind(rnn) == "lstm" else h0
+
+            def step_no_dx():
+                h0.grad = None
+                module.zero_grad(set_to_none=True)
+                module(xt, state)[0].backward(dy)
+                return h0.grad.numpy()
+            return step_no_dx
+        xt.requires_grad_(True)
 
         def step():
             xt.grad = None

@@ -71,14 +71,15 @@ def sequence_lengths(lengths, T, B):
     return check_lengths(lengths, T, B)
 
 
-def keywords_taken(fn, names):
+def keywords_taken(fn, names, named=False):
     """Which of ``names`` the callable takes as keyword arguments (all of them with a
-    ``**kwargs``): how `Sequential` and ``fit`` know whom to give ``lengths`` and ``state``."""
+    ``**kwargs``, unless ``named``: then only those it names): how `Sequential` and
+    ``fit`` know whom to give ``lengths``, ``state`` and ``input_grad``."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # some builtins have no signature
         return frozenset()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    if not named and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return frozenset(names)
     return frozenset(k for k in names if k in params and params[k].kind is not
                      inspect.Parameter.POSITIONAL_ONLY)

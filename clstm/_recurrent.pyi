@@ -81,13 +81,14 @@ class Grads:
     dy: Optional[Array]
     dh: Array
     dc: Array
-    dx: Array
+    dx: Optional[Array]
     dw_ih: Array
     dw_hh: Array
     dbias: Array
     dw_hr: Optional[Array]
-    def __init__(self, dy: Optional[Array], dh: Array, dc: Array, dx: Array, dw_ih: Array,
-                 dw_hh: Array, dbias: Array, dw_hr: Optional[Array] = ...) -> None: ...
+    def __init__(self, dy: Optional[Array], dh: Array, dc: Array, dx: Optional[Array],
+                 dw_ih: Array, dw_hh: Array, dbias: Array,
+                 dw_hr: Optional[Array] = ...) -> None: ...
 
 class BackwardWork:
     rows: Array

@@ -110,7 +110,8 @@ def backward(tape, dy, dh, dc, grads_into):
     ``dc`` hold dh_n, dc_n and become dh0, dc0 (in place; dc None for a stateless cell).
 
     ``grads_into[k]`` (k = layer*D + direction) is ``(dw_ih, dw_hh, dw_hr)``: arrays the
-    kernels add the weight gradients into where they can. Returns packed ``dx`` and, per k,
+    kernels add the weight gradients into where they can. Returns packed ``dx`` (None if
+    the first layer's weights had ``input_grad=False``) and, per k,
     ``(dw_ih, dw_hh, dbias, dw_hr, dextra)`` as `layer_backward` returns them (see
     `add_grads`).
     """
@@ -137,7 +138,7 @@ def backward(tape, dy, dh, dc, grads_into):
                 grads_into[k])
             if dc is not None:
                 dc[k] = dc_k
-            if d == 0:
+            if d == 0 or dx is None:
                 d_in = dx
             else:
                 d_in += packing.reverse(dx, scratch("reversed_dx", dx.shape, dtype))

@@ -269,16 +269,19 @@ class LayerWeights:
     are packed into scratch on every call (they may change in place between calls).
     ``cell`` names the compiled cell (`clstm._recurrent.CELLS`), ``extra`` its extra
     per-unit weights (the peepholes ``(3, H)``) or None, ``options`` its option ids
-    (`lstm_cell_variant`).
+    (`lstm_cell_variant`). ``input_grad=False`` (training): backward computes no dx, so
+    nothing of w_ih is kept or packed for it.
     """
     __slots__ = ("w_ih", "w_hh", "bias", "w_hr", "packed", "cell", "extra", "options",
-                 "training")
+                 "training", "input_grad")
 
     def __init__(self, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, copy=False,
-                 cell="lstm", extra=None, options=(0, 0)):
+                 cell="lstm", extra=None, options=(0, 0), input_grad=True):
         self.training = copy
+        self.input_grad = input_grad
         if copy:
-            w_ih = w_ih if _recurrent.dx_from_packed(cell) else pooled_copy(w_ih)
+            w_ih = w_ih if _recurrent.dx_from_packed(cell) or not input_grad \
+                else pooled_copy(w_ih)
             w_hr = None if w_hr is None else pooled_copy(w_hr)
             extra = None if extra is None else extra.copy()
         self.w_ih, self.w_hh, self.w_hr = w_ih, w_hh, w_hr
@@ -297,7 +300,8 @@ class LayerWeights:
         w_ih_t = w_hh_t = None
         if self.training:  # (pooled: the cache holds them until backward)
             w_hh_t = _pooled_packed(P, G, dtype)
-            w_ih_t = _pooled_packed(I, G, dtype) if _recurrent.dx_from_packed(self.cell) else None
+            w_ih_t = _pooled_packed(I, G, dtype) \
+                if self.input_grad and _recurrent.dx_from_packed(self.cell) else None
         return _recurrent.Layer(self.cell, _scratch_packed("w_ih", G, I, dtype),
                                 _scratch_packed("w_hh", G, P, dtype),
                                 self.bias, self.w_hr, self.w_ih, self.w_hh, self.extra,
@@ -372,12 +376,14 @@ def bias_grads(cell, dbias):
 
 class LayerCache:
     """What `layer_backward` needs from a training `layer_forward`. Backward turns the gate
-    activations into gate gradients in place, so it can run once per forward."""
-    __slots__ = ("io", "layer", "schedule", "consumed")
+    activations into gate gradients in place, so it can run once per forward;
+    ``input_grad``: whether it computes dx (`LayerWeights`)."""
+    __slots__ = ("io", "layer", "schedule", "consumed", "input_grad")
 
-    def __init__(self, io, layer, schedule):
+    def __init__(self, io, layer, schedule, input_grad=True):
         self.io, self.layer, self.schedule = io, layer, schedule
         self.consumed = False
+        self.input_grad = input_grad
 
     @property
     def x(self):
@@ -425,14 +431,15 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
         layer = weights.driver_layer()
         with kernel_call(schedule.n_threads):
             layer.pack_backward(schedule.n_threads)
-        return io.y, io.h_n, io.c_n, LayerCache(io, layer, schedule)
+        return io.y, io.h_n, io.c_n, LayerCache(io, layer, schedule, weights.input_grad)
     if y is None or train:
         y = pooled_empty((N, P), dtype)
     c_n = None if c0 is None else np.empty((B, H), dtype)
     if N == 0:  # nothing to run: the state passes through unchanged (and back)
         io = _recurrent.LayerIO(x, h0, c0, y, h0.copy(), None if c0 is None else c0.copy(),
                                 None)
-        return y, io.h_n, io.c_n, LayerCache(io, weights.driver_layer(), None) if train else None
+        return y, io.h_n, io.c_n, \
+            LayerCache(io, weights.driver_layer(), None, weights.input_grad) if train else None
     check_blas_sizes(N, x.shape[1], H)
     if not train:
         h_n = np.empty((B, P), dtype)
@@ -447,7 +454,7 @@ def layer_forward(x, packing, weights, h0, c0, train, n_threads, y=None, strateg
     layer = weights.driver_layer()
     with forward_call(schedule.n_threads, projection):
         _recurrent.forward(layer, schedule, io, _interruptible(gates, N))
-    return y, io.h_n, io.c_n, LayerCache(io, layer, schedule)
+    return y, io.h_n, io.c_n, LayerCache(io, layer, schedule, weights.input_grad)
 
 
 def _interruptible(gates, N):
@@ -488,8 +495,9 @@ def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
     """BPTT for one `layer_forward(train=True)`: ``dy`` (N, P) or None; ``dh`` (B, P) and
     ``dc`` (B, H) hold dh_n, dc_n and are overwritten with dh0, dc0 (a GRU's dc: None in,
     None out).
-    Returns ``dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr, dextra`` (dw_hr None without
-    projection, dextra None without extra cell weights: the peepholes' gradient). The
+    Returns ``dx, dh, dc, dw_ih, dw_hh, dbias, dw_hr, dextra`` (dx None if the forward's
+    weights had ``input_grad=False``, dw_hr None without projection, dextra None without
+    extra cell weights: the peepholes' gradient). The
     weight gradients are added into the arrays of ``dw_into`` (for w_ih, w_hh, w_hr) that can
     take them, which are then the ones returned; the others are new arrays."""
     if cache.consumed:
@@ -500,7 +508,7 @@ def layer_backward(cache, dy, dh, dc, dw_into=(None, None, None)):
     I, H, P = layer.n_input, layer.n_hidden, layer.n_out
     G, R = layer.w_ih.shape[0], layer.bias.shape[0]
     dtype = io.x.dtype
-    dx = pooled_empty(io.x.shape, dtype)
+    dx = pooled_empty(io.x.shape, dtype) if cache.input_grad else None
     dw_ih = _accumulator(dw_into[0], layer.w_ih)
     dw_hh = _accumulator(dw_into[1], layer.w_hh)
     dbias = np.zeros(R, dtype)

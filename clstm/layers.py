@@ -509,13 +509,18 @@ class Sequential(Parameterised):
 
     forward = __call__
 
-    def forward_train(self, x, state=None, lengths=None, rng=None):
+    def forward_train(self, x, state=None, lengths=None, rng=None, *, input_grad=True):
         """``y, backward`` with ``dx = backward(dy)``: each module's backward in reverse
         order, accumulating into every child's ``grads``. ``rng`` (a
         ``numpy.random.Generator``) draws every dropout mask, module by module in order;
-        by default each module uses its own."""
+        by default each module uses its own. ``input_grad=False``: ``dx`` is None, and the
+        first module skips computing it if its ``forward_train`` takes ``input_grad``
+        (the LSTM and GRU do: a sixth of a one-layer step)."""
         backwards = []
         plans = self._plan(self._train_keywords, state, lengths, rng)
+        if not input_grad and self._modules and \
+                keywords_taken(self._modules[0].forward_train, ("input_grad",), named=True):
+            plans[0]["input_grad"] = False
         for m, kw in zip(self._modules, plans):
             out, back = m.forward_train(x, **kw)
             x = _first(out)
@@ -524,7 +529,7 @@ class Sequential(Parameterised):
         def backward(dy):
             for back in reversed(backwards):
                 dy = _first(back(dy))
-            return dy
+            return dy if input_grad else None
 
         return x, backward
 

@@ -213,30 +213,33 @@ class RNNBase(Parameterised):
         return x, h0, c0
 
     def _to_caller(self, y, h_n, c_n, batched):
-        """Time-major results to the caller's layout: y and the state, (h_n, c_n) or h_n."""
+        """Time-major results to the caller's layout: y (or None) and the state, (h_n, c_n)
+        or h_n."""
         if not batched:
-            y, h_n = y[:, 0, :], h_n[:, 0, :]
+            y = None if y is None else y[:, 0, :]
+            h_n = h_n[:, 0, :]
             c_n = None if c_n is None else c_n[:, 0, :]
-        elif self.batch_first:
+        elif self.batch_first and y is not None:
             y = y.transpose(1, 0, 2)
         return y, ((h_n, c_n) if self._has_cell_state else h_n)
 
-    def _layer_weights(self, copy):
+    def _layer_weights(self, copy, input_grad=True):
         """`LayerWeights` per layer and direction (``copy``: snapshots for a training
-        cache)."""
+        cache; ``input_grad``: whether its backward computes the gradient of the input)."""
         p = self._checked_params()
         return [[functional.LayerWeights(p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"],
                                          p.get(f"bias_ih{sfx}"), p.get(f"bias_hh{sfx}"),
                                          p.get(f"weight_hr{sfx}"), copy=copy, cell=self._cell,
                                          extra=p.get(f"weight_peephole{sfx}"),
-                                         options=self._cell_options)
+                                         options=self._cell_options,
+                                         input_grad=input_grad or layer > 0)
                  for sfx in self._suffixes(layer)] for layer in range(self.num_layers)]
 
-    def _run(self, x, state, lengths, train, rng, weights=None):
+    def _run(self, x, state, lengths, train, rng, weights=None, input_grad=True):
         x_in = x
         x, h0, c0, lengths, batched = self._prepare(x, state, lengths)
         if weights is None:
-            weights = self._layer_weights(copy=train)
+            weights = self._layer_weights(copy=train, input_grad=input_grad)
         if not train and lengths is None and self.num_directions == 1:
             out = _stack.infer([w for (w,) in weights], x, h0, c0,
                                n_threads=get_num_threads(), strategy=self.strategy)
@@ -333,8 +336,9 @@ class RNNBase(Parameterised):
 
     def forward_train(self, x: Array, state: Optional[State] = None,
                       lengths: Optional[Array] = None,
-                      rng: Optional[np.random.Generator] = None
-                      ) -> Tuple[Tuple[Array, State], Callable[..., Tuple[Array, State]]]:
+                      rng: Optional[np.random.Generator] = None, *, input_grad: bool = True
+                      ) -> Tuple[Tuple[Array, State],
+                                 Callable[..., Tuple[Optional[Array], State]]]:
         """Forward that keeps what backward needs.
 
         Parameters
@@ -343,6 +347,11 @@ class RNNBase(Parameterised):
             As `__call__`.
         rng : numpy.random.Generator, optional
             For the dropout masks (default: the model's generator, seeded by ``seed``).
+        input_grad : bool
+            Whether backward computes ``dx``. False (as PyTorch does for an input that
+            does not require grad) skips the first layer's product with ``w_ih`` and its
+            packing, about a sixth of a one-layer training step; backward then returns
+            None for ``dx``. Every other gradient is the same, bit for bit.
 
         Returns
         -------
@@ -352,7 +361,8 @@ class RNNBase(Parameterised):
             ``(h_n, c_n)`` (either may be None), adds the parameter gradients into
             ``grads`` and runs once.
         """
-        (y, state_n), (tape, batched) = self._run(x, state, lengths, train=True, rng=rng)
+        (y, state_n), (tape, batched) = self._run(x, state, lengths, train=True, rng=rng,
+                                                  input_grad=bool(input_grad))
         y_shape = y.shape
         state_shapes = tuple(s.shape for s in state_n) if self._has_cell_state else \
             (state_n.shape,)
@@ -395,7 +405,7 @@ class RNNBase(Parameterised):
         d_out, layer_grads = _stack.backward(tape, dy, dh, dc, into)
         for n, g, i in zip(names, layer_grads, into):
             _stack.add_grads(self.grads, n, g, i, self._cell)
-        dx = packing.unpack(d_out)
+        dx = None if d_out is None else packing.unpack(d_out)
         return self._to_caller(dx, packing.unsort_rows(dh),
                                None if dc is None else packing.unsort_rows(dc), batched)
 
@@ -710,16 +720,17 @@ class GRU(RNNBase):
 
     def forward_train(self, x: Array, state: Optional[Array] = None,  # type: ignore[override]
                       lengths: Optional[Array] = None,
-                      rng: Optional[np.random.Generator] = None
-                      ) -> Tuple[Tuple[Array, Array], Callable[..., Tuple[Array, Array]]]:
-        """Forward that keeps what backward needs.
+                      rng: Optional[np.random.Generator] = None, *, input_grad: bool = True
+                      ) -> Tuple[Tuple[Array, Array],
+                                 Callable[..., Tuple[Optional[Array], Array]]]:
+        """Forward that keeps what backward needs (arguments as `LSTM.forward_train`).
 
         Returns
         -------
         (y, h_n), backward
             ``y`` is read-only; ``dx, dh0 = backward(dy=None, dh_n=None)`` takes the
             gradients of ``y`` and ``h_n`` (either may be None), adds the parameter
-            gradients into ``grads`` and runs once.
+            gradients into ``grads`` and runs once (``dx`` None with ``input_grad=False``).
         """
-        out, backward = super().forward_train(x, state, lengths, rng)
+        out, backward = super().forward_train(x, state, lengths, rng, input_grad=input_grad)
         return out, lambda dy=None, dh_n=None: backward(dy, dh_n)

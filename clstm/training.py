@@ -279,8 +279,9 @@ class _Progress:
                   f"({time.perf_counter() - self.start:.1f} s)", flush=True)
 
 
-def _call(fn, takes_lengths, *args, lengths=None):
-    return fn(*args, lengths=lengths) if lengths is not None and takes_lengths else fn(*args)
+def _call(fn, takes_lengths, *args, lengths=None, **kw):
+    return fn(*args, lengths=lengths, **kw) if lengths is not None and takes_lengths \
+        else fn(*args, **kw)
 
 
 def predict(model, x, batch_size: int = 256, lengths=None,
@@ -320,7 +321,9 @@ def fit(model, loss: Callable, optimizer, x, y, *, epochs: int, batch_size: int,
 
     Each batch: ``optimizer.zero_grad()``; ``pred, backward = model.forward_train(xb[,
     lengths=lb])``; ``value, dpred = loss(pred, yb[, lengths=lb])``; ``backward(dpred)``;
-    ``optimizer.step()``.
+    ``optimizer.step()``. A model whose ``forward_train`` names an ``input_grad`` argument
+    (``Sequential``, ``LSTM``, ``GRU``) gets ``input_grad=False``: nothing here uses the
+    gradient of ``xb``.
 
     Parameters
     ----------
@@ -375,6 +378,9 @@ def fit(model, loss: Callable, optimizer, x, y, *, epochs: int, batch_size: int,
     train, validation = split_validation(x, y, lengths, validation, axes, n)
     x, y, lengths = train
     model_takes = "lengths" in keywords_taken(model.forward_train, ("lengths",))
+    # the input's gradient is never used here: a model that can skip it does
+    no_dx = {"input_grad": False} if keywords_taken(model.forward_train, ("input_grad",),
+                                                    named=True) else {}
     loss_takes = "lengths" in keywords_taken(loss, ("lengths",))
     if lengths is not None and not model_takes:
         raise TypeError(f"fit got lengths but {type(model).__name__}.forward_train takes no "
@@ -395,7 +401,7 @@ def fit(model, loss: Callable, optimizer, x, y, *, epochs: int, batch_size: int,
         for (xb, yb), lb in iterate_batches([x, y], batch_size, batch_axis=axes,
                                             lengths=lengths, shuffle=shuffle):
             optimizer.zero_grad()
-            pred, backward = _call(model.forward_train, model_takes, xb, lengths=lb)
+            pred, backward = _call(model.forward_train, model_takes, xb, lengths=lb, **no_dx)
             pred = _first(pred)
             value, dpred = _call(loss, loss_takes, pred, yb, lengths=lb)
             for cb in callbacks:

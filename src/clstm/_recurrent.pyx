@@ -256,7 +256,8 @@ cdef class Layer:
         backward's snapshot of the weights, so an optimiser step taken in place before
         backward does not reach it. w_ih_t only for a cell whose dx is one packed product
         (`dx_from_packed`; otherwise backward multiplies on w_ih itself, which must then
-        be a snapshot).
+        be a snapshot), and only if backward is to compute dx: a training layer without
+        w_ih_t (whose dx would be packed) takes no dx (`Grads`).
     extra : ndarray or None
         The cell's extra per-unit weights (n_extra blocks of H, e.g. peepholes), if it has.
     options : tuple of two ints
@@ -298,7 +299,7 @@ cdef class Layer:
         check(w_hh_t is None or (w_ih is not None and w_hh_t.typenum == typenum
                                  and not w_hh_t.lowp and w_hh_t.n_out == P
                                  and w_hh_t.n_in == G), "backward's packed w_hh")
-        check((w_ih_t is not None) == (w_hh_t is not None and input_side_contiguous(spec))
+        check((w_ih_t is None or (w_hh_t is not None and input_side_contiguous(spec)))
               and (w_ih_t is None or (w_ih_t.typenum == typenum and w_ih_t.n_out == I
                                       and w_ih_t.n_in == G)), "backward's packed w_ih")
         self.w_ih_t, self.w_hh_t = w_ih_t, w_hh_t
@@ -317,7 +318,7 @@ cdef class Layer:
 
     cdef int pack_backward_nogil(self, int n_threads) except -1 nogil:
         self.w_hh_t.pack_nogil(self.p_w_hh, True, n_threads)
-        if input_side_contiguous(self.spec):
+        if self.w_ih_t is not None:
             self.w_ih_t.pack_nogil(self.p_w_ih, True, n_threads)
         return 0
 
@@ -369,7 +370,8 @@ cdef class LayerIO:
 
 cdef class Grads:
     """Backward's gradients. dy (N, P) in, or None; dh (B, P), dc (B, H): dh_n, dc_n in
-    -> dh0, dc0 out; dx (N, I) out; dw_ih, dw_hh, dbias, dw_hr (None without projection)
+    -> dh0, dc0 out; dx (N, I) out, or None (not computed: the input needs no gradient);
+    dw_ih, dw_hh, dbias, dw_hr (None without projection)
     accumulated (+=)."""
     cdef readonly object dy, dh, dc, dx, dw_ih, dw_hh, dbias, dw_hr
 
@@ -848,6 +850,8 @@ cdef void backward_impl(floating* dG, const Dims* d, const Ptrs* p, const Split*
     if p.w_hr != NULL:
         par_gemm(s.n_threads, True, False, P, d.H, N, <const floating*>p.dh_all, P,
                  <const floating*>p.r, d.H, <floating>1, <floating*>p.dw_hr, d.H)
+    if p.dx == NULL:
+        return
     if x_contiguous:
         if not p.step_dx:
             par_pgemm(s.n_threads, N, I, G, dG, R, <const floating*>p.w_ih_t, <floating*>p.dx,
@@ -982,7 +986,9 @@ def backward(Layer layer not None, Schedule sched not None, LayerIO io not None,
     p.dy = operand(grads.dy, typenum, N, P, "dy", True, False)
     p.dh = operand(grads.dh, typenum, B, P, "dh", False, True)
     p.dc = operand(grads.dc, typenum, B, H, "dc", False, True)
-    p.dx = operand(grads.dx, typenum, N, I, "dx", False, True)
+    p.dx = operand(grads.dx, typenum, N, I, "dx", True, True)
+    check(grads.dx is None or layer.w_ih_t is not None or not input_side_contiguous(layer.spec),
+          "dx without backward's packed w_ih")
     p.dw_ih = operand(grads.dw_ih, typenum, G, I, "dw_ih", False, True)
     p.dw_hh = operand(grads.dw_hh, typenum, G, P, "dw_hh", False, True)
     p.dbias = operand(grads.dbias, typenum, R, -1, "dbias", False, True)
@@ -1003,7 +1009,7 @@ def backward(Layer layer not None, Schedule sched not None, LayerIO io not None,
     p.mask = operand(io.mask, typenum, B, P, "mask", True, False)
     p.h_masked = operand(work.h_masked, typenum, N, P, "h_masked", io.mask is None, True)
     check(io.mask is None or sched.kind != UNITS, "recurrent mask (batch or serial split)")
-    p.step_dx = sched.step_dx and input_side_contiguous(layer.spec)
+    p.step_dx = sched.step_dx and input_side_contiguous(layer.spec) and p.dx != NULL
     fill_split(&split, sched)
     with nogil:
         blas_saved = blas_threads_enter()
