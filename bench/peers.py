@@ -11,9 +11,10 @@ forward + backward with dy = ones, all gradients) and returns a NumPy array to c
 against clstm's: y for inference, dx for a training step. clstm's and PyTorch's also run
 ``"train_no_dx"``: a training step that needs no gradient of x (clstm's
 ``input_grad=False``, PyTorch's x without ``requires_grad``), returning dh0. A factory
-returns None for a mode it cannot run. ``lengths`` (ints, (B,), or None) gives variable-length rows: PyTorch
-then runs ``pack_padded_sequence`` / ``pad_packed_sequence`` around the module (as its
-users must), ONNX Runtime takes ``sequence_lens``.
+returns None for a mode it cannot run. ``lengths`` (ints, (B,), or None) gives
+variable-length rows: PyTorch then runs ``pack_padded_sequence`` /
+``pad_packed_sequence`` around the module (as its users must), ONNX Runtime takes
+``sequence_lens``.
 """
 import os
 

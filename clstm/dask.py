@@ -114,10 +114,12 @@ def _forward(model, x, lengths):
 
 def _forward_train(model, x, lengths, rng):
     """``pred, backward`` of ``model.forward_train`` with ``lengths`` and the dropout
-    generator ``rng`` (a `Sequential` hands both on to the modules that take them)."""
+    generator ``rng`` (a `Sequential` hands both on to the modules that take them), and
+    ``input_grad=False`` where it is named: nothing here uses the gradient of x."""
     kw = {} if lengths is None else {"lengths": lengths}
-    if _takes(model.forward_train, "rng"):
-        kw["rng"] = rng
+    for name, value in (("rng", rng), ("input_grad", False)):
+        if _takes(model.forward_train, name):
+            kw[name] = value
     return model.forward_train(x, **kw)
 
 

@@ -88,6 +88,21 @@ def test_variants_benchmark_runs(tmp_path):
         assert "onnxruntime peephole" in names
 
 
+@pytest.mark.parametrize("model", ["lstm", "gru"])
+def test_input_grad_benchmark_runs(tmp_path, model):
+    """bench/bench_input_grad.py: a row per implementation and mode (it asserts that each
+    peer's dx or dh0 matches clstm's)."""
+    script = BENCH.parent / "bench_input_grad.py"
+    out = subprocess.run([sys.executable, str(script), "--sizes", "6,3,8,8", "--threads", "1",
+                          "--repeats", "3", "--model", model],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = {tuple(line.split()[1:3]) for line in out.stdout.splitlines()
+            if line.startswith("6,3,8,8")}
+    impls = ["clstm"] + (["torch"] if importlib.util.find_spec("torch") else [])
+    assert rows == {(impl, mode) for impl in impls for mode in ("train", "train_no_dx")}
+
+
 def test_quick_gru_benchmark_checks_every_peer(tmp_path):
     """--model gru: every section but cell runs on clstm.GRU, against whichever of
     torch.nn.GRU and ONNX Runtime's GRU operator are installed (here they are not disabled:
