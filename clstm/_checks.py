@@ -19,6 +19,14 @@ def float_dtype(dtype, name="dtype"):
     return dt
 
 
+def flag(name, value):
+    """``value`` as a bool if it is one (Python's or NumPy's), else a TypeError naming
+    ``name``: a flag given None or a string is a mistake, not False or True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def positive_int(name, value, minimum=1):
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got bool")

@@ -11,8 +11,8 @@ from typing import Optional
 
 import numpy as np
 
-from ._checks import check_shape, float_array, float_dtype, generator, generator_from_seed, \
-    positive_int, private_copy
+from ._checks import check_shape, flag, float_array, float_dtype, generator, \
+    generator_from_seed, positive_int, private_copy
 from ._inputs import (batch_major, float_input, int_input, keywords_taken, sequence_lengths,
                       to_caller)
 from ._params import Gradients, Parameterised, random_array
@@ -517,6 +517,7 @@ class Sequential(Parameterised):
         first module skips computing it if its ``forward_train`` takes ``input_grad``
         (the LSTM and GRU do: a sixth of a one-layer step)."""
         backwards = []
+        input_grad = flag("input_grad", input_grad)
         plans = self._plan(self._train_keywords, state, lengths, rng)
         if not input_grad and self._modules and \
                 keywords_taken(self._modules[0].forward_train, ("input_grad",), named=True):

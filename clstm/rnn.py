@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Tuple, Union
 import numpy as np
 
 from . import _packed, _packing, _stack, _threads, functional
-from ._checks import check_lengths, check_shape, float_array, float_dtype, generator, \
+from ._checks import check_lengths, check_shape, flag, float_array, float_dtype, generator, \
     generator_from_seed, positive_int, private_copy
 from .reference import check_activation
 from ._params import Parameterised
@@ -32,12 +32,6 @@ def _state_pair(state, name, shapes):
     return state
 
 
-def _flag(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
-
-
 def _probability(name, value):
     """A number in [0, 1) (a dropout rate), else a ValueError naming ``name``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
@@ -49,7 +43,7 @@ def _probability(name, value):
 def _set_lstm_variant(module, peephole, recurrent_dropout, activation, recurrent_activation):
     """Check and set an LSTM's (or LSTMCell's) variant arguments, and the compiled cell and
     options they select."""
-    module.peephole = _flag("peephole", peephole)
+    module.peephole = flag("peephole", peephole)
     module.recurrent_dropout = _probability("recurrent_dropout", recurrent_dropout)
     module.activation = check_activation("activation", activation)
     module.recurrent_activation = check_activation("recurrent_activation",
@@ -362,7 +356,7 @@ class RNNBase(Parameterised):
             ``grads`` and runs once.
         """
         (y, state_n), (tape, batched) = self._run(x, state, lengths, train=True, rng=rng,
-                                                  input_grad=bool(input_grad))
+                                                  input_grad=flag("input_grad", input_grad))
         y_shape = y.shape
         state_shapes = tuple(s.shape for s in state_n) if self._has_cell_state else \
             (state_n.shape,)

@@ -102,6 +102,16 @@ def test_every_path_skips_dx_alone(model_name, strategy, n_threads, B, dx_in_loo
         np.testing.assert_array_equal(g1[k], g0[k], err_msg=k)
 
 
+@pytest.mark.parametrize("bad", [None, "False", 0, 1.0])
+def test_input_grad_must_be_a_bool(bad):
+    x = np.ones((2, 1, 3), np.float32)
+    for model in (clstm.LSTM(3, 4), clstm.GRU(3, 4), clstm.Sequential(clstm.LSTM(3, 4))):
+        with pytest.raises(TypeError, match="input_grad must be True or False"):
+            model.forward_train(x, input_grad=bad)
+    (y, _), backward = clstm.LSTM(3, 4).forward_train(x, input_grad=np.bool_(False))
+    assert backward(np.ones_like(y))[0] is None
+
+
 def test_unbatched_input():
     model = clstm.LSTM(3, 4, seed=0)
     x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
