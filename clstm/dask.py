@@ -19,7 +19,6 @@ process, each on the worker's threads.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import operator
 import pickle
@@ -38,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
                       'pip install "clstm-cpu[dask]"') from exc
 
 from . import Sequential, get_num_threads, set_num_threads
+from ._inputs import keywords_taken
 
 __all__ = ["predict", "fit", "match_worker_threads", "ThreadPolicy"]
 
@@ -81,10 +81,8 @@ def _first(out):
 
 
 def _takes(fn, name):
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # a compiled callable without a signature
-        return False
+    """Whether ``fn`` names the keyword argument ``name`` (a ``**kwargs`` does not count)."""
+    return name in keywords_taken(fn, (name,), named=True)
 
 
 def _modules(model):
