@@ -10,8 +10,8 @@ from typing import Callable, Optional, Tuple, Union
 import numpy as np
 
 from . import _packed, _threads, functional
-from ._checks import check_shape, float_array, float_dtype, generator, generator_from_seed, \
-    positive_int
+from ._checks import check_shape, flag, float_array, float_dtype, generator, \
+    generator_from_seed, positive_int
 from ._params import Parameterised
 from ._threads import get_num_threads
 from .rnn import Array, State, _set_lstm_variant, _state_pair
@@ -158,12 +158,12 @@ class LSTMCell(_Cell):
             return FrozenLSTMCell(self, weights=weights)
         return _FrozenVariantCell(self, weights=weights)
 
-    def _layer_weights(self, copy):
+    def _layer_weights(self, copy, input_grad=True):
         p = self._checked_params()
         return functional.LayerWeights(p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
                                        p.get("bias_hh"), copy=copy, cell=self._cell,
                                        extra=p.get("weight_peephole"),
-                                       options=self._cell_options)
+                                       options=self._cell_options, input_grad=input_grad)
 
     def recurrent_mask(self, batch_size: int, rng: Optional[np.random.Generator] = None
                        ) -> Array:
@@ -175,7 +175,7 @@ class LSTMCell(_Cell):
         p = self.recurrent_dropout
         return ((rng.random((B, self.hidden_size)) >= p) / (1 - p)).astype(self.dtype)
 
-    def _run_train(self, x, state, recurrent_mask, rng):
+    def _run_train(self, x, state, recurrent_mask, rng, input_grad=True):
         x, h0, c0, shape, batched = self._prepare(x, state)
         B = h0.shape[0]
         mask = None
@@ -185,18 +185,18 @@ class LSTMCell(_Cell):
                                (B, self.hidden_size)).copy()
         elif self.recurrent_dropout > 0:
             mask = self.recurrent_mask(B, rng)
-        _, h, c, cache = functional.layer_forward(x.copy(), functional.Packing(1, B),
-                                                  self._layer_weights(copy=True), h0.copy(),
-                                                  c0.copy(), True, get_num_threads(),
-                                                  mask=mask)
+        weights = self._layer_weights(copy=True, input_grad=input_grad)
+        _, h, c, cache = functional.layer_forward(x.copy(), functional.Packing(1, B), weights,
+                                                  h0.copy(), c0.copy(), True,
+                                                  get_num_threads(), mask=mask)
         if not batched:
             h, c = h[0], c[0]
         return (h, c), cache, shape, batched
 
     def forward_train(self, x: Array, state: Optional[State] = None,
                       recurrent_mask: Optional[Array] = None,
-                      rng: Optional[np.random.Generator] = None
-                      ) -> Tuple[State, Callable[..., Tuple[Array, State]]]:
+                      rng: Optional[np.random.Generator] = None, *, input_grad: bool = True
+                      ) -> Tuple[State, Callable[..., Tuple[Optional[Array], State]]]:
         """One step keeping what backward needs.
 
         Parameters
@@ -208,6 +208,11 @@ class LSTMCell(_Cell):
             `recurrent_mask`). Default: a fresh mask if ``recurrent_dropout > 0``.
         rng : numpy.random.Generator, optional
             For that fresh mask (default: the cell's generator).
+        input_grad : bool
+            Whether backward computes ``dx``. False (an input that is data, not the output
+            of a layer being trained) skips the product with ``weight_ih`` and its packing;
+            backward then returns None for ``dx``. Every other gradient is the same, bit
+            for bit.
 
         Returns
         -------
@@ -215,7 +220,8 @@ class LSTMCell(_Cell):
             ``dx, (dh0, dc0) = backward(dh=None, dc=None)`` adds the parameter gradients
             into ``grads`` (runs once).
         """
-        out, cache, shape, batched = self._run_train(x, state, recurrent_mask, rng)
+        out, cache, shape, batched = self._run_train(x, state, recurrent_mask, rng,
+                                                     flag("input_grad", input_grad))
         B = out[0].shape[0] if batched else 1
 
         def backward(dh=None, dc=None):
@@ -240,7 +246,7 @@ class LSTMCell(_Cell):
             if dp is not None:
                 g["weight_peephole"] += dp
             if not batched:
-                return dx[0], (dh0[0], dc0[0])
+                return (None if dx is None else dx[0]), (dh0[0], dc0[0])
             return dx, (dh0, dc0)
 
         return out, backward
@@ -408,14 +414,24 @@ class GRUCell(_Cell):
         None, "int8" or "bfloat16" as in `clstm.LSTM.freeze`."""
         return FrozenGRUCell(self, weights=weights)
 
-    def _layer_weights(self, copy):
+    def _layer_weights(self, copy, input_grad=True):
         p = self._checked_params()
         return functional.LayerWeights(p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
-                                       p.get("bias_hh"), copy=copy, cell="gru")
+                                       p.get("bias_hh"), copy=copy, cell="gru",
+                                       input_grad=input_grad)
 
-    def forward_train(self, x: Array, state: Optional[Array] = None
-                      ) -> Tuple[Array, Callable[..., Tuple[Array, Array]]]:
+    def forward_train(self, x: Array, state: Optional[Array] = None, *,
+                      input_grad: bool = True
+                      ) -> Tuple[Array, Callable[..., Tuple[Optional[Array], Array]]]:
         """One step keeping what backward needs.
+
+        Parameters
+        ----------
+        x, state
+            As `__call__`.
+        input_grad : bool
+            Whether backward computes ``dx`` (`LSTMCell.forward_train`): False returns
+            None for it and skips its product with ``weight_ih``.
 
         Returns
         -------
@@ -423,11 +439,12 @@ class GRUCell(_Cell):
             ``dx, dh0 = backward(dh=None)`` adds the parameter gradients into ``grads``
             (runs once).
         """
+        input_grad = flag("input_grad", input_grad)
         x, h0, batched = self._prepare(x, state)
         B, H = h0.shape
-        _, h, _, cache = functional.layer_forward(x.copy(), functional.Packing(1, B),
-                                                  self._layer_weights(copy=True), h0.copy(),
-                                                  None, True, get_num_threads())
+        weights = self._layer_weights(copy=True, input_grad=input_grad)
+        _, h, _, cache = functional.layer_forward(x.copy(), functional.Packing(1, B), weights,
+                                                  h0.copy(), None, True, get_num_threads())
 
         def backward(dh=None):
             buf = np.zeros((B, H), self.dtype)
@@ -445,7 +462,7 @@ class GRUCell(_Cell):
                 db_ih, db_hh = functional.bias_grads("gru", db)
                 g["bias_ih"] += db_ih
                 g["bias_hh"] += db_hh
-            return (dx, dh0) if batched else (dx[0], dh0[0])
+            return (dx, dh0) if batched else (None if dx is None else dx[0], dh0[0])
 
         return (h if batched else h[0]), backward
 

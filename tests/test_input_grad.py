@@ -125,6 +125,64 @@ def test_unbatched_input():
     np.testing.assert_array_equal(dc0, dc1)
 
 
+CELLS = {
+    "lstm-cell": lambda **kw: clstm.LSTMCell(3, 8, **kw),
+    "lstm-cell-peephole-recurrent-dropout": lambda **kw: clstm.LSTMCell(
+        3, 8, peephole=True, recurrent_dropout=0.25, **kw),
+    "gru-cell": lambda **kw: clstm.GRUCell(3, 8, **kw),
+}
+
+
+def cell_step(cell, x, state, input_grad, n_threads):
+    """One step of a cell: forward_train + backward with fixed upstream gradients (and a
+    fixed recurrent mask)."""
+    cell.zero_grad()
+    clstm.set_num_threads(n_threads)
+    try:
+        kw = {"input_grad": input_grad}
+        if isinstance(cell, clstm.LSTMCell):
+            kw["rng"] = np.random.default_rng(3)
+        out, backward = cell.forward_train(x, state, **kw)
+        rng = np.random.default_rng(4)
+        d = tuple(rng.standard_normal(a.shape).astype(cell.dtype) for a in flat(out))
+        dx, dstate = backward(*d)
+    finally:
+        clstm.set_num_threads(None)
+    return out, dx, dstate, {k: g.copy() for k, g in cell.grads.items()}
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [None, 1, 40])  # None: unbatched
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_cells_without_input_grad(name, dtype, B, n_threads):
+    """`LSTMCell` and `GRUCell`: dx None, every other result the same bit for bit (B = 40
+    runs whole packed panels and, at 2 threads, a split)."""
+    cell = CELLS[name](dtype=dtype, seed=5)
+    rng = np.random.default_rng(2)
+    shape = (3,) if B is None else (B, 3)
+    x = rng.standard_normal(shape).astype(dtype)
+    h = rng.standard_normal(shape[:-1] + (8,)).astype(dtype)
+    state = (h, 0.5 * h) if isinstance(cell, clstm.LSTMCell) else h
+    out1, dx1, ds1, g1 = cell_step(cell, x, state, True, n_threads)
+    out0, dx0, ds0, g0 = cell_step(cell, x, state, False, n_threads)
+    assert dx0 is None and dx1.shape == x.shape and np.abs(dx1).max() > 0
+    for a, b in zip(flat((out1, ds1)), flat((out0, ds0))):
+        np.testing.assert_array_equal(a, b)
+    assert g1.keys() == g0.keys()
+    for k in g1:
+        assert np.abs(g1[k]).max() > 0, k
+        np.testing.assert_array_equal(g1[k], g0[k], err_msg=k)
+
+
+@pytest.mark.parametrize("bad", [None, "False", 0])
+def test_cells_input_grad_must_be_a_bool(bad):
+    x = np.ones((2, 3), np.float32)
+    for cell in (clstm.LSTMCell(3, 4), clstm.GRUCell(3, 4)):
+        with pytest.raises(TypeError, match="input_grad must be True or False"):
+            cell.forward_train(x, input_grad=bad)
+
+
 class Recorder:
     """A model that records the keywords its forward_train gets."""
 
