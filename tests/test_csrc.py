@@ -60,6 +60,31 @@ def test_a_rows_sum_does_not_depend_on_its_tile(dtype, N, K):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("row_bytes", [4096, 8192])
+def test_rows_of_a_a_multiple_of_4kb_apart(dtype, row_bytes):
+    """Tiles of more than 8 rows whose rows of A are a multiple of 4 KB apart multiply a
+    copy of A (pgemm.h): the same bits as A with any other stride, and NumPy's numbers.
+    1100 rows are past the copy's 4 MB (A is used where it is)."""
+    item = np.dtype(dtype).itemsize
+    K, N = row_bytes // item, 40
+    rng = np.random.default_rng(row_bytes)
+    w = rng.standard_normal((N, K)).astype(dtype)
+    packed = np.zeros(_packed.packed_length(N, K, np.dtype(dtype).name), dtype)
+    _testing.pack_matrix(w, False, packed)
+    for n in (8, 9, 12, 13, 17, 25, 40, 70, 1100):
+        a = rng.standard_normal((n, K)).astype(dtype)
+        padded = np.zeros((n, K + 5), dtype)  # the same rows, 5 elements more apart
+        padded[:, :K] = a
+        c = rng.standard_normal((n, N)).astype(dtype)
+        expected = c + a @ w.T
+        other = c.copy()
+        _testing.packed_gemm(a, packed, N, c)
+        _testing.packed_gemm(padded[:, :K], packed, N, other)
+        np.testing.assert_array_equal(c, other)
+        assert_close(c, expected, dtype, factor=max(1, K / 16))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N, K", [(1000, 300), (4096, 64), (33, 8000)])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_threaded_packing_is_the_serial_packing(dtype, N, K, transposed):

@@ -22,15 +22,18 @@ def pack_matrix(const floating[:, ::1] w not None, bint transposed, floating[::1
         par_pack(n_threads, &w[0, 0], N, K, transposed, &out[0])
 
 
-def packed_gemm(const floating[:, ::1] a not None, const floating[::1] w_packed not None,
+def packed_gemm(const floating[:, :] a not None, const floating[::1] w_packed not None,
                 Py_ssize_t n_out, floating[:, ::1] c not None, bint descending=False):
-    """c += a @ W.T with W (n_out, K) packed by pack_matrix; a (n, K), c (n, >= n_out);
-    ``descending``: the panels in descending order."""
-    cdef Py_ssize_t n = a.shape[0], K = a.shape[1]
+    """c += a @ W.T with W (n_out, K) packed by pack_matrix; a (n, K) with contiguous rows
+    (their stride is the product's lda), c (n, >= n_out); ``descending``: the panels in
+    descending order."""
+    cdef Py_ssize_t n = a.shape[0], K = a.shape[1], item = sizeof(floating)
     check(c.shape[0] == n and c.shape[1] >= n_out and n >= 1 and K >= 1
+          and a.strides[1] == item and a.strides[0] % item == 0 and a.strides[0] >= K * item
           and w_packed.shape[0] >= packed_size(n_out, K, &c[0, 0]), "packed gemm")
     with nogil:
-        pgemm(n, n_out, K, &a[0, 0], K, &w_packed[0], &c[0, 0], c.shape[1], descending)
+        pgemm(n, n_out, K, &a[0, 0], a.strides[0] // item, &w_packed[0], &c[0, 0],
+              c.shape[1], descending)
 
 
 def transpose_matrix(const floating[:, ::1] src not None, floating[:, ::1] dst not None):

@@ -38,4 +38,13 @@
 #define CLSTM_SHUFFLE(a, b, mask) (a)
 #endif
 
+/* A per-thread scratch buffer that the thread's exit frees (POSIX thread keys): where
+   there are none, CLSTM_THREAD_SCRATCH is 0 and the code that would use one does without. */
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#define CLSTM_THREAD_SCRATCH 1
+#else
+#define CLSTM_THREAD_SCRATCH 0
+#endif
+
 #endif /* CLSTM_CONFIG_H */

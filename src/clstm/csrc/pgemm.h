@@ -137,6 +137,49 @@ static Py_ssize_t clstm_panels_##SFX(Py_ssize_t N) {                            
     return (N + CLSTM_NR_##SFX - 1) / CLSTM_NR_##SFX;                                   \
 }
 
+/* Rows of A up to this many bytes are copied for the driver (below); bigger ones are used
+   where they are. */
+#ifndef CLSTM_PGEMM_COPY_BYTES
+#define CLSTM_PGEMM_COPY_BYTES (4 << 20)
+#endif
+
+/* This thread's scratch of at least `bytes` (64-byte aligned; NULL if there is none), kept
+   for the thread's next calls and freed when it exits. */
+#if CLSTM_THREAD_SCRATCH
+static pthread_key_t clstm_scratch_key;
+static pthread_once_t clstm_scratch_once = PTHREAD_ONCE_INIT;
+static int clstm_scratch_key_ok;
+static void clstm_scratch_make_key(void) {
+    clstm_scratch_key_ok = pthread_key_create(&clstm_scratch_key, free) == 0;
+}
+static void* clstm_thread_scratch(size_t bytes) {
+    size_t* block;  /* its first 64 bytes hold the capacity, the rest is the scratch */
+    pthread_once(&clstm_scratch_once, clstm_scratch_make_key);
+    if (!clstm_scratch_key_ok)
+        return NULL;
+    block = (size_t*)pthread_getspecific(clstm_scratch_key);
+    if (block == NULL || block[0] < bytes) {
+        free(block);
+        bytes = (bytes + 4095) / 4096 * 4096;
+        block = (size_t*)aligned_alloc(64, 64 + bytes);
+        if (block != NULL)
+            block[0] = bytes;
+        if (pthread_setspecific(clstm_scratch_key, block) != 0) {
+            free(block);
+            return NULL;
+        }
+        if (block == NULL)
+            return NULL;
+    }
+    return (char*)block + 64;
+}
+#else
+static void* clstm_thread_scratch(size_t bytes) {
+    (void)bytes;
+    return NULL;
+}
+#endif
+
 /* The multiply kernel, defined once per instruction set (see the dispatch below) with its
    own vector width VB (bytes), tile height MR (rows) and accumulator budget ACC. A panel
    row (NR columns, 128 bytes) is NV = 128 / VB vectors. C[mr, columns of np panels] +=
@@ -235,14 +278,29 @@ CLSTM_HEIGHTS(CLSTM_DEFINE_DRIVER, T, SFX, MR, ACC, VB)                         
    tiles of at most MR rows (6 when K < KC and n > 64, measured faster only there:      \
    docs/performance.md, "Issue 19, sixth pass"), of even heights (13 rows: 7 and 6,     \
    not 12 and 1, whose one row would wait on its two chains); 1-3 rows are one tile     \
-   over np panels. */                                                                   \
+   over np panels. A tile of more than 8 rows whose rows of A are a multiple of 4 KB    \
+   apart reads them from one set of an 8-way L1 (Zen 4's), which cannot keep them all:  \
+   then A is copied, a cache line more apart, to this thread's scratch                  \
+   (docs/performance.md, "Issue 19, twelfth pass"). */                                  \
 static void clstm_pgemm_##SFX(Py_ssize_t n, Py_ssize_t N, Py_ssize_t K, const T* A,     \
                              Py_ssize_t lda, const T* Wp, Py_ssize_t ldw, T* C,         \
                              Py_ssize_t ldc, int flags) {                               \
     const Py_ssize_t rows = MR > 6 && K < CLSTM_PGEMM_KC && n > 64 ? 6 : MR;            \
     const Py_ssize_t tiles = (n + rows - 1) / rows;                                     \
+    const Py_ssize_t ld = K + 64 / sizeof(T);                                           \
+    const size_t bytes = (size_t)n * ld * sizeof(T);                                    \
+    T* copy;                                                                            \
+    Py_ssize_t i;                                                                       \
     if (n <= 0)                                                                         \
         return;                                                                         \
+    if ((n + tiles - 1) / tiles > 8 && lda * sizeof(T) % 4096 == 0                      \
+            && bytes <= CLSTM_PGEMM_COPY_BYTES                                          \
+            && (copy = (T*)clstm_thread_scratch(bytes)) != NULL) {                      \
+        for (i = 0; i < n; i++)                                                         \
+            memcpy(copy + i * ld, A + i * lda, K * sizeof(T));                          \
+        A = copy;                                                                       \
+        lda = ld;                                                                       \
+    }                                                                                   \
     switch ((n + tiles - 1) / tiles) {  /* the tallest tile */                          \
     CLSTM_HEIGHTS(CLSTM_DRIVER_CASE, SFX, (n, N, K, A, lda, Wp, ldw, C, ldc, flags,     \
                                            tiles))                                      \
